@@ -1,0 +1,20 @@
+"""flashts: fused sub-quadratic attention for time-series transformers.
+
+Five mechanisms, one public function each (see README.md for the math)::
+
+    linear_attention, sliding_window_attention, auto_correlation, aaren_attention, latte_attention
+
+Each takes ``backend="auto" | "triton" | "cuda" | "torch"`` (default from ``FLASHTS_BACKEND``).
+"""
+from ._backend import info as backend_info
+from .ops import aaren_attention, auto_correlation, latte_attention, linear_attention, sliding_window_attention
+
+__version__ = "0.1.0"
+__all__ = [
+    "linear_attention",
+    "sliding_window_attention",
+    "auto_correlation",
+    "aaren_attention",
+    "latte_attention",
+    "backend_info",
+]

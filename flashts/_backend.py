@@ -1,0 +1,148 @@
+"""Backend availability and choice.
+
+Every public op calls :func:`resolve` once, after validation, to turn the
+user's ``backend=`` argument into one of ``"torch" | "triton" | "cuda"``.
+
+* ``"auto"`` (the default) means: the value of ``FLASHTS_BACKEND`` when it is
+  set to something other than ``"auto"``; otherwise, for CUDA tensors the
+  fastest GPU backend that implements the op and is available here
+  (``GPU_PREFERENCE`` per op), and for CPU tensors ``"torch"``.
+* An unknown name is a ``ValueError``; a known backend that cannot run here is a
+  ``RuntimeError`` that says how to get it.
+
+Which backends implement which op is declared by the op modules through
+:func:`register`, so a kernel issue adds a backend with one line.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+ENV_VAR = "FLASHTS_BACKEND"
+
+# op name -> {backend name -> module path holding `<op>_fwd` / `<op>_bwd`}
+_IMPLS: dict[str, dict[str, str]] = {}
+# op name -> {GPU backend -> rank}; "auto" on CUDA tensors tries lower ranks first
+_GPU_RANK: dict[str, dict[str, int]] = {}
+
+BUILD_HINT = (
+    "build the CUDA extension with `FLASHTS_BUILD_CUDA=1 pip install -e . --no-build-isolation` "
+    "on a machine with a CUDA build of PyTorch and nvcc"
+)
+
+
+def register(op: str, backend: str, module: str, gpu_rank: int | None = None) -> None:
+    """Declare that ``module`` implements ``op`` for ``backend``.
+
+    ``gpu_rank`` orders GPU backends for ``"auto"`` (lower is tried first).
+    """
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"cannot register backend {backend!r}")
+    _IMPLS.setdefault(op, {})[backend] = module
+    if gpu_rank is not None:
+        _GPU_RANK.setdefault(op, {})[backend] = gpu_rank
+
+
+def implemented(op: str) -> tuple[str, ...]:
+    return tuple(_IMPLS.get(op, {}))
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the machine
+        return False
+    return True
+
+
+def triton_interpreter() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_ext_available() -> bool:
+    try:
+        importlib.import_module("flashts._C")
+    except Exception:
+        return False
+    return True
+
+
+def available(backend: str, device: torch.device | None = None) -> bool:
+    """Whether ``backend`` can run on tensors of ``device`` here."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    if backend == "torch":
+        return True
+    if backend == "triton":
+        return triton_available() and (dev.type == "cuda" or (dev.type == "cpu" and triton_interpreter()))
+    if backend == "cuda":
+        return dev.type == "cuda" and cuda_ext_available()
+    return False
+
+
+def default_backend() -> str:
+    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}: expected one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """Map the user's ``backend`` for ``op`` on tensors of ``device`` to a concrete backend.
+
+    ``"auto"`` never picks a GPU backend for float64 inputs (only the torch backend takes them).
+    """
+    if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    backend = backend.lower()
+    if backend == "auto":
+        backend = default_backend()
+    impls = _IMPLS.get(op, {})
+    if backend == "auto":
+        if device.type == "cuda":
+            ranks = _GPU_RANK.get(op, {})
+            for cand in sorted(ranks, key=ranks.get):
+                if cand in impls and available(cand, device):
+                    return cand
+        return "torch"
+    if backend not in impls:
+        raise RuntimeError(
+            f"{op}: backend {backend!r} is not implemented for this op yet "
+            f"(implemented: {sorted(impls)}); use backend='torch' or 'auto'"
+        )
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError(f"{op}: backend 'triton' needs the `triton` package: pip install triton")
+        if device.type != "cuda" and not (device.type == "cpu" and triton_interpreter()):
+            raise RuntimeError(
+                f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); for CPU tensors set "
+                "TRITON_INTERPRET=1 before importing triton (slow, meant for tests)"
+            )
+    elif backend == "cuda":
+        if device.type != "cuda":
+            raise RuntimeError(f"{op}: backend 'cuda' needs CUDA tensors (got {device.type})")
+        if not cuda_ext_available():
+            raise RuntimeError(f"{op}: backend 'cuda' needs the compiled extension flashts._C; {BUILD_HINT}")
+    return backend
+
+
+def module_for(op: str, backend: str):
+    """Import (lazily) the module implementing ``op`` for ``backend``."""
+    return importlib.import_module(_IMPLS[op][backend])
+
+
+def info() -> dict:
+    """What is available on this machine (for bug reports and the README)."""
+    return {
+        "torch": torch.__version__,
+        "triton": triton_available(),
+        "triton_interpreter": triton_interpreter(),
+        "cuda_ext": cuda_ext_available(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "ops": {op: sorted(b) for op, b in _IMPLS.items()},
+    }

@@ -1,0 +1,296 @@
+"""Every argument check of the public API, written once.
+
+Each ``check_<op>`` runs before any backend is chosen or any kernel launched,
+raises ``ValueError`` (shapes, ranks, sizes, values, devices) or ``TypeError``
+(non-tensors, non-floating dtypes) with a message naming the argument, what was
+expected and what came, and returns the derived sizes the op needs.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from types import SimpleNamespace
+
+import torch
+
+FEATURE_MAPS = ("elu", "relu", "identity")
+AUTOCORR_MODES = ("train", "infer")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - torch < 2.3
+        return False
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def tensor(name: str, x, ranks: tuple[int, ...], dims: str) -> torch.Tensor:
+    """``x`` must be a floating tensor of one of ``ranks`` (``dims`` names the layout)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {dims}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {x.dtype}")
+    if x.dim() not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name}: expected a {want} tensor {dims}, got shape {_shape(x)}")
+    return x
+
+
+def same(what: str, names: tuple[str, ...], values: tuple[int, ...]) -> None:
+    if len(set(values)) > 1:
+        got = ", ".join(f"{n}={v}" for n, v in zip(names, values))
+        raise ValueError(f"{what} must match: got {got}")
+
+
+def positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name}: expected at least 1, got {value}")
+
+
+def devices(**tensors) -> torch.device:
+    present = {n: t for n, t in tensors.items() if t is not None}
+    devs = {n: t.device for n, t in present.items()}
+    first = next(iter(devs.values()))
+    if any(d != first for d in devs.values()):
+        got = ", ".join(f"{n} on {d}" for n, d in devs.items())
+        raise ValueError(f"all tensors must be on one device: got {got}")
+    return first
+
+
+def dtypes(**tensors) -> torch.dtype:
+    dts = {n: t.dtype for n, t in tensors.items()}
+    first = next(iter(dts.values()))
+    if any(d != first for d in dts.values()):
+        got = ", ".join(f"{n}={d}" for n, d in dts.items())
+        raise TypeError(f"q, k, v must share one floating dtype: got {got}")
+    return first
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def real(name: str, value, *, allow_none=False, positive_only=False, nonneg=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    value = float(value)
+    if positive_only and value <= 0:
+        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    if nonneg and value < 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    return value
+
+
+def choice(name: str, value, options: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {options}, got {value!r}")
+    return value
+
+
+def cu_seqlens(cu, B: int, T: int, device: torch.device) -> int:
+    """Validate packed-sequence offsets; return the number of sequences N (or B when ``cu`` is None)."""
+    if cu is None:
+        return B
+    if not isinstance(cu, torch.Tensor):
+        raise ValueError(f"cu_seqlens: expected an int32 tensor [N+1], got {type(cu).__name__}")
+    if cu.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens: expected dtype int32 (or int64), got {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(f"cu_seqlens: expected a 1-D tensor [N+1] with N >= 1, got shape {_shape(cu)}")
+    if cu.device != device:
+        raise ValueError(f"cu_seqlens: expected it on {device} like q, got {cu.device}")
+    if B != 1:
+        raise ValueError(f"cu_seqlens: packed sequences need batch size 1, got B={B}")
+    if not _compiling():  # reading values syncs the device; under torch.compile they are trusted
+        vals = cu.tolist()
+        if vals[0] != 0:
+            raise ValueError(f"cu_seqlens: expected cu_seqlens[0] == 0, got {vals[0]}")
+        if any(b < a for a, b in zip(vals, vals[1:])):
+            raise ValueError(f"cu_seqlens: expected non-decreasing offsets, got {vals}")
+        if vals[-1] != T:
+            raise ValueError(f"cu_seqlens: expected cu_seqlens[-1] == T == {T}, got {vals[-1]}")
+    return cu.numel() - 1
+
+
+def state(name: str, state, n_parts: int, shapes: tuple[tuple[int, ...], ...], labels: tuple[str, ...],
+          device: torch.device) -> tuple[torch.Tensor, ...]:
+    """An ``initial_state`` tuple: ``n_parts`` floating tensors of the given shapes on ``device``."""
+    if not isinstance(state, (tuple, list)) or len(state) != n_parts:
+        want = "(" + ", ".join(labels) + ")"
+        raise ValueError(f"{name}: expected a tuple {want}, got {type(state).__name__}"
+                         + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
+    out = []
+    for part, shape, label in zip(state, shapes, labels):
+        tensor(f"{name}.{label.split(' ')[0]}", part, (len(shape),), label)
+        if tuple(part.shape) != tuple(shape):
+            raise ValueError(f"{name}.{label.split(' ')[0]}: expected shape {list(shape)}, got {_shape(part)}")
+        if part.device != device:
+            raise ValueError(f"{name}.{label.split(' ')[0]}: expected it on {device} like q, got {part.device}")
+        out.append(part)
+    return tuple(out)
+
+
+def backend_dtype(op: str, backend: str, dtype: torch.dtype) -> None:
+    """GPU backends take float32/float16/bfloat16; float64 only on the torch backend."""
+    if backend != "torch" and dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{op}: backend {backend!r} takes float32, float16 or bfloat16 inputs, got {dtype}; "
+                        "use backend='torch' for float64")
+
+
+# --------------------------------------------------------------------------- ops
+
+def check_linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_state, output_final_state, cu):
+    tensor("q", q, (4,), "[B, T, H, D]")
+    tensor("k", k, (4,), "[B, T, Hk, D]")
+    tensor("v", v, (4,), "[B, T, Hk, Dv]")
+    dev = devices(q=q, k=k, v=v)
+    dtypes(q=q, k=k, v=v)
+    B, T, H, D = q.shape
+    Hk, Dv = k.shape[2], v.shape[3]
+    same("batch sizes of q, k, v", ("q", "k", "v"), (B, k.shape[0], v.shape[0]))
+    same("time lengths of q, k, v", ("q", "k", "v"), (T, k.shape[1], v.shape[1]))
+    same("head dims of q and k", ("q", "k"), (D, k.shape[3]))
+    same("kv heads of k and v", ("k", "v"), (Hk, v.shape[2]))
+    for n, s in (("T", T), ("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
+        positive(n, s)
+    if H % Hk:
+        raise ValueError(f"k, v: query heads H={H} must be a multiple of kv heads Hk={Hk}")
+    flag("causal", causal)
+    choice("feature_map", feature_map, FEATURE_MAPS)
+    flag("normalize", normalize)
+    scale = real("scale", scale, allow_none=True)
+    if scale is None:
+        scale = 1.0 if normalize else D ** -0.5
+    eps = real("eps", eps, nonneg=True)
+    flag("output_final_state", output_final_state)
+    N = cu_seqlens(cu, B, T, dev)
+    if initial_state is not None:
+        if not causal:
+            raise ValueError("initial_state: only supported with causal=True")
+        initial_state = state("initial_state", initial_state, 2, ((N, H, D, Dv), (N, H, D)),
+                              ("S [N, H, D, Dv]", "z [N, H, D]"), dev)
+    return SimpleNamespace(B=B, T=T, H=H, Hk=Hk, D=D, Dv=Dv, N=N, scale=scale, eps=eps,
+                           initial_state=initial_state, device=dev)
+
+
+def check_window(window) -> tuple[int, int]:
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) for w in window)):
+        raise ValueError(f"window: expected a pair of ints (left, right), each >= -1, got {window!r}")
+    left, right = int(window[0]), int(window[1])
+    if left < -1 or right < -1:
+        raise ValueError(f"window: expected (left, right) with each >= -1 (-1 = unbounded), got {window!r}")
+    return left, right
+
+
+def check_sliding_window(q, k, v, window, scale, cu, return_lse):
+    tensor("q", q, (4,), "[B, T, H, D]")
+    tensor("k", k, (4,), "[B, T, Hk, D]")
+    tensor("v", v, (4,), "[B, T, Hk, Dv]")
+    dev = devices(q=q, k=k, v=v)
+    dtypes(q=q, k=k, v=v)
+    B, T, H, D = q.shape
+    Hk, Dv = k.shape[2], v.shape[3]
+    same("batch sizes of q, k, v", ("q", "k", "v"), (B, k.shape[0], v.shape[0]))
+    same("time lengths of q, k, v (self-attention)", ("q", "k", "v"), (T, k.shape[1], v.shape[1]))
+    same("head dims of q and k", ("q", "k"), (D, k.shape[3]))
+    same("kv heads of k and v", ("k", "v"), (Hk, v.shape[2]))
+    for n, s in (("T", T), ("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
+        positive(n, s)
+    if H % Hk:
+        raise ValueError(f"k, v: query heads H={H} must be a multiple of kv heads Hk={Hk}")
+    left, right = check_window(window)
+    scale = real("scale", scale, allow_none=True)
+    if scale is None:
+        scale = D ** -0.5
+    flag("return_lse", return_lse)
+    N = cu_seqlens(cu, B, T, dev)
+    return SimpleNamespace(B=B, T=T, H=H, Hk=Hk, D=D, Dv=Dv, N=N, left=left, right=right, scale=scale, device=dev)
+
+
+def autocorr_topk(L: int, factor: float) -> int:
+    """K = min(L, max(1, int(factor * ln L))) delays (SPEC §3 step 4)."""
+    return min(L, max(1, int(factor * math.log(L))))
+
+
+def check_auto_correlation(q, k, v, factor, mode, return_delays):
+    tensor("q", q, (4,), "[B, L, H, E]")
+    tensor("k", k, (4,), "[B, S, H, E]")
+    tensor("v", v, (4,), "[B, S, H, D]")
+    dev = devices(q=q, k=k, v=v)
+    dtypes(q=q, k=k, v=v)
+    B, L, H, E = q.shape
+    S, D = k.shape[1], v.shape[3]
+    same("batch sizes of q, k, v", ("q", "k", "v"), (B, k.shape[0], v.shape[0]))
+    same("heads of q, k, v", ("q", "k", "v"), (H, k.shape[2], v.shape[2]))
+    same("channels of q and k", ("q", "k"), (E, k.shape[3]))
+    same("time lengths of k and v", ("k", "v"), (S, v.shape[1]))
+    for n, s in (("B", B), ("L", L), ("S", S), ("H", H), ("E", E), ("D", D)):
+        positive(n, s)
+    factor = real("factor", factor, positive_only=True)
+    choice("mode", mode, AUTOCORR_MODES)
+    flag("return_delays", return_delays)
+    return SimpleNamespace(B=B, L=L, S=S, H=H, E=E, D=D, factor=factor, top_k=autocorr_topk(L, factor), device=dev)
+
+
+def check_aaren(q, k, v, scale, initial_state, output_final_state, cu):
+    tensor("q", q, (2, 3), "[H, D] or [B, H, D]")
+    tensor("k", k, (4,), "[B, T, H, D]")
+    tensor("v", v, (4,), "[B, T, H, Dv]")
+    dev = devices(q=q, k=k, v=v)
+    dtypes(q=q, k=k, v=v)
+    B, T, H, D = k.shape
+    Dv = v.shape[3]
+    same("batch sizes of k and v", ("k", "v"), (B, v.shape[0]))
+    same("time lengths of k and v", ("k", "v"), (T, v.shape[1]))
+    same("heads of k and v", ("k", "v"), (H, v.shape[2]))
+    qH, qD = q.shape[-2], q.shape[-1]
+    same("heads of q and k", ("q", "k"), (qH, H))
+    same("head dims of q and k", ("q", "k"), (qD, D))
+    if q.dim() == 3:
+        same("batch sizes of q and k", ("q", "k"), (q.shape[0], B))
+    for n, s in (("T", T), ("H", H), ("D", D), ("Dv", Dv)):
+        positive(n, s)
+    scale = real("scale", scale, allow_none=True)
+    if scale is None:
+        scale = D ** -0.5
+    flag("output_final_state", output_final_state)
+    N = cu_seqlens(cu, B, T, dev)
+    if initial_state is not None:
+        initial_state = state("initial_state", initial_state, 3, ((N, H), (N, H), (N, H, Dv)),
+                              ("m [N, H]", "u [N, H]", "w [N, H, Dv]"), dev)
+    return SimpleNamespace(B=B, T=T, H=H, D=D, Dv=Dv, N=N, scale=scale, initial_state=initial_state, device=dev)
+
+
+def check_latte(q, k, v, causal, initial_state, output_final_state, cu):
+    tensor("q", q, (4,), "[B, T, H, L]")
+    tensor("k", k, (4,), "[B, T, H, L]")
+    tensor("v", v, (4,), "[B, T, H, Dv]")
+    dev = devices(q=q, k=k, v=v)
+    dtypes(q=q, k=k, v=v)
+    B, T, H, L = q.shape
+    Dv = v.shape[3]
+    same("batch sizes of q, k, v", ("q", "k", "v"), (B, k.shape[0], v.shape[0]))
+    same("time lengths of q, k, v", ("q", "k", "v"), (T, k.shape[1], v.shape[1]))
+    same("heads of q, k, v", ("q", "k", "v"), (H, k.shape[2], v.shape[2]))
+    same("latents of q and k", ("q", "k"), (L, k.shape[3]))
+    for n, s in (("T", T), ("H", H), ("L", L), ("Dv", Dv)):
+        positive(n, s)
+    flag("causal", causal)
+    flag("output_final_state", output_final_state)
+    N = cu_seqlens(cu, B, T, dev)
+    if not causal and (initial_state is not None or output_final_state):
+        raise ValueError("initial_state / output_final_state: states exist only for causal=True")
+    if initial_state is not None:
+        initial_state = state("initial_state", initial_state, 3, ((N, H, L), (N, H, L), (N, H, L, Dv)),
+                              ("m [N, H, L]", "alpha [N, H, L]", "S [N, H, L, Dv]"), dev)
+    return SimpleNamespace(B=B, T=T, H=H, L=L, Dv=Dv, N=N, initial_state=initial_state, device=dev)

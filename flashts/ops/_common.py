@@ -1,0 +1,68 @@
+"""Small helpers shared by the op modules (autocast, optional tensors, poisoned allocation)."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+_EMPTY_SHAPE = (0,)
+
+
+def autocast_dtype(device: torch.device):
+    """The autocast dtype active for ``device``'s type, or None when autocast is off there."""
+    dev = device.type
+    try:
+        enabled = torch.is_autocast_enabled(dev)
+    except TypeError:  # torch < 2.4: no device argument
+        enabled = torch.is_autocast_cpu_enabled() if dev == "cpu" else torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(dev)
+    except AttributeError:  # pragma: no cover - torch < 2.4
+        return torch.get_autocast_cpu_dtype() if dev == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+def cast_for_autocast(*tensors):
+    """Cast floating inputs to the autocast dtype, as a matmul under autocast would."""
+    first = next(t for t in tensors if t is not None)
+    dt = autocast_dtype(first.device)
+    if dt is None:
+        return tensors
+    return tuple(t.to(dt) if t is not None and t.is_floating_point() and t.dtype != dt else t for t in tensors)
+
+
+def no_autocast(device: torch.device):
+    """Context that switches autocast off inside kernels (they accumulate in float32 themselves)."""
+    if autocast_dtype(device) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def opt(t, ref: torch.Tensor):
+    """Optional tensor -> tensor (custom ops cannot return None): None becomes an empty tensor on ref's device."""
+    return t if t is not None else ref.new_empty(_EMPTY_SHAPE)
+
+
+def unopt(t):
+    """Inverse of :func:`opt` for values coming back out of a custom op."""
+    return None if t is None or (t.dim() == 1 and t.numel() == 0) else t
+
+
+def poison_enabled() -> bool:
+    return os.environ.get("FLASHTS_POISON", "0") not in ("", "0")
+
+
+def new_empty(shape, *, dtype, device) -> torch.Tensor:
+    """Allocate an output buffer. With ``FLASHTS_POISON=1`` (set by the tests) it is filled with NaN
+    (integer buffers with -1), so any element a kernel forgets to write fails the comparison."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if poison_enabled():
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
+
+
+def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """States are float32, float64 when the inputs are float64 (torch backend)."""
+    return torch.float64 if input_dtype == torch.float64 else torch.float32

@@ -1,0 +1,104 @@
+"""Linear attention (SPEC §1): public function, custom op (torch.compile) and autograd.
+
+Backends implement, in the module registered for them::
+
+    linear_attention_fwd(q, k, v, S0, z0, cu_seqlens, causal, feature_map, normalize, scale, eps)
+        -> (o [B,T,H,Dv] in q.dtype, S_T [N,H,D,Dv], z_T [N,H,D])      # states float32 (float64 for float64 inputs)
+    linear_attention_bwd(do, dS_T, dz_T, q, k, v, o, S0, z0, cu_seqlens, causal, feature_map, normalize, scale, eps)
+        -> (dq, dk, dv, dS0, dz0)       # dS_T/dz_T may be None; dS0/dz0 None when S0 is None
+
+All returned tensors are new (never an input or a view of one).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backend, _validate
+from ._common import cast_for_autocast, no_autocast, opt, state_dtype, unopt
+
+OP = "linear_attention"
+_backend.register(OP, "torch", "flashts.torch_ops.linear")
+
+
+@torch.library.custom_op("flashts::linear_attention_fwd", mutates_args=())
+def _fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], z0: Optional[Tensor], cu_seqlens: Optional[Tensor],
+         causal: bool, feature_map: str, normalize: bool, scale: float, eps: float,
+         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    impl = _backend.module_for(OP, backend)
+    with no_autocast(q.device):
+        return impl.linear_attention_fwd(q, k, v, S0, z0, cu_seqlens, causal, feature_map, normalize, scale, eps)
+
+
+@_fwd.register_fake
+def _fwd_fake(q, k, v, S0, z0, cu_seqlens, causal, feature_map, normalize, scale, eps, backend):
+    B, T, H, D = q.shape
+    Dv = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    sd = state_dtype(q.dtype)
+    return q.new_empty((B, T, H, Dv)), q.new_empty((N, H, D, Dv), dtype=sd), q.new_empty((N, H, D), dtype=sd)
+
+
+@torch.library.custom_op("flashts::linear_attention_bwd", mutates_args=())
+def _bwd(do: Tensor, dS: Optional[Tensor], dz: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, o: Tensor,
+         S0: Optional[Tensor], z0: Optional[Tensor], cu_seqlens: Optional[Tensor], causal: bool, feature_map: str,
+         normalize: bool, scale: float, eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    impl = _backend.module_for(OP, backend)
+    with no_autocast(q.device):
+        dq, dk, dv, dS0, dz0 = impl.linear_attention_bwd(do, dS, dz, q, k, v, o, S0, z0, cu_seqlens, causal,
+                                                         feature_map, normalize, scale, eps)
+    return dq, dk, dv, opt(dS0, q), opt(dz0, q)
+
+
+@_bwd.register_fake
+def _bwd_fake(do, dS, dz, q, k, v, o, S0, z0, *args):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            torch.empty_like(S0) if S0 is not None else q.new_empty((0,)),
+            torch.empty_like(z0) if z0 is not None else q.new_empty((0,)))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, S0, z0, cu_seqlens = inputs[:6]
+    ctx.params = inputs[6:]
+    ctx.save_for_backward(q, k, v, output[0], S0, z0, cu_seqlens)
+
+
+def _backward(ctx, do, dS, dz):
+    q, k, v, o, S0, z0, cu_seqlens = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros_like(o)
+    dq, dk, dv, dS0, dz0 = _bwd(do, dS, dz, q, k, v, o, S0, z0, cu_seqlens, *ctx.params)
+    return (dq, dk, dv, unopt(dS0), unopt(dz0)) + (None,) * 7
+
+
+_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def linear_attention(q, k, v, *, causal=True, feature_map="elu", normalize=True, scale=None, eps=1e-6,
+                     initial_state=None, output_final_state=False, cu_seqlens=None, backend="auto"):
+    """Linear attention o_t = q̃_tᵀ S_t / (q̃_t·z_t + eps) with S_t = S_0 + Σ_{s∈A(t)} φ(k_s) v_sᵀ.
+
+    Args:
+        q: ``[B, T, H, D]``; k: ``[B, T, Hk, D]``; v: ``[B, T, Hk, Dv]`` (GQA when ``Hk < H``).
+        causal: A(t) = {s ≤ t} when True, all s otherwise.
+        feature_map: ``"elu"`` (elu+1), ``"relu"`` or ``"identity"``, applied to q and k.
+        normalize: divide by ``q̃_t·z_t + eps``.
+        scale: multiplies φ(q); default 1.0 when ``normalize`` else ``D**-0.5``.
+        initial_state: ``(S [N,H,D,Dv], z [N,H,D])`` float32 (causal only); N = B, or sequences in ``cu_seqlens``.
+        output_final_state: also return ``(S_T, z_T)``.
+        cu_seqlens: int32 ``[N+1]`` offsets packing N sequences into ``B == 1``.
+        backend: ``"auto" | "triton" | "cuda" | "torch"``.
+
+    Returns:
+        ``o [B, T, H, Dv]`` in the input dtype, or ``(o, (S_T, z_T))`` with ``output_final_state``.
+    """
+    a = _validate.check_linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_state,
+                               output_final_state, cu_seqlens)
+    q, k, v = cast_for_autocast(q, k, v)
+    be = _backend.resolve(OP, backend, a.device, q.dtype)
+    _validate.backend_dtype(OP, be, q.dtype)
+    S0, z0 = a.initial_state if a.initial_state is not None else (None, None)
+    o, S, z = _fwd(q, k, v, S0, z0, cu_seqlens, causal, feature_map, normalize, a.scale, a.eps, be)
+    return (o, (S, z)) if output_final_state else o
