@@ -130,11 +130,12 @@ def state(name: str, state, n_parts: int, shapes: tuple[tuple[int, ...], ...], l
                          + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
     out = []
     for part, shape, label in zip(state, shapes, labels):
-        tensor(f"{name}.{label.split(' ')[0]}", part, (len(shape),), label)
+        pname = f"{name}.{label.split(' ')[0]}"
+        tensor(pname, part, (part.dim(),) if isinstance(part, torch.Tensor) else (len(shape),), label)
         if tuple(part.shape) != tuple(shape):
-            raise ValueError(f"{name}.{label.split(' ')[0]}: expected shape {list(shape)}, got {_shape(part)}")
+            raise ValueError(f"{pname}: expected shape {list(shape)} ({label}), got {_shape(part)}")
         if part.device != device:
-            raise ValueError(f"{name}.{label.split(' ')[0]}: expected it on {device} like q, got {part.device}")
+            raise ValueError(f"{pname}: expected it on {device} like q, got {part.device}")
         out.append(part)
     return tuple(out)
 
