@@ -9,6 +9,8 @@ Each takes ``backend="auto" | "triton" | "cuda" | "torch"`` (default from ``FLAS
 from ._backend import info as backend_info
 from .ops import aaren_attention, auto_correlation, latte_attention, linear_attention, sliding_window_attention
 
+from . import nn  # noqa: E402  (layers call the public functions above)
+
 __version__ = "0.1.0"
 __all__ = [
     "linear_attention",
@@ -17,4 +19,5 @@ __all__ = [
     "aaren_attention",
     "latte_attention",
     "backend_info",
+    "nn",
 ]

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from types import SimpleNamespace
 
 import torch
 
 FEATURE_MAPS = ("elu", "relu", "identity")
 AUTOCORR_MODES = ("train", "infer")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class Checked:
+    """The sizes and normalised options a check derived (a plain object so torch.compile can trace it)."""
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
 
 
 def _compiling() -> bool:
@@ -179,7 +186,7 @@ def check_linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_st
             raise ValueError("initial_state: only supported with causal=True")
         initial_state = state("initial_state", initial_state, 2, ((N, H, D, Dv), (N, H, D)),
                               ("S [N, H, D, Dv]", "z [N, H, D]"), dev)
-    return SimpleNamespace(B=B, T=T, H=H, Hk=Hk, D=D, Dv=Dv, N=N, scale=scale, eps=eps,
+    return Checked(B=B, T=T, H=H, Hk=Hk, D=D, Dv=Dv, N=N, scale=scale, eps=eps,
                            initial_state=initial_state, device=dev)
 
 
@@ -215,7 +222,7 @@ def check_sliding_window(q, k, v, window, scale, cu, return_lse):
         scale = D ** -0.5
     flag("return_lse", return_lse)
     N = cu_seqlens(cu, B, T, dev)
-    return SimpleNamespace(B=B, T=T, H=H, Hk=Hk, D=D, Dv=Dv, N=N, left=left, right=right, scale=scale, device=dev)
+    return Checked(B=B, T=T, H=H, Hk=Hk, D=D, Dv=Dv, N=N, left=left, right=right, scale=scale, device=dev)
 
 
 def autocorr_topk(L: int, factor: float) -> int:
@@ -240,7 +247,7 @@ def check_auto_correlation(q, k, v, factor, mode, return_delays):
     factor = real("factor", factor, positive_only=True)
     choice("mode", mode, AUTOCORR_MODES)
     flag("return_delays", return_delays)
-    return SimpleNamespace(B=B, L=L, S=S, H=H, E=E, D=D, factor=factor, top_k=autocorr_topk(L, factor), device=dev)
+    return Checked(B=B, L=L, S=S, H=H, E=E, D=D, factor=factor, top_k=autocorr_topk(L, factor), device=dev)
 
 
 def check_aaren(q, k, v, scale, initial_state, output_final_state, cu):
@@ -269,7 +276,7 @@ def check_aaren(q, k, v, scale, initial_state, output_final_state, cu):
     if initial_state is not None:
         initial_state = state("initial_state", initial_state, 3, ((N, H), (N, H), (N, H, Dv)),
                               ("m [N, H]", "u [N, H]", "w [N, H, Dv]"), dev)
-    return SimpleNamespace(B=B, T=T, H=H, D=D, Dv=Dv, N=N, scale=scale, initial_state=initial_state, device=dev)
+    return Checked(B=B, T=T, H=H, D=D, Dv=Dv, N=N, scale=scale, initial_state=initial_state, device=dev)
 
 
 def check_latte(q, k, v, causal, initial_state, output_final_state, cu):
@@ -294,4 +301,4 @@ def check_latte(q, k, v, causal, initial_state, output_final_state, cu):
     if initial_state is not None:
         initial_state = state("initial_state", initial_state, 3, ((N, H, L), (N, H, L), (N, H, L, Dv)),
                               ("m [N, H, L]", "alpha [N, H, L]", "S [N, H, L, Dv]"), dev)
-    return SimpleNamespace(B=B, T=T, H=H, L=L, Dv=Dv, N=N, initial_state=initial_state, device=dev)
+    return Checked(B=B, T=T, H=H, L=L, Dv=Dv, N=N, initial_state=initial_state, device=dev)

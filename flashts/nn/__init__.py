@@ -1,0 +1,36 @@
+"""``flashts.nn``: drop-in ``torch.nn`` layers over the flashts ops.
+
+Multi-head self-attention layers, ``batch_first`` ``x [B, T, d_model]`` (module :mod:`flashts.nn.attention`)::
+
+    LinearAttention, SlidingWindowAttention, AutoCorrelationAttention, Aaren, Latte
+
+Time-Series-Library / Autoformer drop-ins (module :mod:`flashts.nn.tslib`): inner attentions with the call
+``forward(queries, keys, values, attn_mask, tau=None, delta=None) -> (out, attn)`` on ``[B, L, H, E]`` tensors::
+
+    LinearInnerAttention, SlidingWindowInnerAttention, AarenInnerAttention, LatteInnerAttention, AutoCorrelation
+
+and the layers that hold them, with TSLib's / Autoformer's parameter names (their state dicts load as is)::
+
+    AttentionLayer, AutoCorrelationLayer
+
+Every layer calls the public function of its op (``flashts.linear_attention`` ...) and takes ``backend=``
+(default ``"auto"``), passed through to it.
+"""
+from .attention import Aaren, AutoCorrelationAttention, Latte, LinearAttention, SlidingWindowAttention
+from .tslib import (AarenInnerAttention, AttentionLayer, AutoCorrelation, AutoCorrelationLayer, LatteInnerAttention,
+                    LinearInnerAttention, SlidingWindowInnerAttention)
+
+__all__ = [
+    "LinearAttention",
+    "SlidingWindowAttention",
+    "AutoCorrelationAttention",
+    "Aaren",
+    "Latte",
+    "LinearInnerAttention",
+    "SlidingWindowInnerAttention",
+    "AarenInnerAttention",
+    "LatteInnerAttention",
+    "AutoCorrelation",
+    "AttentionLayer",
+    "AutoCorrelationLayer",
+]

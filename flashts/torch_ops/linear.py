@@ -1,0 +1,342 @@
+"""Linear attention (SPEC §1) for the ``torch`` backend: chunkwise, O(T) memory, explicit backward.
+
+Math. With q̃_t = scale·φ(q_t), k̃_t = φ(k_t) (φ = elu+1, relu or identity)::
+
+    S_t = S_0 + Σ_{s∈A(t)} k̃_s v_sᵀ   [D, Dv]        z_t = z_0 + Σ_{s∈A(t)} k̃_s   [D]
+    o_t = q̃_tᵀ S_t / (q̃_t·z_t + eps)   (normalize)    o_t = q̃_tᵀ S_t   (otherwise)
+
+The normaliser is folded into the values: v' = [v | 1] (E = Dv + 1 columns) gives S' = [S | z] and
+q̃_tᵀ S'_t = [num_t | den_t], so the normalised and un-normalised cases share one core on (q̃, k̃, v').
+
+Chunking (causal). Time is cut into chunks of C = min(CHUNK_SIZE, T) steps (the last one zero-padded; zero
+rows of k̃ and v' add nothing to a state, zero rows of q̃ give discarded outputs). For chunk c with
+S_{c-1} the state entering it::
+
+    O_c = Q_c S_{c-1} + tril(Q_c K_cᵀ) V_c          S_c = S_{c-1} + K_cᵀ V_c
+
+Chunks are processed in blocks of several chunks at a time (a Python loop over blocks, everything inside a
+block batched): the states entering the chunks of a block are the carried state plus an exclusive cumsum of
+the K_cᵀ V_c over the block. A block holds at most ~BLOCK_ELEMENTS numbers of intermediates, so memory is
+O(T·(D + Dv)) for inputs and outputs plus a constant; no T×T tensor exists, only C×C per chunk.
+
+Non-causal: S' = S'_0 + Σ_s k̃_s v'_sᵀ over the whole sequence, O = Q S' (no chunking needed).
+
+Backward (by hand; autograd is off inside the custom op). With do the output cotangent:
+
+* normalisation: o = num/(den+eps) gives dnum = do/(den+eps), dden = −(do·o)/(den+eps); without
+  normalisation dnum = do, dden = 0. dO' = [dnum | dden] is the cotangent of q̃ᵀS'. den is recomputed (one
+  column of the forward), o is the saved output (in the input dtype, as a GPU kernel would keep it).
+* chunked core, carrying dS (the cotangent of the state leaving the current block, initially the cotangent of
+  the final state, [dS_T | dz_T]) from the last block to the first. For chunk c, with dS_c = cotangent of the
+  state leaving chunk c (= carried dS + Σ_{c'>c} Q_{c'}ᵀ dO'_{c'}, a reverse exclusive cumsum)::
+
+      dQ_c = dO'_c S_{c-1}ᵀ + tril(dO'_c V'_cᵀ) K_c
+      dK_c = V'_c dS_cᵀ    + tril(dO'_c V'_cᵀ)ᵀ Q_c
+      dV'_c = K_c dS_c     + tril(Q_c K_cᵀ)ᵀ dO'_c
+      dS_{c-1} = dS_c + Q_cᵀ dO'_c
+
+  The states entering each block are recomputed by a cheap forward pass (K_bᵀ V'_b per block), the chunk
+  states inside a block as in the forward; the cotangent left at the start is [dS_0 | dz_0].
+* feature map and scale: dq = scale·φ'(q)·dq̃, dk = φ'(k)·dk̃ with φ' = 1 if x > 0 else eˣ (elu+1; the
+  exponent is clamped to ≤ 0 before exp), [x > 0] (relu), 1 (identity); dv = the first Dv columns of dV'.
+* GQA: k, v are expanded to the H query heads (head h reads kv head h // (H // Hk)) and dk, dv are summed
+  back over each group.
+
+Packed sequences (``cu_seqlens``): a Python loop over the sequences, each run as its own batch of one with
+its own initial/final state row. Computation is in float64 for float64 inputs, float32 otherwise; states are
+float32 (float64); outputs and gradients are returned in the dtypes of the corresponding inputs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops._common import new_empty, state_dtype
+
+# Steps per chunk (the tril(Q Kᵀ) blocks are CHUNK_SIZE × CHUNK_SIZE).
+CHUNK_SIZE = 64
+# Rough number of intermediate elements one block of chunks may hold (bounds the memory of a block).
+BLOCK_ELEMENTS = 1 << 22
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _feature_map(x: Tensor, feature_map: str) -> Tensor:
+    if feature_map == "elu":
+        return F.elu(x) + 1
+    if feature_map == "relu":
+        return F.relu(x)
+    return x
+
+
+def _feature_map_grad(x: Tensor, feature_map: str) -> Optional[Tensor]:
+    """φ'(x), or None for the identity (derivative 1)."""
+    if feature_map == "elu":  # elu(x)+1 = x+1 for x > 0, eˣ otherwise; exp only of values ≤ 0
+        return torch.where(x > 0, torch.ones_like(x), torch.exp(x.clamp(max=0)))
+    if feature_map == "relu":
+        return (x > 0).to(x.dtype)
+    return None
+
+
+def _heads_first(x: Tensor, group: int, dtype: torch.dtype) -> Tensor:
+    """``[B, T, Hx, F]`` -> ``[B, Hx·group, T, F]`` in ``dtype``, each head repeated ``group`` times (GQA)."""
+    x = x.transpose(1, 2).to(dtype)
+    if group > 1:
+        x = x.repeat_interleave(group, dim=1)
+    return x.contiguous()
+
+
+def _time_first(x: Tensor, kv_heads: int, dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`_heads_first`: ``[B, H, T, F]`` -> new ``[B, T, kv_heads, F]`` in ``dtype``,
+    summing each group of H // kv_heads consecutive heads."""
+    B, H, T, Fd = x.shape
+    if H != kv_heads:
+        x = x.reshape(B, kv_heads, H // kv_heads, T, Fd).sum(2)
+    out = new_empty((B, T, kv_heads, Fd), dtype=dtype, device=x.device)
+    out.copy_(x.transpose(1, 2))
+    return out
+
+
+def _augment_values(v: Tensor) -> Tensor:
+    """v' = [v | 1]: the extra column turns S into [S | z] and q̃ᵀS' into [num | den]."""
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+
+
+def _augment_state(S: Optional[Tensor], z: Optional[Tensor], D: int, Dv: int, like: Tensor) -> Optional[Tensor]:
+    """[S | z] as ``[N, H, D, Dv + 1]`` in ``like.dtype`` (a missing part is zero; both missing -> None)."""
+    if S is None and z is None:
+        return None
+    N, H = (S if S is not None else z).shape[:2]
+    out = like.new_zeros((N, H, D, Dv + 1))
+    if S is not None:
+        out[..., :Dv] = S
+    if z is not None:
+        out[..., Dv] = z
+    return out
+
+
+def _segments(B: int, T: int, cu_seqlens: Optional[Tensor]):
+    """(t0, t1, n0, n1): time range and state rows of each independent run (all of the batch, or each
+    packed sequence as a batch of one)."""
+    if cu_seqlens is None:
+        return [(0, T, 0, B)]
+    bounds = [int(x) for x in cu_seqlens.tolist()]
+    return [(a, b, n, n + 1) for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _chunking(B: int, H: int, L: int, D: int, E: int) -> tuple[int, int]:
+    """(chunk size C, block length in steps, a multiple of C) for a run of L ≥ 1 steps."""
+    C = max(1, min(CHUNK_SIZE, L))
+    per_chunk = B * H * (3 * C * C + 4 * C * (D + E) + 4 * D * E)
+    chunks_per_block = max(1, min(-(-L // C), BLOCK_ELEMENTS // per_chunk))
+    return C, C * chunks_per_block
+
+
+def _chunks(x: Tensor, C: int) -> Tensor:
+    """``[B, H, L, F]`` -> ``[B, H, ceil(L/C), C, F]``, zero-padded at the end."""
+    B, H, L, Fd = x.shape
+    n = -(-L // C)
+    if n * C != L:
+        x = F.pad(x, (0, 0, 0, n * C - L))
+    return x.reshape(B, H, n, C, Fd)
+
+
+def _unchunk(x: Tensor, L: int) -> Tensor:
+    """``[B, H, n, C, F]`` -> ``[B, H, L, F]`` (drops the padding)."""
+    B, H, n, C, Fd = x.shape
+    return x.reshape(B, H, n * C, Fd)[:, :, :L]
+
+
+def _exclusive_cumsum(x: Tensor, dim: int) -> Tensor:
+    """Σ of the entries strictly before each index along ``dim``."""
+    inclusive = x.cumsum(dim)
+    return torch.cat([torch.zeros_like(inclusive.narrow(dim, 0, 1)),
+                      inclusive.narrow(dim, 0, x.shape[dim] - 1)], dim)
+
+
+def _reverse_exclusive_cumsum(x: Tensor, dim: int) -> Tensor:
+    """Σ of the entries strictly after each index along ``dim``."""
+    return _exclusive_cumsum(x.flip(dim), dim).flip(dim)
+
+
+def _output_cotangent(do: Tensor, o: Tensor, den: Tensor, normalize: bool, eps: float) -> Tensor:
+    """dO' = [dnum | dden], the cotangent of [num | den] = q̃ᵀS' (see the module docstring)."""
+    if not normalize:
+        return torch.cat([do, torch.zeros_like(do[..., :1])], dim=-1)
+    inv = 1.0 / (den + eps)
+    dden = -(do * o).sum(-1) * inv
+    return torch.cat([do * inv.unsqueeze(-1), dden.unsqueeze(-1)], dim=-1)
+
+
+# --------------------------------------------------------------------------- cores on one run
+# qt, kt: [B, H, L, D]; va: [B, H, L, E] (E = Dv + 1); states [B, H, D, E]; all in the compute dtype.
+
+
+def _causal_forward(qt: Tensor, kt: Tensor, va: Tensor, init: Optional[Tensor], out: Tensor) -> Tensor:
+    """Writes q̃_tᵀ S'_t into ``out`` [B, H, L, E]; returns the final state S'_L."""
+    B, H, L, D = qt.shape
+    E = va.shape[-1]
+    state = init.clone() if init is not None else qt.new_zeros((B, H, D, E))
+    if L == 0:
+        return state
+    C, block = _chunking(B, H, L, D, E)
+    for t0 in range(0, L, block):
+        t1 = min(L, t0 + block)
+        Q, K, V = (_chunks(x[:, :, t0:t1], C) for x in (qt, kt, va))  # [B, H, n, C, ·]
+        chunk_kv = K.transpose(-1, -2) @ V  # K_cᵀ V_c: [B, H, n, D, E]
+        S_before = state.unsqueeze(2) + _exclusive_cumsum(chunk_kv, 2)  # state entering each chunk
+        intra = (Q @ K.transpose(-1, -2)).tril_()  # tril(Q_c K_cᵀ): [B, H, n, C, C]
+        out[:, :, t0:t1] = _unchunk(Q @ S_before + intra @ V, t1 - t0)
+        state = S_before[:, :, -1] + chunk_kv[:, :, -1]
+    return state
+
+
+def _causal_backward(qt: Tensor, kt: Tensor, va: Tensor, do: Tensor, o: Tensor, init: Optional[Tensor],
+                     dfinal: Optional[Tensor], normalize: bool, eps: float,
+                     dqt: Tensor, dkt: Tensor, dva: Tensor) -> Tensor:
+    """Writes dq̃, dk̃, dv' into the given buffers; returns the cotangent of the initial state."""
+    B, H, L, D = qt.shape
+    E = va.shape[-1]
+    dS = dfinal.clone() if dfinal is not None else qt.new_zeros((B, H, D, E))
+    if L == 0:
+        return dS
+    C, block = _chunking(B, H, L, D, E)
+    starts = list(range(0, L, block))
+    # Pass 1 (forward): the state entering each block.
+    block_states = []
+    state = init if init is not None else qt.new_zeros((B, H, D, E))
+    for t0 in starts:
+        block_states.append(state)
+        t1 = min(L, t0 + block)
+        state = state + kt[:, :, t0:t1].transpose(-1, -2) @ va[:, :, t0:t1]
+    # Pass 2 (reverse): dS is the cotangent of the state leaving the current block.
+    for t0, S_in in zip(reversed(starts), reversed(block_states)):
+        t1 = min(L, t0 + block)
+        Q, K, V = (_chunks(x[:, :, t0:t1], C) for x in (qt, kt, va))
+        chunk_kv = K.transpose(-1, -2) @ V
+        S_before = S_in.unsqueeze(2) + _exclusive_cumsum(chunk_kv, 2)
+        intra = (Q @ K.transpose(-1, -2)).tril_()
+        # den_t = q̃_t·z_t: the last column of the forward output, only what the normalisation needs
+        den = None
+        if normalize:
+            den = _unchunk(((Q @ S_before[..., -1:]).squeeze(-1) + intra.sum(-1)).unsqueeze(-1), t1 - t0)[..., 0]
+        dO = _chunks(_output_cotangent(do[:, :, t0:t1], o[:, :, t0:t1], den, normalize, eps), C)
+        q_do = Q.transpose(-1, -2) @ dO  # Q_cᵀ dO'_c: [B, H, n, D, E]
+        dS_after = dS.unsqueeze(2) + _reverse_exclusive_cumsum(q_do, 2)  # cotangent of the state leaving chunk c
+        dO_V = (dO @ V.transpose(-1, -2)).tril_()  # tril(dO'_c V'_cᵀ): [B, H, n, C, C]
+        dqt[:, :, t0:t1] = _unchunk(dO @ S_before.transpose(-1, -2) + dO_V @ K, t1 - t0)
+        dkt[:, :, t0:t1] = _unchunk(V @ dS_after.transpose(-1, -2) + dO_V.transpose(-1, -2) @ Q, t1 - t0)
+        dva[:, :, t0:t1] = _unchunk(K @ dS_after + intra.transpose(-1, -2) @ dO, t1 - t0)
+        dS = dS_after[:, :, 0] + q_do[:, :, 0]
+    return dS
+
+
+def _full_forward(qt: Tensor, kt: Tensor, va: Tensor, init: Optional[Tensor], out: Tensor) -> Tensor:
+    """Non-causal: S' = S'_0 + K'ᵀ V', out = Q S'; returns S'."""
+    state = kt.transpose(-1, -2) @ va
+    if init is not None:
+        state = state + init
+    out.copy_(qt @ state)
+    return state
+
+
+def _full_backward(qt: Tensor, kt: Tensor, va: Tensor, do: Tensor, o: Tensor, init: Optional[Tensor],
+                   dfinal: Optional[Tensor], normalize: bool, eps: float,
+                   dqt: Tensor, dkt: Tensor, dva: Tensor) -> Tensor:
+    """Non-causal backward: dQ = dO' S'ᵀ, dS' = dS'_T + Qᵀ dO', dK = V' dS'ᵀ, dV' = K dS'."""
+    state = kt.transpose(-1, -2) @ va
+    if init is not None:
+        state = state + init
+    den = (qt @ state[..., -1:]).squeeze(-1) if normalize else None
+    dO = _output_cotangent(do, o, den, normalize, eps)
+    dS = qt.transpose(-1, -2) @ dO
+    if dfinal is not None:
+        dS = dS + dfinal
+    dqt.copy_(dO @ state.transpose(-1, -2))
+    dkt.copy_(va @ dS.transpose(-1, -2))
+    dva.copy_(kt @ dS)
+    return dS
+
+
+# --------------------------------------------------------------------------- backend entry points
+
+
+def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], z0: Optional[Tensor],
+                         cu_seqlens: Optional[Tensor], causal: bool, feature_map: str, normalize: bool,
+                         scale: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (o [B, T, H, Dv] in q.dtype, S_T [N, H, D, Dv], z_T [N, H, D]) (states in the state dtype)."""
+    B, T, H, D = q.shape
+    Hk, Dv = k.shape[2], v.shape[3]
+    G = H // Hk
+    cdt = state_dtype(q.dtype)
+    qt = scale * _feature_map(_heads_first(q, 1, cdt), feature_map)
+    kt = _feature_map(_heads_first(k, G, cdt), feature_map)
+    va = _augment_values(_heads_first(v, G, cdt))
+    S0a = _augment_state(S0, z0, D, Dv, qt)
+    segments = _segments(B, T, cu_seqlens)
+    N = segments[-1][3]
+    out = new_empty((B, H, T, Dv + 1), dtype=cdt, device=q.device)  # [num | den]
+    final = new_empty((N, H, D, Dv + 1), dtype=cdt, device=q.device)  # [S_T | z_T]
+    core = _causal_forward if causal else _full_forward
+    for t0, t1, n0, n1 in segments:
+        init = S0a[n0:n1] if S0a is not None else None
+        final[n0:n1] = core(qt[:, :, t0:t1], kt[:, :, t0:t1], va[:, :, t0:t1], init, out[:, :, t0:t1])
+    num = out[..., :Dv]
+    o_h = num / (out[..., Dv:] + eps) if normalize else num
+    o = new_empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
+    o.copy_(o_h.transpose(1, 2))
+    S_T = final[..., :Dv].clone(memory_format=torch.contiguous_format)
+    z_T = final[..., Dv].clone(memory_format=torch.contiguous_format)
+    return o, S_T, z_T
+
+
+def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tensor], q: Tensor, k: Tensor,
+                         v: Tensor, o: Tensor, S0: Optional[Tensor], z0: Optional[Tensor],
+                         cu_seqlens: Optional[Tensor], causal: bool, feature_map: str, normalize: bool,
+                         scale: float, eps: float):
+    """-> (dq, dk, dv, dS0, dz0); dS0/dz0 are None when S0 is None."""
+    B, T, H, D = q.shape
+    Hk, Dv = k.shape[2], v.shape[3]
+    G = H // Hk
+    cdt = state_dtype(q.dtype)
+    q_h = _heads_first(q, 1, cdt)
+    k_h = _heads_first(k, G, cdt)
+    qt = scale * _feature_map(q_h, feature_map)
+    kt = _feature_map(k_h, feature_map)
+    va = _augment_values(_heads_first(v, G, cdt))
+    do_h = _heads_first(do, 1, cdt)
+    o_h = _heads_first(o, 1, cdt)
+    S0a = _augment_state(S0, z0, D, Dv, qt)
+    dfinal = _augment_state(dS_T, dz_T, D, Dv, qt)
+    segments = _segments(B, T, cu_seqlens)
+    N = segments[-1][3]
+    dqt = new_empty((B, H, T, D), dtype=cdt, device=q.device)
+    dkt = new_empty((B, H, T, D), dtype=cdt, device=q.device)
+    dva = new_empty((B, H, T, Dv + 1), dtype=cdt, device=q.device)
+    dinit = new_empty((N, H, D, Dv + 1), dtype=cdt, device=q.device)
+    core = _causal_backward if causal else _full_backward
+    for t0, t1, n0, n1 in segments:
+        init = S0a[n0:n1] if S0a is not None else None
+        dfin = dfinal[n0:n1] if dfinal is not None else None
+        ts = slice(t0, t1)
+        dinit[n0:n1] = core(qt[:, :, ts], kt[:, :, ts], va[:, :, ts], do_h[:, :, ts], o_h[:, :, ts], init, dfin,
+                            normalize, eps, dqt[:, :, ts], dkt[:, :, ts], dva[:, :, ts])
+    # through the scale and the feature maps
+    dq_h = dqt * scale
+    grad_q = _feature_map_grad(q_h, feature_map)
+    if grad_q is not None:
+        dq_h = dq_h * grad_q
+    grad_k = _feature_map_grad(k_h, feature_map)
+    dk_h = dkt * grad_k if grad_k is not None else dkt
+    dq = _time_first(dq_h, H, q.dtype)
+    dk = _time_first(dk_h, Hk, k.dtype)
+    dv = _time_first(dva[..., :Dv], Hk, v.dtype)
+    if S0 is None:
+        return dq, dk, dv, None, None
+    dS0 = dinit[..., :Dv].to(S0.dtype).clone(memory_format=torch.contiguous_format)
+    dz0 = dinit[..., Dv].to(z0.dtype if z0 is not None else S0.dtype).clone(memory_format=torch.contiguous_format)
+    return dq, dk, dv, dS0, dz0
