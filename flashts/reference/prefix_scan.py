@@ -36,7 +36,7 @@ def _causal_softmax_mean(s, v, state):
     num = torch.einsum("bhlti,bihe->bhlte", W, v) + carry.unsqueeze(-1) * w0.unsqueeze(-2)
     den = W.sum(-1) + carry * u0.unsqueeze(-1)
     mean = (num / den.unsqueeze(-1)).permute(0, 3, 1, 2, 4)  # [B, T, H, L, Dv]
-    mT = torch.maximum(m0, s.max(dim=1).values).detach()
+    mT = (torch.maximum(m0, s.max(dim=1).values) if T > 0 else m0).detach()
     eT = torch.exp(s - mT.unsqueeze(1))  # [B, T, H, L]
     c0 = torch.where(torch.isfinite(m0), torch.exp(m0 - mT), torch.zeros_like(m0))
     uT = c0 * u0 + eT.sum(1)

@@ -1,0 +1,459 @@
+"""Aaren (SPEC §4) and Latte (SPEC §5), torch backend: one chunked causal "prefix softmax mean" core.
+
+Math (shared core). Per row g (a (batch, head) pair), given logits a ``[T, L]``, mixing weights p ``[T, L]``,
+values v ``[T, Dv]`` and an initial state (m0, α0, S0) per latent l (``[L]``, ``[L]``, ``[L, Dv]``)::
+
+    M_{t,l}   = max(m0_l, max_{s≤t} a_{s,l})                                   (running max, no gradient)
+    den_{t,l} = α0_l e^{m0_l − M_{t,l}} + Σ_{s≤t} e^{a_{s,l} − M_{t,l}}
+    num_{t,l} = S0_l e^{m0_l − M_{t,l}} + Σ_{s≤t} e^{a_{s,l} − M_{t,l}} v_s
+    y_t       = Σ_l p_{t,l} · num_{t,l} / den_{t,l}
+    final state (m_T, α_T, S_T) = (M_{T−1}, den_{T−1}, num_{T−1})
+
+Aaren is L = 1, a_t = scale·(q·k_t), p = 1. Causal Latte is a = k (the latent logits), p = softmax_l(q_t).
+Terms with m0 = −∞ (the empty state) are 0; e^{x − m} is always formed with m ≥ x and the pair
+(−∞, −∞) gives 0, never NaN (:func:`_exp_diff`).
+
+Chunking (forward). Time is cut into chunks of C = min(CHUNK, T) steps (the last padded with a = −∞,
+p = 0, v = 0, which contribute exactly 0).
+1. Chunk summaries, all chunks at once: (max a, Σ e^{a−max}, Σ e^{a−max} v) per chunk and latent.
+2. The states entering each chunk: an inclusive Hillis–Steele scan (log₂ n steps) over
+   [initial state, chunk 0, …, chunk n−1] with the associative online-softmax combine
+   m = max(m_A, m_B), α = α_A e^{m_A−m} + α_B e^{m_B−m}, S likewise. Element j is the state entering chunk j,
+   element n the final state.
+3. Inside a chunk, a ``[C(t), C(s), L]`` tile W = e^{a_s − M_t} (masked to s ≤ t BEFORE the exp, so no
+   positive exponent is ever formed), den_t = Σ_s W + α_in e^{m_in−M_t}, c = p / den,
+   A[t, s] = Σ_l c_{t,l} W[t,s,l] and y = A v + Σ_l c_{t,l} e^{m_in−M_t} S_in,l.
+   Chunks are processed in blocks holding at most ``TILE_ELEMENTS`` tile elements (over rows and chunks),
+   so memory is O(T·(L + Dv)) plus one bounded tile, never T×T nor T×C×L for a long sequence at once.
+
+Backward (by hand; maxima M held fixed, as the state (m, α, S) stands for (α e^m, S e^m)). With the
+cotangent dy_t and the final-state cotangents (dα_T, dS_T)::
+
+    c_{t,l} = p_{t,l}/den_{t,l}            z_{t,l} = dy_t · mean_{t,l}   (mean = num/den; never stored)
+    dnum_{t,l} = c_{t,l} dy_t  (=: h_t)     dden_{t,l} = −c_{t,l} z_{t,l}  (=: r_t)      dp_{t,l} = z_{t,l}
+    (plus dS_T added to h and dα_T added to r at the last step, where M = m_T)
+    dv_s      = Σ_l Σ_{t≥s} e^{a_{s,l} − M_{t,l}} h_{t,l}
+    da_{s,l}  = Σ_{t≥s} e^{a_{s,l} − M_{t,l}} (h_{t,l}·v_s + r_{t,l})
+    dS0_l     = Σ_t e^{m0_l − M_{t,l}} h_{t,l},   dα0_l = Σ_t e^{m0_l − M_{t,l}} r_{t,l}
+
+The suffix sums Σ_{t≥s} e^{x − M_t}(·) are a reverse scan. Per chunk j with entering max μ_j = m_in,j the
+summary Q_j = Σ_{t∈j} e^{μ_j − M_t}(h_t, r_t); element n is (dS_T, dα_T) with μ_n = m_T. The suffix scan
+E_j = Q_j + e^{μ_j − μ_{j+1}} E_{j+1} (factors ≤ 1 since μ is non-decreasing) gives E_0 = (dS0, dα0) and,
+for chunk j, the contribution of all later time E_{j+1}, referred to μ_{j+1} = the max at the end of chunk j
+(≥ every a_s of chunk j). Inside a chunk the tile gives dv = Aᵀ dy + Σ_l e^{a_s−μ_{j+1}} E^h_{j+1} and
+da_{s,l} = Σ_t c_{t,l} W[t,s,l] (dy_t·v_s − z_{t,l}) + e^{a_s−μ_{j+1}} (E^h_{j+1}·v_s + E^r_{j+1}).
+The backward recomputes the entering states (steps 1–2 above), then visits the blocks from the last to the
+first, building each tile once: den, c, z → the block's Q_j → a Hillis–Steele suffix scan over the block's
+chunks plus the carried E of the blocks after it → dv, da; E of the block's first chunk is carried on.
+Aaren: dq = scale·Σ_t da_t k_t (summed over the batch when q is ``[H, D]``), dk_t = scale·da_t q.
+Latte: dq = p ⊙ (dp − Σ_l p dp) (softmax Jacobian).
+
+Latte bidirectional (``causal=False``, no state): per-latent softmax over the whole sequence as a reduction,
+π_{s,l} = e^{k_{s,l} − max_l} / Σ, mean_l = Σ_s π_{s,l} v_s, y_t = Σ_l p_{t,l} mean_l. Backward:
+G_l = Σ_t p_{t,l} dy_t, dp_{t,l} = dy_t·mean_l, dv_s = Σ_l π_{s,l} G_l, dk_{s,l} = π_{s,l}(v_s − mean_l)·G_l.
+Memory O(T·(L + Dv)).
+
+``cu_seqlens``: a Python loop over the packed sequences (B == 1), each run through the same core with its own
+state row; a zero-length sequence returns its initial state (and passes the final-state cotangents back to it).
+Compute dtype: float64 for float64 inputs, float32 otherwise; outputs in the input dtype, states in
+``state_dtype`` (float32, float64 for float64 inputs), gradients in each input's dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops._common import new_empty, state_dtype
+
+# Time steps per chunk (module constant; the tests shrink it so that many chunks are exercised).
+CHUNK = 16
+# Upper bound on the elements of one [rows, chunks, C, C, L] tile processed at once (2^19: 4 MB in float64).
+TILE_ELEMENTS = 1 << 19
+
+_NEG_INF = float("-inf")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _exp_diff(x: Tensor, m: Tensor) -> Tensor:
+    """e^{x − m} for m ≥ x (broadcasting); 0 where x = −∞, including where m = −∞ too (no NaN)."""
+    return torch.exp(x - torch.where(torch.isneginf(m), torch.zeros_like(m), m))
+
+
+def _heads_major(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[B, T, H, X]`` -> contiguous ``[B, H, T, X]`` in ``dtype``."""
+    return x.permute(0, 2, 1, 3).to(dtype, memory_format=torch.contiguous_format)
+
+
+def _time_major(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[B, H, T, X]`` -> new contiguous ``[B, T, H, X]`` in ``dtype``."""
+    return x.permute(0, 2, 1, 3).to(dtype).contiguous()
+
+
+def _segments(B: int, T: int, cu_seqlens: Optional[Tensor]):
+    """(batch slice, time slice, state slice) per independent run of the core."""
+    if cu_seqlens is None:
+        return [(slice(0, B), slice(0, T), slice(0, B))]
+    bounds = [int(x) for x in cu_seqlens.tolist()]
+    return [(slice(0, 1), slice(t0, t1), slice(n, n + 1)) for n, (t0, t1) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _pad_time(x: Tensor, Tp: int, value: float) -> Tensor:
+    """Pad ``[G, T, X]`` along time to ``Tp`` with ``value``."""
+    T = x.shape[1]
+    return x if Tp == T else F.pad(x, (0, 0, 0, Tp - T), value=value)
+
+
+def _blocks(G: int, n: int, C: int, L: int):
+    """(row slice, chunk slice) blocks whose [rows, chunks, C, C, L] tile stays within TILE_ELEMENTS."""
+    per_chunk = C * C * L
+    if G * per_chunk <= TILE_ELEMENTS:
+        nb = max(1, TILE_ELEMENTS // (G * per_chunk))
+        return [(slice(0, G), slice(j, min(j + nb, n))) for j in range(0, n, nb)]
+    gb = max(1, TILE_ELEMENTS // per_chunk)
+    return [(slice(g, min(g + gb, G)), slice(j, j + 1)) for g in range(0, G, gb) for j in range(n)]
+
+
+def _tile(a_blk: Tensor, M_blk: Tensor, upper: Tensor) -> Tensor:
+    """W[.., t, s, l] = e^{a_s − M_t} for s ≤ t, else 0: ``[g, nb, C, L]`` x2 -> ``[g, nb, C(t), C(s), L]``.
+
+    ``upper`` ``[C, C, 1]`` is True where s > t; those entries become −∞ before the exp."""
+    diff = a_blk.unsqueeze(2) - M_blk.unsqueeze(3)
+    diff.masked_fill_(upper, _NEG_INF)
+    return diff.exp_()
+
+
+def _chunk_states(a_c: Tensor, v_c: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+    """States entering every chunk plus the final one: ``m, u [G, n+1, L]``, ``w [G, n+1, L, Dv]``.
+
+    Chunk summaries (max, Σe^{a−max}, Σe^{a−max}v), then an inclusive Hillis–Steele scan with the
+    online-softmax combine over [initial state, chunk 0, ..., chunk n−1]."""
+    cm = a_c.amax(dim=2)                                        # [G, n, L]; every chunk has a real step
+    e = torch.exp(a_c - cm.unsqueeze(2))                        # padded steps: e^{−∞} = 0
+    m = torch.cat([m0.unsqueeze(1), cm], dim=1)
+    u = torch.cat([u0.unsqueeze(1), e.sum(dim=2)], dim=1)
+    w = torch.cat([w0.unsqueeze(1), torch.einsum("gncl,gncd->gnld", e, v_c)], dim=1)
+    d, n1 = 1, m.shape[1]
+    while d < n1:
+        mA, mB = m[:, :-d], m[:, d:]
+        mn = torch.maximum(mA, mB)
+        fA, fB = _exp_diff(mA, mn), _exp_diff(mB, mn)
+        u = torch.cat([u[:, :d], u[:, :-d] * fA + u[:, d:] * fB], dim=1)
+        w = torch.cat([w[:, :d], w[:, :-d] * fA.unsqueeze(-1) + w[:, d:] * fB.unsqueeze(-1)], dim=1)
+        m = torch.cat([m[:, :d], mn], dim=1)
+        d *= 2
+    return m, u, w
+
+
+def _suffix_scan(mu: Tensor, Qh: Tensor, Qr: Tensor):
+    """E_j = Σ_{k≥j} e^{μ_j − μ_k} Q_k (μ non-decreasing: factors ≤ 1), a Hillis–Steele scan from the end.
+
+    ``mu [G, n+1, L]``, ``Qh [G, n+1, L, Dv]``, ``Qr [G, n+1, L]``."""
+    d, n1 = 1, mu.shape[1]
+    while d < n1:
+        f = _exp_diff(mu[:, :-d], mu[:, d:])                    # e^{μ_i − μ_{i+d}}
+        Qh = torch.cat([Qh[:, :-d] + f.unsqueeze(-1) * Qh[:, d:], Qh[:, n1 - d:]], dim=1)
+        Qr = torch.cat([Qr[:, :-d] + f * Qr[:, d:], Qr[:, n1 - d:]], dim=1)
+        d *= 2
+    return Qh, Qr
+
+
+class _Chunked:
+    """The padded, chunked views of one run of the causal core and its entering states."""
+
+    def __init__(self, a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+        G, T, L = a.shape
+        self.G, self.T, self.L, self.Dv = G, T, L, v.shape[-1]
+        self.C = C = min(CHUNK, T)
+        self.n = n = -(-T // C)
+        Tp = n * C
+        self.a = _pad_time(a, Tp, _NEG_INF).view(G, n, C, L)
+        self.p = _pad_time(p, Tp, 0.0).view(G, n, C, L)
+        self.v = _pad_time(v, Tp, 0.0).view(G, n, C, self.Dv)
+        self.m, self.u, self.w = _chunk_states(self.a, self.v, m0, u0, w0)
+        self.upper = torch.ones(C, C, dtype=torch.bool, device=a.device).triu(1).unsqueeze(-1)
+        self.blocks = _blocks(G, n, C, L)
+
+    def pad(self, x: Tensor) -> Tensor:
+        return _pad_time(x, self.n * self.C, 0.0).view(self.G, self.n, self.C, x.shape[-1])
+
+    def block(self, gs: slice, js: slice):
+        """Per block: a, p, v, entering (m, u, w), running max M [g, nb, C, L], carry e^{m_in − M}, tile W, den."""
+        a, p, v = self.a[gs, js], self.p[gs, js], self.v[gs, js]
+        m_in, u_in, w_in = self.m[gs, js], self.u[gs, js], self.w[gs, js]
+        M = torch.maximum(torch.cummax(a, dim=2).values, m_in.unsqueeze(2))
+        W = _tile(a, M, self.upper)
+        carry = _exp_diff(m_in.unsqueeze(2), M)
+        den = W.sum(dim=3) + carry * u_in.unsqueeze(2)
+        return a, p, v, w_in, M, carry, W, den
+
+
+# ------------------------------------------------------------------------------------------------ causal core
+
+def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+    """y_t = Σ_l p_{t,l} · (prefix softmax mean of v under logits a_{·,l}, started from state (m0, u0, w0)).
+
+    ``a, p [G, T, L]``, ``v [G, T, Dv]``, ``m0, u0 [G, L]``, ``w0 [G, L, Dv]`` (T ≥ 1, one dtype).
+    Returns ``y [G, T, Dv]`` and the final state ``(m [G, L], u [G, L], w [G, L, Dv])``."""
+    ch = _Chunked(a, p, v, m0, u0, w0)
+    y = a.new_empty((ch.G, ch.n, ch.C, ch.Dv))
+    for gs, js in ch.blocks:
+        _, p_b, v_b, w_in, _, carry, W, den = ch.block(gs, js)
+        c = p_b / den
+        A = torch.einsum("gntsl,gntl->gnts", W, c)
+        y[gs, js] = A @ v_b + torch.einsum("gntl,gnld->gntd", c * carry, w_in)
+    y = y.view(ch.G, ch.n * ch.C, ch.Dv)[:, :ch.T]
+    n = ch.n
+    return y, (ch.m[:, n].clone(), ch.u[:, n].clone(), ch.w[:, n].clone())
+
+
+def causal_scan_bwd(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], a: Tensor, p: Tensor, v: Tensor,
+                    m0: Tensor, u0: Tensor, w0: Tensor):
+    """Backward of :func:`causal_scan_fwd` with the maxima held fixed.
+
+    ``du_T [G, L]`` / ``dw_T [G, L, Dv]``: cotangents of the final state (None = 0).
+    Returns ``(da [G, T, L], dp [G, T, L], dv [G, T, Dv], du0 [G, L], dw0 [G, L, Dv])``."""
+    ch = _Chunked(a, p, v, m0, u0, w0)
+    G, n, C, L, Dv = ch.G, ch.n, ch.C, ch.L, ch.Dv
+    dy_c = ch.pad(dy)
+    da = a.new_empty((G, n, C, L))
+    dp = a.new_empty((G, n, C, L))
+    dv = a.new_empty((G, n, C, Dv))
+    # E_next: the suffix sum of everything after the current block, referred to the max entering the chunk after
+    # it; it starts as the final-state cotangents (dS_T, dα_T) at μ_n = m_T.
+    E_h_next = dw_T.clone() if dw_T is not None else torch.zeros_like(w0)
+    E_r_next = du_T.clone() if du_T is not None else torch.zeros_like(u0)
+    for gs, js in reversed(ch.blocks):         # per row slice, the chunks run from the last to the first
+        a_b, p_b, v_b, w_in, M, carry, W, den = ch.block(gs, js)
+        dy_b = dy_c[gs, js]
+        vd = dy_b @ v_b.transpose(-1, -2)                        # vd[t, s] = dy_t · v_s
+        # z = dy·mean per step (mean itself is never formed), c = p/den
+        z = (torch.einsum("gntsl,gnts->gntl", W, vd) + carry * torch.einsum("gnld,gntd->gntl", w_in, dy_b)) / den
+        c = p_b / den
+        dp[gs, js] = z
+        # chunk summaries Q_j = Σ_{t∈j} e^{μ_j − M_t} (h_t, r_t) with h = c·dy, r = −c·z, then the suffix scan
+        # over [chunks of this block, E_next]: E_j = Q_j + e^{μ_j − μ_{j+1}} E_{j+1}
+        cc = carry * c
+        Qh = torch.cat([torch.einsum("gntl,gntd->gnld", cc, dy_b), E_h_next[gs].unsqueeze(1)], dim=1)
+        Qr = torch.cat([-(cc * z).sum(dim=2), E_r_next[gs].unsqueeze(1)], dim=1)
+        mu = ch.m[gs, js.start:js.stop + 1]
+        Eh, Er = _suffix_scan(mu, Qh, Qr)
+        E_h_next[gs], E_r_next[gs] = Eh[:, 0], Er[:, 0]
+        # E_{j+1}: all later time, referred to μ_{j+1} (the max at the end of chunk j)
+        Bh, Br, m_out = Eh[:, 1:], Er[:, 1:], mu[:, 1:]
+        Wc = W.mul_(c.unsqueeze(3))                               # c_t · e^{a_s − M_t}
+        A = Wc.sum(dim=-1)
+        e_out = torch.exp(a_b - m_out.unsqueeze(2))               # e^{a_s − μ_{j+1}} ≤ 1; padded steps 0
+        dv[gs, js] = A.transpose(-1, -2) @ dy_b + torch.einsum("gnsl,gnld->gnsd", e_out, Bh)
+        # Σ_t c_t W[t,s] (dy_t·v_s − z_t): elementwise then a reduction over t (no permuted copy of the tile)
+        da[gs, js] = (Wc.mul_(vd.unsqueeze(-1) - z.unsqueeze(3)).sum(dim=2)
+                      + e_out * (torch.einsum("gnld,gnsd->gnsl", Bh, v_b) + Br.unsqueeze(2)))
+    T = ch.T
+    return (da.view(G, n * C, L)[:, :T], dp.view(G, n * C, L)[:, :T], dv.view(G, n * C, Dv)[:, :T],
+            E_r_next, E_h_next)
+
+
+# ------------------------------------------------------------------------------------------------ bidirectional
+
+def _bidir_fwd(a: Tensor, p: Tensor, v: Tensor):
+    """Per-latent softmax over all of time: returns y ``[G, T, Dv]``, π ``[G, T, L]``, mean ``[G, L, Dv]``."""
+    e = torch.exp(a - a.amax(dim=1, keepdim=True))
+    pi = e / e.sum(dim=1, keepdim=True)
+    mean = torch.einsum("gtl,gtd->gld", pi, v)
+    return torch.einsum("gtl,gld->gtd", p, mean), pi, mean
+
+
+def _bidir_bwd(dy: Tensor, a: Tensor, p: Tensor, v: Tensor):
+    """Returns (da, dp, dv) of :func:`_bidir_fwd` (see the module docstring)."""
+    _, pi, mean = _bidir_fwd(a, p, v)
+    Gm = torch.einsum("gtl,gtd->gld", p, dy)                    # cotangent of mean
+    dp = torch.einsum("gtd,gld->gtl", dy, mean)
+    dv = torch.einsum("gsl,gld->gsd", pi, Gm)
+    da = pi * (torch.einsum("gsd,gld->gsl", v, Gm) - (mean * Gm).sum(-1).unsqueeze(1))
+    return da, dp, dv
+
+
+# ------------------------------------------------------------------------------------------------ drivers
+
+def _initial(m0, u0, w0, N, H, L, Dv, cd, device):
+    """Initial state as compute-dtype ``[N, H, L]``, ``[N, H, L]``, ``[N, H, L, Dv]`` (empty state if None)."""
+    if m0 is None:
+        return (torch.full((N, H, L), _NEG_INF, dtype=cd, device=device),
+                torch.zeros((N, H, L), dtype=cd, device=device), torch.zeros((N, H, L, Dv), dtype=cd, device=device))
+    return m0.to(cd).reshape(N, H, L), u0.to(cd).reshape(N, H, L), w0.to(cd).reshape(N, H, L, Dv)
+
+
+def _causal_forward(a, p, v, m0, u0, w0, cu_seqlens, out_dtype):
+    """Run the core per segment. ``a, p [B, H, T, L]``, ``v [B, H, T, Dv]``, states ``[N, H, L(, Dv)]``.
+
+    Returns o ``[B, T, H, Dv]`` (out_dtype), final states ``[N, H, L]``, ``[N, H, L]``, ``[N, H, L, Dv]``."""
+    B, H, T, L = a.shape
+    Dv = v.shape[-1]
+    N = m0.shape[0]
+    sd = state_dtype(out_dtype)
+    o = new_empty((B, T, H, Dv), dtype=out_dtype, device=a.device)
+    mT = new_empty((N, H, L), dtype=sd, device=a.device)
+    uT = new_empty((N, H, L), dtype=sd, device=a.device)
+    wT = new_empty((N, H, L, Dv), dtype=sd, device=a.device)
+    for bs, ts, ss in _segments(B, T, cu_seqlens):
+        b, Tn = bs.stop - bs.start, ts.stop - ts.start
+        if Tn == 0:
+            mT[ss], uT[ss], wT[ss] = m0[ss], u0[ss], w0[ss]
+            continue
+        y, (m, u, w) = causal_scan_fwd(
+            a[bs, :, ts].reshape(b * H, Tn, L), p[bs, :, ts].reshape(b * H, Tn, L), v[bs, :, ts].reshape(b * H, Tn, Dv),
+            m0[ss].reshape(b * H, L), u0[ss].reshape(b * H, L), w0[ss].reshape(b * H, L, Dv))
+        o[bs, ts] = y.view(b, H, Tn, Dv).transpose(1, 2)
+        mT[ss], uT[ss] = m.view(b, H, L), u.view(b, H, L)
+        wT[ss] = w.view(b, H, L, Dv)
+    return o, mT, uT, wT
+
+
+def _causal_backward(do, du_T, dw_T, a, p, v, m0, u0, w0, cu_seqlens):
+    """Per-segment backward. ``do [B, T, H, Dv]``; rest as :func:`_causal_forward` (compute dtype).
+
+    Returns da, dp ``[B, H, T, L]``, dv ``[B, H, T, Dv]``, du0 ``[N, H, L]``, dw0 ``[N, H, L, Dv]``."""
+    B, H, T, L = a.shape
+    Dv = v.shape[-1]
+    N = m0.shape[0]
+    cd, dev = a.dtype, a.device
+    dy = _heads_major(do, cd)
+    if du_T is not None:
+        du_T = du_T.to(cd).reshape(N, H, L)
+    if dw_T is not None:
+        dw_T = dw_T.to(cd).reshape(N, H, L, Dv)
+    da = new_empty((B, H, T, L), dtype=cd, device=dev)
+    dp = new_empty((B, H, T, L), dtype=cd, device=dev)
+    dv = new_empty((B, H, T, Dv), dtype=cd, device=dev)
+    du0 = new_empty((N, H, L), dtype=cd, device=dev)
+    dw0 = new_empty((N, H, L, Dv), dtype=cd, device=dev)
+    for bs, ts, ss in _segments(B, T, cu_seqlens):
+        b, Tn = bs.stop - bs.start, ts.stop - ts.start
+        if Tn == 0:   # final state == initial state
+            du0[ss] = du_T[ss] if du_T is not None else 0.0
+            dw0[ss] = dw_T[ss] if dw_T is not None else 0.0
+            continue
+        g = b * H
+        res = causal_scan_bwd(
+            dy[bs, :, ts].reshape(g, Tn, Dv),
+            du_T[ss].reshape(g, L) if du_T is not None else None,
+            dw_T[ss].reshape(g, L, Dv) if dw_T is not None else None,
+            a[bs, :, ts].reshape(g, Tn, L), p[bs, :, ts].reshape(g, Tn, L), v[bs, :, ts].reshape(g, Tn, Dv),
+            m0[ss].reshape(g, L), u0[ss].reshape(g, L), w0[ss].reshape(g, L, Dv))
+        da[bs, :, ts] = res[0].view(b, H, Tn, L)
+        dp[bs, :, ts] = res[1].view(b, H, Tn, L)
+        dv[bs, :, ts] = res[2].view(b, H, Tn, Dv)
+        du0[ss] = res[3].view(b, H, L)
+        dw0[ss] = res[4].view(b, H, L, Dv)
+    return da, dp, dv, du0, dw0
+
+
+# ------------------------------------------------------------------------------------------------ Aaren
+
+def _aaren_logits(q: Tensor, k: Tensor, scale: float, cd: torch.dtype):
+    """q as ``[B, H, D]`` and a = scale·(q·k_t) as ``[B, H, T, 1]`` (compute dtype)."""
+    B, T, H, D = k.shape
+    qb = q.to(cd)
+    qb = qb.unsqueeze(0).expand(B, H, D) if qb.dim() == 2 else qb
+    kh = _heads_major(k, cd)                                     # [B, H, T, D]
+    return qb, kh, (scale * (kh @ qb.unsqueeze(-1)))
+
+
+def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
+    B, T, H, D = k.shape
+    Dv = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    cd = _compute_dtype(k.dtype)
+    _, _, a = _aaren_logits(q, k, scale, cd)
+    p = torch.ones_like(a)
+    s0 = _initial(m0, u0, w0, N, H, 1, Dv, cd, k.device)
+    o, mT, uT, wT = _causal_forward(a, p, _heads_major(v, cd), *s0, cu_seqlens, k.dtype)
+    return o, mT.view(N, H), uT.view(N, H), wT.view(N, H, Dv)
+
+
+def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scale):
+    B, T, H, D = k.shape
+    Dv = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    cd = _compute_dtype(k.dtype)
+    qb, kh, a = _aaren_logits(q, k, scale, cd)
+    p = torch.ones_like(a)
+    s0 = _initial(m0, u0, w0, N, H, 1, Dv, cd, k.device)
+    da, _, dv, du0, dw0 = _causal_backward(do, du_T, dw_T, a, p, _heads_major(v, cd), *s0, cu_seqlens)
+    # a_t = scale·(q·k_t): dq = scale·Σ_t da_t k_t, dk_t = scale·da_t q
+    dq = scale * (da.transpose(-1, -2) @ kh).squeeze(-2)         # [B, H, D]
+    if q.dim() == 2:
+        dq = dq.sum(dim=0)
+    dk = scale * da * qb.unsqueeze(2)                           # [B, H, T, D]
+    if m0 is None:
+        du0 = dw0 = None
+    else:
+        du0, dw0 = du0.view(N, H).to(u0.dtype), dw0.view(N, H, Dv).to(w0.dtype)
+    return dq.to(q.dtype), _time_major(dk, k.dtype), _time_major(dv, v.dtype), du0, dw0
+
+
+# ------------------------------------------------------------------------------------------------ Latte
+
+def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
+    B, T, H, L = q.shape
+    Dv = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    cd = _compute_dtype(q.dtype)
+    p = torch.softmax(_heads_major(q, cd), dim=-1)
+    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
+    if causal:
+        s0 = _initial(m0, a0, S0, N, H, L, Dv, cd, q.device)
+        return _causal_forward(kh, p, vh, *s0, cu_seqlens, q.dtype)
+    o = new_empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
+    for bs, ts, _ in _segments(B, T, cu_seqlens):
+        b, Tn = bs.stop - bs.start, ts.stop - ts.start
+        if Tn == 0:
+            continue
+        y, _, _ = _bidir_fwd(kh[bs, :, ts].reshape(b * H, Tn, L), p[bs, :, ts].reshape(b * H, Tn, L),
+                             vh[bs, :, ts].reshape(b * H, Tn, Dv))
+        o[bs, ts] = y.view(b, H, Tn, Dv).transpose(1, 2)
+    return o, None, None, None
+
+
+def latte_attention_bwd(do, da_T, dS_T, q, k, v, o, m0, a0, S0, cu_seqlens, causal):
+    B, T, H, L = q.shape
+    Dv = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    cd = _compute_dtype(q.dtype)
+    p = torch.softmax(_heads_major(q, cd), dim=-1)
+    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
+    da0 = dS0 = None
+    if causal:
+        s0 = _initial(m0, a0, S0, N, H, L, Dv, cd, q.device)
+        dk, dp, dv, da0, dS0 = _causal_backward(do, da_T, dS_T, kh, p, vh, *s0, cu_seqlens)
+        if m0 is None:
+            da0 = dS0 = None
+        else:
+            da0, dS0 = da0.to(a0.dtype), dS0.to(S0.dtype)
+    else:
+        dy = _heads_major(do, cd)
+        dk = new_empty((B, H, T, L), dtype=cd, device=q.device)
+        dp = new_empty((B, H, T, L), dtype=cd, device=q.device)
+        dv = new_empty((B, H, T, Dv), dtype=cd, device=q.device)
+        for bs, ts, _ in _segments(B, T, cu_seqlens):
+            b, Tn = bs.stop - bs.start, ts.stop - ts.start
+            if Tn == 0:
+                continue
+            g = b * H
+            dk_s, dp_s, dv_s = _bidir_bwd(dy[bs, :, ts].reshape(g, Tn, Dv), kh[bs, :, ts].reshape(g, Tn, L),
+                                          p[bs, :, ts].reshape(g, Tn, L), vh[bs, :, ts].reshape(g, Tn, Dv))
+            dk[bs, :, ts] = dk_s.view(b, H, Tn, L)
+            dp[bs, :, ts] = dp_s.view(b, H, Tn, L)
+            dv[bs, :, ts] = dv_s.view(b, H, Tn, Dv)
+    # p = softmax_l(q): dq = p ⊙ (dp − Σ_l p dp). dp is first shifted by dp_{·,0} (the result is unchanged as
+    # Σ_l p = 1): a common part of dp then cancels exactly instead of leaving rounding noise (e.g. T = 1).
+    dp = dp - dp[..., :1]
+    dq = p * (dp - (p * dp).sum(dim=-1, keepdim=True))
+    return _time_major(dq, q.dtype), _time_major(dk, k.dtype), _time_major(dv, v.dtype), da0, dS0
