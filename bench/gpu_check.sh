@@ -42,7 +42,7 @@ rc=$?
 stamp "tests exit $rc: $(tail -n 1 "$OUT/tests.log")"
 
 stamp "benchmark (log: bench.log)"
-timeout 240 $PY -m bench --device cuda --out "$OUT" "$@" > "$OUT/bench.log" 2>&1
+timeout 270 $PY -m bench --device cuda --out "$OUT" --time-limit 230 "$@" > "$OUT/bench.log" 2>&1
 stamp "bench exit $?"
 # the device tool brings back at most 8 files: pack the plots into one archive
 if ls "$OUT"/*.png >/dev/null 2>&1; then

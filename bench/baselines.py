@@ -1,0 +1,247 @@
+"""Peer implementations the flashts backends are timed against.
+
+Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the timing, whatever it needs
+(its own layout, masks, block masks, compiled functions); the timed callable is only its forward call.
+
+* ``sdpa`` — ``torch.nn.functional.scaled_dot_product_attention``, dense softmax attention at the case's
+  B, T, H, D as a reference point for every op (causal when the op is causal: linear causal, Aaren, causal
+  Latte, sliding windows with right = 0; full otherwise). It computes a *different function* (except for
+  a sliding window that covers the whole sequence), so it is not checked and its FLOP count is that of
+  dense attention. Layout ``[B, H, T, D]`` (transposed copies made outside the timing). For Aaren the
+  keys double as queries (one query per position, as dense attention would have); for Latte q/k are the
+  latent logits (head dim L).
+* ``sdpa-mask`` — SDPA with a dense boolean ``[T, T]`` sliding-window mask (built once): the same function
+  as ``sliding_window_attention``, O(T²) time and memory.
+* ``flex`` — FlexAttention (``torch.nn.attention.flex_attention``) under ``torch.compile`` with a
+  sliding-window ``BlockMask`` built once by ``create_block_mask`` outside the timing (GPU only).
+* ``fla`` — flash-linear-attention's ``fla.ops.linear_attn.chunk_linear_attn`` (GPU only, when importable).
+  Matched to flashts' linear attention: the feature map (elu+1 / relu / identity) is applied to q and k
+  inside the timed call, as fla's ``LinearAttention`` layer does before its kernel; ``scale=1.0`` when
+  normalising (flashts' default) else D**-0.5; layout ``[B, T, H, D]`` (``head_first=False`` where the
+  argument exists); causal only. fla's kernel runs with ``normalize=False`` and the normaliser
+  o_t / (q̃_t·Σ_{s≤t} φ(k_s) + 1e-6) is computed by the harness in float32 inside the timed call: fla's own
+  ``normalize_output`` is plain PyTorch too, but in several releases it takes ``cumsum(-2)``, which is the
+  head axis in its ``[B, T, H, D]`` layout (wrong), and it accumulates in the input dtype (bf16 over 64k
+  steps is inaccurate), so the guard would reject it.
+* ``autoformer`` — the original Autoformer ``AutoCorrelation`` code, ``bench/autoformer_original.py``'s
+  ``autoformer_auto_correlation(q, k, v, factor, mode)`` (``[B, L, H, E]``), imported lazily; skipped with
+  a note when that module is missing.
+
+The flashts ``torch`` backend itself is listed by :mod:`bench.registry` (``flashts-torch``) and serves as
+the baseline the GPU kernels must beat.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from .registry import Config, Impl, Prepared, _grad_like, dense_attention_flops_bytes, is_causal, leaf, op_kwargs
+
+
+def _to_bhtd(x: torch.Tensor, requires_grad: bool) -> torch.Tensor:
+    """``[B, T, H, D]`` → contiguous ``[B, H, T, D]`` leaf (a copy made outside the timing)."""
+    return x.transpose(1, 2).contiguous().requires_grad_(requires_grad)
+
+
+def _from_bhtd(o: torch.Tensor) -> torch.Tensor:
+    return o.transpose(1, 2)
+
+
+def _window_covers_all(config: Config) -> str | None:
+    """'causal' / 'full' when a sliding window is plain dense attention at every T, else None."""
+    if config.op != "sliding_window_attention":
+        return None
+    left, right = config.p["window"]
+    if left == -1 and right == 0:
+        return "causal"
+    if left == -1 and right == -1:
+        return "full"
+    return None
+
+
+class SDPA(Impl):
+    name = "sdpa"
+    note = "dense attention reference point (different function)"
+
+    def same_function(self, config: Config) -> bool:
+        return _window_covers_all(config) is not None
+
+    def _dims(self, config: Config) -> tuple[int, int]:
+        return config.D, config.Dv
+
+    def counts(self, case):
+        D, Dv = self._dims(case.config)
+        return dense_attention_flops_bytes(case, is_causal(case.config), D, Dv)
+
+    def prepare(self, case, inputs, requires_grad):
+        c = case.config
+        q = inputs["k"] if case.op == "aaren_attention" else inputs["q"]
+        qh, kh, vh = (_to_bhtd(x, requires_grad) for x in (q, inputs["k"], inputs["v"]))
+        causal = is_causal(c)
+        return Prepared(
+            fn=lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal),
+            to_bthd=_from_bhtd, leaves=[qh, kh, vh] if requires_grad else [],
+            grad_out=_grad_like(case, c.Dv, vh, heads_first=True) if requires_grad else None)
+
+
+def window_mask(T: int, left: int, right: int, device) -> torch.Tensor:
+    """Boolean ``[T, T]``, True where query i may attend key j: i − left ≤ j ≤ i + right (−1 unbounded)."""
+    i = torch.arange(T, device=device).unsqueeze(1)
+    j = torch.arange(T, device=device).unsqueeze(0)
+    allowed = torch.ones(T, T, dtype=torch.bool, device=device)
+    if left >= 0:
+        allowed &= j >= i - left
+    if right >= 0:
+        allowed &= j <= i + right
+    return allowed
+
+
+class SDPAMask(Impl):
+    name = "sdpa-mask"
+    note = "SDPA with a dense boolean window mask"
+
+    def supports(self, config):
+        return config.op == "sliding_window_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        c = case.config
+        left, right = c.p["window"]
+        qh, kh, vh = (_to_bhtd(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        mask = window_mask(case.T, left, right, qh.device)
+        return Prepared(
+            fn=lambda: F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask),
+            to_bthd=_from_bhtd, leaves=[qh, kh, vh] if requires_grad else [],
+            grad_out=_grad_like(case, c.Dv, vh, heads_first=True) if requires_grad else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    import torch._dynamo as dynamo
+    # torch.compile's default (automatic dynamic shapes: after a second T the sequence length becomes
+    # symbolic, so a sweep compiles ~2 graphs per window/head dim/mode instead of one per T); raise the
+    # recompile limit so a long sweep never falls back to eager (which materialises the scores)
+    for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                 "accumulated_recompile_limit"):
+        if hasattr(dynamo.config, knob):
+            setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 512))
+    return torch.compile(flex_attention)
+
+
+class Flex(Impl):
+    name = "flex"
+    note = "FlexAttention (torch.compile) with a sliding-window block mask"
+
+    def supports(self, config):
+        return config.op == "sliding_window_attention"
+
+    def available(self, device):
+        if device.type != "cuda":
+            return False, "FlexAttention is benchmarked on GPU only"
+        try:
+            importlib.import_module("torch.nn.attention.flex_attention")
+        except Exception as e:  # pragma: no cover - old torch
+            return False, f"torch.nn.attention.flex_attention not importable: {e}"
+        return True, ""
+
+    def prepare(self, case, inputs, requires_grad):
+        from torch.nn.attention.flex_attention import create_block_mask
+        c = case.config
+        left, right = c.p["window"]
+        T = case.T
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            ok = q_idx >= 0  # all-True tensor of the right shape
+            if left >= 0:
+                ok = ok & (q_idx - kv_idx <= left)
+            if right >= 0:
+                ok = ok & (kv_idx - q_idx <= right)
+            return ok
+
+        qh, kh, vh = (_to_bhtd(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        extra = {"_compile": True} if "_compile" in inspect.signature(create_block_mask).parameters else {}
+        # built once, outside the timing; _compile avoids materialising T×T index grids at large T
+        block_mask = create_block_mask(mask_mod, None, None, T, T, device=qh.device, **extra)
+        flex = _compiled_flex()
+        return Prepared(
+            fn=lambda: flex(qh, kh, vh, block_mask=block_mask),
+            to_bthd=_from_bhtd, leaves=[qh, kh, vh] if requires_grad else [],
+            grad_out=_grad_like(case, c.Dv, vh, heads_first=True) if requires_grad else None)
+
+
+_FEATURE = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu, "identity": lambda x: x}
+
+
+class FLA(Impl):
+    name = "fla"
+    note = "flash-linear-attention chunk_linear_attn"
+
+    def supports(self, config):
+        return config.op == "linear_attention" and bool(config.p.get("causal", True))
+
+    def available(self, device):
+        if device.type != "cuda":
+            return False, "flash-linear-attention is GPU only"
+        try:
+            importlib.import_module("fla.ops.linear_attn")
+        except Exception as e:
+            return False, f"flash-linear-attention not importable ({type(e).__name__}: {e}); pip install flash-linear-attention"
+        return True, ""
+
+    def prepare(self, case, inputs, requires_grad):
+        from fla.ops.linear_attn import chunk_linear_attn
+        kw = op_kwargs(case.config)
+        phi = _FEATURE[kw["feature_map"]]
+        normalize = kw["normalize"]
+        scale = 1.0 if normalize else case.config.D ** -0.5
+        extra = {}
+        if "head_first" in inspect.signature(chunk_linear_attn).parameters:
+            extra["head_first"] = False
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        eps = 1e-6
+
+        def fn():
+            fq, fk = phi(q), phi(k)
+            o = chunk_linear_attn(fq, fk, v, scale=scale, normalize=False, **extra)[0]
+            if not normalize:
+                return o
+            # o_t / (q̃_t · Σ_{s≤t} φ(k_s) + eps), the normaliser in float32 (see the module doc)
+            z = torch.cumsum(fk.float(), dim=1)
+            den = (fq.float() * z).sum(-1, keepdim=True) * scale + eps
+            return (o.float() / den).to(o.dtype)
+
+        return Prepared(fn=fn, leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class Autoformer(Impl):
+    name = "autoformer"
+    note = "original Autoformer AutoCorrelation code"
+
+    def supports(self, config):
+        return config.op == "auto_correlation"
+
+    def available(self, device):
+        try:
+            mod = importlib.import_module("bench.autoformer_original")
+            getattr(mod, "autoformer_auto_correlation")
+        except Exception as e:
+            return False, f"bench/autoformer_original.py missing or broken ({type(e).__name__}: {e})"
+        return True, ""
+
+    def prepare(self, case, inputs, requires_grad):
+        from bench.autoformer_original import autoformer_auto_correlation
+        kw = op_kwargs(case.config)
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        return Prepared(
+            fn=lambda: autoformer_auto_correlation(q, k, v, factor=kw["factor"], mode=kw["mode"]),
+            leaves=[q, k, v] if requires_grad else [],
+            grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+def baseline_impls() -> list[Impl]:
+    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer()]

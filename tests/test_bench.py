@@ -1,0 +1,148 @@
+"""Smoke tests of the benchmark harness (``python -m bench``): a tiny CPU run end to end into a tmp dir
+(JSON schema, markdown tables, plots), the correctness guard, OOM handling, FLOP counts and the report."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from bench import registry, report
+from bench.__main__ import main as bench_main
+from bench.registry import Config, Impl, Prepared
+from bench.runner import Runner
+
+ROW_KEYS = {"op", "impl", "mode", "dtype", "B", "T", "H", "D", "Dv", "params", "ms", "peak_mb", "tflops", "gbps",
+            "max_rel_err", "check", "flops", "bytes"}
+META_KEYS = {"device", "torch", "triton", "cuda", "commit", "date", "command", "rows"}
+
+
+def test_quick_cpu_run_end_to_end(tmp_path):
+    rc = bench_main(["--quick", "--device", "cpu", "--T", "64", "--out", str(tmp_path), "--no-progress",
+                     "--tag", "smoke"])
+    assert rc == 0
+    files = sorted(os.listdir(tmp_path))
+    jsons = [f for f in files if f.endswith(".json")]
+    assert len(jsons) == 1, files
+    stem = jsons[0][:-5]
+    assert stem.endswith("_smoke") and stem.count("_") >= 2  # <device-slug>_<YYYY-MM-DD>_<tag>
+    with open(tmp_path / jsons[0]) as f:
+        data = json.load(f)
+    assert META_KEYS <= data.keys()
+    assert data["date"][:10] in stem and data["device"]
+    rows = data["rows"]
+    assert {r["op"] for r in rows} == set(registry.OPS)
+    assert {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
+    for r in rows:
+        assert ROW_KEYS <= r.keys(), r
+        assert r["T"] == 64 and isinstance(r["params"], dict)
+        assert r["flops"] > 0 and r["bytes"] > 0
+        if r["ms"] is None:
+            assert r.get("error"), r
+        else:
+            assert r["ms"] > 0 and r["tflops"] > 0 and r["gbps"] > 0
+    # every op has its torch backend row, and it is checked against the float64 reference
+    torch_rows = [r for r in rows if r["impl"] == "flashts-torch"]
+    assert {r["op"] for r in torch_rows} == set(registry.OPS)
+    for r in torch_rows:
+        assert r["check"] == "reference" and r["max_rel_err"] is not None, r
+    # baselines present on CPU: dense SDPA (reference point, not checked) and the window-mask SDPA (checked)
+    sdpa = [r for r in rows if r["impl"] == "sdpa"]
+    assert sdpa and all(r["check"] == "n/a" for r in sdpa)
+    mask = [r for r in rows if r["impl"] == "sdpa-mask"]
+    assert mask and all(r["check"] == "reference" and r["max_rel_err"] < 1e-3 for r in mask)
+
+    md = (tmp_path / f"{stem}.md").read_text()
+    for op in registry.OPS:
+        assert f"## {op}" in md
+    assert "| T |" in md and "speed-up" in md
+    pytest.importorskip("matplotlib")
+    for op in registry.OPS:
+        for kind in ("time", "memory"):
+            png = tmp_path / f"{stem}_{op}_{kind}.png"
+            assert png.exists() and png.stat().st_size > 1000, png
+
+
+class _Wrong(Impl):
+    """An implementation of linear attention that returns a visibly wrong output."""
+    name = "wrong"
+
+    def supports(self, config):
+        return config.op == "linear_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        q, k, v = (registry.leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        return Prepared(fn=lambda: flashts.linear_attention(q, k, v, backend="torch") * 1.1,
+                        leaves=[q, k, v] if requires_grad else [])
+
+
+class _OOM(Impl):
+    """Runs out of memory from T = 32 on (a reference point: its output is not checked)."""
+    name = "oom"
+
+    def same_function(self, config):
+        return False
+
+    def supports(self, config):
+        return config.op == "linear_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        def fn():
+            if case.T >= 32:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+            return inputs["v"].clone()
+        return Prepared(fn=fn)
+
+
+def test_guard_rejects_wrong_output_and_oom_skips_larger_T():
+    cfg = Config.make("linear_attention", 1, 2, 8, 8, (16, 32, 64), causal=True, feature_map="elu", normalize=True)
+    runner = Runner("cpu", modes=("fwd", "fwdbwd"), dtypes=("float32",), budget_s=0.0, min_reps=1, max_reps=1,
+                    progress=False, log=lambda m: None)
+    rows = runner.run([cfg], [registry.FlashtsImpl("torch"), _Wrong(), _OOM()])
+    by = {(r["impl"], r["mode"], r["T"]): r for r in rows}
+    for T in (16, 32, 64):
+        for mode in ("fwd", "fwdbwd"):
+            good, wrong = by[("flashts-torch", mode, T)], by[("wrong", mode, T)]
+            assert good["ms"] is not None and good["max_rel_err"] < 1e-5 and "error" not in good
+            assert wrong["ms"] is None and wrong["error"].startswith("wrong output")
+            assert wrong["max_rel_err"] > 0.05
+    # the OOM impl: fine at T=16, OOM at 32 (caught), skipped at 64
+    assert by[("oom", "fwd", 16)]["ms"] is not None
+    assert by[("oom", "fwd", 32)]["error"] == "OOM" and by[("oom", "fwd", 32)]["ms"] is None
+    assert by[("oom", "fwd", 64)]["error"].startswith("skipped: OOM at T=32")
+
+
+def test_window_pairs_and_counts():
+    for T in (1, 5, 17):
+        for left, right in ((-1, 0), (3, 0), (2, 4), (-1, -1), (0, 0), (30, 30)):
+            i = torch.arange(T).unsqueeze(1)
+            j = torch.arange(T).unsqueeze(0)
+            allowed = torch.ones(T, T, dtype=torch.bool)
+            if left >= 0:
+                allowed &= j >= i - left
+            if right >= 0:
+                allowed &= j <= i + right
+            assert registry.window_pairs(T, left, right) == int(allowed.sum()), (T, left, right)
+    for cfg in registry.gpu_configs() + registry.cpu_configs():
+        case = registry.Case(cfg, cfg.Ts[-1], "bfloat16")
+        c = registry.flops_bytes(case)
+        assert 0 < c["fwd"][0] < c["fwdbwd"][0] and 0 < c["fwd"][1] < c["fwdbwd"][1]
+    # full causal window = dense causal attention count
+    cfg = Config.make("sliding_window_attention", 2, 3, 16, 16, (64,), window=(-1, 0))
+    case = registry.Case(cfg, 64, "float16")
+    assert registry.flops_bytes(case) == registry.dense_attention_flops_bytes(case, True, 16, 16)
+
+
+def test_report_speedup_vs_best_baseline():
+    base = {"op": "sliding_window_attention", "dtype": "bfloat16", "B": 1, "H": 1, "D": 8, "Dv": 8,
+            "params": {"window": [3, 0]}, "T": 1024, "peak_mb": 1.0}
+    rows = [dict(base, impl="flashts-triton", mode="fwd", ms=1.0),
+            dict(base, impl="flashts-torch", mode="fwd", ms=3.0),
+            dict(base, impl="sdpa", mode="fwd", ms=4.0),
+            dict(base, impl="flex", mode="fwd", ms=None, error="OOM")]
+    table, notes = report.markdown_table(rows)
+    assert "3.00× vs flashts-torch" in table   # the triton kernel is compared with the torch backend too
+    assert "1.33× vs sdpa" in table            # the torch backend only with the peers
+    assert "OOM" in table and any("OOM" in n for n in notes)
