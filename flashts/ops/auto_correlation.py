@@ -21,6 +21,8 @@ from ._common import cast_for_autocast, no_autocast, state_dtype
 
 OP = "auto_correlation"
 _backend.register(OP, "torch", "flashts.torch_ops.auto_correlation")
+_backend.register(OP, "cuda", "flashts.cuda_ops.auto_correlation", gpu_rank=2)
+_backend.register(OP, "triton", "flashts.kernels.auto_correlation", gpu_rank=1)
 
 
 @torch.library.custom_op("flashts::auto_correlation_fwd", mutates_args=())
