@@ -20,6 +20,11 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
+# torch guesses CUDA_HOME (when unset) from the nvcc on PATH, at import of cpp_extension; a wrapper script in
+# /usr/local/bin makes it guess /usr/local. Prefer the real toolkit when it is there.
+if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH") and os.path.isfile("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 
 def _want_cuda() -> bool:
     mode = os.environ.get("FLASHTS_BUILD_CUDA", "auto").strip().lower()
@@ -54,9 +59,10 @@ def _cuda_extension():
         name="flashts._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        # no -std flag: torch's cpp_extension adds the standard its headers need (C++17 up to 2.x, C++20 later)
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"] + gencode,
+            "cxx": ["-O3"],
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"] + gencode,
         },
     )
 

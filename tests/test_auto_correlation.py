@@ -25,7 +25,7 @@ from flashts.torch_ops import auto_correlation as torch_impl
 from helpers import backends_for, check_against_reference, device_for, rel_err
 
 OP = "auto_correlation"
-BACKENDS = backends_for(OP)
+BACKENDS = backends_for(OP, interpreted=False)
 DTYPES = [torch.float64, torch.float32]
 MODES = ["train", "infer"]
 MARGIN = 1e-4  # min gap between consecutive top-(K+1) correlations, relative to std(r)

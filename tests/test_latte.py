@@ -29,7 +29,7 @@ from flashts.torch_ops import prefix_scan as torch_prefix_scan
 from tests.helpers import backends_for, check_against_reference, device_for, rel_err
 
 OP = "latte_attention"
-BACKENDS = backends_for(OP)
+BACKENDS = backends_for(OP, interpreted=False)
 F64, F32 = torch.float64, torch.float32
 DTYPES = [F64, F32]
 TS = [1, 2, 17, 63, 100, 257]

@@ -27,7 +27,7 @@ from flashts.torch_ops import linear as torch_linear
 from helpers import backends_for, check_against_reference, device_for, rel_err
 
 OP = "linear_attention"
-BACKENDS = backends_for(OP)
+BACKENDS = backends_for(OP, interpreted=False)
 F64, F32 = torch.float64, torch.float32
 DTYPES = [F64, F32]
 # self-consistency tolerances (same backend, different chunking of the same computation)

@@ -30,7 +30,7 @@ from flashts.torch_ops import sliding_window as torch_impl
 from helpers import TOL, backends_for, check_against_reference, device_for, rel_err
 
 OP = "sliding_window_attention"
-BACKENDS = backends_for(OP)
+BACKENDS = backends_for(OP, interpreted=False)
 DTYPES = [torch.float64, torch.float32]
 TS = [1, 2, 17, 63, 100, 257]
 W = 8  # causal window of W keys: (W - 1, 0)

@@ -30,6 +30,10 @@ AAREN = "aaren_attention"
 LATTE = "latte_attention"
 _backend.register(AAREN, "torch", "flashts.torch_ops.prefix_scan")
 _backend.register(LATTE, "torch", "flashts.torch_ops.prefix_scan")
+_backend.register(AAREN, "cuda", "flashts.cuda_ops.prefix_scan", gpu_rank=2)
+_backend.register(LATTE, "cuda", "flashts.cuda_ops.prefix_scan", gpu_rank=2)
+_backend.register(AAREN, "triton", "flashts.kernels.prefix_scan", gpu_rank=1)
+_backend.register(LATTE, "triton", "flashts.kernels.prefix_scan", gpu_rank=1)
 
 
 # ----------------------------------------------------------------------------------------------- Aaren
