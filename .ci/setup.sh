@@ -19,7 +19,9 @@ if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib
     fi
     python -m pip install -q triton numpy pytest ninja pybind11 matplotlib tqdm
 fi
-if ! python -c "import flashts" 2>/dev/null || [ "$(python -c 'import flashts,os;print(os.path.dirname(os.path.dirname(flashts.__file__)))')" != "$PWD" ]; then
+# (checked from / so that the checkout's own flashts/ folder does not shadow the installed package)
+if ! (cd / && python -c "import flashts.kernels" 2>/dev/null) \
+        || [ "$(cd / && python -c 'import flashts,os;print(os.path.dirname(os.path.dirname(flashts.__file__)))')" != "$PWD" ]; then
     echo "[setup] installing flashts in place"
     python -m pip install -q -e . --no-build-isolation --no-deps
 fi
