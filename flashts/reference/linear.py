@@ -6,8 +6,8 @@ from ._packed import per_sequence
 
 
 def feature_map_fn(x, feature_map):
-    if feature_map == "elu":
-        return F.elu(x) + 1
+    if feature_map == "elu":  # elu(x) + 1, written without the cancellation of (eˣ − 1) + 1
+        return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
     if feature_map == "relu":
         return F.relu(x)
     return x

@@ -66,8 +66,8 @@ BLOCK_ELEMENTS = 1 << 22
 
 
 def _feature_map(x: Tensor, feature_map: str) -> Tensor:
-    if feature_map == "elu":
-        return F.elu(x) + 1
+    if feature_map == "elu":  # elu(x)+1 written as eˣ for x ≤ 0: no cancellation of (eˣ − 1) + 1
+        return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
     if feature_map == "relu":
         return F.relu(x)
     return x
