@@ -21,6 +21,8 @@ from ._common import cast_for_autocast, no_autocast, opt, state_dtype, unopt
 
 OP = "linear_attention"
 _backend.register(OP, "torch", "flashts.torch_ops.linear")
+_backend.register(OP, "triton", "flashts.kernels.linear_attention", gpu_rank=1)
+_backend.register(OP, "cuda", "flashts.cuda_ops.linear", gpu_rank=2)
 
 
 @torch.library.custom_op("flashts::linear_attention_fwd", mutates_args=())

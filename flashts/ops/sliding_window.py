@@ -22,6 +22,8 @@ from ._common import cast_for_autocast, no_autocast, state_dtype
 
 OP = "sliding_window_attention"
 _backend.register(OP, "torch", "flashts.torch_ops.sliding_window")
+_backend.register(OP, "triton", "flashts.kernels.sliding_window_attention", gpu_rank=1)
+_backend.register(OP, "cuda", "flashts.cuda_ops.sliding_window", gpu_rank=2)
 
 
 @torch.library.custom_op("flashts::sliding_window_attention_fwd", mutates_args=())

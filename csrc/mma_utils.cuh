@@ -1,0 +1,179 @@
+// flashts — block-level matrix products on shared memory, shared by the linear-attention and the
+// sliding-window kernels (csrc/linear_attention.cu, csrc/sliding_window.cu). No torch headers.
+//
+// block_gemm computes C (+)= op(A)·op(B) for tiles that live in shared memory:
+//   C  float, row-major [M][ldc];
+//   A  element (m, k) at A[m·lda + k] (kRow) or A[k·lda + m] (kCol, i.e. A is stored transposed);
+//   B  element (k, n) at B[k·ldb + n] (kRow) or B[n·ldb + k] (kCol).
+// Two implementations, picked at compile time:
+//   * tensor cores (wmma, float accumulation) — operands __half / __nv_bfloat16 (m16n16k16) or float
+//     rounded to TF32 (m16n16k8). Needs M, N multiples of 16 and K a multiple of 16, every ld a multiple of 8
+//     (16-bit types) or 4 (float), and 32-byte aligned tile bases: callers pad dims to multiples of 16 and
+//     carve shared memory at 128-byte offsets. Each warp owns whole 16×16 tiles of C (no two warps write
+//     one element). Compiled only for sm_80+; older archs fall back to FMA.
+//   * plain FMA in float (any M, N, K), one output element per thread at a time, k in increasing order.
+// Every thread of the block must call block_gemm (it has no barrier inside; callers put __syncthreads()
+// between the phase that writes A/B and the product, and between the product and any reader of C).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math_constants.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 800)
+#define FLASHTS_MMAU_TENSOR_CORES 0
+#else
+#define FLASHTS_MMAU_TENSOR_CORES 1
+#endif
+
+namespace flashts {
+namespace mmau {
+
+// ------------------------------------------------------------------------------------------ conversions
+
+template <typename T>
+__device__ __forceinline__ float to_f(T x);
+template <>
+__device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// ------------------------------------------------------------------------------------------ small helpers
+
+// Butterfly reductions over a full warp (every lane calls, every lane gets the result).
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    return x;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+    return x;
+}
+
+__host__ __device__ __forceinline__ int round_up(int x, int m) { return (x + m - 1) / m * m; }
+__host__ __device__ __forceinline__ int64_t cdiv_i64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Leading-dimension padding (elements) of a shared tile of element type T: keeps the wmma rules
+// (multiple of 8 for 16-bit types, of 4 for float) and shifts consecutive rows across banks.
+template <typename T>
+__host__ __device__ constexpr int ld_pad() {
+    return sizeof(T) == 2 ? 8 : 4;
+}
+
+// Carves a dynamic shared-memory block into 128-byte aligned pieces; the same code runs on the host (to
+// size the launch) and on the device (to get the pointers), so the two always agree.
+struct SmemCarver {
+    unsigned char* base;  // nullptr on the host
+    int64_t offset;
+    __host__ __device__ explicit SmemCarver(unsigned char* b) : base(b), offset(0) {}
+    template <typename T>
+    __host__ __device__ T* take(int64_t count) {
+        T* p = base ? reinterpret_cast<T*>(base + offset) : nullptr;
+        offset += (count * static_cast<int64_t>(sizeof(T)) + 127) / 128 * 128;
+        return p;
+    }
+};
+
+enum Major : int { kRow = 0, kCol = 1 };
+
+// ------------------------------------------------------------------------------------------ the product
+
+template <typename T>
+struct WmmaOperand;  // wmma operand type and k-step for a shared-memory element type
+template <>
+struct WmmaOperand<__half> {
+    using type = __half;
+    static constexpr int kK = 16;
+};
+template <>
+struct WmmaOperand<__nv_bfloat16> {
+    using type = __nv_bfloat16;
+    static constexpr int kK = 16;
+};
+template <>
+struct WmmaOperand<float> {
+    using type = nvcuda::wmma::precision::tf32;
+    static constexpr int kK = 8;
+};
+
+template <int LA, int LB, typename T>
+__device__ __forceinline__ void gemm_fma(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
+                                         int K, bool accumulate) {
+    for (int idx = threadIdx.x; idx < M * N; idx += blockDim.x) {
+        const int m = idx / N, n = idx - (idx / N) * N;
+        float acc = accumulate ? C[m * ldc + n] : 0.f;
+        for (int k = 0; k < K; ++k) {
+            const float a = to_f(LA == kRow ? A[m * lda + k] : A[k * lda + m]);
+            const float b = to_f(LB == kRow ? B[k * ldb + n] : B[n * ldb + k]);
+            acc = fmaf(a, b, acc);
+        }
+        C[m * ldc + n] = acc;
+    }
+}
+
+// kTensor: use tensor cores (see the file comment for the size/alignment rules); otherwise FMA.
+template <bool kTensor, int LA, int LB, typename T>
+__device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
+                                           int K, bool accumulate) {
+#if FLASHTS_MMAU_TENSOR_CORES
+    if constexpr (kTensor) {
+        namespace wmma = nvcuda::wmma;
+        using Op = typename WmmaOperand<T>::type;
+        constexpr int KS = WmmaOperand<T>::kK;
+        using LayA = typename std::conditional<LA == kRow, wmma::row_major, wmma::col_major>::type;
+        using LayB = typename std::conditional<LB == kRow, wmma::row_major, wmma::col_major>::type;
+        const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+        const int tiles_n = N / 16, tiles = (M / 16) * tiles_n;
+        for (int tile = warp; tile < tiles; tile += n_warps) {
+            const int m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
+            float* c = C + m0 * ldc + n0;
+            wmma::fragment<wmma::accumulator, 16, 16, KS, float> acc;
+            if (accumulate) {
+                wmma::load_matrix_sync(acc, c, ldc, wmma::mem_row_major);
+            } else {
+                wmma::fill_fragment(acc, 0.f);
+            }
+            for (int k0 = 0; k0 < K; k0 += KS) {
+                wmma::fragment<wmma::matrix_a, 16, 16, KS, Op, LayA> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, KS, Op, LayB> fb;
+                const T* a = LA == kRow ? A + m0 * lda + k0 : A + k0 * lda + m0;
+                const T* b = LB == kRow ? B + k0 * ldb + n0 : B + n0 * ldb + k0;
+                wmma::load_matrix_sync(fa, a, lda);
+                wmma::load_matrix_sync(fb, b, ldb);
+                if constexpr (std::is_same<T, float>::value) {
+#pragma unroll
+                    for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+#pragma unroll
+                    for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+                }
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(c, acc, ldc, wmma::mem_row_major);
+        }
+        return;
+    }
+#endif
+    gemm_fma<LA, LB>(C, ldc, A, lda, B, ldb, M, N, K, accumulate);
+}
+
+}  // namespace mmau
+}  // namespace flashts

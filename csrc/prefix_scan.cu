@@ -1,0 +1,812 @@
+// flashts — Aaren (SPEC §4) and Latte (SPEC §5): one sequential-in-time prefix-scan core, CUDA kernels.
+//
+// Math (per row = (sequence, head); logits a [T, L], mixing weights p [T, L], values v [T, Dv], initial state
+// (m0, α0, S0) per latent l):
+//   M_{t,l}   = max(m0_l, max_{s≤t} a_{s,l})                                  (running max, no gradient)
+//   den_{t,l} = α0_l e^{m0_l − M_t} + Σ_{s≤t} e^{a_{s,l} − M_t}
+//   num_{t,l} = S0_l e^{m0_l − M_t} + Σ_{s≤t} e^{a_{s,l} − M_t} v_s
+//   y_t       = Σ_l p_{t,l} · num_{t,l} / den_{t,l};     final state (M_{T−1}, den_{T−1}, num_{T−1})
+// Aaren: L = 1, a_t = scale·(q·k_t), p = 1.  Latte: a = k, p = softmax_l(q_t).
+// As a recurrence (the online-softmax combine of common.cuh with one new element):
+//   M_t = max(M_{t−1}, a_t),  F_t = e^{M_{t−1} − M_t},  E_t = e^{a_t − M_t}  (both ≤ 1; exp_shift maps −inf to 0)
+//   den_t = den_{t−1} F_t + E_t,   num_t = num_{t−1} F_t + E_t v_t.
+//
+// Blocking. One thread block per row, blockDim = (32, G): warp w owns the latents l ≡ w (mod G), lane j owns the
+// value columns d ≡ j (mod 32). The block walks time in tiles of C steps; per tile, separated by __syncthreads():
+//   1. load: logits (Aaren: a warp-reduced dot q·k_t per step), p (Latte: a warp softmax over l per step), v, dy
+//      into shared memory as float;
+//   2. per latent (one thread per l, sequential over the C steps): M, den and the factors F, E, c = p/den;
+//   3. per (l, d) (warp w, lane j): the num recurrence num = num·F + E·v for the tile; the contribution
+//      c·num to y_t is accumulated in the warp's own slab Y[w][t][d] (no two threads write one element);
+//   4. y_t = Σ_w Y[w][t] in a fixed order, written once.
+// The running state (m, α, S[L][Dv]) lives in shared memory for the whole sequence. All reductions have a fixed
+// order (warp butterflies, ordered slab sums): results are deterministic.
+//
+// Backward (maxima fixed; c = p/den, z_{t,l} = dy_t·num_{t,l}/den_{t,l} = dp_{t,l}, h = c·dy, r = −c·z):
+//   G_t = h_t + e^{M_t − M_{t+1}} G_{t+1},   R_t = r_t + e^{M_t − M_{t+1}} R_{t+1}     (reverse scan, factors ≤ 1)
+//   with G_T = dS_T, R_T = dα_T entering at the last step (e^{M_{T−1} − m_T} = 1), then
+//   dv_s = Σ_l e^{a_{s,l} − M_{s,l}} G_{s,l},   da_{s,l} = e^{a_{s,l} − M_{s,l}} (G_{s,l}·v_s + R_{s,l}),
+//   dS0 = e^{m0 − M_0} G_0,   dα0 = e^{m0 − M_0} R_0   (a zero-length sequence passes dS_T, dα_T through).
+// Two kernels: recompute_kernel repeats the forward sweep and stores, per position and latent, M, c and r
+// (O(T·L) floats of workspace — num itself, O(T·L·Dv), is never stored), and for Latte dq = p ⊙ (z − Σ_l p z);
+// reverse_kernel walks the tiles from the last to the first with the state (G[L][Dv], R[L]) in shared memory.
+// Aaren: dk_t = scale·da_t q, dq = scale·Σ_t da_t k_t (per row; summed over rows by the caller when q is shared).
+//
+// Latte bidirectional (causal = false): the forward kernel runs a state-only sweep over the whole row (the
+// per-latent softmax totals (max, Z, S)) and then an output sweep with the state frozen (F = 1, E = 0, c = p/Z).
+// bidir_bwd_kernel: the same state sweep, then Gm_l = Σ_t p_{t,l} dy_t with dp_{t,l} = dy_t·mean_l (→ dq), then
+// dv_s = Σ_l π_{s,l} Gm_l and dk_{s,l} = π_{s,l} (v_s·Gm_l − mean_l·Gm_l), π = e^{k − max}/Z.
+//
+// cu_seqlens: the row of block (n, h) is [cu[n], cu[n+1]) of batch 0. Every index is int64 and bounds-checked.
+#include "common.cuh"
+#include "prefix_scan.h"
+
+namespace flashts {
+namespace scan {
+namespace {
+
+constexpr int MAX_WARPS = 8;  // G ≤ 8 warps (256 threads) per block
+constexpr int64_t DEFAULT_SMEM = 48 * 1024;
+
+enum class Kind { Aaren, Latte };
+
+// Everything a kernel needs, passed by value. Pointers that a kernel does not use are nullptr.
+template <typename Elem>
+struct Args {
+    const Elem *q, *k, *v, *dout;
+    int64_t sq_b, sq_t, sq_h, sq_x, sk_b, sk_t, sk_h, sk_x, sv_b, sv_t, sv_h, sv_x, sd_b, sd_t, sd_h, sd_x;
+    int64_t B, T, H, L, D, Dv, N;
+    const int32_t* cu_seqlens;
+    float scale;
+    const float *m0, *a0, *S0, *daT, *dST;
+    Elem* o;
+    float *mT, *aT, *ST;
+    float *ws_M, *ws_c, *ws_r;
+    Elem *dq, *dk, *dv;
+    float *dq_rows, *da0, *dS0;
+    int C, G;  // time tile, warps
+};
+
+// Carves consecutive float arrays out of dynamic shared memory; with base == nullptr it only counts, so the
+// host computes the size with the very same code as the kernel uses to lay the arrays out.
+struct Carve {
+    float* base;
+    int64_t used;
+    __host__ __device__ float* take(int64_t n) {
+        float* p = base ? base + used : nullptr;
+        used += n;
+        return p;
+    }
+};
+
+// Shared-memory layouts (sizes in floats). S: [L][Dv] state; per (t, l) tiles [C][L]; per (t, d) tiles [C][Dv];
+// Y/DVP: [G][C][Dv] per-warp partial sums.
+struct FwdSmem {
+    float *S, *m, *al, *A, *P, *F, *V, *Y;
+    __host__ __device__ FwdSmem(Carve& c, int64_t C, int64_t G, int64_t L, int64_t Dv) {
+        S = c.take(L * Dv); m = c.take(L); al = c.take(L);
+        A = c.take(C * L); P = c.take(C * L); F = c.take(C * L);
+        V = c.take(C * Dv); Y = c.take(G * C * Dv);
+    }
+};
+
+struct RecomputeSmem {
+    float *S, *m, *al, *A, *P, *F, *ID, *Z, *MT, *V, *DY;
+    __host__ __device__ RecomputeSmem(Carve& c, int64_t C, int64_t L, int64_t Dv) {
+        S = c.take(L * Dv); m = c.take(L); al = c.take(L);
+        A = c.take(C * L); P = c.take(C * L); F = c.take(C * L); ID = c.take(C * L); Z = c.take(C * L);
+        MT = c.take(C * L);
+        V = c.take(C * Dv); DY = c.take(C * Dv);
+    }
+};
+
+struct ReverseSmem {
+    float *Gs, *R, *Mn, *A, *DEC, *CC, *RT, *DA, *V, *DY, *DVP, *DQ;
+    __host__ __device__ ReverseSmem(Carve& c, int64_t C, int64_t G, int64_t L, int64_t Dv, int64_t Dq) {
+        Gs = c.take(L * Dv); R = c.take(L); Mn = c.take(L);
+        A = c.take(C * L); DEC = c.take(C * L); CC = c.take(C * L); RT = c.take(C * L); DA = c.take(C * L);
+        V = c.take(C * Dv); DY = c.take(C * Dv); DVP = c.take(G * C * Dv);
+        DQ = c.take(Dq);
+    }
+};
+
+struct BidirBwdSmem {
+    FwdSmem f;  // the state sweep; Y doubles as the dv partial slabs
+    float *GA, *MG, *DY, *DP;
+    __host__ __device__ BidirBwdSmem(Carve& c, int64_t C, int64_t G, int64_t L, int64_t Dv) : f(c, C, G, L, Dv) {
+        GA = c.take(L * Dv); MG = c.take(L); DY = c.take(C * Dv); DP = c.take(C * L);
+    }
+};
+
+// ------------------------------------------------------------------------------------------- device helpers
+
+struct Row {
+    int64_t row, n, h, b, t_begin, t_end;
+};
+
+template <typename T>
+__device__ __forceinline__ Row row_of(const Args<T>& a) {
+    Row r;
+    r.row = blockIdx.x;  // n·H + h
+    r.n = r.row / a.H;
+    r.h = r.row % a.H;
+    if (a.cu_seqlens) {
+        r.b = 0;
+        r.t_begin = a.cu_seqlens[r.n];
+        r.t_end = a.cu_seqlens[r.n + 1];
+    } else {
+        r.b = r.n;
+        r.t_begin = 0;
+        r.t_end = a.T;
+    }
+    if (r.t_begin < 0) r.t_begin = 0;  // defensive: the binding validated the offsets
+    if (r.t_end > a.T) r.t_end = a.T;
+    if (r.t_end < r.t_begin) r.t_end = r.t_begin;
+    return r;
+}
+
+__device__ __forceinline__ int tid() { return threadIdx.y * 32 + threadIdx.x; }
+__device__ __forceinline__ int nthreads() { return blockDim.y * 32; }
+
+// Flat index of a contiguous [B, T, H, X] tensor.
+__device__ __forceinline__ int64_t flat(int64_t b, int64_t t, int64_t h, int64_t x, int64_t T, int64_t H,
+                                        int64_t X) {
+    return ((b * T + t) * H + h) * X + x;
+}
+
+// Step 1 of a tile: logits A[t][l], mixing weights P[t][l], values V[t][d], cotangents DY[t][d] (each only if
+// its pointer is non-null) for the positions t0 .. t0+nt−1 of row r.
+template <Kind KIND, typename T>
+__device__ void load_tile(const Args<T>& a, const Row& r, int64_t t0, int nt, float* A, float* P, float* V,
+                          float* DY) {
+    const int lane = threadIdx.x, warp = threadIdx.y, G = blockDim.y;
+    const int64_t L = a.L;
+    if (A || P) {
+        for (int t = warp; t < nt; t += G) {  // one warp per time step (uniform within the warp)
+            const int64_t pos = t0 + t;
+            if (KIND == Kind::Aaren) {
+                if (A) {
+                    const T* qr = a.q + r.b * a.sq_b + r.h * a.sq_h;
+                    const T* kr = a.k + r.b * a.sk_b + pos * a.sk_t + r.h * a.sk_h;
+                    float acc = 0.f;
+                    for (int64_t j = lane; j < a.D; j += 32) acc += to_float(qr[j * a.sq_x]) * to_float(kr[j * a.sk_x]);
+                    acc = warp_sum(acc);
+                    if (lane == 0) A[t] = a.scale * acc;
+                }
+                if (P && lane == 0) P[t] = 1.f;
+            } else {
+                if (A) {
+                    const T* kr = a.k + r.b * a.sk_b + pos * a.sk_t + r.h * a.sk_h;
+                    for (int64_t l = lane; l < L; l += 32) A[t * L + l] = to_float(kr[l * a.sk_x]);
+                }
+                if (P) {  // p = softmax_l(q_t): max, then Σ e^{q − max} (every exponent ≤ 0)
+                    const T* qr = a.q + r.b * a.sq_b + pos * a.sq_t + r.h * a.sq_h;
+                    float mx = -CUDART_INF_F;
+                    for (int64_t l = lane; l < L; l += 32) mx = fmaxf(mx, to_float(qr[l * a.sq_x]));
+                    mx = warp_max(mx);
+                    float sum = 0.f;
+                    for (int64_t l = lane; l < L; l += 32) {
+                        const float e = __expf(to_float(qr[l * a.sq_x]) - mx);
+                        P[t * L + l] = e;
+                        sum += e;
+                    }
+                    sum = warp_sum(sum);
+                    const float inv = 1.f / sum;
+                    for (int64_t l = lane; l < L; l += 32) P[t * L + l] *= inv;  // own entries only
+                }
+            }
+        }
+    }
+    const int64_t Dv = a.Dv;
+    if (V) {
+        for (int64_t i = tid(); i < nt * Dv; i += nthreads()) {
+            const int64_t t = i / Dv, d = i % Dv;
+            V[i] = to_float(a.v[r.b * a.sv_b + (t0 + t) * a.sv_t + r.h * a.sv_h + d * a.sv_x]);
+        }
+    }
+    if (DY) {
+        for (int64_t i = tid(); i < nt * Dv; i += nthreads()) {
+            const int64_t t = i / Dv, d = i % Dv;
+            DY[i] = to_float(a.dout[r.b * a.sd_b + (t0 + t) * a.sd_t + r.h * a.sd_h + d * a.sd_x]);
+        }
+    }
+}
+
+// Loads the initial state of row r into shared memory (the empty state (−inf, 0, 0) when m0 is null).
+template <typename T>
+__device__ void load_state(const Args<T>& a, const Row& r, float* S, float* m, float* al) {
+    const int64_t L = a.L, LD = a.L * a.Dv;
+    for (int64_t i = tid(); i < LD; i += nthreads()) S[i] = a.m0 ? a.S0[r.row * LD + i] : 0.f;
+    for (int64_t l = tid(); l < L; l += nthreads()) {
+        m[l] = a.m0 ? a.m0[r.row * L + l] : -CUDART_INF_F;
+        al[l] = a.m0 ? a.a0[r.row * L + l] : 0.f;
+    }
+}
+
+enum class Sweep { Causal, StateOnly, Frozen };
+
+// One forward sweep over row r (all threads of the block call it).
+//   Causal:    state update + output y (written to a.o);
+//   StateOnly: state update only (no p, no output);
+//   Frozen:    output y with the state held fixed (bidirectional Latte: F = 1, E = 0, c = p/α).
+template <Kind KIND, typename T>
+__device__ void forward_sweep(const Args<T>& a, const Row& r, const FwdSmem& s, Sweep mode) {
+    const int lane = threadIdx.x, warp = threadIdx.y, G = blockDim.y, C = a.C;
+    const int64_t L = a.L, Dv = a.Dv;
+    const bool out = mode != Sweep::StateOnly;
+    for (int64_t t0 = r.t_begin; t0 < r.t_end; t0 += C) {
+        const int nt = static_cast<int>(r.t_end - t0 < C ? r.t_end - t0 : C);
+        __syncthreads();  // the previous tile (and the state initialisation) is complete
+        load_tile<KIND>(a, r, t0, nt, mode == Sweep::Frozen ? nullptr : s.A, out ? s.P : nullptr, s.V, nullptr);
+        __syncthreads();
+        // 2. per latent: running max, normaliser, factors F, E (into A) and c = p/den (into P)
+        for (int64_t l = tid(); l < L; l += nthreads()) {
+            float mm = s.m[l], aa = s.al[l];
+            for (int t = 0; t < nt; ++t) {
+                const int64_t i = t * L + l;
+                if (mode == Sweep::Frozen) {
+                    s.F[i] = 1.f;
+                    s.A[i] = 0.f;
+                    s.P[i] = s.P[i] / aa;
+                } else {
+                    const float x = s.A[i], Mn = fmaxf(mm, x);
+                    const float f = exp_shift(mm, Mn), e = exp_shift(x, Mn);
+                    aa = aa * f + e;
+                    mm = Mn;
+                    s.F[i] = f;
+                    s.A[i] = e;
+                    if (out) s.P[i] = s.P[i] / aa;
+                }
+            }
+            s.m[l] = mm;
+            s.al[l] = aa;
+        }
+        __syncthreads();
+        // 3. per (l, d): num = num·F + E·v; y partials in the warp's own slab
+        float* Yw = s.Y + static_cast<int64_t>(warp) * C * Dv;
+        if (out)
+            for (int64_t d = lane; d < Dv; d += 32)
+                for (int t = 0; t < nt; ++t) Yw[t * Dv + d] = 0.f;
+        for (int64_t l = warp; l < L; l += G) {
+            for (int64_t d = lane; d < Dv; d += 32) {
+                float num = s.S[l * Dv + d];
+                for (int t = 0; t < nt; ++t) {
+                    const int64_t i = t * L + l;
+                    num = num * s.F[i] + s.A[i] * s.V[t * Dv + d];
+                    if (out) Yw[t * Dv + d] += s.P[i] * num;
+                }
+                s.S[l * Dv + d] = num;
+            }
+        }
+        __syncthreads();
+        // 4. y_t = Σ_w Y[w][t] (fixed order), written once
+        if (out) {
+            for (int64_t i = tid(); i < nt * Dv; i += nthreads()) {
+                const int64_t t = i / Dv, d = i % Dv;
+                float y = 0.f;
+                for (int w = 0; w < G; ++w) y += s.Y[(static_cast<int64_t>(w) * C + t) * Dv + d];
+                a.o[flat(r.b, t0 + t, r.h, d, a.T, a.H, Dv)] = from_float<T>(y);
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// ------------------------------------------------------------------------------------------- kernels
+
+template <Kind KIND, typename T>
+__global__ void forward_kernel(Args<T> a, bool causal) {
+    extern __shared__ float smem[];
+    Carve c{smem, 0};
+    const FwdSmem s(c, a.C, a.G, a.L, a.Dv);
+    const Row r = row_of(a);
+    if (r.row >= a.N * a.H) return;  // uniform over the block
+    load_state(a, r, s.S, s.m, s.al);
+    if (causal) {
+        forward_sweep<KIND>(a, r, s, Sweep::Causal);
+    } else {
+        // bidirectional: the whole row's per-latent softmax totals, then the output with them held fixed
+        forward_sweep<KIND>(a, r, s, Sweep::StateOnly);
+        forward_sweep<KIND>(a, r, s, Sweep::Frozen);
+    }
+    if (causal && a.mT) {  // final state (== the initial state for a zero-length sequence)
+        const int64_t L = a.L, LD = a.L * a.Dv;
+        for (int64_t i = tid(); i < LD; i += nthreads()) a.ST[r.row * LD + i] = s.S[i];
+        for (int64_t l = tid(); l < L; l += nthreads()) {
+            a.mT[r.row * L + l] = s.m[l];
+            a.aT[r.row * L + l] = s.al[l];
+        }
+    }
+}
+
+// Backward, sweep 1: the forward recurrence again, storing per (position, latent) M, c = p/den and
+// r = −c·z with z = dy·num/den; Latte also writes dq = p ⊙ (z − Σ_l p z).
+template <Kind KIND, typename T>
+__global__ void recompute_kernel(Args<T> a) {
+    extern __shared__ float smem[];
+    Carve c{smem, 0};
+    const RecomputeSmem s(c, a.C, a.L, a.Dv);
+    const Row r = row_of(a);
+    if (r.row >= a.N * a.H) return;
+    const int lane = threadIdx.x, warp = threadIdx.y, G = blockDim.y, C = a.C;
+    const int64_t L = a.L, Dv = a.Dv;
+    load_state(a, r, s.S, s.m, s.al);
+    for (int64_t t0 = r.t_begin; t0 < r.t_end; t0 += C) {
+        const int nt = static_cast<int>(r.t_end - t0 < C ? r.t_end - t0 : C);
+        __syncthreads();
+        load_tile<KIND>(a, r, t0, nt, s.A, s.P, s.V, s.DY);
+        __syncthreads();
+        for (int64_t l = tid(); l < L; l += nthreads()) {
+            float mm = s.m[l], aa = s.al[l];
+            for (int t = 0; t < nt; ++t) {
+                const int64_t i = t * L + l;
+                const float x = s.A[i], Mn = fmaxf(mm, x);
+                const float f = exp_shift(mm, Mn), e = exp_shift(x, Mn);
+                aa = aa * f + e;
+                mm = Mn;
+                s.F[i] = f;
+                s.A[i] = e;
+                s.ID[i] = 1.f / aa;
+                s.MT[i] = Mn;
+            }
+            s.m[l] = mm;
+            s.al[l] = aa;
+        }
+        __syncthreads();
+        // z_{t,l} = (dy_t · num_{t,l}) / den_{t,l}: the num recurrence per (l, d), a warp sum over d per step
+        for (int64_t l = warp; l < L; l += G) {
+            for (int t = 0; t < nt; ++t) {
+                const int64_t i = t * L + l;
+                const float f = s.F[i], e = s.A[i];
+                float part = 0.f;
+                for (int64_t d = lane; d < Dv; d += 32) {
+                    const float num = s.S[l * Dv + d] * f + e * s.V[t * Dv + d];
+                    s.S[l * Dv + d] = num;
+                    part += s.DY[t * Dv + d] * num;
+                }
+                part = warp_sum(part);
+                if (lane == 0) s.Z[i] = part * s.ID[i];
+            }
+        }
+        __syncthreads();
+        for (int64_t i = tid(); i < nt * L; i += nthreads()) {
+            const int64_t t = i / L, l = i % L;
+            const int64_t g = flat(r.b, t0 + t, r.h, l, a.T, a.H, L);
+            const float cc = s.P[i] * s.ID[i];
+            a.ws_M[g] = s.MT[i];
+            a.ws_c[g] = cc;
+            a.ws_r[g] = -cc * s.Z[i];
+        }
+        if (KIND == Kind::Latte) {
+            // dq = p ⊙ (dp − Σ_l p dp), dp = z; dp is first shifted by dp_0 (exact: Σ_l p = 1) so that a part
+            // common to all latents cancels instead of leaving rounding noise
+            for (int t = tid(); t < nt; t += nthreads()) {
+                const float z0 = s.Z[t * L];
+                float pz = 0.f;
+                for (int64_t l = 0; l < L; ++l) pz += s.P[t * L + l] * (s.Z[t * L + l] - z0);
+                for (int64_t l = 0; l < L; ++l) {
+                    const float p = s.P[t * L + l];
+                    a.dq[flat(r.b, t0 + t, r.h, l, a.T, a.H, L)] = from_float<T>(p * ((s.Z[t * L + l] - z0) - pz));
+                }
+            }
+        }
+    }
+}
+
+// Backward, sweep 2: the reverse scan (tiles from the last to the first, steps from the last to the first).
+template <Kind KIND, typename T>
+__global__ void reverse_kernel(Args<T> a) {
+    extern __shared__ float smem[];
+    Carve c{smem, 0};
+    const ReverseSmem s(c, a.C, a.G, a.L, a.Dv, KIND == Kind::Aaren ? a.D : 0);
+    const Row r = row_of(a);
+    if (r.row >= a.N * a.H) return;
+    const int lane = threadIdx.x, warp = threadIdx.y, G = blockDim.y, C = a.C;
+    const int64_t L = a.L, Dv = a.Dv, LD = a.L * a.Dv;
+    const int64_t len = r.t_end - r.t_begin;
+    // G_T = dS_T, R_T = dα_T, referred to m_T = M_{T−1}
+    for (int64_t i = tid(); i < LD; i += nthreads()) s.Gs[i] = a.dST ? a.dST[r.row * LD + i] : 0.f;
+    for (int64_t l = tid(); l < L; l += nthreads()) {
+        s.R[l] = a.daT ? a.daT[r.row * L + l] : 0.f;
+        s.Mn[l] = len > 0 ? a.ws_M[flat(r.b, r.t_end - 1, r.h, l, a.T, a.H, L)] : 0.f;
+    }
+    if (KIND == Kind::Aaren)
+        for (int64_t j = tid(); j < a.D; j += nthreads()) s.DQ[j] = 0.f;
+    const int64_t n_tiles = cdiv64(len, C);
+    for (int64_t tile = n_tiles - 1; tile >= 0; --tile) {
+        const int64_t t0 = r.t_begin + tile * C;
+        const int nt = static_cast<int>(r.t_end - t0 < C ? r.t_end - t0 : C);
+        __syncthreads();
+        load_tile<KIND>(a, r, t0, nt, s.A, nullptr, s.V, s.DY);
+        __syncthreads();
+        // per latent, backwards in time: decay e^{M_t − M_{t+1}}, e^{a_t − M_t}, c_t and R_t
+        for (int64_t l = tid(); l < L; l += nthreads()) {
+            float Mnext = s.Mn[l], Rc = s.R[l];
+            for (int t = nt - 1; t >= 0; --t) {
+                const int64_t i = t * L + l;
+                const int64_t g = flat(r.b, t0 + t, r.h, l, a.T, a.H, L);
+                const float M = a.ws_M[g];
+                const float dec = exp_shift(M, Mnext);
+                Rc = a.ws_r[g] + dec * Rc;
+                s.DEC[i] = dec;
+                s.A[i] = exp_shift(s.A[i], M);
+                s.CC[i] = a.ws_c[g];
+                s.RT[i] = Rc;
+                Mnext = M;
+            }
+            s.Mn[l] = Mnext;
+            s.R[l] = Rc;
+        }
+        __syncthreads();
+        // per (l, d): G = c·dy + dec·G; dv partials; da = e^{a − M} (G·v + R) via a warp sum over d
+        float* DVw = s.DVP + static_cast<int64_t>(warp) * C * Dv;
+        for (int64_t d = lane; d < Dv; d += 32)
+            for (int t = 0; t < nt; ++t) DVw[t * Dv + d] = 0.f;
+        for (int64_t l = warp; l < L; l += G) {
+            for (int t = nt - 1; t >= 0; --t) {
+                const int64_t i = t * L + l;
+                const float cc = s.CC[i], dec = s.DEC[i], ea = s.A[i];
+                float part = 0.f;
+                for (int64_t d = lane; d < Dv; d += 32) {
+                    const float gv = cc * s.DY[t * Dv + d] + dec * s.Gs[l * Dv + d];
+                    s.Gs[l * Dv + d] = gv;
+                    DVw[t * Dv + d] += ea * gv;
+                    part += gv * s.V[t * Dv + d];
+                }
+                part = warp_sum(part);
+                if (lane == 0) s.DA[i] = ea * (part + s.RT[i]);
+            }
+        }
+        __syncthreads();
+        for (int64_t i = tid(); i < nt * Dv; i += nthreads()) {
+            const int64_t t = i / Dv, d = i % Dv;
+            float acc = 0.f;
+            for (int w = 0; w < G; ++w) acc += s.DVP[(static_cast<int64_t>(w) * C + t) * Dv + d];
+            a.dv[flat(r.b, t0 + t, r.h, d, a.T, a.H, Dv)] = from_float<T>(acc);
+        }
+        if (KIND == Kind::Latte) {
+            for (int64_t i = tid(); i < nt * L; i += nthreads()) {
+                const int64_t t = i / L, l = i % L;
+                a.dk[flat(r.b, t0 + t, r.h, l, a.T, a.H, L)] = from_float<T>(s.DA[i]);
+            }
+        } else {
+            // a_t = scale·(q·k_t): dk_t = scale·da_t·q, dq += scale·Σ_t da_t k_t (thread per j, t ascending)
+            const T* qr = a.q + r.b * a.sq_b + r.h * a.sq_h;
+            for (int64_t i = tid(); i < nt * a.D; i += nthreads()) {
+                const int64_t t = i / a.D, j = i % a.D;
+                a.dk[flat(r.b, t0 + t, r.h, j, a.T, a.H, a.D)] = from_float<T>(a.scale * s.DA[t] * to_float(qr[j * a.sq_x]));
+            }
+            for (int64_t j = tid(); j < a.D; j += nthreads()) {
+                float acc = 0.f;
+                for (int t = 0; t < nt; ++t)
+                    acc += s.DA[t] * to_float(a.k[r.b * a.sk_b + (t0 + t) * a.sk_t + r.h * a.sk_h + j * a.sk_x]);
+                s.DQ[j] += a.scale * acc;
+            }
+        }
+    }
+    __syncthreads();
+    if (a.da0) {  // initial-state gradients: e^{m0 − M_0} (G_0, R_0); pass-through for a zero-length row
+        for (int64_t i = tid(); i < LD; i += nthreads()) {
+            const int64_t l = i / Dv;
+            const float m0 = a.m0 ? a.m0[r.row * L + l] : -CUDART_INF_F;
+            const float f = len > 0 ? exp_shift(m0, s.Mn[l]) : 1.f;
+            a.dS0[r.row * LD + i] = f * s.Gs[i];
+        }
+        for (int64_t l = tid(); l < L; l += nthreads()) {
+            const float m0 = a.m0 ? a.m0[r.row * L + l] : -CUDART_INF_F;
+            const float f = len > 0 ? exp_shift(m0, s.Mn[l]) : 1.f;
+            a.da0[r.row * L + l] = f * s.R[l];
+        }
+    }
+    if (KIND == Kind::Aaren)
+        for (int64_t j = tid(); j < a.D; j += nthreads()) a.dq_rows[r.row * a.D + j] = s.DQ[j];
+}
+
+// Latte bidirectional backward: state sweep (max, Z, S) → mean; Gm = Σ_t p dy and dq; then dv, dk.
+template <typename T>
+__global__ void bidir_bwd_kernel(Args<T> a) {
+    extern __shared__ float smem[];
+    Carve c{smem, 0};
+    const BidirBwdSmem s(c, a.C, a.G, a.L, a.Dv);
+    const Row r = row_of(a);
+    if (r.row >= a.N * a.H) return;
+    const int lane = threadIdx.x, warp = threadIdx.y, G = blockDim.y, C = a.C;
+    const int64_t L = a.L, Dv = a.Dv, LD = a.L * a.Dv;
+    load_state(a, r, s.f.S, s.f.m, s.f.al);  // a.m0 is null: the empty state
+    forward_sweep<Kind::Latte>(a, r, s.f, Sweep::StateOnly);  // ends with __syncthreads()
+    float* MEAN = s.f.S;
+    for (int64_t i = tid(); i < LD; i += nthreads()) {
+        const float al = s.f.al[i / Dv];
+        MEAN[i] = al > 0.f ? MEAN[i] / al : 0.f;  // al ≥ 1 for a non-empty row
+        s.GA[i] = 0.f;
+    }
+    // sweep 2: Gm_l = Σ_t p_{t,l} dy_t; dp_{t,l} = dy_t·mean_l → dq
+    for (int64_t t0 = r.t_begin; t0 < r.t_end; t0 += C) {
+        const int nt = static_cast<int>(r.t_end - t0 < C ? r.t_end - t0 : C);
+        __syncthreads();
+        load_tile<Kind::Latte>(a, r, t0, nt, nullptr, s.f.P, nullptr, s.DY);
+        __syncthreads();
+        for (int64_t l = warp; l < L; l += G) {
+            for (int t = 0; t < nt; ++t) {
+                const float p = s.f.P[t * L + l];
+                float part = 0.f;
+                for (int64_t d = lane; d < Dv; d += 32) {
+                    const float dy = s.DY[t * Dv + d];
+                    s.GA[l * Dv + d] += p * dy;
+                    part += dy * MEAN[l * Dv + d];
+                }
+                part = warp_sum(part);
+                if (lane == 0) s.DP[t * L + l] = part;
+            }
+        }
+        __syncthreads();
+        for (int t = tid(); t < nt; t += nthreads()) {
+            const float z0 = s.DP[t * L];
+            float pz = 0.f;
+            for (int64_t l = 0; l < L; ++l) pz += s.f.P[t * L + l] * (s.DP[t * L + l] - z0);
+            for (int64_t l = 0; l < L; ++l) {
+                const float p = s.f.P[t * L + l];
+                a.dq[flat(r.b, t0 + t, r.h, l, a.T, a.H, L)] = from_float<T>(p * ((s.DP[t * L + l] - z0) - pz));
+            }
+        }
+    }
+    __syncthreads();
+    // mean_l · Gm_l
+    for (int64_t l = warp; l < L; l += G) {
+        float part = 0.f;
+        for (int64_t d = lane; d < Dv; d += 32) part += MEAN[l * Dv + d] * s.GA[l * Dv + d];
+        part = warp_sum(part);
+        if (lane == 0) s.MG[l] = part;
+    }
+    // sweep 3: π = e^{k − max}/Z; dv_s = Σ_l π Gm_l; dk = π (v_s·Gm_l − mean_l·Gm_l)
+    for (int64_t t0 = r.t_begin; t0 < r.t_end; t0 += C) {
+        const int nt = static_cast<int>(r.t_end - t0 < C ? r.t_end - t0 : C);
+        __syncthreads();
+        load_tile<Kind::Latte>(a, r, t0, nt, s.f.A, nullptr, s.f.V, nullptr);
+        __syncthreads();
+        float* DVw = s.f.Y + static_cast<int64_t>(warp) * C * Dv;
+        for (int64_t d = lane; d < Dv; d += 32)
+            for (int t = 0; t < nt; ++t) DVw[t * Dv + d] = 0.f;
+        for (int64_t l = warp; l < L; l += G) {
+            const float mx = s.f.m[l], inv_z = 1.f / s.f.al[l];
+            for (int t = 0; t < nt; ++t) {
+                const float pi = exp_shift(s.f.A[t * L + l], mx) * inv_z;
+                float part = 0.f;
+                for (int64_t d = lane; d < Dv; d += 32) {
+                    const float gm = s.GA[l * Dv + d];
+                    DVw[t * Dv + d] += pi * gm;
+                    part += s.f.V[t * Dv + d] * gm;
+                }
+                part = warp_sum(part);
+                if (lane == 0) s.DP[t * L + l] = pi * (part - s.MG[l]);
+            }
+        }
+        __syncthreads();
+        for (int64_t i = tid(); i < nt * Dv; i += nthreads()) {
+            const int64_t t = i / Dv, d = i % Dv;
+            float acc = 0.f;
+            for (int w = 0; w < G; ++w) acc += s.f.Y[(static_cast<int64_t>(w) * C + t) * Dv + d];
+            a.dv[flat(r.b, t0 + t, r.h, d, a.T, a.H, Dv)] = from_float<T>(acc);
+        }
+        for (int64_t i = tid(); i < nt * L; i += nthreads()) {
+            const int64_t t = i / L, l = i % L;
+            a.dk[flat(r.b, t0 + t, r.h, l, a.T, a.H, L)] = from_float<T>(s.DP[i]);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------- host side
+
+template <typename T>
+struct TypeTag {
+    using type = T;
+};
+
+template <typename Fn>
+cudaError_t dispatch(DType dtype, Fn&& fn) {
+    switch (dtype) {
+        case DType::F32: return fn(TypeTag<float>{});
+        case DType::F16: return fn(TypeTag<__half>{});
+        case DType::BF16: return fn(TypeTag<__nv_bfloat16>{});
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <typename T>
+Args<T> make_args(ScanTensor q, ScanTensor k, ScanTensor v, ScanTensor dout, const ScanSizes& sz, float scale) {
+    Args<T> a{};
+    a.q = static_cast<const T*>(q.data);
+    a.sq_b = q.stride_b; a.sq_t = q.stride_t; a.sq_h = q.stride_h; a.sq_x = q.stride_x;
+    a.k = static_cast<const T*>(k.data);
+    a.sk_b = k.stride_b; a.sk_t = k.stride_t; a.sk_h = k.stride_h; a.sk_x = k.stride_x;
+    a.v = static_cast<const T*>(v.data);
+    a.sv_b = v.stride_b; a.sv_t = v.stride_t; a.sv_h = v.stride_h; a.sv_x = v.stride_x;
+    a.dout = static_cast<const T*>(dout.data);
+    a.sd_b = dout.stride_b; a.sd_t = dout.stride_t; a.sd_h = dout.stride_h; a.sd_x = dout.stride_x;
+    a.B = sz.B; a.T = sz.T; a.H = sz.H; a.L = sz.L; a.D = sz.D; a.Dv = sz.Dv; a.N = sz.N;
+    a.cu_seqlens = sz.cu_seqlens;
+    a.scale = scale;
+    return a;
+}
+
+bool sizes_ok(const ScanSizes& sz) {
+    if (sz.B < 0 || sz.T < 0 || sz.H <= 0 || sz.L <= 0 || sz.D <= 0 || sz.Dv <= 0 || sz.N < 0) return false;
+    if (sz.cu_seqlens && sz.B != 1) return false;
+    if (!sz.cu_seqlens && sz.N != sz.B) return false;
+    return sz.N * sz.H <= 2147483647LL;
+}
+
+// Picks the time tile C and the number of warps G (≤ L) so that the kernel's shared memory fits: first within
+// the default 48 KB, otherwise within the device's opt-in maximum (then the attribute is raised for `kernel`).
+// smem_of(C, G) returns the bytes. Returns cudaErrorInvalidConfiguration when not even C = G = 1 fits.
+template <typename Kernel, typename SmemOf>
+cudaError_t configure(Kernel kernel, int64_t L, SmemOf smem_of, int& C_out, int& G_out, int64_t& bytes_out) {
+    int dev = 0, optin = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err != cudaSuccess) return err;
+    const int g_max = static_cast<int>(L < MAX_WARPS ? L : MAX_WARPS);
+    const int64_t budgets[2] = {DEFAULT_SMEM, optin > DEFAULT_SMEM ? static_cast<int64_t>(optin) : DEFAULT_SMEM};
+    for (int64_t budget : budgets) {
+        for (int C = 32; C >= 1; C /= 2) {
+            for (int G = g_max; G >= 1; G /= 2) {
+                const int64_t bytes = smem_of(C, G);
+                if (bytes <= budget) {
+                    C_out = C;
+                    G_out = G;
+                    bytes_out = bytes;
+                    if (bytes > DEFAULT_SMEM) {
+                        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(bytes));
+                        if (err != cudaSuccess) return err;
+                    }
+                    return cudaSuccess;
+                }
+            }
+        }
+    }
+    return cudaErrorInvalidConfiguration;
+}
+
+template <Kind KIND, typename T>
+cudaError_t launch_forward(Args<T> a, bool causal, cudaStream_t stream) {
+    if (a.N * a.H == 0) return cudaSuccess;
+    auto kernel = forward_kernel<KIND, T>;
+    int64_t bytes = 0;
+    cudaError_t err = configure(kernel, a.L, [&](int C, int G) {
+        Carve c{nullptr, 0};
+        FwdSmem s(c, C, G, a.L, a.Dv);
+        return c.used * static_cast<int64_t>(sizeof(float));
+    }, a.C, a.G, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<static_cast<unsigned>(a.N * a.H), dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a, causal);
+    return FLASHTS_LAUNCH_CHECK();
+}
+
+template <Kind KIND, typename T>
+cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
+    if (a.N * a.H == 0) return cudaSuccess;
+    const unsigned grid = static_cast<unsigned>(a.N * a.H);
+    int64_t bytes = 0;
+    cudaError_t err;
+    if (!causal) {
+        if (KIND != Kind::Latte) return cudaErrorInvalidValue;
+        auto kernel = bidir_bwd_kernel<T>;
+        err = configure(kernel, a.L, [&](int C, int G) {
+            Carve c{nullptr, 0};
+            BidirBwdSmem s(c, C, G, a.L, a.Dv);
+            return c.used * static_cast<int64_t>(sizeof(float));
+        }, a.C, a.G, bytes);
+        if (err != cudaSuccess) return err;
+        kernel<<<grid, dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a);
+        return FLASHTS_LAUNCH_CHECK();
+    }
+    {
+        auto kernel = recompute_kernel<KIND, T>;
+        err = configure(kernel, a.L, [&](int C, int G) {
+            Carve c{nullptr, 0};
+            RecomputeSmem s(c, C, a.L, a.Dv);
+            (void)G;
+            return c.used * static_cast<int64_t>(sizeof(float));
+        }, a.C, a.G, bytes);
+        if (err != cudaSuccess) return err;
+        kernel<<<grid, dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a);
+        err = FLASHTS_LAUNCH_CHECK();
+        if (err != cudaSuccess) return err;
+    }
+    {
+        auto kernel = reverse_kernel<KIND, T>;
+        const int64_t Dq = KIND == Kind::Aaren ? a.D : 0;
+        err = configure(kernel, a.L, [&](int C, int G) {
+            Carve c{nullptr, 0};
+            ReverseSmem s(c, C, G, a.L, a.Dv, Dq);
+            return c.used * static_cast<int64_t>(sizeof(float));
+        }, a.C, a.G, bytes);
+        if (err != cudaSuccess) return err;
+        kernel<<<grid, dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a);
+        return FLASHTS_LAUNCH_CHECK();
+    }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------- launchers
+
+cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,
+                      const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT, float* wT,
+                      cudaStream_t stream) {
+    sz.L = 1;
+    if (!sizes_ok(sz) || (m0 && (!u0 || !w0))) return cudaErrorInvalidValue;
+    return dispatch(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        Args<T> a = make_args<T>(q, k, v, ScanTensor{nullptr, 0, 0, 0, 0}, sz, scale);
+        a.m0 = m0; a.a0 = u0; a.S0 = w0;
+        a.o = static_cast<T*>(o);
+        a.mT = mT; a.aT = uT; a.ST = wT;
+        return launch_forward<Kind::Aaren>(a, true, stream);
+    });
+}
+
+cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, bool causal,
+                      const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
+                      cudaStream_t stream) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (!causal && m0)) return cudaErrorInvalidValue;
+    return dispatch(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        Args<T> a = make_args<T>(q, k, v, ScanTensor{nullptr, 0, 0, 0, 0}, sz, 1.f);
+        a.m0 = m0; a.a0 = a0; a.S0 = S0;
+        a.o = static_cast<T*>(o);
+        if (causal) {
+            a.mT = mT; a.aT = aT; a.ST = ST;
+        }
+        return launch_forward<Kind::Latte>(a, causal, stream);
+    });
+}
+
+cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                      float scale, const float* m0, const float* u0, const float* w0, const float* duT,
+                      const float* dwT, float* ws_M, float* ws_c, float* ws_r, float* dq_rows, void* dk, void* dv,
+                      float* du0, float* dw0, cudaStream_t stream) {
+    sz.L = 1;
+    if (!sizes_ok(sz) || (m0 && (!u0 || !w0)) || !ws_M || !ws_c || !ws_r || !dq_rows || (du0 && !dw0))
+        return cudaErrorInvalidValue;
+    return dispatch(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        Args<T> a = make_args<T>(q, k, v, dout, sz, scale);
+        a.m0 = m0; a.a0 = u0; a.S0 = w0;
+        a.daT = duT; a.dST = dwT;
+        a.ws_M = ws_M; a.ws_c = ws_c; a.ws_r = ws_r;
+        a.dq_rows = dq_rows;
+        a.dk = static_cast<T*>(dk);
+        a.dv = static_cast<T*>(dv);
+        a.da0 = du0; a.dS0 = dw0;
+        return launch_backward<Kind::Aaren>(a, true, stream);
+    });
+}
+
+cudaError_t latte_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                      bool causal, const float* m0, const float* a0, const float* S0, const float* daT,
+                      const float* dST, float* ws_M, float* ws_c, float* ws_r, void* dq, void* dk, void* dv,
+                      float* da0, float* dS0, cudaStream_t stream) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (da0 && !dS0)) return cudaErrorInvalidValue;
+    if (causal && (!ws_M || !ws_c || !ws_r)) return cudaErrorInvalidValue;
+    if (!causal && (m0 || daT || dST || da0)) return cudaErrorInvalidValue;
+    return dispatch(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
+        a.m0 = m0; a.a0 = a0; a.S0 = S0;
+        a.daT = daT; a.dST = dST;
+        a.ws_M = ws_M; a.ws_c = ws_c; a.ws_r = ws_r;
+        a.dq = static_cast<T*>(dq);
+        a.dk = static_cast<T*>(dk);
+        a.dv = static_cast<T*>(dv);
+        a.da0 = da0; a.dS0 = dS0;
+        return launch_backward<Kind::Latte>(a, causal, stream);
+    });
+}
+
+}  // namespace scan
+}  // namespace flashts

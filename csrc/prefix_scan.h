@@ -1,0 +1,65 @@
+// flashts — Aaren (SPEC §4) and Latte (SPEC §5): plain C++ launchers of the prefix-scan CUDA kernels.
+//
+// No torch headers here: the binding (csrc/bindings.cpp) checks the tensors and passes raw pointers, sizes,
+// element strides and the caller's stream. Launchers return the CUDA error of their launches (cudaSuccess when
+// all went well; cudaErrorInvalidConfiguration when L·Dv is too large for the state to fit in shared memory).
+//
+// Layouts. Inputs q, k, v, do: any strides (ScanTensor). States and state gradients: contiguous float32
+// [N, H, L] / [N, H, L, Dv] (Aaren: L = 1). Outputs o, dq, dk, dv: contiguous [B, T, H, X] in the input type.
+// cu_seqlens: nullptr or contiguous int32 [N + 1] (then B == 1); without it N == B.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace flashts {
+namespace scan {
+
+// Element type of q, k, v, do, o, dq, dk, dv.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+// A strided input [B, T, H, X] (Aaren's q [B, H, D]: stride_t unused, stride_b == 0 when q is [H, D]).
+struct ScanTensor {
+    const void* data;
+    int64_t stride_b, stride_t, stride_h, stride_x;
+};
+
+struct ScanSizes {
+    int64_t B, T, H;
+    int64_t L;   // latents (Latte), 1 for Aaren
+    int64_t D;   // Aaren: head dim of q and k; Latte: unused (= L)
+    int64_t Dv;  // value dim
+    int64_t N;   // number of sequences: B, or cu_seqlens.numel() - 1
+    const int32_t* cu_seqlens;  // nullptr or [N + 1]
+};
+
+// Forward. Aaren: a_t = scale·(q·k_t), p = 1. Latte: a = k (latent logits), p = softmax_l(q_t).
+// m0/a0/S0: the initial state (all three nullptr = the empty state (−inf, 0, 0)).
+// causal (Latte only; Aaren is always causal): o_t = Σ_l p_{t,l} · num_{t,l} / den_{t,l} over s ≤ t, and
+// the final state is written to mT/aT/ST. Not causal: the means run over the whole sequence; mT/aT/ST
+// may be nullptr (nothing is written there).
+cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,
+                      const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT, float* wT,
+                      cudaStream_t stream);
+cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, bool causal,
+                      const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
+                      cudaStream_t stream);
+
+// Backward (the maxima carry no gradient). dout = do; daT/dST: final-state cotangents (nullptr = 0).
+// Workspace (causal): ws_M, ws_c, ws_r, float32 [B, T, H, L] each (forward maxima, p/den, −p/den·(dy·mean)
+// per position, written by a recompute sweep and read by the reverse sweep).
+// Initial-state gradients da0/dS0 are written when non-null (then m0 must be given or nullptr for the
+// empty state). Aaren: dq_rows float32 [N, H, D] holds Σ_t of each (sequence, head) — the caller sums it
+// over the sequences when q is shared.
+cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                      float scale, const float* m0, const float* u0, const float* w0, const float* duT,
+                      const float* dwT, float* ws_M, float* ws_c, float* ws_r, float* dq_rows, void* dk, void* dv,
+                      float* du0, float* dw0, cudaStream_t stream);
+cudaError_t latte_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                      bool causal, const float* m0, const float* a0, const float* S0, const float* daT,
+                      const float* dST, float* ws_M, float* ws_c, float* ws_r, void* dq, void* dk, void* dv,
+                      float* da0, float* dS0, cudaStream_t stream);
+
+}  // namespace scan
+}  // namespace flashts
