@@ -83,7 +83,7 @@ setup(
     description="Fused GPU kernels for sub-quadratic attention in time-series transformers",
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["flashts", "flashts.*"]) + ["flashts.kernels"],
     package_dir={"flashts.kernels": "kernels"},
     install_requires=["torch>=2.4", "numpy"],
