@@ -18,7 +18,8 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
   Matched to flashts' linear attention: the feature map (elu+1 / relu / identity) is applied to q and k
   inside the timed call, as fla's ``LinearAttention`` layer does before its kernel; ``scale=1.0`` when
   normalising (flashts' default) else D**-0.5; layout ``[B, T, H, D]`` (``head_first=False`` where the
-  argument exists); causal only. fla's kernel runs with ``normalize=False`` and the normaliser
+  argument exists); causal only. fla >= 0.5 (no ``head_first``) normalises in its own code
+  (``normalize=True``, eps 1e-10) and is run that way; older versions run with ``normalize=False`` and the normaliser
   o_t / (q̃_t·Σ_{s≤t} φ(k_s) + 1e-6) is computed by the harness in float32 inside the timed call: fla's own
   ``normalize_output`` is plain PyTorch too, but in several releases it takes ``cumsum(-2)``, which is the
   head axis in its ``[B, T, H, D]`` layout (wrong), and it accumulates in the input dtype (bf16 over 64k
@@ -199,13 +200,18 @@ class FLA(Impl):
         normalize = kw["normalize"]
         scale = 1.0 if normalize else case.config.D ** -0.5
         extra = {}
-        if "head_first" in inspect.signature(chunk_linear_attn).parameters:
+        params = inspect.signature(chunk_linear_attn).parameters
+        if "head_first" in params:
             extra["head_first"] = False
+        # fla >= 0.5 normalises itself (chunk cumsum of φ(k), its own backward): run it the way its users do
+        fla_normalizes = "normalize" in params and "head_first" not in params
         q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
         eps = 1e-6
 
         def fn():
             fq, fk = phi(q), phi(k)
+            if fla_normalizes:
+                return chunk_linear_attn(fq, fk, v, scale=scale, normalize=normalize)[0]
             o = chunk_linear_attn(fq, fk, v, scale=scale, normalize=False, **extra)[0]
             if not normalize:
                 return o
