@@ -73,9 +73,10 @@ if want tests; then
         tmo+=(--session-timeout=$(( ${T_TESTS:-300} - 25 )))
     fi
     $PY -c "import pytest_benchmark" 2>/dev/null && tmo+=(-p no:benchmark)
+    eval "extra=(${PYTEST_ARGS:-})"   # shell words, so a quoted -k expression survives
     stamp "tests (log: tests.log) ${xdist[*]} ${PYTEST_ARGS:-}"
     timeout ${T_TESTS:-300} $PY -m pytest tests -q -rfE --tb=short --durations=15 -p no:cacheprovider "${xdist[@]}" "${tmo[@]}" \
-        ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
+        "${extra[@]}" > "$OUT/tests.log" 2>&1
     rc=$?
     stamp "tests exit $rc: $(tail -n 1 "$OUT/tests.log")"
     grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | cut -c1-200 | head -n 40
