@@ -64,13 +64,27 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def cuda_ext_available() -> bool:
+def _probe_cuda_ext() -> bool:
     try:
         importlib.import_module("flashts._C")
     except Exception:
         return False
     return True
+
+
+# torch.compile must not trace the import (a graph break under fullgraph=True): the probe runs eagerly at
+# trace time and its result is baked into the graph.
+_assume_constant = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
+if _assume_constant is not None:
+    _probe_cuda_ext = _assume_constant(_probe_cuda_ext)
+_CUDA_EXT: list = []
+
+
+def cuda_ext_available() -> bool:
+    """Whether the compiled extension ``flashts._C`` imports (probed once)."""
+    if not _CUDA_EXT:
+        _CUDA_EXT.append(_probe_cuda_ext())
+    return _CUDA_EXT[0]
 
 
 def available(backend: str, device: torch.device | None = None) -> bool:

@@ -213,6 +213,19 @@ def _load_rows(ptr, offs_t, mask_t, stride_t, offs_f, mask_f):
 
 
 @triton.jit
+def _cumsum_t(e, offs_c, USE_DOT: tl.constexpr):
+    """Inclusive prefix sum over time (axis 0) of a ``[C, BL]`` tile. Aaren (BL = 1, USE_DOT False) sums a
+    masked ``[C, C, 1]`` broadcast instead of ``tl.cumsum``: Triton 3.6 miscompiles (or fails to lower, an
+    assertion in ScanOpToLLVM) a scan over a ``[C, 1]`` tile on sm_90; 3.9 and the interpreter do not."""
+    if USE_DOT:
+        out = tl.cumsum(e, 0)
+    else:
+        causal = offs_c[:, None] >= offs_c[None, :]
+        out = tl.sum(tl.where(causal[:, :, None], e[None, :, :], 0.0), 1)
+    return out
+
+
+@triton.jit
 def _chunk_summary(a, vv, USE_DOT: tl.constexpr, PREC: tl.constexpr):
     """(max_s a, E_c = e^{a − max}, Σ_s E_c, E_cᵀ v) of one chunk (masked rows have a = −∞: they add 0)."""
     c_max = tl.max(a, 0)
@@ -237,7 +250,7 @@ def _chunk_output(a, p, vv, m_in, u_in, w_in, c_max, e_c, offs_c, mask_l,
     if _fast_ok(a, m_in, r, offs_c, mask_l, RISE_LIMIT):
         f_in = _exp_diff(m_in, r)
         e = e_c * _exp_diff(c_max, r)[None, :]                      # e^{a_s − r} ≤ 1
-        den = tl.cumsum(e, 0) + (u_in * f_in)[None, :]             # den_t in units of e^r
+        den = _cumsum_t(e, offs_c, USE_DOT) + (u_in * f_in)[None, :]             # den_t in units of e^r
         F = p / tl.where(den > 0, den, 1.0)
         causal = offs_c[:, None] >= offs_c[None, :]
         P = tl.where(causal, _mm_nt(F, e, USE_DOT, PREC), 0.0)     # P[t, s] = Σ_l F[t,l] E[s,l], s ≤ t
@@ -484,7 +497,7 @@ def _scan_bwd_kernel(q, k, v, do, m_ch, u_ch, w_ch, du_T, dw_T, dv, da_p, dp_p, 
         if _fast_ok(a, m_in, r, offs_c, mask_l, RISE_LIMIT):
             f_in = _exp_diff(m_in, r)
             e = _exp_diff(a, r[None, :])                            # E[s, l] = e^{a_s − r} ≤ 1
-            den = tl.cumsum(e, 0) + (u_in * f_in)[None, :]
+            den = _cumsum_t(e, offs_c, USE_DOT) + (u_in * f_in)[None, :]
             den = tl.where(den > 0, den, 1.0)
             F = p / den
             vd = tl.where(causal, tl.dot(dy, tl.trans(vv), input_precision=PREC), 0.0)   # dy_t·v_s, s ≤ t

@@ -142,6 +142,10 @@ def test_head_dims(causal, D, Dv):
     kw = dict(causal=causal, output_final_state=True)
     if causal:
         kw["initial_state"] = state(1, 2, D, Dv)
+    if D == 1:
+        # φ(q_t) cancels between numerator and denominator when D = 1: dq comes only through eps (1e-6 by
+        # default), a tiny difference of large terms that float32 cannot resolve; a large eps makes dq testable
+        kw["eps"] = 0.5
     check_against_reference(OP, BACKEND, (q, k, v), kw, dtype=F32)
 
 
