@@ -9,22 +9,22 @@ forecasts of every attention against the truth) into ``--out`` (default ``bench/
 
 Examples::
 
-    python -m bench.e2e_forecast --preset cpu                    # all six attentions, a few minutes on 2 cores
+    python -m bench.e2e_forecast --preset cpu                    # all six attentions, about 2 minutes on 2 cores
     python -m bench.e2e_forecast --preset gpu --device cuda      # lookback 2048, bf16 autocast, one H100
     python -m bench.e2e_forecast --preset tiny --attn full linear --no-progress   # smoke run (seconds)
     python -m bench.e2e_forecast --preset gpu --compare-backends # torch vs triton/cuda loss curves
 
-Data. Every series comes from the statsmodels package (``pip install statsmodels``, or ``pip install -e
-'.[e2e]'``), so nothing is downloaded at run time; without it the script stops and says what to install.
+Data. Every series comes from the statsmodels package (``pip install statsmodels``; ``.ci/setup.sh`` installs
+it), so nothing is downloaded at run time; without it the script stops and says what to install.
 statsmodels bundles no series that is both long and multivariate, so:
 
 * ``vic-elec`` (default): hourly electricity demand of Victoria, Australia, 2012-01-01 00:00 to 2012-05-29
   23:00 — 3,600 steps, 1 channel (plus calendar features: hour of day, day of week, day of month, day of
-  year). It is the longest real series statsmodels ships (the file ``tsa/stl/tests/results/mstl_elec_vic.csv``,
-  the first 3,600 hours of the ``vic_elec`` data of R's tsibbledata, kept for statsmodels' MSTL tests; present in
-  the wheels of statsmodels >= 0.14.2). Split 70/10/20 %: 2,520 / 360 / 720 steps.
+  year). It is the longest real series statsmodels ships: the file ``tsa/stl/tests/results/mstl_elec_vic.csv``
+  that statsmodels keeps for its MSTL tests (in the wheels of statsmodels >= 0.14.2; 0.14.0 has no test data).
+  Split 70/10/20 %: 2,520 / 360 / 720 steps.
 * ``co2``: weekly atmospheric CO2 at Mauna Loa, 1958-03-29 to 2001-12-29 (``statsmodels.datasets.co2``) —
-  2,284 steps, 1 channel (59 gaps, filled by linear interpolation). In every statsmodels version.
+  2,284 steps, 1 channel (59 gaps, filled by linear interpolation); one of statsmodels' public data sets.
 * ``macrodata``: US macroeconomic data, quarterly 1959Q1-2009Q3 (``statsmodels.datasets.macrodata``) —
   203 steps, 12 channels (real GDP, consumption, investment, ..., inflation, real interest rate): the
   multivariate one, only for short lookbacks (e.g. ``--lookback 24 --horizon 4``).
@@ -65,8 +65,8 @@ slow, so use ``--preset tiny`` there); without it the comparison is torch agains
 reproducibility check that must give identical curves. Output: ``compare_backends.json``, ``.md``, ``.png``.
 
 Presets (every value can be overridden by its flag: ``--lookback --horizon --epochs --max-steps --d-model
---layers --batch-size`` ...): ``tiny`` (smoke test, seconds), ``cpu`` (all six attentions in a few minutes on 2
-cores), ``gpu`` (lookback 2048, bf16 autocast, all six attentions well inside 3 minutes on one H100). The
+--layers --batch-size`` ...): ``tiny`` (smoke test, seconds), ``cpu`` (all six attentions in about 2 minutes on 2
+cores), ``gpu`` (lookback 2048, bf16 autocast, sized for all six attentions inside 3 minutes on one H100). The
 default preset is ``gpu`` on a CUDA device and ``cpu`` otherwise.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -112,10 +112,10 @@ PRESETS = {
     # smoke test: seconds for all six attentions on CPU
     "tiny": dict(dataset="vic-elec", lookback=48, horizon=12, d_model=32, n_heads=2, layers=1, d_ff=64,
                  batch_size=16, epochs=1, max_steps=3, eval_batches=2, latents=16, amp="none", compare_steps=3),
-    # a few minutes for all six attentions on a 2-core CPU
+    # about 2 minutes for all six attentions on a 2-core CPU (one thread)
     "cpu": dict(dataset="vic-elec", lookback=96, horizon=24, d_model=64, n_heads=4, layers=2, d_ff=128,
                 batch_size=32, epochs=3, max_steps=None, eval_batches=None, latents=16, amp="none", compare_steps=10),
-    # long lookback on one GPU, bf16 autocast; all six attentions well inside 3 minutes on an H100
+    # long lookback on one GPU, bf16 autocast; sized for all six attentions inside 3 minutes on an H100
     "gpu": dict(dataset="vic-elec", lookback="max", horizon=96, d_model=128, n_heads=4, layers=2, d_ff=256,
                 batch_size=16, epochs=8, max_steps=None, eval_batches=None, latents=32, amp="bf16",
                 compare_steps=30),
@@ -153,7 +153,7 @@ def _statsmodels_dir() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise DatasetUnavailable(
             "the data sets of bench.e2e_forecast ship with statsmodels, which is not installed here: "
-            "pip install statsmodels   (or pip install -e '.[e2e]' in the flashts checkout)")
+            "pip install statsmodels")
     return list(spec.submodule_search_locations)[0]
 
 
@@ -169,9 +169,8 @@ def load_vic_elec() -> Series:
     raw = np.loadtxt(path, delimiter=",", skiprows=1, dtype=str)
     stamps = raw[:, 0].astype("datetime64[h]")
     values = raw[:, 1].astype(np.float64)[:, None]
-    return Series("vic-elec", "hourly electricity demand, Victoria (Australia), statsmodels "
-                  "tsa/stl/tests/results/mstl_elec_vic.csv (vic_elec of R's tsibbledata)", values, ["demand"],
-                  stamps, unit="MW")
+    return Series("vic-elec", "hourly electricity demand, Victoria (Australia), from statsmodels "
+                  "(tsa/stl/tests/results/mstl_elec_vic.csv)", values, ["demand"], stamps)
 
 
 def _import_statsmodels_datasets():
@@ -462,7 +461,6 @@ class RunConfig:
     moving_avg: int
     seed: int
     backend: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def model_config(self, attention: str, data: WindowData, backend: str | None = None) -> ModelConfig:
         return ModelConfig(attention, data.n_channels, data.n_marks, self.lookback, self.horizon, self.d_model,
@@ -608,7 +606,8 @@ def train_attention(attention: str, data: WindowData, cfg: RunConfig, *, backend
         val = evaluate(model, data, "val", cfg)
         epochs.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_mse": val["mse"],
                        "val_mae": val["mae"], "seconds": seconds})
-        if best is None or not (val["mse"] >= best[0]):  # NaN-safe: a NaN never replaces a finite best
+        better = math.isfinite(val["mse"]) and (best is None or not val["mse"] >= best[0])  # a NaN best loses
+        if best is None or better:
             best = (val["mse"], {k: v.detach().clone() for k, v in model.state_dict().items()})
     if bar is not None:
         bar.close()
@@ -683,7 +682,7 @@ def _header(meta: dict, data: dict, cfg: dict) -> list[str]:
         f"{data['windows']['test']}",
         f"- model: lookback {cfg['lookback']}, horizon {cfg['horizon']}, d_model {cfg['d_model']}, heads "
         f"{cfg['n_heads']}, layers {cfg['layers']}, d_ff {cfg['d_ff']}, batch {cfg['batch_size']}, epochs "
-        f"{cfg['epochs']}, max steps/epoch {cfg['max_steps']}, amp {cfg['amp']}, seed {cfg['seed']}, backend "
+        f"{cfg['epochs']}, max steps/epoch {cfg['max_steps'] or 'all'}, amp {cfg['amp']}, seed {cfg['seed']}, backend "
         f"{cfg['backend']}",
     ]
 
@@ -849,8 +848,9 @@ def resolve_config(args, device: torch.device, n_steps_of) -> tuple[str, str, Ru
     return preset, dataset, RunConfig(backend=args.backend, **values), compare_steps
 
 
-def run_main(data: WindowData, cfg: RunConfig, attentions: list, progress: bool) -> list[dict]:
-    plot_start = int(data.starts["test"][len(data.starts["test"]) // 2])
+def run_main(data: WindowData, cfg: RunConfig, attentions: list, progress: bool, plot_start: int,
+             on_result=None) -> list[dict]:
+    """Train every attention in turn; ``on_result(results)`` after each (the report is rewritten each time)."""
     results = []
     for attention in attentions:
         try:
@@ -861,6 +861,8 @@ def run_main(data: WindowData, cfg: RunConfig, attentions: list, progress: bool)
             row = {"attention": attention, "error": f"{type(exc).__name__}: {exc}"[:300]}
             print(f"[e2e] {attention}: {row['error']}", file=sys.stderr)
         results.append(row)
+        if on_result is not None:
+            on_result(results)
         if not row.get("error"):
             print(f"[e2e] {attention:>8} ({row['backend'] or 'sdpa'}): test MSE {row['test_mse']:.4f} "
                   f"MAE {row['test_mae']:.4f}, {row['s_per_epoch']:.2f} s/epoch, peak "
@@ -910,7 +912,8 @@ def run_compare(data: WindowData, cfg: RunConfig, attentions: list, steps: int, 
                     "curves": curves, "diffs": diffs, "errors": errors, "max_rel_diff": max_rel, "tol": tol,
                     "ok": ok, "kind": "kernel vs torch" if kernels else "torch vs torch (reproducibility)"})
         summary = ", ".join(f"{k} vs torch: max rel diff {v['max_rel_diff']:.2e}" for k, v in diffs.items())
-        print(f"[e2e] compare {attention}: {summary or 'no comparison'} -> {'ok' if ok else 'FAILED'}", file=sys.stderr)
+        print(f"[e2e] compare {attention}: {summary or 'no comparison'} -> {'ok' if ok else 'FAILED'}",
+              file=sys.stderr)
     return out
 
 
@@ -918,14 +921,16 @@ def compare_markdown(report: dict) -> str:
     lines = [f"# Backend comparison of the training-loss curves ({report['preset']} preset)", ""]
     lines += _header(report["meta"], report["data"], report["config"])
     lines += ["", f"Same seed and batches, float32 (no autocast); {report['steps']} training steps per run; a "
-              f"comparison passes when max |loss − loss_torch| / |loss_torch| ≤ {report['tol']:g} at every step.", "",
-              "| attention | compared | max abs diff | max rel diff | first-step abs diff | ok |", "|---|---|---|---|---|---|"]
+              f"comparison passes when max |loss − loss_torch| / |loss_torch| ≤ {report['tol']:g} at every step.",
+              "", "| attention | compared | max abs diff | max rel diff | first-step abs diff | ok |",
+              "|---|---|---|---|---|---|"]
     for c in report["comparisons"]:
         if not c["diffs"]:
-            lines.append(f"| {c['attention']} | {', '.join(c['backends'])} | error: {'; '.join(c['errors'].values())} | | | no |")
+            errors = "; ".join(c["errors"].values())
+            lines.append(f"| {c['attention']} | {', '.join(c['backends'])} | error: {errors} | | | no |")
         for label, d in c["diffs"].items():
-            lines.append(f"| {c['attention']} | {label} vs torch | {d['max_abs_diff']:.2e} | {d['max_rel_diff']:.2e} | "
-                         f"{d['first_step_abs_diff']:.2e} | {'yes' if c['ok'] else 'no'} |")
+            lines.append(f"| {c['attention']} | {label} vs torch | {d['max_abs_diff']:.2e} | "
+                         f"{d['max_rel_diff']:.2e} | {d['first_step_abs_diff']:.2e} | {'yes' if c['ok'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -976,7 +981,6 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     meta = metadata(device, ["python", "-m", "bench.e2e_forecast"] + list(sys.argv[1:] if argv is None else argv))
     config = dict(asdict(cfg), dataset=dataset)
-    config.pop("extra")
     progress = not args.no_progress
     print(f"[e2e] {meta['device']}: {dataset} {data.describe()['steps']} steps × {data.n_channels} ch, preset "
           f"{preset}, lookback {cfg.lookback}, horizon {cfg.horizon}, attentions {', '.join(attentions)}",
@@ -994,14 +998,18 @@ def main(argv=None) -> int:
         print(f"[e2e] wrote {out}/compare_backends.{{json,md,png}}", file=sys.stderr)
         return 0 if comparisons and all(c["ok"] for c in comparisons) else 1
 
-    results = run_main(data, cfg, attentions, progress)
     plot_start = int(data.starts["test"][len(data.starts["test"]) // 2])
-    report = {"meta": meta, "preset": preset, "data": data.describe(), "config": config, "results": results,
+    report = {"meta": meta, "preset": preset, "data": data.describe(), "config": config, "results": [],
               "reference": seasonal_naive(data, "test", cfg),
               "plot": {"start": plot_start, "stamp": str(data.series.stamps[plot_start + cfg.lookback])}}
-    _dump(report, os.path.join(out, "e2e.json"))
-    with open(os.path.join(out, "e2e.md"), "w") as f:
-        f.write(markdown_report(report))
+
+    def save(results):  # after every attention, so an interrupted run keeps what it measured
+        report["results"] = results
+        _dump(report, os.path.join(out, "e2e.json"))
+        with open(os.path.join(out, "e2e.md"), "w") as f:
+            f.write(markdown_report(report))
+
+    results = run_main(data, cfg, attentions, progress, plot_start, on_result=save)
     if not args.no_plot:
         plot_forecasts(report, data, os.path.join(out, "forecast.png"))
     print(f"[e2e] wrote {out}/e2e.{{json,md}} and forecast.png", file=sys.stderr)
