@@ -37,6 +37,7 @@ fi
 {
     nvidia-smi || true
     $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"
+    $PY -c "import statsmodels; print('statsmodels', statsmodels.__version__)" || true
     nvcc --version | tail -1
     git rev-parse HEAD 2>/dev/null || true
 } > "$OUT/env.txt" 2>&1
