@@ -26,7 +26,8 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
   steps is inaccurate), so the guard would reject it.
 * ``autoformer`` — the original Autoformer ``AutoCorrelation`` code, ``bench/autoformer_original.py``'s
   ``autoformer_auto_correlation(q, k, v, factor, mode)`` (``[B, L, H, E]``), imported lazily; skipped with
-  a note when that module is missing.
+  a note when that module is missing. bfloat16/float16 inputs are cast to float32 inside the timed call (as
+  autocast does for the FFTs under AMP; torch.fft has no bfloat16 kernels).
 
 The flashts ``torch`` backend itself is listed by :mod:`bench.registry` (``flashts-torch``) and serves as
 the baseline the GPU kernels must beat.
@@ -243,8 +244,18 @@ class Autoformer(Impl):
         from bench.autoformer_original import autoformer_auto_correlation
         kw = op_kwargs(case.config)
         q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+
+        def fn():
+            if q.dtype in (torch.float16, torch.bfloat16):
+                # torch.fft has no bfloat16 kernels (and half only for powers of two): under AMP, autocast
+                # runs the FFTs in float32, so the original code sees float32 here too (casts timed)
+                out = autoformer_auto_correlation(q.float(), k.float(), v.float(), factor=kw["factor"],
+                                                  mode=kw["mode"])
+                return out.to(q.dtype)
+            return autoformer_auto_correlation(q, k, v, factor=kw["factor"], mode=kw["mode"])
+
         return Prepared(
-            fn=lambda: autoformer_auto_correlation(q, k, v, factor=kw["factor"], mode=kw["mode"]),
+            fn=fn,
             leaves=[q, k, v] if requires_grad else [],
             grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
 

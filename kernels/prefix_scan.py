@@ -72,7 +72,8 @@ Precision. All arithmetic in float32 (loads upcast; states float32). ``tl.dot`` 
 
 Blocking. C = CHUNK (16): [C, C] products for the masked intra-chunk part; a power of two ≥ 16 (tl.dot).
 Latte: BL = next power of two ≥ max(16, L) (tensor-core products over latents; padded latents are masked:
-a = −∞, p = 0). Aaren: BL = 1 and the latent "products" are broadcasts (no dot needs a dim < 16). BK = next
+a = −∞, p = 0). Aaren: BL = AAREN_LATENT_BLOCK (16: its single latent padded, the same tensor-core layout; 1
+gives broadcast sums instead of dots, which Triton 3.6 miscompiles on sm_90). BK = next
 power of two ≥ D (Aaren q·k, a row sum). BV = next power of two ≥ max(16, Dv), at most BV_MAX (64) and at most
 STATE_TILE_MAX / BL (the [BL, BV] state tiles live in registers; more latents → narrower Dv tiles). num_warps:
 4, or 8 when BL·BV ≥ 1024; the backward kernels of Latte use 8. These were chosen from sm_90 compiles of every
@@ -97,6 +98,11 @@ from flashts.ops._common import new_empty
 CHUNK = 16
 # Largest Dv tile (power of two ≥ 16).
 BV_MAX = 64
+# Aaren's latent block: its one latent padded to 16 (masked like Latte's padded latents, tensor-core products),
+# the layout validated on an H100 with Triton 3.6. 1 (broadcast sums over [C, 1] tiles, no tl.dot) is exact
+# under the interpreter and Triton 3.9 but Triton 3.6 miscompiles it on sm_90 (every chunk after the first
+# came out wrong, and a tl.cumsum over [C, 1] hit an assertion in ScanOpToLLVM).
+AAREN_LATENT_BLOCK = 16
 # Largest state tile BL·BV (Latte with many latents gets narrower Dv tiles).
 STATE_TILE_MAX = 2048
 # Largest rise of the running max inside a chunk for the matrix-form fast path (see the module docstring).
@@ -186,14 +192,15 @@ def _sequence(cu, i_n, T, C: tl.constexpr, VARLEN: tl.constexpr):
 @triton.jit
 def _logits(q_ptr, k_ptr, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN: tl.constexpr):
     """(a, p) ``[C, BL]`` tiles of the rows offs_t: logits (−∞ on masked rows and latents) and mixing weights
-    (0 there). Aaren: a = scale·(q·k_t), p = 1 (BL = 1). Latte: a = k, p = softmax_l(q)."""
+    (0 there). Aaren: a = scale·(q·k_t), p = 1 (latent 0; padded latents a = −∞, p = 0). Latte: a = k, p = softmax_l(q)."""
     if AAREN:
         kt = tl.load(k_ptr + offs_t[:, None] * skt + offs_d[None, :], mask=mask_t[:, None] & mask_d[None, :],
                      other=0.0).to(tl.float32)
         qv = tl.load(q_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         s = tl.sum(kt * qv[None, :], 1) * scale
-        a = tl.where(mask_t, s, float("-inf"))[:, None]
-        p = tl.where(mask_t, 1.0, 0.0)[:, None]
+        m2 = mask_t[:, None] & mask_l[None, :]          # latent 0 only (BL > 1 pads it like Latte's latents)
+        a = tl.where(m2, s[:, None], float("-inf"))
+        p = tl.where(m2, 1.0, 0.0)
     else:
         m2 = mask_t[:, None] & mask_l[None, :]
         a = tl.load(k_ptr + offs_t[:, None] * skt + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -358,8 +365,8 @@ def _decode_kernel(q, k, v, o, m0, u0, w0, m_T, u_T, w_T,
     if AAREN:
         kv = tl.load(k_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         qv = tl.load(q_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        a = tl.zeros([BL], dtype=tl.float32) + tl.sum(kv * qv, 0) * scale
-        p = tl.full([BL], 1.0, tl.float32)
+        a = tl.where(mask_l, tl.sum(kv * qv, 0) * scale, float("-inf"))
+        p = tl.where(mask_l, 1.0, 0.0)
     else:
         a = tl.load(k_ptr + offs_l, mask=mask_l, other=0.0).to(tl.float32)
         a = tl.where(mask_l, a, float("-inf"))
@@ -639,10 +646,11 @@ def _finish_kernel(q, k, da_p, dp_p, dq, dk, dq_p,
         mask_d = offs_d < D
         qv = tl.load(q_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         kt = _load_rows(k_ptr, offs_t, mask_t, skt, offs_d, mask_d)
-        dk_c = scale * da * qv[None, :]                                # da [C, 1]
+        da_t = tl.sum(da, 1)[:, None]                                  # [C, 1] (padded latents hold 0)
+        dk_c = scale * da_t * qv[None, :]
         tl.store(dk + i_b.to(tl.int64) * sdkb + h.to(tl.int64) * sdkh + offs_t[:, None] * sdkt + offs_d[None, :],
                  dk_c.to(dk.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
-        tl.store(dq_p + ((i_b.to(tl.int64) * NT + i_t) * H + h) * D + offs_d, scale * tl.sum(da * kt, 0),
+        tl.store(dq_p + ((i_b.to(tl.int64) * NT + i_t) * H + h) * D + offs_d, scale * tl.sum(da_t * kt, 0),
                  mask=mask_d)
     else:
         dp = tl.zeros([C, BL], dtype=tl.float32)
@@ -682,15 +690,15 @@ class _Config:
         self.N = self.B if cu_seqlens is None else cu_seqlens.shape[0] - 1
         self.C = CHUNK
         self.NS = triton.cdiv(self.T, self.C) if cu_seqlens is None else self.T // self.C + self.N
-        self.BL = 1 if aaren else max(16, triton.next_power_of_2(L))
-        self.use_dot = not aaren
+        self.BL = AAREN_LATENT_BLOCK if aaren else max(16, triton.next_power_of_2(L))
+        self.use_dot = self.BL >= 16
         self.BK = triton.next_power_of_2(D) if aaren else 16
         # the [BL, BV] state tiles stay within STATE_TILE_MAX elements (registers)
         bv_max = max(16, min(BV_MAX, STATE_TILE_MAX // self.BL))
         self.BV = max(16, min(triton.next_power_of_2(self.Dv), bv_max))
         self.NV = triton.cdiv(self.Dv, self.BV)
         self.num_warps = 8 if self.BL * self.BV >= 1024 else 4
-        self.bwd_warps = 4 if aaren else 8
+        self.bwd_warps = 8 if self.BL >= 16 else 4
         self.prec = FP32_DOT_PRECISION if k.dtype == torch.float32 else HALF_DOT_PRECISION
         self.cu = cu_seqlens.to(torch.int32).contiguous() if self.varlen else k  # placeholder when not packed
 

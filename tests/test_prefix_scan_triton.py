@@ -519,3 +519,14 @@ def test_latte_strided_inputs_and_fresh_outputs():
     assert m.shape == a.shape == (B, H, L) and S.shape == (B, H, L, Dv)
     for x in (o, m, a, S, ob):
         assert all(x.untyped_storage().data_ptr() != y.untyped_storage().data_ptr() for y in (q, k, v) + st)
+
+
+@pytest.mark.skipif(DEV.type == "cuda", reason="AAREN_LATENT_BLOCK=1 is not used on GPUs (Triton 3.6 miscompiles "
+                    "it on sm_90); the default block of 16 is what every other Aaren test here runs")
+@pytest.mark.parametrize("T", [17, 63])
+def test_aaren_latent_block_1_layout(monkeypatch, T):
+    """The unpadded layout (one latent, broadcast sums instead of tl.dot) stays exact where it compiles right."""
+    monkeypatch.setattr(ks, "AAREN_LATENT_BLOCK", 1)
+    q, k, v = aaren_inputs(2, T, 2, 5, 7, q_batched=True)
+    check_against_reference(AAREN, BE, (q, k, v), dict(initial_state=make_state("finite", (2, 2), 7),
+                                                        output_final_state=True), dtype=F32, **SKIP_MAX)
