@@ -91,6 +91,7 @@ setup(
         "triton": ["triton>=3.0"],
         "test": ["pytest"],
         "bench": ["matplotlib", "tqdm"],
+        "e2e": ["statsmodels>=0.14.2", "matplotlib", "tqdm"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -5,10 +5,11 @@
 #   bash bench/gpu_check.sh OUTDIR [extra args for python -m bench]
 #
 # Environment knobs (all optional):
-#   STEPS="build tests bench e2e"   which parts to run (default: build tests bench)
-#   PYTEST_ARGS="..."               extra pytest arguments (e.g. a -k filter or a test file list)
+#   STEPS="build tests bench decode e2e"   which parts to run (default: build tests decode bench)
+#   PYTEST_ARGS="..."               pytest arguments; default '-k "triton or cuda" -m "not slow"' (the GPU
+#                                   cases: ~160 s on an H100; the torch-backend cases run in CI), "" = all
 #   TEST_WORKERS=12                 pytest-xdist workers when pytest-xdist is installed (0: no xdist)
-#   T_BUILD/T_TESTS/T_BENCH/T_E2E   per-part time limits in seconds
+#   T_BUILD/T_TESTS/T_DECODE/T_BENCH/T_E2E   per-part time limits in seconds
 #   E2E_ARGS="..."                  arguments of python -m bench.e2e_forecast (default --preset gpu)
 # A prebuilt extension can travel in .gpu_prebuilt/ (ignored by git): it is used when its recorded hash of
 # csrc/ + setup.py matches the checkout, so a second call skips the build. Each build leaves the .so and its
@@ -23,7 +24,8 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-build tests bench}
+STEPS=${STEPS:-build tests decode bench}
+PYTEST_ARGS=${PYTEST_ARGS-'-k "triton or cuda" -m "not slow"'}
 t0=$(date +%s)
 stamp() { echo "[gpu_check +$(( $(date +%s) - t0 ))s] $*"; }
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -81,6 +83,13 @@ if want tests; then
     rc=$?
     stamp "tests exit $rc: $(tail -n 1 "$OUT/tests.log")"
     grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | cut -c1-200 | head -n 40
+fi
+
+if want decode; then
+    stamp "decode-step latency (log: decode.log)"
+    timeout ${T_DECODE:-120} $PY -m bench.decode --out "$OUT" > "$OUT/decode.log" 2>&1
+    stamp "decode exit $?"
+    grep "^\[decode\]" "$OUT/decode.log" | cut -c1-160
 fi
 
 if want bench; then

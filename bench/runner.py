@@ -87,7 +87,13 @@ def git_commit() -> str | None:
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        commit = out.stdout.strip()
+        # a copied working tree (e.g. on a lent GPU machine) can carry stale git metadata: say so
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10)
+        return commit + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
     except Exception:
         return None
 

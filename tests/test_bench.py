@@ -146,3 +146,35 @@ def test_report_speedup_vs_best_baseline():
     assert "3.00× vs flashts-torch" in table   # the triton kernel is compared with the torch backend too
     assert "1.33× vs sdpa" in table            # the torch backend only with the peers
     assert "OOM" in table and any("OOM" in n for n in notes)
+
+
+def test_decode_step_bench_cpu(tmp_path):
+    """python -m bench.decode: every streaming op, the torch backend and Triton's decode kernels (interpreter here),
+    checked against the float64 torch step before timing; JSON + markdown written."""
+    from bench import decode
+
+    backends = ["torch"] + (["triton"] if _backend_available("triton") else [])
+    rc = decode.main(["--device", "cpu", "--B", "3", "--H", "2", "--D", "12", "--L", "5", "--iters", "2",
+                      "--backends", *backends, "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    files = sorted(os.listdir(tmp_path))
+    assert [f.rsplit(".", 1)[1] for f in files] == ["json", "md"] and files[0].startswith("decode_")
+    with open(tmp_path / files[0]) as f:
+        data = json.load(f)
+    assert {(r["op"], r["backend"]) for r in data["rows"]} == {(op, b) for op in decode.OPS for b in backends}
+    for r in data["rows"]:
+        assert r["error"] is None, r
+        assert r["rel_err"] < 1e-4 and r["eager_us"] > 0 and r["bytes"] > 0 and r["graph_us"] is None
+    assert "| latte_attention | torch |" in (tmp_path / files[1]).read_text()
+
+
+def test_decode_step_bytes():
+    from bench.decode import step_bytes
+    # linear: state S [D, Dv] + z [D] in float32, read and written; q, k (D) and v, o (Dv) in bf16
+    assert step_bytes("linear_attention", 2, 3, 4, 5, 7, 2) == 2 * 2 * 3 * (20 + 4) * 4 + 2 * 3 * (8 + 10) * 2
+    assert step_bytes("latte_attention", 1, 1, 4, 5, 7, 4) == 2 * 7 * 7 * 4 + (14 + 10) * 4
+
+
+def _backend_available(b):
+    from flashts import _backend
+    return _backend.available(b, torch.device("cpu"))
