@@ -5,11 +5,12 @@
 #   bash bench/gpu_check.sh OUTDIR [extra args for python -m bench]
 #
 # Environment knobs (all optional):
-#   STEPS="build tests bench decode e2e"   which parts to run (default: build tests decode bench)
+#   STEPS="build tests bench decode tune e2e"   which parts to run (default: build tests decode bench)
+#   TUNE_ARGS="--op linear; --op swa --D 128"   python -m bench.tune runs for the tune step, ';'-separated
 #   PYTEST_ARGS="..."               pytest arguments; default '-k "triton or cuda" -m "not slow"' (the GPU
 #                                   cases: ~160 s on an H100; the torch-backend cases run in CI), "" = all
 #   TEST_WORKERS=12                 pytest-xdist workers when pytest-xdist is installed (0: no xdist)
-#   T_BUILD/T_TESTS/T_DECODE/T_BENCH/T_E2E   per-part time limits in seconds
+#   T_BUILD/T_TESTS/T_DECODE/T_TUNE/T_BENCH/T_E2E   per-part time limits in seconds (T_TUNE: each tune run)
 #   E2E_ARGS="..."                  arguments of python -m bench.e2e_forecast (default --preset gpu)
 # A prebuilt extension can travel in .gpu_prebuilt/ (ignored by git): it is used when its recorded hash of
 # csrc/ + setup.py matches the checkout, so a second call skips the build. Each build leaves the .so and its
@@ -90,6 +91,16 @@ if want decode; then
     timeout ${T_DECODE:-120} $PY -m bench.decode --out "$OUT" > "$OUT/decode.log" 2>&1
     stamp "decode exit $?"
     grep "^\[decode\]" "$OUT/decode.log" | cut -c1-160
+fi
+
+if want tune; then
+    IFS=';' read -ra tune_runs <<< "${TUNE_ARGS:---op linear; --op swa --D 128; --op latte}"
+    for targs in "${tune_runs[@]}"; do
+        stamp "tune: $targs (log: tune.log)"
+        timeout ${T_TUNE:-150} $PY -m bench.tune $targs --out "$OUT" --time-limit $(( ${T_TUNE:-150} - 30 )) \
+            >> "$OUT/tune.log" 2>&1
+        stamp "tune exit $?: $(grep '^best:' "$OUT/tune.log" | tail -n 1 | cut -c1-150)"
+    done
 fi
 
 if want bench; then

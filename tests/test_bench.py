@@ -178,3 +178,34 @@ def test_decode_step_bytes():
 def _backend_available(b):
     from flashts import _backend
     return _backend.available(b, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not _backend_available("triton"), reason="needs triton (interpreter on CPU)")
+def test_tune_sweeps_knobs_checks_and_restores(tmp_path):
+    """python -m bench.tune: every variant checked against the torch backend, then timed; the module's knobs are
+    restored afterwards; a variant that cannot run is reported with its error, not a time."""
+    from bench import tune
+    import flashts.kernels.linear_attention as kl
+
+    before = (kl.CHUNK_SIZE, kl.BV_MAX)
+    rc = tune.main(["--op", "linear", "--device", "cpu", "--dtype", "float32", "--B", "1", "--H", "1", "--T", "21",
+                    "--D", "8", "--grid", "CHUNK_SIZE=16,x", "BV_MAX=16", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0 and (kl.CHUNK_SIZE, kl.BV_MAX) == before
+    data = json.loads(next(tmp_path.glob("tune_linear_*.json")).read_text())
+    rows = data["rows"]
+    # the default (64, 64) is added to the grid: 2 x 1 + 1 variants; a chunk of "x" cannot launch
+    assert len(rows) == 3 and sum(r["default"] for r in rows) == 1
+    good = [r for r in rows if r["error"] is None]
+    bad = [r for r in rows if r["error"] is not None]
+    assert {r["settings"]["CHUNK_SIZE"] for r in good} == {16, 64} and [r["settings"]["CHUNK_SIZE"] for r in bad] == ["x"]
+    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 and r["max_rel_err"] < 1e-4 for r in good)
+    assert all(r["fwdbwd_ms"] is None for r in bad)
+    assert "**(default)**" in next(tmp_path.glob("tune_linear_*.md")).read_text()
+
+
+def test_tune_grid_parsing():
+    from bench.tune import parse_grid
+    assert parse_grid(["CHUNK=16,32", "fwd=128:64:8:3", "PREC=tf32"]) == {
+        "CHUNK": [16, 32], "fwd": [(128, 64, 8, 3)], "PREC": ["tf32"]}
+    with pytest.raises(ValueError):
+        parse_grid(["fwd=128:64"])
