@@ -1,8 +1,8 @@
 """``python -m bench.tune``: sweep the Triton kernels' tile/chunk knobs on one shape, check each variant, time it.
 
 Each Triton kernel module exposes its blocking as module constants (``kernels/linear_attention.py``:
-``CHUNK_SIZE``, ``BV_MAX``, ``NUM_STAGES``; ``kernels/prefix_scan.py``: ``CHUNK``, ``BV_MAX``,
-``STATE_TILE_MAX``; ``kernels/auto_correlation.py``: ``BLOCK_T``, ``BLOCK_N_MAX``, ``NUM_WARPS``;
+``CHUNK_SIZE``, ``BV_MAX``, ``NUM_STAGES``; ``kernels/prefix_scan.py``: ``SCAN_MODE``, ``CHUNK``,
+``BV_MAX``, ``STATE_TILE_MAX``; ``kernels/auto_correlation.py``: ``BLOCK_T``, ``BLOCK_N_MAX``, ``NUM_WARPS``;
 ``kernels/sliding_window_attention.py``: the per-head-dim tile tables ``_HALF_TILES`` / ``_FP32_TILES``). This
 tool sets one combination at a time (and restores the module afterwards), runs the op through the public
 function with ``backend="triton"``, compares the output and the gradients of q, k, v with the torch backend on the
@@ -52,8 +52,8 @@ GRIDS = {
                                  "dkdv": ["64:64:8:3", "64:32:8:3", "128:64:8:2", "64:16:8:3"],
                                  "dq": ["64:64:4:3", "64:32:8:3", "128:64:8:2"]},
     "auto_correlation": {"BLOCK_T": [32, 64, 128], "BLOCK_N_MAX": [64, 128, 256], "NUM_WARPS": [4, 8]},
-    "aaren_attention": {"CHUNK": [16, 32, 64], "BV_MAX": [32, 64], "AAREN_LATENT_BLOCK": [16]},
-    "latte_attention": {"CHUNK": [16, 32, 64], "BV_MAX": [32, 64], "STATE_TILE_MAX": [2048, 4096]},
+    "aaren_attention": {"SCAN_MODE": ["one_pass", "chunked"], "CHUNK": [16, 32, 64], "BV_MAX": [32, 64]},
+    "latte_attention": {"SCAN_MODE": ["one_pass", "chunked"], "CHUNK": [16, 32, 64], "BV_MAX": [32, 64]},
 }
 TILE_KINDS = ("fwd", "dkdv", "dq")
 # tolerance of the max relative error (output and gradients) against the float32 torch backend

@@ -58,6 +58,14 @@ Kernels (every one takes int64 offsets for batch/time/head; memory O(T·(L+Dv)) 
 * ``_scan_fwd_kernel`` (grid (⌈Dv/BV⌉, N·H)): the one pass above; writes y and the final state. With
   STORE_OUT=False and STORE_CHUNKS=True it is the backward's recomputation of the state entering every chunk
   (stored to chunk "slots": sequence n owns slots [cu_n // C + n, ...), disjoint, < T // C + N in all).
+* SCAN_MODE "chunked" (the alternative to the one pass; chosen by measurement, see ``python -m bench.tune``):
+  ``_chunk_sum_kernel`` (grid (B·H·NS, ⌈Dv/BV⌉), every chunk in parallel) writes the chunk summaries,
+  ``_state_scan_kernel`` (grid (⌈Dv/BV⌉, N·H)) scans them sequentially — only ``_combine`` per chunk — into
+  the state entering every chunk (and the final state), ``_chunk_out_kernel`` (grid (B·H·NS, ⌈Dv/BV⌉))
+  computes every chunk's outputs in parallel from its entering state. The backward uses the first two for its
+  entering states. Costs the [NS, L, Dv] float32 states written and read twice; wins when B·H is too small to
+  fill the GPU with the one pass. Packed sequences use the chunk slots and the in-kernel binary search over
+  cu_seqlens of the linear-attention kernels (``_chunk_of_slot``).
 * ``_decode_kernel`` (T == 1 without cu_seqlens, grid (⌈Dv/BV⌉, B·H)): one ``_combine`` step per row and
   latent, no chunk tiles.
 * ``_scan_bwd_kernel`` (grid (⌈Dv/BV⌉, N·H)): chunks from the last to the first, from the stored entering
@@ -92,12 +100,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from flashts.kernels.linear_attention import _chunk_of_slot
 from flashts.ops._common import new_empty
 
 # Time steps per chunk (a power of two ≥ 16: the [C, C] tl.dot products; the tests pin it to 16).
 CHUNK = 16
 # Largest Dv tile (power of two ≥ 16).
 BV_MAX = 64
+# How the causal scan crosses chunks: "one_pass" (one sequential program per (sequence, head, Dv tile) carrying
+# the state in registers) or "chunked" (chunk summaries in parallel, a light sequential scan of the summaries
+# into the state entering every chunk, then every chunk's outputs in parallel; also used by the backward to
+# recompute the entering states). "chunked" fills the GPU when B·H is small, at the price of writing and
+# reading the [NS, L, Dv] float32 chunk states; which is faster is measured with python -m bench.tune.
+SCAN_MODE = "one_pass"
 # Aaren's latent block: its one latent padded to 16 (masked like Latte's padded latents, tensor-core products),
 # the layout validated on an H100 with Triton 3.6. 1 (broadcast sums over [C, 1] tiles, no tl.dot) is exact
 # under the interpreter and Triton 3.9 but Triton 3.6 miscompiles it on sm_90 (every chunk after the first
@@ -339,6 +354,134 @@ def _scan_fwd_kernel(q, k, v, o, m0, u0, w0, m_T, u_T, w_T, m_ch, u_ch, w_ch, cu
         tl.store(m_T + srow, m, mask=mask_l0)
         tl.store(u_T + srow, u, mask=mask_l0)
         tl.store(w_T + srow[:, None] * Dv + offs_v[None, :], w, mask=mask_lv)
+
+
+@triton.jit
+def _chunk_sum_kernel(q, k, v, m_s, u_s, w_ch, cu,
+                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+                      T, H, L, D, Dv, N, NS, scale,
+                      C: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      AAREN: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr,
+                      LOG_N: tl.constexpr):
+    """SCAN_MODE "chunked", step 1 (grid (B·H·NS, ⌈Dv/BV⌉), one program per chunk slot, head and Dv tile):
+    the chunk summary (max_s a, Σ_s e^{a−max}, Σ_s e^{a−max} v) into m_s/u_s [B, NS, H, L] (Dv tile 0) and
+    w_ch [B, NS, H, L, Dv]. Slots past a sequence's end write nothing (never read)."""
+    pid = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_bh = pid // NS
+    slot = pid % NS
+    i_b = i_bh // H
+    h = i_bh % H
+    i_n, t0, eos = _chunk_of_slot(cu, slot, i_b, T, N, C, VARLEN, LOG_N)
+    if t0 < eos:
+        offs_c = tl.arange(0, C)
+        offs_l = tl.arange(0, BL)
+        offs_d = tl.arange(0, BK)
+        offs_v = i_v * BV + tl.arange(0, BV)
+        mask_l = offs_l < L
+        mask_d = offs_d < D
+        mask_v = offs_v < Dv
+        offs_t = t0 + offs_c
+        mask_t = offs_t < eos
+        q_ptr = q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        k_ptr = k + i_b.to(tl.int64) * skb + h.to(tl.int64) * skh
+        v_ptr = v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh
+        a, p = _logits(q_ptr, k_ptr, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
+        vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
+        c_max, e_c, c_sum, c_vsum = _chunk_summary(a, vv, USE_DOT, PREC)
+        crow = ((i_b.to(tl.int64) * NS + slot) * H + h) * L + offs_l
+        mask_l0 = mask_l & (offs_l * 0 + i_v == 0)
+        tl.store(m_s + crow, c_max, mask=mask_l0)
+        tl.store(u_s + crow, c_sum, mask=mask_l0)
+        tl.store(w_ch + crow[:, None] * Dv + offs_v[None, :], c_vsum, mask=mask_l[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _state_scan_kernel(m0, u0, w0, m_s, u_s, m_ch, u_ch, w_ch, m_T, u_T, w_T, cu,
+                       T, H, L, Dv, NS,
+                       C: tl.constexpr, BL: tl.constexpr, BV: tl.constexpr,
+                       HAS_STATE: tl.constexpr, VARLEN: tl.constexpr, STORE_FINAL: tl.constexpr):
+    """SCAN_MODE "chunked", step 2 (grid (⌈Dv/BV⌉, N·H)): the sequential scan of the chunk summaries — only
+    ``_combine`` on [BL, BV] tiles per chunk. Reads the summaries (m_s, u_s, w_ch) and writes the state
+    entering every chunk to m_ch/u_ch (Dv tile 0) and w_ch (in place: each program reads its own columns of a
+    slot before it writes them); optionally the final state."""
+    i_v = tl.program_id(0)
+    i_nh = tl.program_id(1)
+    i_n = i_nh // H
+    h = i_nh % H
+    i_b, bos, eos, first_slot = _sequence(cu, i_n, T, C, VARLEN)
+    offs_l = tl.arange(0, BL)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_l = offs_l < L
+    mask_v = offs_v < Dv
+    mask_lv = mask_l[:, None] & mask_v[None, :]
+    mask_l0 = mask_l & (offs_l * 0 + i_v == 0)
+    srow = i_nh.to(tl.int64) * L + offs_l
+    if HAS_STATE:
+        m = tl.load(m0 + srow, mask=mask_l, other=float("-inf")).to(tl.float32)
+        u = tl.load(u0 + srow, mask=mask_l, other=0.0).to(tl.float32)
+        w = tl.load(w0 + srow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0).to(tl.float32)
+    else:
+        m = tl.full([BL], float("-inf"), tl.float32)
+        u = tl.zeros([BL], dtype=tl.float32)
+        w = tl.zeros([BL, BV], dtype=tl.float32)
+    n_chunks = (eos - bos + C - 1) // C
+    for i in range(0, n_chunks):
+        crow = ((i_b.to(tl.int64) * NS + first_slot + i) * H + h) * L + offs_l
+        c_max = tl.load(m_s + crow, mask=mask_l, other=float("-inf"))
+        c_sum = tl.load(u_s + crow, mask=mask_l, other=0.0)
+        c_vsum = tl.load(w_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0)
+        tl.store(m_ch + crow, m, mask=mask_l0)
+        tl.store(u_ch + crow, u, mask=mask_l0)
+        tl.store(w_ch + crow[:, None] * Dv + offs_v[None, :], w, mask=mask_lv)
+        m, u, w = _combine(m, u, w, c_max, c_sum, c_vsum)
+    if STORE_FINAL:
+        tl.store(m_T + srow, m, mask=mask_l0)
+        tl.store(u_T + srow, u, mask=mask_l0)
+        tl.store(w_T + srow[:, None] * Dv + offs_v[None, :], w, mask=mask_lv)
+
+
+@triton.jit
+def _chunk_out_kernel(q, k, v, o, m_ch, u_ch, w_ch, cu,
+                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
+                      T, H, L, D, Dv, N, NS, scale,
+                      C: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      AAREN: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr, RISE_LIMIT: tl.constexpr,
+                      VARLEN: tl.constexpr, LOG_N: tl.constexpr):
+    """SCAN_MODE "chunked", step 3 (grid (B·H·NS, ⌈Dv/BV⌉)): the outputs of one chunk from the state entering
+    it (``_chunk_output``: the matrix form, or the exact walk when the max rises too much)."""
+    pid = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_bh = pid // NS
+    slot = pid % NS
+    i_b = i_bh // H
+    h = i_bh % H
+    i_n, t0, eos = _chunk_of_slot(cu, slot, i_b, T, N, C, VARLEN, LOG_N)
+    if t0 < eos:
+        offs_c = tl.arange(0, C)
+        offs_l = tl.arange(0, BL)
+        offs_d = tl.arange(0, BK)
+        offs_v = i_v * BV + tl.arange(0, BV)
+        mask_l = offs_l < L
+        mask_d = offs_d < D
+        mask_v = offs_v < Dv
+        offs_t = t0 + offs_c
+        mask_t = offs_t < eos
+        q_ptr = q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        k_ptr = k + i_b.to(tl.int64) * skb + h.to(tl.int64) * skh
+        v_ptr = v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh
+        o_ptr = o + i_b.to(tl.int64) * sob + h.to(tl.int64) * soh
+        crow = ((i_b.to(tl.int64) * NS + slot) * H + h) * L + offs_l
+        m = tl.load(m_ch + crow, mask=mask_l, other=float("-inf"))
+        u = tl.load(u_ch + crow, mask=mask_l, other=0.0)
+        w = tl.load(w_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_l[:, None] & mask_v[None, :], other=0.0)
+        a, p = _logits(q_ptr, k_ptr, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
+        vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
+        c_max = tl.max(a, 0)
+        e_c = _exp_diff(a, c_max[None, :])
+        y = _chunk_output(a, p, vv, m, u, w, c_max, e_c, offs_c, mask_l, C, USE_DOT, PREC, RISE_LIMIT)
+        tl.store(o_ptr + offs_t[:, None] * sot + offs_v[None, :], y.to(o.dtype.element_ty),
+                 mask=mask_t[:, None] & mask_v[None, :])
 
 
 @triton.jit
@@ -701,6 +844,10 @@ class _Config:
         self.bwd_warps = 8 if self.BL >= 16 else 4
         self.prec = FP32_DOT_PRECISION if k.dtype == torch.float32 else HALF_DOT_PRECISION
         self.cu = cu_seqlens.to(torch.int32).contiguous() if self.varlen else k  # placeholder when not packed
+        self.log_n = (self.N - 1).bit_length() if self.varlen else 0           # binary-search steps over cu
+        self.chunked = SCAN_MODE == "chunked"
+        if SCAN_MODE not in ("one_pass", "chunked"):
+            raise ValueError(f"SCAN_MODE must be 'one_pass' or 'chunked', got {SCAN_MODE!r}")
 
 
 def _state(x: Optional[Tensor], shape) -> Optional[Tensor]:
@@ -725,6 +872,14 @@ def _scan_forward(cfg: _Config, q, sq, k, v, m0, u0, w0, scale):
             q, k, v, o, m0, u0, w0, m_T, u_T, w_T, sq[0], sq[2], sk[0], sk[2], sv[0], sv[2], so[0], so[2],
             H, L, cfg.D, Dv, scale,
             BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, HAS_STATE=has_state, num_warps=cfg.num_warps)
+    elif cfg.chunked:
+        m_ch, u_ch, w_ch = _entering_states(cfg, q, sq, k, sk, v, sv, m0, u0, w0, has_state, scale,
+                                            final=(m_T, u_T, w_T))
+        if cfg.NS > 0:
+            _chunk_out_kernel[(B * H * cfg.NS, cfg.NV)](
+                q, k, v, o, m_ch, u_ch, w_ch, cfg.cu, *sq, *sk, *sv, *so, T, H, L, cfg.D, Dv, N, cfg.NS, scale,
+                C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
+                RISE_LIMIT=RISE_LIMIT, VARLEN=cfg.varlen, LOG_N=cfg.log_n, num_warps=cfg.num_warps)
     else:
         _scan_fwd_kernel[(cfg.NV, N * H)](
             q, k, v, o, m0, u0, w0, m_T, u_T, w_T, m_T, u_T, w_T, cfg.cu, *sq, *sk, *sv, *so,
@@ -733,6 +888,30 @@ def _scan_forward(cfg: _Config, q, sq, k, v, m0, u0, w0, scale):
             RISE_LIMIT=RISE_LIMIT, HAS_STATE=has_state, VARLEN=cfg.varlen, STORE_OUT=True, STORE_CHUNKS=False,
             STORE_FINAL=True, num_warps=cfg.num_warps)
     return o, m_T, u_T, w_T
+
+
+def _entering_states(cfg: _Config, q, sq, k, sk, v, sv, m0, u0, w0, has_state: bool, scale, final=None):
+    """SCAN_MODE "chunked": the state entering every chunk, m_ch/u_ch [B, NS, H, L], w_ch [B, NS, H, L, Dv]
+    (chunk summaries in parallel, then their sequential scan); ``final`` = (m_T, u_T, w_T) to fill, or None."""
+    B, T, H, L, Dv, N, NS = cfg.B, cfg.T, cfg.H, cfg.L, cfg.Dv, cfg.N, cfg.NS
+    dev = k.device
+    m_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
+    u_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
+    w_ch = new_empty((B, NS, H, L, Dv), dtype=torch.float32, device=dev)
+    m_s = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
+    u_s = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
+    if NS > 0:
+        _chunk_sum_kernel[(B * H * NS, cfg.NV)](
+            q, k, v, m_s, u_s, w_ch, cfg.cu, *sq, *sk, *sv, T, H, L, cfg.D, Dv, N, NS, scale,
+            C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
+            VARLEN=cfg.varlen, LOG_N=cfg.log_n, num_warps=cfg.num_warps)
+    m_T, u_T, w_T = final if final is not None else (m_ch, u_ch, w_ch)
+    _state_scan_kernel[(cfg.NV, N * H)](
+        m0 if has_state else m_ch, u0 if has_state else u_ch, w0 if has_state else w_ch, m_s, u_s,
+        m_ch, u_ch, w_ch, m_T, u_T, w_T, cfg.cu, T, H, L, Dv, NS,
+        C=cfg.C, BL=cfg.BL, BV=cfg.BV, HAS_STATE=has_state, VARLEN=cfg.varlen, STORE_FINAL=final is not None,
+        num_warps=cfg.num_warps)
+    return m_ch, u_ch, w_ch
 
 
 def _scan_backward(cfg: _Config, q, sq, k, v, do, m0, u0, w0, du_T, dw_T, scale):
@@ -750,14 +929,17 @@ def _scan_backward(cfg: _Config, q, sq, k, v, do, m0, u0, w0, du_T, dw_T, scale)
     common = dict(C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
                   RISE_LIMIT=RISE_LIMIT, HAS_STATE=has_state, VARLEN=cfg.varlen)
     # 1. the state entering every chunk
-    m_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
-    u_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
-    w_ch = new_empty((B, NS, H, L, Dv), dtype=torch.float32, device=dev)
-    _scan_fwd_kernel[(NV, N * H)](
-        q, k, v, k, m0 if has_state else m_ch, u0 if has_state else u_ch, w0 if has_state else w_ch,
-        m_ch, u_ch, w_ch, m_ch, u_ch, w_ch, cfg.cu, *sq, *sk, *sv, 0, 0, 0,
-        T, H, L, cfg.D, Dv, NS, scale, STORE_OUT=False, STORE_CHUNKS=True, STORE_FINAL=False,
-        num_warps=cfg.num_warps, **common)
+    if cfg.chunked:
+        m_ch, u_ch, w_ch = _entering_states(cfg, q, sq, k, sk, v, sv, m0, u0, w0, has_state, scale)
+    else:
+        m_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
+        u_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
+        w_ch = new_empty((B, NS, H, L, Dv), dtype=torch.float32, device=dev)
+        _scan_fwd_kernel[(NV, N * H)](
+            q, k, v, k, m0 if has_state else m_ch, u0 if has_state else u_ch, w0 if has_state else w_ch,
+            m_ch, u_ch, w_ch, m_ch, u_ch, w_ch, cfg.cu, *sq, *sk, *sv, 0, 0, 0,
+            T, H, L, cfg.D, Dv, NS, scale, STORE_OUT=False, STORE_CHUNKS=True, STORE_FINAL=False,
+            num_warps=cfg.num_warps, **common)
     # 2. reverse pass
     dv = new_empty((B, T, H, Dv), dtype=v_dtype, device=dev)
     da_p = new_empty((NV, B, T, H, L), dtype=torch.float32, device=dev)

@@ -36,9 +36,12 @@ SELF_TOL = 2e-5      # float32, same backend, differently split computation
 DEV = device_for(BE)
 
 
-@pytest.fixture(autouse=True)
-def _chunk16(monkeypatch):
+@pytest.fixture(autouse=True, params=["one_pass", "chunked"])
+def _chunk16(request, monkeypatch):
+    """Every test runs with both ways of crossing chunks (SCAN_MODE), at chunks of 16."""
     monkeypatch.setattr(ks, "CHUNK", 16)
+    monkeypatch.setattr(ks, "SCAN_MODE", request.param)
+    return request.param
 
 
 def close(x, y, what, tol=SELF_TOL):
