@@ -20,6 +20,9 @@ Forward kernels
   writes a state to memory (extra memory O(1), one launch), and time-series workloads have B·H·(Dv/BV) large
   enough to fill a GPU. The cost: only B·H·⌈Dv/BV⌉ programs, so a tiny B·H with a huge T under-fills the GPU
   (the chunk-parallel backward kernels do not have this limit).
+* FWD_MODE "two_pass" (the alternative, chosen by measurement with ``python -m bench.tune``):
+  ``_chunk_state_kernel`` writes the state entering every chunk (a light sequential pass: K_cᵀV_c per chunk),
+  then ``_causal_out_kernel`` computes every chunk's output in parallel (B·H·NS programs).
 * ``_decode_kernel`` — T == 1 (no cu_seqlens): the single-token step S = S_0 + k̃vᵀ, z = z_0 + k̃,
   o = q̃ᵀS/(q̃·z + eps) with plain vector ops (no tl.dot), one program per (batch, head, Dv tile).
 * non-causal: ``_chunk_state_kernel`` reduces (S, z) = (S_0, z_0) + Σ_s (k̃_s v_sᵀ, k̃_s) over the sequence
@@ -96,6 +99,10 @@ FP32_DOT_PRECISION = "tf32x3"
 HALF_DOT_PRECISION = "tf32"
 # Software-pipelining depth of the chunk loops on GPU.
 NUM_STAGES = 2
+# Causal forward: "one_pass" (``_fwd_causal_kernel``, the state in registers) or "two_pass" (the state entering
+# every chunk written by ``_chunk_state_kernel``, then ``_causal_out_kernel`` over all chunks in parallel).
+# Which is faster depends on B·H·⌈Dv/BV⌉ against the GPU's SMs; measured with python -m bench.tune.
+FWD_MODE = "one_pass"
 
 _FEATURE = {"identity": 0, "elu": 1, "relu": 2}
 
@@ -356,6 +363,52 @@ def _apply_kernel(q, o, S_full, z_full, cu,
         S = tl.load(S_full + srow * D * Dv + offs_k[:, None] * Dv + offs_v[None, :],
                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
         out = tl.dot(qt, S, input_precision=PREC)
+        if NORMALIZE:
+            out = out * inv[:, None]
+        tl.store(o_ptr + offs_t[:, None] * sot + offs_v[None, :], out.to(o.dtype.element_ty),
+                 mask=mask_t[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _causal_out_kernel(q, k, v, o, S_chunks, z_chunks, cu,
+                       sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
+                       T, H, G, N, D, Dv, NS, scale, eps,
+                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
+                       NORMALIZE: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr, PREC: tl.constexpr):
+    """FWD_MODE "two_pass": causal output of one chunk from the state entering it (S_{c-1}, z_{c-1} in the
+    chunk's slot): o = (Q S_{c-1} + (M∘QKᵀ)V) / (Q z_{c-1} + rowsum(M∘QKᵀ) + eps), all Dv tiles (QKᵀ once)."""
+    i_bh = tl.program_id(0) // NS  # 1-D grid: (batch, head) major, chunk slot minor
+    p = tl.program_id(0) % NS
+    i_b = i_bh // H
+    h = i_bh % H
+    hk = h // G
+    i_n, t0, eos = _chunk_of_slot(cu, p, i_b, T, N, C, VARLEN, LOG_N)
+    if t0 >= eos:
+        return
+    offs_c = tl.arange(0, C)
+    offs_t = t0 + offs_c
+    mask_t = offs_t < eos
+    offs_k = tl.arange(0, BK)
+    mask_k = offs_k < D
+    row = (i_b.to(tl.int64) * NS + p) * H + h
+    _, qt = _load_features(q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, offs_t, mask_t, sqt, offs_k,
+                           mask_k, FEATURE)
+    qt = qt * scale
+    _, kt = _load_features(k + i_b.to(tl.int64) * skb + hk.to(tl.int64) * skh, offs_t, mask_t, skt, offs_k,
+                           mask_k, FEATURE)
+    qk = tl.where(offs_c[:, None] >= offs_c[None, :], tl.dot(qt, tl.trans(kt), input_precision=PREC), 0.0)
+    if NORMALIZE:
+        z = tl.load(z_chunks + row * D + offs_k, mask=mask_k, other=0.0)
+        inv = 1.0 / tl.where(mask_t, tl.sum(qt * z[None, :], 1) + tl.sum(qk, 1) + eps, 1.0)
+    v_ptr = v + i_b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    o_ptr = o + i_b.to(tl.int64) * sob + h.to(tl.int64) * soh
+    for j in range(0, tl.cdiv(Dv, BV)):
+        offs_v = j * BV + tl.arange(0, BV)
+        mask_v = offs_v < Dv
+        S = tl.load(S_chunks + row * D * Dv + offs_k[:, None] * Dv + offs_v[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
+        out = tl.dot(qt, S, input_precision=PREC) + tl.dot(qk, vv, input_precision=PREC)
         if NORMALIZE:
             out = out * inv[:, None]
         tl.store(o_ptr + offs_t[:, None] * sot + offs_v[None, :], out.to(o.dtype.element_ty),
@@ -661,7 +714,21 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
                 q, k, v, o, S0p, z0p, S_T, z_T, sq[0], sq[2], sk[0], sk[2], sv[0], sv[2], so[0], so[2],
                 H, G, D, Dv, scale, eps,
                 NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(chunked=False))
+    elif causal and FWD_MODE == "two_pass":
+        S_states = new_empty((B, cfg.NS, H, D, Dv), dtype=torch.float32, device=q.device)
+        z_states = new_empty((B, cfg.NS, H, D), dtype=torch.float32, device=q.device)
+        _launch(_chunk_state_kernel, (cfg.NV * N * H,),
+                k, v, S0p, z0p, S_states, z_states, S_T, z_T, cfg.cu, *sk, *sv,
+                T, H, G, D, Dv, cfg.NS,
+                HAS_S0=has_s0, STORE_CHUNKS=True, STORE_FINAL=True, **cfg.meta())
+        if cfg.NS > 0:
+            _launch(_causal_out_kernel, (cfg.NS * B * H,),
+                    q, k, v, o, S_states, z_states, cfg.cu, *sq, *sk, *sv, *so,
+                    T, H, G, N, D, Dv, cfg.NS, scale, eps,
+                    NORMALIZE=normalize, LOG_N=cfg.log_n, **cfg.meta())
     elif causal:
+        if FWD_MODE != "one_pass":
+            raise ValueError(f"FWD_MODE must be 'one_pass' or 'two_pass', got {FWD_MODE!r}")
         _launch(_fwd_causal_kernel, (cfg.NV * N * H,),
                 q, k, v, o, S0p, z0p, S_T, z_T, cfg.cu, *sq, *sk, *sv, *so,
                 T, H, G, D, Dv, scale, eps,

@@ -31,10 +31,13 @@ F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float6
 SELF_TOL = {F32: 2e-5, F16: 2e-3, BF16: 2e-2}
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Chunks of 16 steps, so the short test sequences cross several chunk boundaries."""
+@pytest.fixture(params=["one_pass", "two_pass"])
+def small_chunks(request, monkeypatch):
+    """Chunks of 16 steps, so the short test sequences cross several chunk boundaries; both causal forward
+    modes (FWD_MODE; a non-causal case runs the same kernels in both)."""
     monkeypatch.setattr(K, "CHUNK_SIZE", 16)
+    monkeypatch.setattr(K, "FWD_MODE", request.param)
+    return request.param
 
 
 @pytest.fixture
