@@ -48,7 +48,10 @@ Strides: q and k may have any strides (torch.fft reads them; the spectra are fre
 and do, (h, d) are flattened into one channel axis with ``flatten(2)`` — a view when the two strides allow it
 (contiguous, last-dim-sliced, or stride-0 broadcast tensors), a copy otherwise — and the batch/time/channel
 strides are passed to the kernels; offsets are int64. Memory: the spectra q̂, k̂ (~ the size of q, k in float32), o (and
-dq, dk, dv) — O(B·H·(E+D)·L); the K shifted copies of v are never made.
+dq, dk, dv) — O(B·H·(E+D)·L); the K shifted copies of v are never made. The spectra are
+formed FFT_BLOCK_ELEMENTS at a time (a block of channels: rfft, then consumed — summed into the cross-spectrum,
+or turned into dq/dk columns — before the next block), so the FFTs add O(min(B·L·H·E, 2²⁴)) float32 to o, dq,
+dk, dv.
 """
 from __future__ import annotations
 
@@ -66,6 +69,11 @@ BLOCK_N_MAX = 128  # largest (h, d) tile
 BLOCK_F = 16      # frequencies per program (spectrum kernels)
 BLOCK_C_MAX = 64  # largest channel tile (spectrum kernels)
 NUM_WARPS = 4
+# Largest B·L·channels (float32 elements) of one FFT block: the spectra of q and k are formed a block of (h, e)
+# channels at a time and consumed at once (cross-spectrum sum; gradient products + inverse FFTs), so the peak
+# memory of the FFT part is O(FFT_BLOCK_ELEMENTS) rather than O(B·L·H·E). 2²⁴ (64 MB per float32 block) keeps
+# the FFTs large enough to run at full speed.
+FFT_BLOCK_ELEMENTS = 1 << 24
 
 
 def _pow2_tile(n: int, lo: int, hi: int) -> int:
@@ -228,25 +236,42 @@ def _channels(x: Tensor) -> Tensor:
     return x.flatten(2)
 
 
-def _spectrum(x: Tensor, L: int) -> Tensor:
-    """rfft along time of x aligned to L (``n=L`` zero-pads or truncates), float32: [B, F, H·C] complex64."""
-    B, _, H, C = x.shape
-    xf = torch.fft.rfft(x.to(torch.float32), n=L, dim=1)
-    return xf.reshape(B, L // 2 + 1, H * C)
+def _channel_blocks(B: int, L: int, C: int) -> list[tuple[int, int]]:
+    """[c0, c1) ranges of at most FFT_BLOCK_ELEMENTS // (B·L) channels (at least one) covering C."""
+    width = max(1, min(C, FFT_BLOCK_ELEMENTS // max(1, B * L)))
+    return [(c0, min(C, c0 + width)) for c0 in range(0, C, width)]
 
 
-def _cross_spectrum(qf: Tensor, kf: Tensor) -> Tensor:
-    """X [B, F] complex64 = mean over channels of qf · conj(kf) (``_cross_spectrum_kernel``)."""
+def _spectrum(xc: Tensor, L: int) -> Tensor:
+    """rfft along time of xc [B, T, channels] aligned to L (``n=L`` zero-pads or truncates): [B, F, channels]
+    complex64 (float32 transforms whatever the input dtype)."""
+    return torch.fft.rfft(xc.to(torch.float32), n=L, dim=1)
+
+
+def _cross_spectrum(q: Tensor, k: Tensor, L: int) -> Tensor:
+    """X [B, F] complex64 = mean over the H·E channels of q̂ · conj(k̂), the spectra formed a channel block at a
+    time (``_cross_spectrum_kernel`` per block, summed)."""
+    B, C = q.shape[0], q.shape[2] * q.shape[3]
+    qc, kc = _channels(q), _channels(k)
+    x = None
+    for c0, c1 in _channel_blocks(B, L, C):
+        part = _cross_spectrum_block(_spectrum(qc[:, :, c0:c1], L), _spectrum(kc[:, :, c0:c1], L), 1.0 / C)
+        x = part if x is None else x + part
+    return torch.view_as_complex(x)
+
+
+def _cross_spectrum_block(qf: Tensor, kf: Tensor, inv_c: float) -> Tensor:
+    """[B, F, 2] float32 = inv_c · Σ over the block's channels of qf · conj(kf) (``_cross_spectrum_kernel``)."""
     B, F, C = qf.shape
     qr, kr = torch.view_as_real(qf), torch.view_as_real(kf)
     x = new_empty((B, F, 2), dtype=torch.float32, device=qf.device)
     block_c = _pow2_tile(C, 16, BLOCK_C_MAX)
     grid = (triton.cdiv(F, BLOCK_F), B)
-    _cross_spectrum_kernel[grid](qr, kr, x, F, C, 1.0 / C,
+    _cross_spectrum_kernel[grid](qr, kr, x, F, C, inv_c,
                                  qr.stride(0), qr.stride(1), qr.stride(2), kr.stride(0), kr.stride(1), kr.stride(2),
                                  x.stride(0), x.stride(1),
                                  BLOCK_F=BLOCK_F, BLOCK_C=block_c, num_warps=NUM_WARPS)
-    return torch.view_as_complex(x)
+    return x
 
 
 def _aggregate(x: Tensor, weights: Tensor, delays: Tensor, L: int, out_rows: int, sign: int,
@@ -297,14 +322,14 @@ def _delay_dots(do: Tensor, v: Tensor, delays: Tensor, L: int) -> Tensor:
     return part.sum(dim=-1)
 
 
-def _spectrum_grads_(qf: Tensor, kf: Tensor, drf: Tensor) -> None:
-    """In place: kf ← kf · drf / C, qf ← qf · conj(drf) / C (``_spectrum_grad_kernel``)."""
+def _spectrum_grads_(qf: Tensor, kf: Tensor, drf: Tensor, inv_c: float) -> None:
+    """In place: kf ← kf · drf · inv_c, qf ← qf · conj(drf) · inv_c (``_spectrum_grad_kernel``)."""
     B, F, C = qf.shape
     qr, kr = torch.view_as_real(qf), torch.view_as_real(kf)
     dr = torch.view_as_real(drf.contiguous())
     block_c = _pow2_tile(C, 16, BLOCK_C_MAX)
     grid = (triton.cdiv(F, BLOCK_F), triton.cdiv(C, block_c), B)
-    _spectrum_grad_kernel[grid](qr, kr, dr, F, C, 1.0 / C,
+    _spectrum_grad_kernel[grid](qr, kr, dr, F, C, inv_c,
                                 qr.stride(0), qr.stride(1), qr.stride(2), kr.stride(0), kr.stride(1), kr.stride(2),
                                 dr.stride(0), dr.stride(1),
                                 BLOCK_F=BLOCK_F, BLOCK_C=block_c, num_warps=NUM_WARPS)
@@ -339,9 +364,7 @@ def _unalign(dx: Tensor, S: int, dtype: torch.dtype) -> Tensor:
 def auto_correlation_fwd(q: Tensor, k: Tensor, v: Tensor, top_k: int, mode: str):
     """-> (o [B, L, H, D] in q.dtype, delays [B, K] int64, weights [B, K] float32)."""
     L = q.shape[1]
-    qf, kf = _spectrum(q, L), _spectrum(k, L)
-    r = torch.fft.irfft(_cross_spectrum(qf, kf), n=L, dim=-1)  # [B, L] float32
-    del qf, kf
+    r = torch.fft.irfft(_cross_spectrum(q, k, L), n=L, dim=-1)  # [B, L] float32
     delays, r_sel = _select(r, top_k, mode)
     weights = torch.softmax(r_sel, dim=-1)
     o = _aggregate(v, weights, delays, L, L, +1, q.dtype)
@@ -367,10 +390,17 @@ def auto_correlation_bwd(do: Tensor, dweights: Optional[Tensor], q: Tensor, k: T
     dr = torch.zeros((B, L), dtype=torch.float32, device=q.device).scatter_(1, delays, dz)  # distinct per row
 
     # r = (1/C) Σ_{h,e} corr(k, q): rfft(dq) = k̂·d̂r/C, rfft(dk) = q̂·conj(d̂r)/C, one rfft of dr per sample
-    qf, kf = _spectrum(q, L), _spectrum(k, L)
-    _spectrum_grads_(qf, kf, torch.fft.rfft(dr, dim=-1))
-    dq = torch.fft.irfft(kf.view(B, L // 2 + 1, H, E), n=L, dim=1)
-    del kf
-    dk_al = torch.fft.irfft(qf.view(B, L // 2 + 1, H, E), n=L, dim=1)
-    del qf
-    return dq.to(q.dtype), _unalign(dk_al, S, k.dtype), dv
+    # a block of channels at a time: recompute its spectra, form both products in place, transform back
+    C = H * E
+    drf = torch.fft.rfft(dr, dim=-1)
+    qc, kc = _channels(q), _channels(k)
+    dq = new_empty((B, L, H, E), dtype=q.dtype, device=q.device)
+    dk_al = new_empty((B, L, H, E), dtype=k.dtype, device=q.device)
+    dq_c, dk_c = dq.view(B, L, C), dk_al.view(B, L, C)
+    for c0, c1 in _channel_blocks(B, L, C):
+        qf, kf = _spectrum(qc[:, :, c0:c1], L), _spectrum(kc[:, :, c0:c1], L)
+        _spectrum_grads_(qf, kf, drf, 1.0 / C)
+        dq_c[:, :, c0:c1] = torch.fft.irfft(kf, n=L, dim=1)
+        dk_c[:, :, c0:c1] = torch.fft.irfft(qf, n=L, dim=1)
+        del qf, kf
+    return dq, _unalign(dk_al, S, k.dtype), dv
