@@ -63,7 +63,10 @@ Kernels (every one takes int64 offsets for batch/time/head; memory O(T·(L+Dv)) 
   ``_state_scan_kernel`` (grid (⌈Dv/BV⌉, N·H)) scans them sequentially — only ``_combine`` per chunk — into
   the state entering every chunk (and the final state), ``_chunk_out_kernel`` (grid (B·H·NS, ⌈Dv/BV⌉))
   computes every chunk's outputs in parallel from its entering state. The backward uses the first two for its
-  entering states. Costs the [NS, L, Dv] float32 states written and read twice; wins when B·H is too small to
+  entering states, then the same split for the reverse pass: the cotangent entering a chunk is an affine map
+  of the one leaving it, f ⊙ (dS, dα) + (G, g) with f = e^{m_in − r} (``_chunk_bwd`` with a zero cotangent
+  gives (G, g)): ``_chunk_cot_kernel`` (every chunk in parallel), ``_cot_scan_kernel`` (the light reverse scan
+  of the maps), ``_chunk_grads_kernel`` (dv, da, dp of every chunk in parallel). Costs the [NS, L, Dv] float32 states written and read twice; wins when B·H is too small to
   fill the GPU with the one pass. Packed sequences use the chunk slots and the in-kernel binary search over
   cu_seqlens of the linear-attention kernels (``_chunk_of_slot``).
 * ``_decode_kernel`` (T == 1 without cu_seqlens, grid (⌈Dv/BV⌉, B·H)): one ``_combine`` step per row and
@@ -592,6 +595,70 @@ def _bidir_fwd_kernel(q, k, v, o, cu,
 
 
 @triton.jit
+def _chunk_bwd(a, p, vv, dy, m_in, u_in, w_in, dw, du, offs_c, mask_l,
+               C: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr, RISE_LIMIT: tl.constexpr):
+    """Backward through one chunk entered with the state (m_in, u_in, w_in), given the cotangent (dw, du) of the
+    state leaving it (referenced to the max leaving it): -> (dv_c [C, BV], da_c [C, BL], z = dp [C, BL], and
+    the cotangent (dw, du) of the state entering it). The map (dw, du) -> entering cotangent is linear with the
+    per-latent factor e^{m_in − r}: entering = e^{m_in − r}·(dw, du) + (the result for zero (dw, du))."""
+    causal = offs_c[:, None] >= offs_c[None, :]
+    c_max = tl.max(a, 0)
+    r = tl.maximum(m_in, c_max)                                 # the max leaving the chunk
+    if _fast_ok(a, m_in, r, offs_c, mask_l, RISE_LIMIT):
+        f_in = _exp_diff(m_in, r)
+        e = _exp_diff(a, r[None, :])                            # E[s, l] = e^{a_s − r} ≤ 1
+        den = _cumsum_t(e, offs_c, USE_DOT) + (u_in * f_in)[None, :]
+        den = tl.where(den > 0, den, 1.0)
+        F = p / den
+        vd = tl.where(causal, tl.dot(dy, tl.trans(vv), input_precision=PREC), 0.0)   # dy_t·v_s, s ≤ t
+        z = (_mm(vd, e, USE_DOT, PREC) + _mm_nt(dy, w_in, USE_DOT, PREC) * f_in[None, :]) / den
+        P = tl.where(causal, _mm_nt(F, e, USE_DOT, PREC), 0.0)
+        dv_c = tl.dot(tl.trans(P), dy, input_precision=PREC) + _mm(e, dw, USE_DOT, PREC)
+        Fz = F * z
+        # Σ_{t≥s} F[t,l] (dy_t·v_s − z_{t,l}) as two masked products (no subtraction of suffix totals)
+        de = (_mm_tn(vd, F, USE_DOT, PREC) - _mm_tn(tl.where(causal, 1.0, 0.0), Fz, USE_DOT, PREC)
+              + _mm_nt(vv, dw, USE_DOT, PREC) + du[None, :])
+        da_c = e * de
+        dw = f_in[:, None] * (_mm_tn(F, dy, USE_DOT, PREC) + dw)
+        du = f_in * (du - tl.sum(Fz, 0))
+    else:
+        # exact walk: forward through the chunk recording M_t, den_t, z_t, then back carrying (dS, dα)
+        # referenced to M_t, with factors e^{M_{t−1} − M_t} ≤ 1
+        M = tl.zeros_like(a)
+        den = tl.zeros_like(a) + 1.0
+        z = tl.zeros_like(a)
+        m = m_in
+        u = u_in
+        w = w_in
+        for t in range(C):
+            sel = offs_c[:, None] == t
+            a_t = _row_max(a, sel)
+            m, u, w = _combine(m, u, w, a_t, tl.where(a_t == float("-inf"), 0.0, 1.0), _row(vv, sel)[None, :])
+            u_safe = tl.where(u > 0, u, 1.0)
+            M = tl.where(sel, m[None, :], M)
+            den = tl.where(sel, u_safe[None, :], den)
+            z = tl.where(sel, (tl.sum(w * _row(dy, sel)[None, :], 1) / u_safe)[None, :], z)
+        c = p / den
+        dv_c = tl.zeros_like(vv)
+        da_c = tl.zeros_like(a)
+        for it2 in range(C):
+            t = C - 1 - it2
+            sel = offs_c[:, None] == t
+            M_t = _row_max(M, sel)
+            M_prev = tl.where(t == 0, m_in, _row_max(M, offs_c[:, None] == t - 1))
+            c_t = _row(c, sel)
+            dw = dw + c_t[:, None] * _row(dy, sel)[None, :]
+            du = du - c_t * _row(z, sel)
+            e_t = _exp_diff(_row_max(a, sel), M_t)
+            dv_c = tl.where(sel, tl.sum(e_t[:, None] * dw, 0)[None, :], dv_c)
+            da_c = tl.where(sel, (e_t * (tl.sum(dw * _row(vv, sel)[None, :], 1) + du))[None, :], da_c)
+            g = _exp_diff(M_prev, M_t)
+            dw = dw * g[:, None]
+            du = du * g
+    return dv_c, da_c, z, dw, du
+
+
+@triton.jit
 def _scan_bwd_kernel(q, k, v, do, m_ch, u_ch, w_ch, du_T, dw_T, dv, da_p, dp_p, du0_p, dw0, cu,
                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh, sdvb, sdvt, sdvh,
                      B, T, H, L, D, Dv, NS, N, scale,
@@ -629,7 +696,6 @@ def _scan_bwd_kernel(q, k, v, do, m_ch, u_ch, w_ch, du_T, dw_T, dv, da_p, dp_p, 
         du = tl.load(du_T + srow, mask=mask_l & (offs_l * 0 + i_v == 0), other=0.0).to(tl.float32)
     else:
         du = tl.zeros([BL], dtype=tl.float32)
-    causal = offs_c[:, None] >= offs_c[None, :]
     n_chunks = (eos - bos + C - 1) // C
     for it in range(0, n_chunks):
         i = n_chunks - 1 - it
@@ -642,59 +708,8 @@ def _scan_bwd_kernel(q, k, v, do, m_ch, u_ch, w_ch, du_T, dw_T, dv, da_p, dp_p, 
         a, p = _logits(q_ptr, k_ptr, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
         vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
         dy = _load_rows(do_ptr, offs_t, mask_t, sdt, offs_v, mask_v)
-        c_max = tl.max(a, 0)
-        r = tl.maximum(m_in, c_max)                                 # the max leaving the chunk
-        if _fast_ok(a, m_in, r, offs_c, mask_l, RISE_LIMIT):
-            f_in = _exp_diff(m_in, r)
-            e = _exp_diff(a, r[None, :])                            # E[s, l] = e^{a_s − r} ≤ 1
-            den = _cumsum_t(e, offs_c, USE_DOT) + (u_in * f_in)[None, :]
-            den = tl.where(den > 0, den, 1.0)
-            F = p / den
-            vd = tl.where(causal, tl.dot(dy, tl.trans(vv), input_precision=PREC), 0.0)   # dy_t·v_s, s ≤ t
-            z = (_mm(vd, e, USE_DOT, PREC) + _mm_nt(dy, w_in, USE_DOT, PREC) * f_in[None, :]) / den
-            P = tl.where(causal, _mm_nt(F, e, USE_DOT, PREC), 0.0)
-            dv_c = tl.dot(tl.trans(P), dy, input_precision=PREC) + _mm(e, dw, USE_DOT, PREC)
-            Fz = F * z
-            # Σ_{t≥s} F[t,l] (dy_t·v_s − z_{t,l}) as two masked products (no subtraction of suffix totals)
-            de = (_mm_tn(vd, F, USE_DOT, PREC) - _mm_tn(tl.where(causal, 1.0, 0.0), Fz, USE_DOT, PREC)
-                  + _mm_nt(vv, dw, USE_DOT, PREC) + du[None, :])
-            da_c = e * de
-            dw = f_in[:, None] * (_mm_tn(F, dy, USE_DOT, PREC) + dw)
-            du = f_in * (du - tl.sum(Fz, 0))
-        else:
-            # exact walk: forward through the chunk recording M_t, den_t, z_t, then back carrying (dS, dα)
-            # referenced to M_t, with factors e^{M_{t−1} − M_t} ≤ 1
-            M = tl.zeros_like(a)
-            den = tl.zeros_like(a) + 1.0
-            z = tl.zeros_like(a)
-            m = m_in
-            u = u_in
-            w = w_in
-            for t in range(C):
-                sel = offs_c[:, None] == t
-                a_t = _row_max(a, sel)
-                m, u, w = _combine(m, u, w, a_t, tl.where(a_t == float("-inf"), 0.0, 1.0), _row(vv, sel)[None, :])
-                u_safe = tl.where(u > 0, u, 1.0)
-                M = tl.where(sel, m[None, :], M)
-                den = tl.where(sel, u_safe[None, :], den)
-                z = tl.where(sel, (tl.sum(w * _row(dy, sel)[None, :], 1) / u_safe)[None, :], z)
-            c = p / den
-            dv_c = tl.zeros_like(vv)
-            da_c = tl.zeros_like(a)
-            for it2 in range(C):
-                t = C - 1 - it2
-                sel = offs_c[:, None] == t
-                M_t = _row_max(M, sel)
-                M_prev = tl.where(t == 0, m_in, _row_max(M, offs_c[:, None] == t - 1))
-                c_t = _row(c, sel)
-                dw = dw + c_t[:, None] * _row(dy, sel)[None, :]
-                du = du - c_t * _row(z, sel)
-                e_t = _exp_diff(_row_max(a, sel), M_t)
-                dv_c = tl.where(sel, tl.sum(e_t[:, None] * dw, 0)[None, :], dv_c)
-                da_c = tl.where(sel, (e_t * (tl.sum(dw * _row(vv, sel)[None, :], 1) + du))[None, :], da_c)
-                g = _exp_diff(M_prev, M_t)
-                dw = dw * g[:, None]
-                du = du * g
+        dv_c, da_c, z, dw, du = _chunk_bwd(a, p, vv, dy, m_in, u_in, w_in, dw, du, offs_c, mask_l,
+                                           C, USE_DOT, PREC, RISE_LIMIT)
         tl.store(dv_ptr + offs_t[:, None] * sdvt + offs_v[None, :], dv_c.to(dv.dtype.element_ty),
                  mask=mask_t[:, None] & mask_v[None, :])
         prow = (((i_v * B + i_b).to(tl.int64) * T + offs_t) * H + h) * L
@@ -705,6 +720,139 @@ def _scan_bwd_kernel(q, k, v, do, m_ch, u_ch, w_ch, du_T, dw_T, dv, da_p, dp_p, 
     tl.store(du0_p + (i_v * N + i_n).to(tl.int64) * H * L + h * L + offs_l, du, mask=mask_l)
     if HAS_STATE:
         tl.store(dw0 + srow[:, None] * Dv + offs_v[None, :], dw, mask=mask_lv)
+
+
+@triton.jit
+def _chunk_bwd_inputs(q, k, v, do, m_ch, u_ch, w_ch, cu, pid, i_v,
+                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
+                      T, H, L, D, Dv, N, NS, scale,
+                      C: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, AAREN: tl.constexpr,
+                      VARLEN: tl.constexpr, LOG_N: tl.constexpr):
+    """Everything one chunk slot's backward needs (chunked mode): its rows, tiles and entering state."""
+    i_bh = pid // NS
+    slot = pid % NS
+    i_b = i_bh // H
+    h = i_bh % H
+    i_n, t0, eos = _chunk_of_slot(cu, slot, i_b, T, N, C, VARLEN, LOG_N)
+    offs_c = tl.arange(0, C)
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_l = offs_l < L
+    mask_d = offs_d < D
+    mask_v = offs_v < Dv
+    offs_t = t0 + offs_c
+    mask_t = offs_t < eos
+    crow = ((i_b.to(tl.int64) * NS + slot) * H + h) * L + offs_l
+    m_in = tl.load(m_ch + crow, mask=mask_l, other=float("-inf"))
+    u_in = tl.load(u_ch + crow, mask=mask_l, other=0.0)
+    w_in = tl.load(w_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_l[:, None] & mask_v[None, :], other=0.0)
+    a, p = _logits(q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, k + i_b.to(tl.int64) * skb
+                   + h.to(tl.int64) * skh, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
+    vv = _load_rows(v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh, offs_t, mask_t, svt, offs_v, mask_v)
+    dy = _load_rows(do + i_b.to(tl.int64) * sdb + h.to(tl.int64) * sdh, offs_t, mask_t, sdt, offs_v, mask_v)
+    return (i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, m_in, u_in, w_in,
+            a, p, vv, dy)
+
+
+@triton.jit
+def _chunk_cot_kernel(q, k, v, do, m_ch, u_ch, w_ch, dw_ch, du_ch, f_ch, cu,
+                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
+                      B, T, H, L, D, Dv, N, NS, scale,
+                      C: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      AAREN: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr, RISE_LIMIT: tl.constexpr,
+                      VARLEN: tl.constexpr, LOG_N: tl.constexpr):
+    """SCAN_MODE "chunked", backward step 1 (grid (B·H·NS, ⌈Dv/BV⌉)): each chunk's affine map of the state
+    cotangent, entering = f ⊙ leaving + (G, g): G → dw_ch [B, NS, H, L, Dv], g → du_ch [NV, B, NS, H, L] (one
+    partial per Dv tile, like da), f = e^{m_in − r} → f_ch [B, NS, H, L]."""
+    i_v = tl.program_id(1)
+    (i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, m_in, u_in, w_in,
+     a, p, vv, dy) = _chunk_bwd_inputs(q, k, v, do, m_ch, u_ch, w_ch, cu, tl.program_id(0), i_v,
+                                       sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
+                                       T, H, L, D, Dv, N, NS, scale, C, BL, BK, BV, AAREN, VARLEN, LOG_N)
+    if t0 < eos:
+        zero_w = tl.zeros([BL, BV], dtype=tl.float32)
+        zero_u = tl.zeros([BL], dtype=tl.float32)
+        _, _, _, G, g = _chunk_bwd(a, p, vv, dy, m_in, u_in, w_in, zero_w, zero_u, offs_c, mask_l,
+                                   C, USE_DOT, PREC, RISE_LIMIT)
+        f = _exp_diff(m_in, tl.maximum(m_in, tl.max(a, 0)))
+        tl.store(dw_ch + crow[:, None] * Dv + offs_v[None, :], G, mask=mask_l[:, None] & mask_v[None, :])
+        tl.store(du_ch + i_v.to(tl.int64) * B * NS * H * L + crow, g, mask=mask_l)
+        tl.store(f_ch + crow, f, mask=mask_l & (offs_l * 0 + i_v == 0))
+
+
+@triton.jit
+def _cot_scan_kernel(du_T, dw_T, dw_ch, du_ch, f_ch, du0_p, dw0, cu,
+                     B, T, H, L, Dv, NS, N,
+                     C: tl.constexpr, BL: tl.constexpr, BV: tl.constexpr, HAS_STATE: tl.constexpr,
+                     HAS_DU: tl.constexpr, HAS_DW: tl.constexpr, VARLEN: tl.constexpr):
+    """SCAN_MODE "chunked", backward step 2 (grid (⌈Dv/BV⌉, N·H)): the reverse scan of the chunks' affine maps
+    from the final-state cotangent; writes the cotangent LEAVING every chunk over (G, g) in dw_ch / du_ch (each
+    program reads its own slot columns before writing them) and the initial-state cotangent (du0_p per tile,
+    dw0)."""
+    i_v = tl.program_id(0)
+    i_nh = tl.program_id(1)
+    i_n = i_nh // H
+    h = i_nh % H
+    i_b, bos, eos, first_slot = _sequence(cu, i_n, T, C, VARLEN)
+    offs_l = tl.arange(0, BL)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_l = offs_l < L
+    mask_v = offs_v < Dv
+    mask_lv = mask_l[:, None] & mask_v[None, :]
+    srow = i_nh.to(tl.int64) * L + offs_l
+    if HAS_DW:
+        dw = tl.load(dw_T + srow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0).to(tl.float32)
+    else:
+        dw = tl.zeros([BL, BV], dtype=tl.float32)
+    if HAS_DU:
+        du = tl.load(du_T + srow, mask=mask_l & (offs_l * 0 + i_v == 0), other=0.0).to(tl.float32)
+    else:
+        du = tl.zeros([BL], dtype=tl.float32)
+    du_tile = du_ch + i_v.to(tl.int64) * B * NS * H * L
+    n_chunks = (eos - bos + C - 1) // C
+    for it in range(0, n_chunks):
+        i = n_chunks - 1 - it
+        crow = ((i_b.to(tl.int64) * NS + first_slot + i) * H + h) * L + offs_l
+        G = tl.load(dw_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0)
+        g = tl.load(du_tile + crow, mask=mask_l, other=0.0)
+        f = tl.load(f_ch + crow, mask=mask_l, other=0.0)
+        tl.store(dw_ch + crow[:, None] * Dv + offs_v[None, :], dw, mask=mask_lv)
+        tl.store(du_tile + crow, du, mask=mask_l)
+        dw = f[:, None] * dw + G
+        du = f * du + g
+    tl.store(du0_p + (i_v * N + i_n).to(tl.int64) * H * L + h * L + offs_l, du, mask=mask_l)
+    if HAS_STATE:
+        tl.store(dw0 + srow[:, None] * Dv + offs_v[None, :], dw, mask=mask_lv)
+
+
+@triton.jit
+def _chunk_grads_kernel(q, k, v, do, m_ch, u_ch, w_ch, dw_ch, du_ch, dv, da_p, dp_p, cu,
+                        sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh, sdvb, sdvt, sdvh,
+                        B, T, H, L, D, Dv, N, NS, scale,
+                        C: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        AAREN: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr, RISE_LIMIT: tl.constexpr,
+                        VARLEN: tl.constexpr, LOG_N: tl.constexpr):
+    """SCAN_MODE "chunked", backward step 3 (grid (B·H·NS, ⌈Dv/BV⌉)): dv, da (and dp) of one chunk from its
+    entering state and the cotangent of the state leaving it."""
+    i_v = tl.program_id(1)
+    (i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, m_in, u_in, w_in,
+     a, p, vv, dy) = _chunk_bwd_inputs(q, k, v, do, m_ch, u_ch, w_ch, cu, tl.program_id(0), i_v,
+                                       sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
+                                       T, H, L, D, Dv, N, NS, scale, C, BL, BK, BV, AAREN, VARLEN, LOG_N)
+    if t0 < eos:
+        dw = tl.load(dw_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_l[:, None] & mask_v[None, :], other=0.0)
+        du = tl.load(du_ch + i_v.to(tl.int64) * B * NS * H * L + crow, mask=mask_l, other=0.0)
+        dv_c, da_c, z, _, _ = _chunk_bwd(a, p, vv, dy, m_in, u_in, w_in, dw, du, offs_c, mask_l,
+                                         C, USE_DOT, PREC, RISE_LIMIT)
+        dv_ptr = dv + i_b.to(tl.int64) * sdvb + h.to(tl.int64) * sdvh
+        tl.store(dv_ptr + offs_t[:, None] * sdvt + offs_v[None, :], dv_c.to(dv.dtype.element_ty),
+                 mask=mask_t[:, None] & mask_v[None, :])
+        prow = (((i_v * B + i_b).to(tl.int64) * T + offs_t) * H + h) * L
+        pmask = mask_t[:, None] & mask_l[None, :]
+        tl.store(da_p + prow[:, None] + offs_l[None, :], da_c, mask=pmask)
+        if not AAREN:
+            tl.store(dp_p + prow[:, None] + offs_l[None, :], z, mask=pmask)
 
 
 @triton.jit
@@ -946,6 +1094,30 @@ def _scan_backward(cfg: _Config, q, sq, k, v, do, m0, u0, w0, du_T, dw_T, scale)
     dp_p = None if cfg.aaren else new_empty((NV, B, T, H, L), dtype=torch.float32, device=dev)
     du0_p = new_empty((NV, N, H, L), dtype=torch.float32, device=dev)
     dw0 = new_empty((N, H, L, Dv), dtype=torch.float32, device=dev) if has_state else None
+    if cfg.chunked:
+        # per chunk the affine map of the state cotangent (parallel), its reverse scan, then the gradients
+        dw_ch = new_empty((B, NS, H, L, Dv), dtype=torch.float32, device=dev)
+        du_ch = new_empty((NV, B, NS, H, L), dtype=torch.float32, device=dev)
+        f_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
+        slot_args = (q, k, v, do, m_ch, u_ch, w_ch)
+        strides = (*sq, *sk, *sv, *sd)
+        chunk_meta = dict(C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot,
+                          PREC=cfg.prec, RISE_LIMIT=RISE_LIMIT, VARLEN=cfg.varlen, LOG_N=cfg.log_n,
+                          num_warps=cfg.bwd_warps)
+        if NS > 0:
+            _chunk_cot_kernel[(B * H * NS, NV)](*slot_args, dw_ch, du_ch, f_ch, cfg.cu, *strides,
+                                                B, T, H, L, cfg.D, Dv, N, NS, scale, **chunk_meta)
+        _cot_scan_kernel[(NV, N * H)](
+            du_T if du_T is not None else du0_p, dw_T if dw_T is not None else dw_ch, dw_ch, du_ch, f_ch, du0_p,
+            dw0 if dw0 is not None else dw_ch, cfg.cu, B, T, H, L, Dv, NS, N,
+            C=cfg.C, BL=cfg.BL, BV=cfg.BV, HAS_STATE=has_state, HAS_DU=du_T is not None, HAS_DW=dw_T is not None,
+            VARLEN=cfg.varlen, num_warps=cfg.num_warps)
+        if NS > 0:
+            _chunk_grads_kernel[(B * H * NS, NV)](
+                *slot_args, dw_ch, du_ch, dv, da_p, dp_p if dp_p is not None else da_p, cfg.cu, *strides,
+                dv.stride(0), dv.stride(1), dv.stride(2), B, T, H, L, cfg.D, Dv, N, NS, scale, **chunk_meta)
+        du0 = du0_p.sum(0) if has_state else None
+        return dv, da_p, dp_p, du0, dw0
     _scan_bwd_kernel[(NV, N * H)](
         q, k, v, do, m_ch, u_ch, w_ch, du_T if du_T is not None else du0_p, dw_T if dw_T is not None else w_ch,
         dv, da_p, dp_p if dp_p is not None else da_p, du0_p, dw0 if dw0 is not None else w_ch, cfg.cu,
