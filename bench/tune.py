@@ -1,7 +1,7 @@
 """``python -m bench.tune``: sweep the Triton kernels' tile/chunk knobs on one shape, check each variant, time it.
 
 Each Triton kernel module exposes its blocking as module constants (``kernels/linear_attention.py``:
-``FWD_MODE``, ``CHUNK_SIZE``, ``BV_MAX``, ``NUM_STAGES``; ``kernels/prefix_scan.py``: ``SCAN_MODE``, ``CHUNK``,
+``FWD_MODE``, ``HALF_DOT_OPERANDS``, ``CHUNK_SIZE``, ``BV_MAX``, ``NUM_STAGES``; ``kernels/prefix_scan.py``: ``SCAN_MODE``, ``CHUNK``,
 ``BV_MAX``, ``STATE_TILE_MAX``; ``kernels/auto_correlation.py``: ``BLOCK_T``, ``BLOCK_N_MAX``, ``NUM_WARPS``;
 ``kernels/sliding_window_attention.py``: the per-head-dim tile tables ``_HALF_TILES`` / ``_FP32_TILES``). This
 tool sets one combination at a time (and restores the module afterwards), runs the op through the public
@@ -47,8 +47,8 @@ MODULES = {
 
 # default grids (the current default value is always among them)
 GRIDS = {
-    "linear_attention": {"FWD_MODE": ["one_pass", "two_pass"], "CHUNK_SIZE": [32, 64, 128], "BV_MAX": [32, 64],
-                         "NUM_STAGES": [1, 2, 3]},
+    "linear_attention": {"FWD_MODE": ["one_pass", "two_pass"], "HALF_DOT_OPERANDS": ["float32", "input"],
+                         "CHUNK_SIZE": [32, 64, 128], "NUM_STAGES": [2, 3]},
     "sliding_window_attention": {"fwd": ["64:64:4:3", "128:64:4:3", "128:64:8:3", "128:128:8:2"],
                                  "dkdv": ["64:64:8:3", "64:32:8:3", "128:64:8:2", "64:16:8:3"],
                                  "dq": ["64:64:4:3", "64:32:8:3", "128:64:8:2"]},

@@ -97,6 +97,11 @@ BV_MAX = 64
 # tl.dot precision for float32 inputs and for float16/bfloat16 inputs ("ieee", "tf32" or "tf32x3").
 FP32_DOT_PRECISION = "tf32x3"
 HALF_DOT_PRECISION = "tf32"
+# Operands of the chunk products for float16/bfloat16 inputs: "float32" (φ(q), φ(k), states in float32 at
+# HALF_DOT_PRECISION; the default) or "input" (rounded to the input dtype first: twice the tensor-core rate and
+# half the registers, about 2⁻⁸ relative rounding of the states in the products, as flash-linear-attention does).
+# Under the Triton interpreter bfloat16 products stay float32 (its bf16 tl.dot is not exact).
+HALF_DOT_OPERANDS = "float32"
 # Software-pipelining depth of the chunk loops on GPU.
 NUM_STAGES = 2
 # Causal forward: "one_pass" (``_fwd_causal_kernel``, the state in registers) or "two_pass" (the state entering
@@ -189,6 +194,19 @@ def _load_features(ptr, offs_t, mask_t, stride_t, offs_k, mask_k, FEATURE: tl.co
     return x, f
 
 
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr, DOT_OPS: tl.constexpr):
+    """a @ b on the tensor cores, float32 accumulation. DOT_OPS 0: float32 operands at input_precision PREC;
+    1 / 2: operands rounded to bfloat16 / float16 first (the input dtype; HALF_DOT_OPERANDS = "input")."""
+    if DOT_OPS == 1:
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif DOT_OPS == 2:
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        out = tl.dot(a, b, input_precision=PREC)
+    return out
+
+
 # --------------------------------------------------------------------------- forward kernels
 
 
@@ -198,7 +216,7 @@ def _fwd_causal_kernel(q, k, v, o, S0, z0, S_out, z_out, cu,
                        T, H, G, D, Dv, scale, eps,
                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
                        NORMALIZE: tl.constexpr, HAS_S0: tl.constexpr, VARLEN: tl.constexpr,
-                       PREC: tl.constexpr):
+                       PREC: tl.constexpr, DOT_OPS: tl.constexpr):
     """One pass over the chunks of one (sequence, head, Dv tile), state in registers."""
     n_vt = tl.cdiv(Dv, BV)
     i_nh = tl.program_id(0) // n_vt  # 1-D grid: (sequence, head) major, Dv tile minor
@@ -232,14 +250,14 @@ def _fwd_causal_kernel(q, k, v, o, S0, z0, S_out, z_out, cu,
         qt = qt * scale
         _, kt = _load_features(k_ptr, offs_t, mask_t, skt, offs_k, mask_k, FEATURE)
         vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
-        qk = tl.where(causal, tl.dot(qt, tl.trans(kt), input_precision=PREC), 0.0)
-        num = tl.dot(qt, S, input_precision=PREC) + tl.dot(qk, vv, input_precision=PREC)
+        qk = tl.where(causal, _dot(qt, tl.trans(kt), PREC, DOT_OPS), 0.0)
+        num = _dot(qt, S, PREC, DOT_OPS) + _dot(qk, vv, PREC, DOT_OPS)
         if NORMALIZE:
             den = tl.sum(qt * z[None, :], 1) + tl.sum(qk, 1)
             num = num / tl.where(mask_t, den + eps, 1.0)[:, None]  # (1 on padding rows: no 0/0)
         tl.store(o_ptr + offs_t[:, None] * sot + offs_v[None, :], num.to(o.dtype.element_ty),
                  mask=mask_t[:, None] & mask_v[None, :])
-        S += tl.dot(tl.trans(kt), vv, input_precision=PREC)
+        S += _dot(tl.trans(kt), vv, PREC, DOT_OPS)
         z += tl.sum(kt, 0)
     tl.store(S_out + i_nh.to(tl.int64) * D * Dv + state_tile, S, mask=state_mask)
     tl.store(z_out + i_nh.to(tl.int64) * D + offs_k, z, mask=mask_k & (offs_k * 0 + i_v == 0))
@@ -288,7 +306,7 @@ def _chunk_state_kernel(k, v, S0, z0, S_chunks, z_chunks, S_out, z_out, cu,
                         T, H, G, D, Dv, NS,
                         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
                         HAS_S0: tl.constexpr, VARLEN: tl.constexpr, STORE_CHUNKS: tl.constexpr,
-                        STORE_FINAL: tl.constexpr, PREC: tl.constexpr):
+                        STORE_FINAL: tl.constexpr, PREC: tl.constexpr, DOT_OPS: tl.constexpr):
     """State recurrence S += K_cᵀV_c, z += colsum(K_c) over the chunks of one (sequence, head, Dv tile).
     STORE_CHUNKS: write the state entering every chunk to its slot of S_chunks [B, NS, H, D, Dv] /
     z_chunks [B, NS, H, D]; STORE_FINAL: write the final state to S_out [N, H, D, Dv] / z_out [N, H, D]."""
@@ -324,7 +342,7 @@ def _chunk_state_kernel(k, v, S0, z0, S_chunks, z_chunks, S_out, z_out, cu,
             tl.store(z_chunks + row * D + offs_k, z, mask=mask_k & (offs_k * 0 + i_v == 0))
         _, kt = _load_features(k_ptr, offs_t, mask_t, skt, offs_k, mask_k, FEATURE)
         vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
-        S += tl.dot(tl.trans(kt), vv, input_precision=PREC)
+        S += _dot(tl.trans(kt), vv, PREC, DOT_OPS)
         z += tl.sum(kt, 0)
     if STORE_FINAL:
         tl.store(S_out + i_nh.to(tl.int64) * D * Dv + state_tile, S, mask=state_mask)
@@ -336,7 +354,7 @@ def _apply_kernel(q, o, S_full, z_full, cu,
                   sqb, sqt, sqh, sob, sot, soh,
                   T, H, N, D, Dv, NS, scale, eps,
                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
-                  NORMALIZE: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr, PREC: tl.constexpr):
+                  NORMALIZE: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr, PREC: tl.constexpr, DOT_OPS: tl.constexpr):
     """Non-causal output of one chunk: o = q̃ᵀS / (q̃·z + eps) with the whole-sequence state, all Dv tiles."""
     i_bh = tl.program_id(0) // NS  # 1-D grid: (batch, head) major, chunk slot minor
     p = tl.program_id(0) % NS
@@ -362,7 +380,7 @@ def _apply_kernel(q, o, S_full, z_full, cu,
         mask_v = offs_v < Dv
         S = tl.load(S_full + srow * D * Dv + offs_k[:, None] * Dv + offs_v[None, :],
                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        out = tl.dot(qt, S, input_precision=PREC)
+        out = _dot(qt, S, PREC, DOT_OPS)
         if NORMALIZE:
             out = out * inv[:, None]
         tl.store(o_ptr + offs_t[:, None] * sot + offs_v[None, :], out.to(o.dtype.element_ty),
@@ -374,7 +392,7 @@ def _causal_out_kernel(q, k, v, o, S_chunks, z_chunks, cu,
                        sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
                        T, H, G, N, D, Dv, NS, scale, eps,
                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
-                       NORMALIZE: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr, PREC: tl.constexpr):
+                       NORMALIZE: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr, PREC: tl.constexpr, DOT_OPS: tl.constexpr):
     """FWD_MODE "two_pass": causal output of one chunk from the state entering it (S_{c-1}, z_{c-1} in the
     chunk's slot): o = (Q S_{c-1} + (M∘QKᵀ)V) / (Q z_{c-1} + rowsum(M∘QKᵀ) + eps), all Dv tiles (QKᵀ once)."""
     i_bh = tl.program_id(0) // NS  # 1-D grid: (batch, head) major, chunk slot minor
@@ -396,7 +414,7 @@ def _causal_out_kernel(q, k, v, o, S_chunks, z_chunks, cu,
     qt = qt * scale
     _, kt = _load_features(k + i_b.to(tl.int64) * skb + hk.to(tl.int64) * skh, offs_t, mask_t, skt, offs_k,
                            mask_k, FEATURE)
-    qk = tl.where(offs_c[:, None] >= offs_c[None, :], tl.dot(qt, tl.trans(kt), input_precision=PREC), 0.0)
+    qk = tl.where(offs_c[:, None] >= offs_c[None, :], _dot(qt, tl.trans(kt), PREC, DOT_OPS), 0.0)
     if NORMALIZE:
         z = tl.load(z_chunks + row * D + offs_k, mask=mask_k, other=0.0)
         inv = 1.0 / tl.where(mask_t, tl.sum(qt * z[None, :], 1) + tl.sum(qk, 1) + eps, 1.0)
@@ -408,7 +426,7 @@ def _causal_out_kernel(q, k, v, o, S_chunks, z_chunks, cu,
         S = tl.load(S_chunks + row * D * Dv + offs_k[:, None] * Dv + offs_v[None, :],
                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
         vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
-        out = tl.dot(qt, S, input_precision=PREC) + tl.dot(qk, vv, input_precision=PREC)
+        out = _dot(qt, S, PREC, DOT_OPS) + _dot(qk, vv, PREC, DOT_OPS)
         if NORMALIZE:
             out = out * inv[:, None]
         tl.store(o_ptr + offs_t[:, None] * sot + offs_v[None, :], out.to(o.dtype.element_ty),
@@ -423,7 +441,7 @@ def _norm_kernel(q, k, o, do, z_states, r_out, g_out, cu,
                  sqb, sqt, sqh, skb, skt, skh, sob, sot, soh, sdb, sdt, sdh,
                  T, H, G, N, D, Dv, NS, scale, eps,
                  C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
-                 CAUSAL: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr, PREC: tl.constexpr):
+                 CAUSAL: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr, PREC: tl.constexpr, DOT_OPS: tl.constexpr):
     """r = 1/(den + eps) and g = −(do·o)·r for the steps of one chunk of one head ([B, T, H] float32).
     den = q̃·z_{c-1} + rowsum(M∘QKᵀ) (causal, z_{c-1} from the chunk-state slot) or q̃·z (non-causal)."""
     i_bh = tl.program_id(0) // NS  # 1-D grid: (batch, head) major, chunk slot minor
@@ -451,7 +469,7 @@ def _norm_kernel(q, k, o, do, z_states, r_out, g_out, cu,
     if CAUSAL:
         _, kt = _load_features(k + i_b.to(tl.int64) * skb + hk.to(tl.int64) * skh, offs_t, mask_t, skt, offs_k,
                                mask_k, FEATURE)
-        qk = tl.dot(qt, tl.trans(kt), input_precision=PREC)
+        qk = _dot(qt, tl.trans(kt), PREC, DOT_OPS)
         den += tl.sum(tl.where(offs_c[:, None] >= offs_c[None, :], qk, 0.0), 1)
     o_ptr = o + i_b.to(tl.int64) * sob + h.to(tl.int64) * soh
     do_ptr = do + i_b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
@@ -473,7 +491,7 @@ def _dstate_kernel(q, do, r_in, g_in, dS_T, dz_T, dS_chunks, dz_chunks, dS_out, 
                    T, H, D, Dv, NS, scale,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
                    NORMALIZE: tl.constexpr, HAS_DS: tl.constexpr, HAS_DZ: tl.constexpr, CAUSAL: tl.constexpr,
-                   STORE_FINAL: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+                   STORE_FINAL: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, DOT_OPS: tl.constexpr):
     """Reverse recurrence dS += Q_cᵀ(do·r), dz += Q_cᵀ g from (dS_T, dz_T), per (sequence, head, Dv tile).
     CAUSAL: writes the cotangent of the state leaving every chunk to its slot; the final value is the
     cotangent of the initial state (stored when STORE_FINAL). Non-causal: the final value is the cotangent of
@@ -519,7 +537,7 @@ def _dstate_kernel(q, do, r_in, g_in, dS_T, dz_T, dS_chunks, dz_chunks, dS_out, 
             g = tl.load(g_in + rows, mask=mask_t, other=0.0)
             dnum = dnum * r[:, None]
             dz += tl.sum(qt * g[:, None], 0)
-        dS += tl.dot(tl.trans(qt), dnum, input_precision=PREC)
+        dS += _dot(tl.trans(qt), dnum, PREC, DOT_OPS)
     if STORE_FINAL:
         tl.store(dS_out + i_nh.to(tl.int64) * D * Dv + state_tile, dS.to(dS_out.dtype.element_ty), mask=state_mask)
         tl.store(dz_out + i_nh.to(tl.int64) * D + offs_k, dz.to(dz_out.dtype.element_ty),
@@ -533,7 +551,7 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
                   T, H, Hk, G, N, D, Dv, NS, scale,
                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
                   NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, DOT_OPS: tl.constexpr):
     """dq (each query head of the group), dk, dv (summed over the group) of one chunk of one kv head, from the
     stored states entering the chunk and cotangents leaving it (see the module docstring for the formulas)."""
     i_bhk = tl.program_id(0) // NS
@@ -586,15 +604,15 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
             vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
             S = tl.load(S_states + state_ptrs, mask=state_mask, other=0.0)
             dS = tl.load(dS_states + state_ptrs, mask=state_mask, other=0.0)
-            dq_acc += tl.dot(dnum, tl.trans(S), input_precision=PREC)  # (do·r) S_{c-1}ᵀ
-            dk_acc += tl.dot(vv, tl.trans(dS), input_precision=PREC)  # V dS_cᵀ
+            dq_acc += _dot(dnum, tl.trans(S), PREC, DOT_OPS)  # (do·r) S_{c-1}ᵀ
+            dk_acc += _dot(vv, tl.trans(dS), PREC, DOT_OPS)  # V dS_cᵀ
             if CAUSAL:
-                A += tl.dot(dnum, tl.trans(vv), input_precision=PREC)
+                A += _dot(dnum, tl.trans(vv), PREC, DOT_OPS)
         xq, qt = _load_features(q_ptr, offs_t, mask_t, sqt, offs_k, mask_k, FEATURE)
         if CAUSAL:
             A = tl.where(causal, A, 0.0)
-            dq_acc += tl.dot(A, kt, input_precision=PREC)  # intra-chunk: (M∘dO'V'ᵀ) K
-            dk_acc += tl.dot(tl.trans(A), qt * scale, input_precision=PREC)  # intra-chunk: (M∘dO'V'ᵀ)ᵀ Q
+            dq_acc += _dot(A, kt, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ) K
+            dk_acc += _dot(tl.trans(A), qt * scale, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ)ᵀ Q
         dq_out = _times_phi_grad(dq_acc * scale, xq, FEATURE)
         tl.store(dq + i_b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_t[:, None] * sdqt + offs_k[None, :],
                  dq_out.to(dq.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
@@ -615,7 +633,7 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
                 srow = i_n.to(tl.int64) * H + h
             dS = tl.load(dS_states + srow * D * Dv + offs_k[:, None] * Dv + offs_v[None, :],
                          mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-            dv_acc += tl.dot(kt, dS, input_precision=PREC)  # K dS_c
+            dv_acc += _dot(kt, dS, PREC, DOT_OPS)  # K dS_c
             if CAUSAL:
                 q_ptr = q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
                 do_ptr = do + i_b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
@@ -625,8 +643,8 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
                 if NORMALIZE:
                     r = tl.load(r_in + (i_b.to(tl.int64) * T + offs_t) * H + h, mask=mask_t, other=0.0)
                     dnum = dnum * r[:, None]
-                qk = tl.where(causal, tl.dot(qt, tl.trans(kt), input_precision=PREC), 0.0)
-                dv_acc += tl.dot(tl.trans(qk), dnum, input_precision=PREC)  # (M∘QKᵀ)ᵀ (do·r)
+                qk = tl.where(causal, _dot(qt, tl.trans(kt), PREC, DOT_OPS), 0.0)
+                dv_acc += _dot(tl.trans(qk), dnum, PREC, DOT_OPS)  # (M∘QKᵀ)ᵀ (do·r)
         tl.store(dv + i_b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_t[:, None] * sdvt + offs_v[None, :],
                  dv_acc.to(dv.dtype.element_ty), mask=mask_t[:, None] & mask_v[None, :])
 
@@ -681,6 +699,12 @@ class _Config:
         self.num_warps = 8 if max(self.BK, self.BV) >= 64 else 4
         self.feature = _FEATURE[feature_map]
         self.prec = FP32_DOT_PRECISION if q.dtype == torch.float32 else HALF_DOT_PRECISION
+        self.dot_ops = 0
+        if HALF_DOT_OPERANDS == "input" and q.dtype in (torch.bfloat16, torch.float16):
+            interpreted = q.device.type != "cuda"
+            self.dot_ops = 2 if q.dtype == torch.float16 else (0 if interpreted else 1)
+        elif HALF_DOT_OPERANDS != "float32":
+            raise ValueError(f"HALF_DOT_OPERANDS must be 'float32' or 'input', got {HALF_DOT_OPERANDS!r}")
         self.sdt = state_dtype(q.dtype)
         # offsets read by the kernels (contiguous); q is a placeholder pointer when not packed
         self.cu = cu_seqlens.contiguous() if cu_seqlens is not None else q
@@ -689,7 +713,7 @@ class _Config:
         """Keyword arguments common to the launches (constexprs and launch options)."""
         out = dict(BK=self.BK, BV=self.BV, FEATURE=self.feature, num_warps=self.num_warps, num_stages=NUM_STAGES)
         if chunked:
-            out.update(C=self.C, VARLEN=self.varlen, PREC=self.prec)
+            out.update(C=self.C, VARLEN=self.varlen, PREC=self.prec, DOT_OPS=self.dot_ops)
         return out
 
 

@@ -142,7 +142,12 @@ def test_default_blocking():
 
 @pytest.mark.parametrize("dtype", [F16, BF16])
 @pytest.mark.parametrize("causal", [True, False])
-def test_half_precision(dtype, causal, small_chunks):
+@pytest.mark.parametrize("operands", ["float32", "input"])
+def test_half_precision(dtype, causal, operands, small_chunks, monkeypatch):
+    """float16/bfloat16 inputs, the chunk products on float32 operands or on operands rounded to the input dtype
+    (HALF_DOT_OPERANDS; under the interpreter bfloat16 products stay float32, so "input" is checked here for
+    float16 and on a GPU for both)."""
+    monkeypatch.setattr(K, "HALF_DOT_OPERANDS", operands)
     q, k, v = inputs(1, 40, 2, 8, 8)
     kw = dict(causal=causal, output_final_state=True)
     if causal:
