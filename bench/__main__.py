@@ -44,7 +44,7 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ops", nargs="+", help="ops to run (names or aliases: linear swa autocorr aaren latte)")
     ap.add_argument("--impls", nargs="+", help="implementations: flashts-torch flashts-triton flashts-cuda "
-                    "(or torch triton cuda) sdpa sdpa-mask flex fla autoformer; default: all available")
+                    "(or torch triton cuda) sdpa sdpa-mask flex fla autoformer loop; default: all available")
     ap.add_argument("--modes", nargs="+", default=None, help="fwd fwdbwd (default both)")
     ap.add_argument("--dtypes", nargs="+", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--T", nargs="+", type=int, default=None, help="sequence lengths, replacing every config's sweep")

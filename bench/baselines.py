@@ -29,6 +29,12 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
   a note when that module is missing. bfloat16/float16 inputs are cast to float32 inside the timed call (as
   autocast does for the FFTs under AMP; torch.fft has no bfloat16 kernels).
 
+* ``loop`` — Aaren and causal Latte as the token-by-token recurrence a user writes in plain PyTorch (the RNN
+  form of the Aaren paper): for t = 0 … T−1 the online-softmax state (m, α, S) per latent is updated with
+  a_t and v_t, and y_t = Σ_l p_{t,l} S_l / α_l (Aaren: a_t = scale·q·k_t, one latent, p = 1; Latte:
+  a = k, p = softmax_l(q_t)). Float32 state, maxima detached, differentiable by autograd (which keeps every
+  step's state: O(T·L·Dv) memory). One Python iteration and ~10 kernel launches per step.
+
 The flashts ``torch`` backend itself is listed by :mod:`bench.registry` (``flashts-torch``) and serves as
 the baseline the GPU kernels must beat.
 """
@@ -260,5 +266,50 @@ class Autoformer(Impl):
             grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
 
 
+def prefix_softmax_loop(a: torch.Tensor, p: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+    """y [B, T, H, Dv] by the sequential recurrence in a's dtype (float32 from the baseline; float64 in the tests);
+    a, p [B, T, H, L] (p None: L = 1, p = 1)."""
+    B, T, H, L = a.shape
+    vf = v.to(a.dtype)
+    m = a.new_full((B, H, L), float("-inf"))
+    alpha = a.new_zeros((B, H, L))
+    S = a.new_zeros((B, H, L, v.shape[-1]))
+    outs = []
+    for t in range(T):
+        a_t = a[:, t]
+        m_new = torch.maximum(m, a_t).detach()
+        keep, new = torch.exp(m - m_new), torch.exp(a_t - m_new)  # e^{-inf} = 0 at t = 0
+        alpha = alpha * keep + new
+        S = S * keep.unsqueeze(-1) + new.unsqueeze(-1) * vf[:, t].unsqueeze(-2)
+        mean = S / alpha.unsqueeze(-1)  # [B, H, L, Dv]
+        outs.append(mean[:, :, 0] if p is None else (p[:, t].unsqueeze(-1) * mean).sum(-2))
+        m = m_new
+    return torch.stack(outs, dim=1)
+
+
+class Loop(Impl):
+    name = "loop"
+    note = "sequential token-by-token recurrence in plain PyTorch"
+
+    def supports(self, config):
+        return config.op == "aaren_attention" or (config.op == "latte_attention" and is_causal(config))
+
+    def prepare(self, case, inputs, requires_grad):
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        aaren = case.op == "aaren_attention"
+        scale = case.config.D ** -0.5
+
+        def fn():
+            if aaren:
+                a = scale * torch.einsum("hd,bthd->bth", q.float(), k.float()).unsqueeze(-1)
+                y = prefix_softmax_loop(a, None, v)
+            else:
+                y = prefix_softmax_loop(k.float(), torch.softmax(q.float(), dim=-1), v)
+            return y.to(v.dtype)
+
+        return Prepared(fn=fn, leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
 def baseline_impls() -> list[Impl]:
-    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer()]
+    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop()]

@@ -23,7 +23,7 @@ import os
 import sys
 from collections import OrderedDict
 
-IMPL_ORDER = ["flashts-torch", "flashts-triton", "flashts-cuda", "fla", "flex", "sdpa-mask", "sdpa", "autoformer"]
+IMPL_ORDER = ["flashts-torch", "flashts-triton", "flashts-cuda", "fla", "flex", "sdpa-mask", "sdpa", "autoformer", "loop"]
 MODE_ORDER = ["fwd", "fwdbwd"]
 OP_ORDER = ["linear_attention", "sliding_window_attention", "auto_correlation", "aaren_attention", "latte_attention"]
 

@@ -52,6 +52,10 @@ def test_quick_cpu_run_end_to_end(tmp_path):
     assert sdpa and all(r["check"] == "n/a" for r in sdpa)
     mask = [r for r in rows if r["impl"] == "sdpa-mask"]
     assert mask and all(r["check"] == "reference" and r["max_rel_err"] < 1e-3 for r in mask)
+    # the sequential-loop baseline of the prefix scans computes the op itself (checked), Aaren and causal Latte
+    loop = [r for r in rows if r["impl"] == "loop"]
+    assert {r["op"] for r in loop} == {"aaren_attention", "latte_attention"}
+    assert all(r["check"] == "reference" and r["ms"] is not None and r["max_rel_err"] < 1e-4 for r in loop), loop
 
     md = (tmp_path / f"{stem}.md").read_text()
     for op in registry.OPS:
@@ -94,6 +98,34 @@ class _OOM(Impl):
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
             return inputs["v"].clone()
         return Prepared(fn=fn)
+
+
+@pytest.mark.parametrize("op", ["aaren_attention", "latte_attention"])
+def test_loop_baseline_matches_reference_with_large_logits(op):
+    """The loop baseline against the float64 definition, forward and gradients, with logits of ±1e3 in the mix."""
+    import flashts.reference as ref
+    from bench.baselines import prefix_softmax_loop
+    torch.manual_seed(0)
+    B, T, H, D, L, Dv = 2, 37, 3, 5, 4, 6
+    v = torch.randn(B, T, H, Dv, dtype=torch.float64, requires_grad=True)
+    if op == "aaren_attention":
+        q = torch.randn(H, D, dtype=torch.float64, requires_grad=True)
+        k = (torch.randn(B, T, H, D, dtype=torch.float64) * torch.tensor([1.0, 300.0]).repeat_interleave(
+            torch.tensor([T - T // 3, T // 3]))[None, :, None, None]).requires_grad_()
+        got = prefix_softmax_loop(D ** -0.5 * torch.einsum("hd,bthd->bth", q, k).unsqueeze(-1), None, v)
+        want = ref.aaren_attention(q, k, v)
+    else:
+        q = torch.randn(B, T, H, L, dtype=torch.float64, requires_grad=True)
+        k = (torch.randn(B, T, H, L, dtype=torch.float64) * 1e3).requires_grad_()
+        got = prefix_softmax_loop(k, torch.softmax(q, dim=-1), v)
+        want = ref.latte_attention(q, k, v, causal=True)
+    assert torch.isfinite(want).all()
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    cot = torch.randn_like(want)
+    g = torch.autograd.grad((got * cot).sum(), (q, k, v))
+    g_ref = torch.autograd.grad((want * cot).sum(), (q, k, v))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
 
 
 def test_guard_rejects_wrong_output_and_oom_skips_larger_T():
