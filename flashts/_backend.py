@@ -60,8 +60,8 @@ def triton_available() -> bool:
     return True
 
 
-def triton_interpreter() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _getenv(name: str, default: str) -> str:
+    return os.environ.get(name, default)
 
 
 def _probe_cuda_ext() -> bool:
@@ -72,11 +72,17 @@ def _probe_cuda_ext() -> bool:
     return True
 
 
-# torch.compile must not trace the import (a graph break under fullgraph=True): the probe runs eagerly at
-# trace time and its result is baked into the graph.
+# torch.compile must not trace the import (a graph break under fullgraph=True) nor the environment lookups
+# (torch < 2.5 fails to trace os.environ.get of an unset variable): both run eagerly at trace time and their
+# results are baked into the graph (so a compiled function keeps the backend it was traced with).
 _assume_constant = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
 if _assume_constant is not None:
     _probe_cuda_ext = _assume_constant(_probe_cuda_ext)
+    _getenv = _assume_constant(_getenv)
+
+
+def triton_interpreter() -> bool:
+    return _getenv("TRITON_INTERPRET", "0") not in ("", "0")
 _CUDA_EXT: list = []
 
 
@@ -100,7 +106,7 @@ def available(backend: str, device: torch.device | None = None) -> bool:
 
 
 def default_backend() -> str:
-    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    name = _getenv(ENV_VAR, "auto").strip().lower() or "auto"
     if name not in BACKENDS:
         raise ValueError(f"{ENV_VAR}: expected one of {BACKENDS}, got {name!r}")
     return name

@@ -9,7 +9,7 @@ Backends implement, in the module registered for them::
 
 ``top_k`` = K = min(L, max(1, int(factor · ln L))), computed by the validation. All returned tensors are new.
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
 from typing import Optional
 

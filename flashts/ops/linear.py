@@ -9,7 +9,7 @@ Backends implement, in the module registered for them::
 
 All returned tensors are new (never an input or a view of one).
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
 from typing import Optional
 

@@ -16,7 +16,7 @@ States are float32 (float64 for float64 inputs). Maxima carry no gradient: the s
 (u·e^m, w·e^m), so gradients of u and w are taken with m held fixed and chained gradients stay exact.
 All returned tensors are new.
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
 from typing import Optional
 

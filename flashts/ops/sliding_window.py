@@ -10,7 +10,7 @@ Backends implement, in the module registered for them::
 ``left``/``right`` are ints >= -1 (-1 = unbounded). Rows with no allowed key cannot occur
 (query i always sees key i). All returned tensors are new.
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
 from typing import Optional
 
