@@ -225,3 +225,16 @@ def test_torch_compile_fullgraph(op):
 def test_backend_info():
     info = flashts.backend_info()
     assert info["ops"]["linear_attention"] and "torch" in info["ops"]["linear_attention"]
+
+
+def test_custom_op_modules_keep_annotation_objects():
+    """torch 2.4 (the oldest supported) builds a custom op's schema from its annotations as objects: a module
+    that defines custom ops must not turn them into strings with ``from __future__ import annotations``
+    (flashts failed to import on torch 2.4 that way)."""
+    import pathlib
+    root = pathlib.Path(flashts.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if "torch.library.custom_op" in (text := p.read_text())
+                 and "\nfrom __future__ import annotations" in "\n" + text]
+    assert not offenders
+    assert any("torch.library.custom_op" in p.read_text() for p in root.rglob("*.py"))  # the scan sees the ops
