@@ -298,6 +298,62 @@ def _chunk_output(a, p, vv, m_in, u_in, w_in, c_max, e_c, offs_c, mask_l,
 
 
 @triton.jit
+def _initial_state(m0, u0, w0, srow, offs_v, mask_l, mask_lv, Dv, BL: tl.constexpr, BV: tl.constexpr,
+                   HAS_STATE: tl.constexpr):
+    """The state (m [BL], α [BL], S [BL, BV]) of rows srow (float32): loaded, or empty (−∞, 0, 0)."""
+    if HAS_STATE:
+        m = tl.load(m0 + srow, mask=mask_l, other=float("-inf")).to(tl.float32)
+        u = tl.load(u0 + srow, mask=mask_l, other=0.0).to(tl.float32)
+        w = tl.load(w0 + srow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0).to(tl.float32)
+    else:
+        m = tl.full([BL], float("-inf"), tl.float32)
+        u = tl.zeros([BL], dtype=tl.float32)
+        w = tl.zeros([BL, BV], dtype=tl.float32)
+    return m, u, w
+
+
+@triton.jit
+def _slot_tiles(q, k, v, cu, pid, i_v, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+                T, H, L, D, Dv, N, NS, scale,
+                C: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, AAREN: tl.constexpr,
+                VARLEN: tl.constexpr, LOG_N: tl.constexpr):
+    """What every chunk-parallel kernel (SCAN_MODE "chunked", grid (B·H·NS, ⌈Dv/BV⌉)) starts from: the program's
+    chunk slot, its rows [t0, eos), index/mask vectors, the slot's row offset crow in the [B, NS, H, L] chunk
+    tensors, and its logits, mixing weights and value tiles. A slot past its sequence's end has t0 ≥ eos and
+    all-false row masks (its loads touch no memory); the caller skips its work and stores."""
+    i_bh = pid // NS
+    slot = pid % NS
+    i_b = i_bh // H
+    h = i_bh % H
+    i_n, t0, eos = _chunk_of_slot(cu, slot, i_b, T, N, C, VARLEN, LOG_N)
+    offs_c = tl.arange(0, C)
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_l = offs_l < L
+    mask_d = offs_d < D
+    mask_v = offs_v < Dv
+    offs_t = t0 + offs_c
+    mask_t = offs_t < eos
+    crow = ((i_b.to(tl.int64) * NS + slot) * H + h) * L + offs_l
+    a, p = _logits(q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, k + i_b.to(tl.int64) * skb
+                   + h.to(tl.int64) * skh, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
+    vv = _load_rows(v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh, offs_t, mask_t, svt, offs_v, mask_v)
+    return i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, a, p, vv
+
+
+@triton.jit
+def _chunk_state(m_ch, u_ch, w_ch, crow, offs_v, mask_l, mask_v, Dv):
+    """The state entering a chunk slot (written by ``_state_scan_kernel``): m, α [BL], S [BL, BV]."""
+    m = tl.load(m_ch + crow, mask=mask_l, other=float("-inf"))
+    u = tl.load(u_ch + crow, mask=mask_l, other=0.0)
+    w = tl.load(w_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_l[:, None] & mask_v[None, :], other=0.0)
+    return m, u, w
+
+
+
+
+@triton.jit
 def _scan_fwd_kernel(q, k, v, o, m0, u0, w0, m_T, u_T, w_T, m_ch, u_ch, w_ch, cu,
                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
                      T, H, L, D, Dv, NS, scale,
@@ -328,14 +384,7 @@ def _scan_fwd_kernel(q, k, v, o, m0, u0, w0, m_T, u_T, w_T, m_ch, u_ch, w_ch, cu
     v_ptr = v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh
     o_ptr = o + i_b.to(tl.int64) * sob + h.to(tl.int64) * soh
     srow = i_nh.to(tl.int64) * L + offs_l                            # state rows [N, H, L]
-    if HAS_STATE:
-        m = tl.load(m0 + srow, mask=mask_l, other=float("-inf")).to(tl.float32)
-        u = tl.load(u0 + srow, mask=mask_l, other=0.0).to(tl.float32)
-        w = tl.load(w0 + srow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0).to(tl.float32)
-    else:
-        m = tl.full([BL], float("-inf"), tl.float32)
-        u = tl.zeros([BL], dtype=tl.float32)
-        w = tl.zeros([BL, BV], dtype=tl.float32)
+    m, u, w = _initial_state(m0, u0, w0, srow, offs_v, mask_l, mask_lv, Dv, BL, BV, HAS_STATE)
     n_chunks = (eos - bos + C - 1) // C
     for i in range(0, n_chunks):
         offs_t = bos + i * C + offs_c
@@ -369,30 +418,12 @@ def _chunk_sum_kernel(q, k, v, m_s, u_s, w_ch, cu,
     """SCAN_MODE "chunked", step 1 (grid (B·H·NS, ⌈Dv/BV⌉), one program per chunk slot, head and Dv tile):
     the chunk summary (max_s a, Σ_s e^{a−max}, Σ_s e^{a−max} v) into m_s/u_s [B, NS, H, L] (Dv tile 0) and
     w_ch [B, NS, H, L, Dv]. Slots past a sequence's end write nothing (never read)."""
-    pid = tl.program_id(0)
     i_v = tl.program_id(1)
-    i_bh = pid // NS
-    slot = pid % NS
-    i_b = i_bh // H
-    h = i_bh % H
-    i_n, t0, eos = _chunk_of_slot(cu, slot, i_b, T, N, C, VARLEN, LOG_N)
+    (i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, a, p, vv) = _slot_tiles(
+        q, k, v, cu, tl.program_id(0), i_v, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+        T, H, L, D, Dv, N, NS, scale, C, BL, BK, BV, AAREN, VARLEN, LOG_N)
     if t0 < eos:
-        offs_c = tl.arange(0, C)
-        offs_l = tl.arange(0, BL)
-        offs_d = tl.arange(0, BK)
-        offs_v = i_v * BV + tl.arange(0, BV)
-        mask_l = offs_l < L
-        mask_d = offs_d < D
-        mask_v = offs_v < Dv
-        offs_t = t0 + offs_c
-        mask_t = offs_t < eos
-        q_ptr = q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-        k_ptr = k + i_b.to(tl.int64) * skb + h.to(tl.int64) * skh
-        v_ptr = v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh
-        a, p = _logits(q_ptr, k_ptr, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
-        vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
         c_max, e_c, c_sum, c_vsum = _chunk_summary(a, vv, USE_DOT, PREC)
-        crow = ((i_b.to(tl.int64) * NS + slot) * H + h) * L + offs_l
         mask_l0 = mask_l & (offs_l * 0 + i_v == 0)
         tl.store(m_s + crow, c_max, mask=mask_l0)
         tl.store(u_s + crow, c_sum, mask=mask_l0)
@@ -420,14 +451,7 @@ def _state_scan_kernel(m0, u0, w0, m_s, u_s, m_ch, u_ch, w_ch, m_T, u_T, w_T, cu
     mask_lv = mask_l[:, None] & mask_v[None, :]
     mask_l0 = mask_l & (offs_l * 0 + i_v == 0)
     srow = i_nh.to(tl.int64) * L + offs_l
-    if HAS_STATE:
-        m = tl.load(m0 + srow, mask=mask_l, other=float("-inf")).to(tl.float32)
-        u = tl.load(u0 + srow, mask=mask_l, other=0.0).to(tl.float32)
-        w = tl.load(w0 + srow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0).to(tl.float32)
-    else:
-        m = tl.full([BL], float("-inf"), tl.float32)
-        u = tl.zeros([BL], dtype=tl.float32)
-        w = tl.zeros([BL, BV], dtype=tl.float32)
+    m, u, w = _initial_state(m0, u0, w0, srow, offs_v, mask_l, mask_lv, Dv, BL, BV, HAS_STATE)
     n_chunks = (eos - bos + C - 1) // C
     for i in range(0, n_chunks):
         crow = ((i_b.to(tl.int64) * NS + first_slot + i) * H + h) * L + offs_l
@@ -453,36 +477,16 @@ def _chunk_out_kernel(q, k, v, o, m_ch, u_ch, w_ch, cu,
                       VARLEN: tl.constexpr, LOG_N: tl.constexpr):
     """SCAN_MODE "chunked", step 3 (grid (B·H·NS, ⌈Dv/BV⌉)): the outputs of one chunk from the state entering
     it (``_chunk_output``: the matrix form, or the exact walk when the max rises too much)."""
-    pid = tl.program_id(0)
     i_v = tl.program_id(1)
-    i_bh = pid // NS
-    slot = pid % NS
-    i_b = i_bh // H
-    h = i_bh % H
-    i_n, t0, eos = _chunk_of_slot(cu, slot, i_b, T, N, C, VARLEN, LOG_N)
+    (i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, a, p, vv) = _slot_tiles(
+        q, k, v, cu, tl.program_id(0), i_v, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+        T, H, L, D, Dv, N, NS, scale, C, BL, BK, BV, AAREN, VARLEN, LOG_N)
     if t0 < eos:
-        offs_c = tl.arange(0, C)
-        offs_l = tl.arange(0, BL)
-        offs_d = tl.arange(0, BK)
-        offs_v = i_v * BV + tl.arange(0, BV)
-        mask_l = offs_l < L
-        mask_d = offs_d < D
-        mask_v = offs_v < Dv
-        offs_t = t0 + offs_c
-        mask_t = offs_t < eos
-        q_ptr = q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-        k_ptr = k + i_b.to(tl.int64) * skb + h.to(tl.int64) * skh
-        v_ptr = v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh
-        o_ptr = o + i_b.to(tl.int64) * sob + h.to(tl.int64) * soh
-        crow = ((i_b.to(tl.int64) * NS + slot) * H + h) * L + offs_l
-        m = tl.load(m_ch + crow, mask=mask_l, other=float("-inf"))
-        u = tl.load(u_ch + crow, mask=mask_l, other=0.0)
-        w = tl.load(w_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_l[:, None] & mask_v[None, :], other=0.0)
-        a, p = _logits(q_ptr, k_ptr, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
-        vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
+        m, u, w = _chunk_state(m_ch, u_ch, w_ch, crow, offs_v, mask_l, mask_v, Dv)
         c_max = tl.max(a, 0)
         e_c = _exp_diff(a, c_max[None, :])
         y = _chunk_output(a, p, vv, m, u, w, c_max, e_c, offs_c, mask_l, C, USE_DOT, PREC, RISE_LIMIT)
+        o_ptr = o + i_b.to(tl.int64) * sob + h.to(tl.int64) * soh
         tl.store(o_ptr + offs_t[:, None] * sot + offs_v[None, :], y.to(o.dtype.element_ty),
                  mask=mask_t[:, None] & mask_v[None, :])
 
@@ -522,14 +526,7 @@ def _decode_kernel(q, k, v, o, m0, u0, w0, m_T, u_T, w_T,
         p = tl.where(mask_l, e / tl.sum(e, 0), 0.0)
     vv = tl.load(v + b.to(tl.int64) * svb + h.to(tl.int64) * svh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
     srow = i_bh.to(tl.int64) * L + offs_l
-    if HAS_STATE:
-        m = tl.load(m0 + srow, mask=mask_l, other=float("-inf")).to(tl.float32)
-        u = tl.load(u0 + srow, mask=mask_l, other=0.0).to(tl.float32)
-        w = tl.load(w0 + srow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0).to(tl.float32)
-    else:
-        m = tl.full([BL], float("-inf"), tl.float32)
-        u = tl.zeros([BL], dtype=tl.float32)
-        w = tl.zeros([BL, BV], dtype=tl.float32)
+    m, u, w = _initial_state(m0, u0, w0, srow, offs_v, mask_l, mask_lv, Dv, BL, BV, HAS_STATE)
     m, u, w = _combine(m, u, w, a, tl.where(mask_l, 1.0, 0.0), vv[None, :])
     y = tl.sum((p / tl.where(u > 0, u, 1.0))[:, None] * w, 0)
     tl.store(o + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_v, y.to(o.dtype.element_ty), mask=mask_v)
@@ -729,27 +726,10 @@ def _chunk_bwd_inputs(q, k, v, do, m_ch, u_ch, w_ch, cu, pid, i_v,
                       C: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, AAREN: tl.constexpr,
                       VARLEN: tl.constexpr, LOG_N: tl.constexpr):
     """Everything one chunk slot's backward needs (chunked mode): its rows, tiles and entering state."""
-    i_bh = pid // NS
-    slot = pid % NS
-    i_b = i_bh // H
-    h = i_bh % H
-    i_n, t0, eos = _chunk_of_slot(cu, slot, i_b, T, N, C, VARLEN, LOG_N)
-    offs_c = tl.arange(0, C)
-    offs_l = tl.arange(0, BL)
-    offs_d = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    mask_l = offs_l < L
-    mask_d = offs_d < D
-    mask_v = offs_v < Dv
-    offs_t = t0 + offs_c
-    mask_t = offs_t < eos
-    crow = ((i_b.to(tl.int64) * NS + slot) * H + h) * L + offs_l
-    m_in = tl.load(m_ch + crow, mask=mask_l, other=float("-inf"))
-    u_in = tl.load(u_ch + crow, mask=mask_l, other=0.0)
-    w_in = tl.load(w_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_l[:, None] & mask_v[None, :], other=0.0)
-    a, p = _logits(q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, k + i_b.to(tl.int64) * skb
-                   + h.to(tl.int64) * skh, offs_t, mask_t, sqt, skt, offs_l, mask_l, offs_d, mask_d, scale, AAREN)
-    vv = _load_rows(v + i_b.to(tl.int64) * svb + h.to(tl.int64) * svh, offs_t, mask_t, svt, offs_v, mask_v)
+    (i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, a, p, vv) = _slot_tiles(
+        q, k, v, cu, pid, i_v, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+        T, H, L, D, Dv, N, NS, scale, C, BL, BK, BV, AAREN, VARLEN, LOG_N)
+    m_in, u_in, w_in = _chunk_state(m_ch, u_ch, w_ch, crow, offs_v, mask_l, mask_v, Dv)
     dy = _load_rows(do + i_b.to(tl.int64) * sdb + h.to(tl.int64) * sdh, offs_t, mask_t, sdt, offs_v, mask_v)
     return (i_b, h, t0, eos, offs_c, offs_l, offs_v, offs_t, mask_l, mask_v, mask_t, crow, m_in, u_in, w_in,
             a, p, vv, dy)
