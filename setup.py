@@ -88,7 +88,7 @@ setup(
     package_dir={"flashts.kernels": "kernels"},
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "triton": ["triton>=3.0"],
+        "triton": ["triton>=3.6"],
         "test": ["pytest"],
         "bench": ["matplotlib", "tqdm"],
         "e2e": ["statsmodels>=0.14.2", "matplotlib", "tqdm"],
