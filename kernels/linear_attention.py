@@ -88,6 +88,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from torch import Tensor
 
+from flashts.ops import _common
 from flashts.ops._common import new_empty, state_dtype
 
 # Steps per chunk for head dims ≤ 64 (the masked QKᵀ blocks are C × C; a power of two ≥ 16).
@@ -701,7 +702,7 @@ class _Config:
         self.prec = FP32_DOT_PRECISION if q.dtype == torch.float32 else HALF_DOT_PRECISION
         self.dot_ops = 0
         if HALF_DOT_OPERANDS == "input" and q.dtype in (torch.bfloat16, torch.float16):
-            interpreted = q.device.type != "cuda"
+            interpreted = not _common.compiles_for_gpu(q.device)
             self.dot_ops = 2 if q.dtype == torch.float16 else (0 if interpreted else 1)
         elif HALF_DOT_OPERANDS != "float32":
             raise ValueError(f"HALF_DOT_OPERANDS must be 'float32' or 'input', got {HALF_DOT_OPERANDS!r}")

@@ -71,6 +71,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from flashts.ops import _common
 from flashts.ops._common import new_empty
 
 try:  # where Triton reports a launch that needs more shared memory / registers than the GPU has
@@ -551,7 +552,7 @@ def _gpu_config(kind: str, bd: int, bdv: int, dtype: torch.dtype, span: Optional
 def _tiles(kind: str, bd: int, bdv: int, dtype: torch.dtype, span: Optional[int], device: torch.device) -> _Tiles:
     if BLOCKS is not None:
         return _Tiles(BLOCKS[0], BLOCKS[1], 4, 1)
-    if device.type != "cuda":  # Triton interpreter
+    if not _common.compiles_for_gpu(device):  # Triton interpreter
         return _Tiles(INTERPRETER_BLOCKS[0], INTERPRETER_BLOCKS[1], 4, 1)
     return _gpu_config(kind, bd, bdv, dtype, span)
 
@@ -598,7 +599,7 @@ class _Problem:
         self.device = q.device
         self.prec = FP32_DOT_PRECISION if q.dtype == torch.float32 else HALF_DOT_PRECISION
         # the interpreter's bfloat16 tl.dot is wrong: upcast bf16 tiles after the load there
-        self.upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
+        self.upcast = not _common.compiles_for_gpu(q.device) and q.dtype == torch.bfloat16
         if self.upcast:
             self.prec = FP32_DOT_PRECISION
 

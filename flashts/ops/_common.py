@@ -66,3 +66,10 @@ def new_empty(shape, *, dtype, device) -> torch.Tensor:
 def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
     """States are float32, float64 when the inputs are float64 (torch backend)."""
     return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def compiles_for_gpu(device: torch.device) -> bool:
+    """Whether Triton kernels for tensors on ``device`` are compiled for a GPU (else they run under the
+    interpreter, which gets its own tiles and bf16 workarounds). The kernel modules ask through this function
+    so that ``tests/triton_compile.py`` can record the GPU launch configurations on a machine without a GPU."""
+    return device.type == "cuda"

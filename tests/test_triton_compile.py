@@ -1,0 +1,51 @@
+"""Every Triton kernel variant that the ops launch on a GPU compiles for sm_90 (see ``tests/triton_compile.py``).
+
+The interpreter tests never lower the kernels; this one does, without a GPU: the launches of a set of
+scenarios are recorded under the interpreter with the GPU tile choices, then compiled in a subprocess with
+``triton.compile`` for an H100 target. A compile failure fails the test; register spills are reported as
+warnings (the kernels with spills and their stack bytes), since they cost speed, not correctness.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import triton_compile  # noqa: E402
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the GPU tests compile and run every kernel")
+def test_every_kernel_variant_compiles_for_sm90(tmp_path):
+    pytest.importorskip("triton")
+    specs = triton_compile.capture()
+    kernels = {s["kernel"] for s in specs}
+    # the scenarios reach every kernel of every op (a new kernel that no scenario launches is not checked)
+    assert {"_fwd_causal_kernel", "_grads_kernel", "_decode_kernel", "_fwd_kernel", "_bwd_dkdv_kernel",
+            "_bwd_dq_kernel", "_aggregate_kernel", "_scan_fwd_kernel", "_scan_bwd_kernel", "_chunk_grads_kernel",
+            "_bidir_bwd_kernel", "_causal_out_kernel"} <= kernels, sorted(kernels)
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps(specs))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "triton_compile.py"), str(path), "--arch", "90",
+                           "--jobs", str(min(4, os.cpu_count() or 1))], capture_output=True, text=True, env=env,
+                          timeout=1500)
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(specs), proc.stderr[-3000:]
+    failed = [r for r in results if "error" in r]
+    assert not failed, "\n".join(f"{r['kernel']} {r['constexprs']}: {r['error'][-800:]}" for r in failed[:5])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(r.get("registers") for r in results)  # the resource usage was read for every variant
+    spills: dict = {}
+    for r in results:
+        if r.get("stack"):
+            spills[r["kernel"]] = max(spills.get(r["kernel"], 0), r["stack"])
+    if spills:
+        warnings.warn("Triton kernels that spill registers on sm_90 (max stack bytes per thread): "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(spills.items())))

@@ -1,0 +1,340 @@
+"""Compile every Triton kernel variant that flashts launches for a GPU target, on a machine without a GPU.
+
+The interpreter (``TRITON_INTERPRET=1``, how CI runs the Triton kernels) executes the kernels as Python: it never
+lowers them, so code that the interpreter accepts can still fail to compile for a GPU (a layout the backend
+cannot convert, a crash in a lowering pass, an op on a wrong type) or compile into a kernel that spills
+registers. Triton's compiler itself runs without a GPU (``triton.compile`` for ``GPUTarget("cuda", 90, 32)``,
+then ptxas, which ships with Triton), so this module does it in two steps:
+
+1. :func:`capture` (in a process running the interpreter, e.g. under pytest): calls the public ops with the
+   ``triton`` backend over a set of scenarios (every op, forward and backward, float32 and bfloat16, options,
+   states, packed sequences, decode, the alternative kernel modes), with ``flashts.ops._common.
+   compiles_for_gpu`` patched to True so the launchers choose their GPU tiles and constexprs, and with the
+   interpreter's launch replaced by a recorder: kernels are not executed (their outputs stay uninitialised),
+   each launch becomes a spec — kernel, argument types, constexpr values, num_warps, num_stages.
+2. ``python tests/triton_compile.py SPECS.json [--arch 90] [--jobs N]`` (a process WITHOUT the interpreter):
+   compiles each distinct spec with ``triton.compile`` for the target and reads registers, stack (spills) and
+   shared memory with ``cuobjdump -res-usage``; prints one JSON line per spec and exits 1 if any failed.
+
+``tests/test_triton_compile.py`` runs both; the two steps also work by hand, e.g. with another Triton version
+first on ``PYTHONPATH`` for step 2 (the H100 machine has Triton 3.6, CI has 3.9).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32",
+           "int64": "i64", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "u1"}
+
+
+# --------------------------------------------------------------------------------------------- step 1: capture
+
+def _is_constexpr(param: inspect.Parameter) -> bool:
+    ann = param.annotation
+    return ann is not inspect.Parameter.empty and "constexpr" in (ann if isinstance(ann, str) else repr(ann))
+
+
+def _spec(fn, args, kwargs) -> dict:
+    """One launch of the Python kernel function ``fn`` as a JSON-able spec."""
+    import torch
+    params = inspect.signature(fn).parameters
+    names = list(params)
+    values = dict(zip(names, args))
+    options = {}
+    for key, value in kwargs.items():
+        if key in LAUNCH_OPTIONS:
+            options[key] = value
+        else:
+            values[key] = value
+    for name, param in params.items():
+        if name not in values and param.default is not inspect.Parameter.empty:
+            values[name] = param.default
+    signature, constexprs, aligned = {}, {}, []
+    for name in names:
+        value = values[name]
+        if _is_constexpr(params[name]) or value is None:
+            if hasattr(value, "value"):  # tl.constexpr wrapper
+                value = value.value
+            constexprs[name] = value
+            signature[name] = "constexpr"
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + _DTYPES[str(value.dtype).split(".")[-1]]
+            aligned.append(name)  # real launches see 16-byte aligned allocations
+        elif isinstance(value, bool):
+            signature[name] = "u1"
+        elif isinstance(value, int):
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0 and value != 0:
+                aligned.append(name)  # what the launcher's specialisation would mark divisible by 16
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: argument {name} of unsupported type {type(value).__name__}")
+    return {"module": fn.__module__, "kernel": fn.__name__, "signature": signature, "constexprs": constexprs,
+            "aligned": aligned, "options": options}
+
+
+@contextlib.contextmanager
+def recording(specs: list):
+    """Inside: Triton launches are recorded into ``specs`` instead of run, and launchers pick GPU configurations."""
+    from triton.runtime import interpreter
+
+    from flashts.ops import _common
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise RuntimeError("capture() needs TRITON_INTERPRET=1 set before triton is imported")
+    original_run, original_gpu = interpreter.InterpretedFunction.run, _common.compiles_for_gpu
+
+    def run(self, *args, grid, warmup, **kwargs):
+        if not warmup:
+            specs.append(_spec(self.fn, args, kwargs))
+
+    interpreter.InterpretedFunction.run = run
+    _common.compiles_for_gpu = lambda device: True
+    try:
+        yield specs
+    finally:
+        interpreter.InterpretedFunction.run = original_run
+        _common.compiles_for_gpu = original_gpu
+
+
+@contextlib.contextmanager
+def _knob(module: str, name: str, value):
+    mod = importlib.import_module(module)
+    old = getattr(mod, name)
+    setattr(mod, name, value)
+    try:
+        yield
+    finally:
+        setattr(mod, name, old)
+
+
+def _scenarios():
+    """(label, knobs, thunk) triples; each thunk calls ops forward and backward with the triton backend."""
+    import torch
+
+    import flashts
+
+    def rnd(*shape, dtype):
+        return torch.randn(*shape, dtype=torch.float32).to(dtype).requires_grad_()
+
+    def backward(out):
+        outs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+        leaves = [t for t in outs if t.requires_grad]
+        torch.autograd.backward(leaves, [torch.ones_like(t) for t in leaves])
+
+    def flat(out):
+        items = []
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            items.extend(flat(t) if isinstance(t, (tuple, list)) else [t])
+        return items
+
+    def fb(fn):
+        def thunk():
+            backward(flat(fn()))
+        return thunk
+
+    cu = torch.tensor([0, 37, 37, 150], dtype=torch.int32)
+    out = []
+    for dt in (torch.bfloat16, torch.float32):
+        n = str(dt).split(".")[-1]
+        for D in (64, 128, 60):
+            def linear(D=D, dt=dt, causal=True, state=False, cu_seqlens=None, T=150, feature_map="elu",
+                       normalize=True, B=2, H=4, Hk=4):
+                q, k, v = rnd(B, T, H, D, dtype=dt), rnd(B, T, Hk, D, dtype=dt), rnd(B, T, Hk, D, dtype=dt)
+                N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+                st = (rnd(N, H, D, D, dtype=torch.float32), rnd(N, H, D, dtype=torch.float32)) if state else None
+                return flashts.linear_attention(q, k, v, causal=causal, feature_map=feature_map, normalize=normalize,
+                                                initial_state=st, output_final_state=True, cu_seqlens=cu_seqlens,
+                                                backend="triton")
+            out.append((f"linear causal {n} D={D}", {}, fb(linear)))
+            out.append((f"linear non-causal {n} D={D}", {}, fb(lambda linear=linear: linear(causal=False))))
+            for window in ((127, 0), (64, 64), (-1, -1), (-1, 0)):
+                def swa(D=D, dt=dt, window=window, cu_seqlens=None, B=2, H=4, Hk=4, T=300):
+                    q, k, v = rnd(B, T, H, D, dtype=dt), rnd(B, T, Hk, D, dtype=dt), rnd(B, T, Hk, D, dtype=dt)
+                    return flashts.sliding_window_attention(q, k, v, window=window, cu_seqlens=cu_seqlens,
+                                                            return_lse=True, backend="triton")
+                out.append((f"swa {window} {n} D={D}", {}, fb(swa)))
+        linear_cases = {
+            "relu, no normalizer, state": dict(feature_map="relu", normalize=False, state=True),
+            "identity, GQA": dict(feature_map="identity", H=4, Hk=2),
+            "packed, state": dict(cu_seqlens=cu, state=True, B=1),
+            "decode": dict(T=1, state=True),
+        }
+        for label, kw in linear_cases.items():
+            def linear_case(kw=kw, dt=dt):
+                B, H, Hk, T, D = kw.get("B", 2), kw.get("H", 4), kw.get("Hk", 4), kw.get("T", 150), 64
+                q, k, v = rnd(B, T, H, D, dtype=dt), rnd(B, T, Hk, D, dtype=dt), rnd(B, T, Hk, D, dtype=dt)
+                cs = kw.get("cu_seqlens")
+                N = B if cs is None else cs.numel() - 1
+                st = (rnd(N, H, D, D, dtype=torch.float32), rnd(N, H, D, dtype=torch.float32)) if kw.get("state") \
+                    else None
+                return flashts.linear_attention(q, k, v, feature_map=kw.get("feature_map", "elu"),
+                                                normalize=kw.get("normalize", True), initial_state=st,
+                                                output_final_state=True, cu_seqlens=cs, backend="triton")
+            out.append((f"linear {label} {n}", {}, fb(linear_case)))
+        out.append((f"linear two-pass forward {n}", {"flashts.kernels.linear_attention.FWD_MODE": "two_pass"},
+                    fb(lambda dt=dt: flashts.linear_attention(rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt),
+                                                              rnd(2, 150, 4, 64, dtype=dt), backend="triton"))))
+        if dt != torch.float32:
+            for D in (64, 128):
+                out.append((f"linear input-dtype operands {n} D={D}",
+                            {"flashts.kernels.linear_attention.HALF_DOT_OPERANDS": "input"},
+                            fb(lambda dt=dt, D=D: flashts.linear_attention(
+                                rnd(2, 150, 4, D, dtype=dt), rnd(2, 150, 4, D, dtype=dt), rnd(2, 150, 4, D, dtype=dt),
+                                backend="triton"))))
+        out.append((f"swa packed GQA {n}", {}, fb(lambda dt=dt: flashts.sliding_window_attention(
+            rnd(1, 150, 4, 64, dtype=dt), rnd(1, 150, 2, 64, dtype=dt), rnd(1, 150, 2, 64, dtype=dt), window=(31, 0),
+            cu_seqlens=cu, backend="triton"))))
+        for mode in ("train", "infer"):
+            for L, S in ((96, 96), (97, 60)):
+                out.append((f"autocorr {mode} L={L} S={S} {n}", {}, fb(lambda dt=dt, mode=mode, L=L, S=S:
+                            flashts.auto_correlation(rnd(2, L, 4, 64, dtype=dt), rnd(2, S, 4, 64, dtype=dt),
+                                                     rnd(2, S, 4, 48, dtype=dt), mode=mode, backend="triton"))))
+        for scan_mode in ("one_pass", "chunked"):
+            knobs = {"flashts.kernels.prefix_scan.SCAN_MODE": scan_mode}
+            for qshape in ((4, 64), (2, 4, 64)):
+                def aaren(dt=dt, qshape=qshape, state=False, cu_seqlens=None, T=150, B=2):
+                    q, k, v = rnd(*qshape, dtype=dt), rnd(B, T, 4, 64, dtype=dt), rnd(B, T, 4, 64, dtype=dt)
+                    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+                    st = (torch.randn(N, 4), torch.rand(N, 4) + 0.5, torch.randn(N, 4, 64)) if state else None
+                    return flashts.aaren_attention(q, k, v, initial_state=st, output_final_state=True,
+                                                   cu_seqlens=cu_seqlens, backend="triton")
+                out.append((f"aaren {scan_mode} q{list(qshape)} {n}", knobs, fb(aaren)))
+            out.append((f"aaren {scan_mode} packed, state {n}", knobs,
+                        fb(lambda dt=dt: flashts.aaren_attention(
+                            rnd(4, 64, dtype=dt), rnd(1, 150, 4, 64, dtype=dt), rnd(1, 150, 4, 64, dtype=dt),
+                            initial_state=(torch.randn(3, 4), torch.rand(3, 4) + 0.5, torch.randn(3, 4, 64)),
+                            output_final_state=True, cu_seqlens=cu, backend="triton"))))
+            for L in (64, 5):
+                def latte(dt=dt, L=L, causal=True, state=False, cu_seqlens=None, T=150, B=2):
+                    q, k, v = rnd(B, T, 4, L, dtype=dt), rnd(B, T, 4, L, dtype=dt), rnd(B, T, 4, 64, dtype=dt)
+                    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+                    st = (torch.randn(N, 4, L), torch.rand(N, 4, L) + 0.5, torch.randn(N, 4, L, 64)) if state else None
+                    return flashts.latte_attention(q, k, v, causal=causal, initial_state=st,
+                                                   output_final_state=causal, cu_seqlens=cu_seqlens, backend="triton")
+                out.append((f"latte causal {scan_mode} L={L} {n}", knobs, fb(latte)))
+                out.append((f"latte causal {scan_mode} L={L} state packed {n}", knobs,
+                            fb(lambda latte=latte: latte(state=True, cu_seqlens=cu, B=1))))
+            out.append((f"latte bidirectional {n}", {}, fb(lambda dt=dt: flashts.latte_attention(
+                rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt), causal=False,
+                backend="triton"))))
+        out.append((f"aaren decode {n}", {}, fb(lambda dt=dt: flashts.aaren_attention(
+            rnd(4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt),
+            initial_state=(torch.randn(2, 4), torch.rand(2, 4) + 0.5, torch.randn(2, 4, 64)), output_final_state=True,
+            backend="triton"))))
+        out.append((f"latte decode {n}", {}, fb(lambda dt=dt: flashts.latte_attention(
+            rnd(2, 1, 4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt),
+            initial_state=(torch.randn(2, 4, 64), torch.rand(2, 4, 64) + 0.5, torch.randn(2, 4, 64, 64)),
+            output_final_state=True, backend="triton"))))
+    return out
+
+
+def capture(verbose: bool = False) -> list[dict]:
+    """Distinct GPU launch specs of every scenario (see the module doc)."""
+    specs: list = []
+    errors = []
+    with recording(specs):
+        for label, knobs, thunk in _scenarios():
+            with contextlib.ExitStack() as stack:
+                for path, value in knobs.items():
+                    module, name = path.rsplit(".", 1)
+                    stack.enter_context(_knob(module, name, value))
+                before = len(specs)
+                try:
+                    thunk()
+                except Exception as e:  # a launcher that fails on the host side is a failure too
+                    errors.append(f"{label}: {type(e).__name__}: {e}")
+                if verbose:
+                    print(f"[capture] {label}: {len(specs) - before} launches", file=sys.stderr)
+    if errors:
+        raise RuntimeError("capture failed:\n" + "\n".join(errors))
+    unique, seen = [], set()
+    for s in specs:
+        key = json.dumps(s, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    return unique
+
+
+# --------------------------------------------------------------------------------------------- step 2: compile
+
+def _resources(cubin: bytes) -> dict:
+    from triton.backends.nvidia import compiler as nv  # noqa: F401  (ships cuobjdump next to ptxas)
+    tool = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)", text)
+    return {"registers": int(m.group(1)), "stack": int(m.group(2)), "shared": int(m.group(3))} if m else {}
+
+
+def compile_spec(spec: dict, arch: int) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    names = list(spec["signature"])
+    constexprs = {(names.index(n),): v for n, v in spec["constexprs"].items()}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in spec["aligned"]}
+    src = ASTSource(fn=kernel, signature=spec["signature"], constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(spec["options"]))
+    out = {"kernel": spec["kernel"], "options": spec["options"]}
+    out.update(_resources(compiled.asm["cubin"]))
+    out["metadata_shared"] = compiled.metadata.shared
+    return out
+
+
+def _compile_one(job):
+    spec, arch = job
+    try:
+        return compile_spec(spec, arch)
+    except Exception as e:
+        return {"kernel": spec["kernel"], "options": spec["options"], "constexprs": spec["constexprs"],
+                "error": f"{type(e).__name__}: {str(e)[-2000:]}"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("specs", help="JSON list written by capture()")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100, 80: A100)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET for the compile step", file=sys.stderr)
+        return 2
+    with open(args.specs) as f:
+        specs = json.load(f)
+    jobs = [(s, args.arch) for s in specs]
+    if args.jobs > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            results = pool.map(_compile_one, jobs, chunksize=1)
+    else:
+        results = [_compile_one(j) for j in jobs]
+    failed = 0
+    for r in results:
+        failed += "error" in r
+        print(json.dumps(r, sort_keys=True))
+    import triton
+    print(f"# triton {triton.__version__}, sm_{args.arch}: {len(results)} kernel variants, {failed} failed, "
+          f"{sum(1 for r in results if r.get('stack'))} with spills", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
