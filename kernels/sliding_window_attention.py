@@ -55,7 +55,8 @@ were chosen by compiling every kernel for sm_90 and sm_80 with Triton 3.9 and re
 (strides multiples of 16): no spills on sm_90 except ≤ 32 bytes in three float32 kernels, ≤ 120 bytes in a few
 sm_80 kernels. float16/bfloat16: forward 128 × 64 (64-row blocks when the window spans
 ≤ 256 keys, where a 128-row block would score ~128 masked keys per row; 64 × 32 at head dim 256), dK/dV
-64 keys × 64 queries (× 16 at head dim 128), dQ 64 × 64 (64 × 32, 32 × 32 for 128, 256); 4 warps up to head
+128 keys × 32 queries at head dim 64 (re-chosen with Triton 3.6, the H100's: see ``_HALF_TILES``), 64 × 64 at
+32, 64 × 16 at 128, dQ 64 × 64 (64 × 32, 32 × 32 for 128, 256); 4 warps up to head
 dim 64, else 8; 3 stages (2 at 256). float32 ("ieee" FMA products keep whole operand tiles in registers):
 tiles of 16–64 rows, mostly 8 warps, 2 stages. A launch that still runs out of shared memory retries with
 fewer stages, then smaller tiles. Under the interpreter all tiles are 64 (``BLOCKS`` overrides everything,
@@ -530,7 +531,10 @@ class _Tiles:
 # float32 uses FMA ("ieee") products, which hold whole operand tiles in registers: smaller tiles, more warps.
 _HALF_TILES = {
     "fwd": {32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
-    "dkdv": {32: (64, 64, 4, 3), 64: (64, 64, 8, 3), 128: (64, 16, 8, 3), 256: (32, 16, 8, 2)},
+    # head dim 64: 128 keys × 32 queries, 2 stages. 64 × 64 × 3 stages (used on the H100 on 2026-11-23, backward
+    # 0.80× FlexAttention's) spills 864 bytes per thread with Triton 3.6 on sm_90; this one spills nothing with
+    # Triton 3.6 or 3.9 (tests/triton_compile.py). Chosen by compiling, not yet timed.
+    "dkdv": {32: (64, 64, 4, 3), 64: (128, 32, 8, 2), 128: (64, 16, 8, 3), 256: (32, 16, 8, 2)},
     "dq": {32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 32, 8, 3), 256: (32, 32, 8, 2)},
 }
 _FP32_TILES = {
