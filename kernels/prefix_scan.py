@@ -103,7 +103,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+import warnings
+
 from flashts.kernels.linear_attention import _chunk_of_slot
+from flashts.ops import _common
 from flashts.ops._common import new_empty
 
 # Time steps per chunk (a power of two ≥ 16: the [C, C] tl.dot products; the tests pin it to 16).
@@ -1133,8 +1136,22 @@ def _aaren_q(q: Tensor, k: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     return q, ((0 if q.dim() == 2 else q.stride(0)), 0, q.stride(-2))
 
 
+_AAREN_GPU_WARNED: list = []
+
+
+def _warn_unverified_aaren(device: torch.device) -> None:
+    """Once per process on a GPU: the Aaren kernels as they are now have not run on a GPU yet (see the note)."""
+    if _common.compiles_for_gpu(device) and not _AAREN_GPU_WARNED:
+        _AAREN_GPU_WARNED.append(True)
+        warnings.warn("flashts: the Triton Aaren kernels failed on an H100 with Triton 3.6 (2026-11-23) and their fix "
+                      "(AAREN_LATENT_BLOCK = 16) has not been run on a GPU yet; backend='auto' uses the CUDA backend "
+                      "for Aaren until it has. Check results against backend='torch' before relying on them.",
+                      RuntimeWarning, stacklevel=3)
+
+
 def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
     """-> (o [B, T, H, Dv] in k.dtype, m_T [N, H], u_T [N, H], w_T [N, H, Dv]) (float32 states)."""
+    _warn_unverified_aaren(k.device)
     B, T, H, D = k.shape
     cfg = _Config(k, v, 1, D, cu_seqlens, aaren=True)
     N, Dv = cfg.N, cfg.Dv

@@ -533,3 +533,16 @@ def test_aaren_latent_block_1_layout(monkeypatch, T):
     q, k, v = aaren_inputs(2, T, 2, 5, 7, q_batched=True)
     check_against_reference(AAREN, BE, (q, k, v), dict(initial_state=make_state("finite", (2, 2), 7),
                                                         output_final_state=True), dtype=F32, **SKIP_MAX)
+
+
+def test_aaren_gpu_launch_warns_once_until_verified(monkeypatch):
+    """The Aaren Triton kernels' fix has not run on a GPU: a GPU launch says so, once per process."""
+    from flashts.kernels import prefix_scan as kernels
+    monkeypatch.setattr(kernels, "_AAREN_GPU_WARNED", [])
+    with pytest.warns(RuntimeWarning, match="not been run on a GPU"):
+        kernels._warn_unverified_aaren(torch.device("cuda"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels._warn_unverified_aaren(torch.device("cuda"))  # second time: silent
+        kernels._warn_unverified_aaren(torch.device("cpu"))   # the interpreter: silent

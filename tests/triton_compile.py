@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 _DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32",
@@ -243,7 +244,8 @@ def capture(verbose: bool = False) -> list[dict]:
     """Distinct GPU launch specs of every scenario (see the module doc)."""
     specs: list = []
     errors = []
-    with recording(specs):
+    with recording(specs), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. the unverified-on-GPU warning of the Aaren kernels
         for label, knobs, thunk in _scenarios():
             with contextlib.ExitStack() as stack:
                 for path, value in knobs.items():
