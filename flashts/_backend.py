@@ -15,7 +15,6 @@ Which backends implement which op is declared by the op modules through
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 
@@ -51,17 +50,16 @@ def implemented(op: str) -> tuple[str, ...]:
     return tuple(_IMPLS.get(op, {}))
 
 
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
+def _getenv(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _probe_triton() -> bool:
     try:
         import triton  # noqa: F401
     except Exception:  # pragma: no cover - depends on the machine
         return False
     return True
-
-
-def _getenv(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 def _probe_cuda_ext() -> bool:
@@ -78,12 +76,21 @@ def _probe_cuda_ext() -> bool:
 _assume_constant = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
 if _assume_constant is not None:
     _probe_cuda_ext = _assume_constant(_probe_cuda_ext)
+    _probe_triton = _assume_constant(_probe_triton)
     _getenv = _assume_constant(_getenv)
 
 
 def triton_interpreter() -> bool:
     return _getenv("TRITON_INTERPRET", "0") not in ("", "0")
 _CUDA_EXT: list = []
+_TRITON: list = []
+
+
+def triton_available() -> bool:
+    """Whether ``triton`` imports (probed once)."""
+    if not _TRITON:
+        _TRITON.append(_probe_triton())
+    return _TRITON[0]
 
 
 def cuda_ext_available() -> bool:
