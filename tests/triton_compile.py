@@ -108,17 +108,6 @@ def recording(specs: list):
         _common.compiles_for_gpu = original_gpu
 
 
-@contextlib.contextmanager
-def _knob(module: str, name: str, value):
-    mod = importlib.import_module(module)
-    old = getattr(mod, name)
-    setattr(mod, name, value)
-    try:
-        yield
-    finally:
-        setattr(mod, name, old)
-
-
 def _scenarios():
     """(label, knobs, thunk) triples; each thunk calls ops forward and backward with the triton backend."""
     import torch
@@ -242,6 +231,7 @@ def _scenarios():
 
 def capture(verbose: bool = False) -> list[dict]:
     """Distinct GPU launch specs of every scenario (see the module doc)."""
+    from bench.tune import knobs as set_knobs  # the knob setter of the tuning tool (restores on exit)
     specs: list = []
     errors = []
     with recording(specs), warnings.catch_warnings():
@@ -250,7 +240,7 @@ def capture(verbose: bool = False) -> list[dict]:
             with contextlib.ExitStack() as stack:
                 for path, value in knobs.items():
                     module, name = path.rsplit(".", 1)
-                    stack.enter_context(_knob(module, name, value))
+                    stack.enter_context(set_knobs(importlib.import_module(module), {name: value}, None, None))
                 before = len(specs)
                 try:
                     thunk()
