@@ -49,7 +49,10 @@ def tensor(name: str, x, ranks: tuple[int, ...], dims: str) -> torch.Tensor:
 
 
 def same(what: str, names: tuple[str, ...], values: tuple[int, ...]) -> None:
-    if len(set(values)) > 1:
+    # pairwise ``!=`` rather than a set: hashing symbolic sizes under torch.compile(dynamic=True) would
+    # specialise every shape (one graph per T); comparisons become symbolic guards (s0 == s1) instead
+    first = values[0]
+    if any(v != first for v in values[1:]):
         got = ", ".join(f"{n}={v}" for n, v in zip(names, values))
         raise ValueError(f"{what} must match: got {got}")
 
@@ -87,9 +90,18 @@ def flag(name: str, value) -> bool:
 def real(name: str, value, *, allow_none=False, positive_only=False, nonneg=False):
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+    symbolic = isinstance(value, (torch.SymFloat, torch.SymInt))
+    if isinstance(value, bool) or not (symbolic or isinstance(value, numbers.Real)):
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    value = float(value)
+    if _compiling() or symbolic:
+        # torch.compile(dynamic=True) may trace a float as a symbol: math.isfinite/float() cannot take it, but
+        # comparisons can (they become guards, so one graph serves every value of T)
+        if value != value or value == math.inf or value == -math.inf:
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    else:
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        value = float(value)
     if positive_only and value <= 0:
         raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     if nonneg and value < 0:
@@ -117,15 +129,21 @@ def cu_seqlens(cu, B: int, T: int, device: torch.device) -> int:
         raise ValueError(f"cu_seqlens: expected it on {device} like q, got {cu.device}")
     if B != 1:
         raise ValueError(f"cu_seqlens: packed sequences need batch size 1, got B={B}")
-    if not _compiling():  # reading values syncs the device; under torch.compile they are trusted
-        vals = cu.tolist()
-        if vals[0] != 0:
-            raise ValueError(f"cu_seqlens: expected cu_seqlens[0] == 0, got {vals[0]}")
-        if any(b < a for a, b in zip(vals, vals[1:])):
-            raise ValueError(f"cu_seqlens: expected non-decreasing offsets, got {vals}")
-        if vals[-1] != T:
-            raise ValueError(f"cu_seqlens: expected cu_seqlens[-1] == T == {T}, got {vals[-1]}")
+    if not _compiling() and cu.device.type != "meta":
+        # reading values syncs the device; under torch.compile the custom ops check them when they run
+        # (flashts.ops._common.packed_offsets), and on a GPU they launch on a sanitised copy either way
+        cu_seqlens_values(cu.tolist(), T)
     return cu.numel() - 1
+
+
+def cu_seqlens_values(vals: list, T: int) -> None:
+    """The value checks of packed offsets (``vals`` = ``cu_seqlens.tolist()``), shared by eager and compiled calls."""
+    if vals[0] != 0:
+        raise ValueError(f"cu_seqlens: expected cu_seqlens[0] == 0, got {vals[0]}")
+    if any(b < a for a, b in zip(vals, vals[1:])):
+        raise ValueError(f"cu_seqlens: expected non-decreasing offsets, got {vals}")
+    if vals[-1] != T:
+        raise ValueError(f"cu_seqlens: expected cu_seqlens[-1] == T == {T}, got {vals[-1]}")
 
 
 def state(name: str, state, n_parts: int, shapes: tuple[tuple[int, ...], ...], labels: tuple[str, ...],
@@ -168,7 +186,7 @@ def check_linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_st
     same("time lengths of q, k, v", ("q", "k", "v"), (T, k.shape[1], v.shape[1]))
     same("head dims of q and k", ("q", "k"), (D, k.shape[3]))
     same("kv heads of k and v", ("k", "v"), (Hk, v.shape[2]))
-    for n, s in (("T", T), ("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
+    for n, s in (("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
         positive(n, s)
     if H % Hk:
         raise ValueError(f"k, v: query heads H={H} must be a multiple of kv heads Hk={Hk}")
@@ -212,7 +230,7 @@ def check_sliding_window(q, k, v, window, scale, cu, return_lse):
     same("time lengths of q, k, v (self-attention)", ("q", "k", "v"), (T, k.shape[1], v.shape[1]))
     same("head dims of q and k", ("q", "k"), (D, k.shape[3]))
     same("kv heads of k and v", ("k", "v"), (Hk, v.shape[2]))
-    for n, s in (("T", T), ("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
+    for n, s in (("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
         positive(n, s)
     if H % Hk:
         raise ValueError(f"k, v: query heads H={H} must be a multiple of kv heads Hk={Hk}")
@@ -226,7 +244,9 @@ def check_sliding_window(q, k, v, window, scale, cu, return_lse):
 
 
 def autocorr_topk(L: int, factor: float) -> int:
-    """K = min(L, max(1, int(factor * ln L))) delays (SPEC §3 step 4)."""
+    """K = min(L, max(1, int(factor * ln L))) delays (SPEC §3 step 4); 0 for L = 0."""
+    if L == 0:
+        return 0
     return min(L, max(1, int(factor * math.log(L))))
 
 
@@ -242,12 +262,16 @@ def check_auto_correlation(q, k, v, factor, mode, return_delays):
     same("heads of q, k, v", ("q", "k", "v"), (H, k.shape[2], v.shape[2]))
     same("channels of q and k", ("q", "k"), (E, k.shape[3]))
     same("time lengths of k and v", ("k", "v"), (S, v.shape[1]))
-    for n, s in (("B", B), ("L", L), ("S", S), ("H", H), ("E", E), ("D", D)):
+    for n, s in (("H", H), ("E", E), ("D", D)):
         positive(n, s)
+    if L != 0:  # L = 0 (and B = 0) give empty results; keys are needed for a non-empty query
+        positive("S", S)
     factor = real("factor", factor, positive_only=True)
     choice("mode", mode, AUTOCORR_MODES)
     flag("return_delays", return_delays)
-    return Checked(B=B, L=L, S=S, H=H, E=E, D=D, factor=factor, top_k=autocorr_topk(L, factor), device=dev)
+    # K is derived from L and factor where the op runs (flashts.ops.auto_correlation): int(factor·ln L) of a
+    # symbolic L would specialise the graph to every L under torch.compile(dynamic=True)
+    return Checked(B=B, L=L, S=S, H=H, E=E, D=D, factor=factor, device=dev)
 
 
 def check_aaren(q, k, v, scale, initial_state, output_final_state, cu):
@@ -266,7 +290,7 @@ def check_aaren(q, k, v, scale, initial_state, output_final_state, cu):
     same("head dims of q and k", ("q", "k"), (qD, D))
     if q.dim() == 3:
         same("batch sizes of q and k", ("q", "k"), (q.shape[0], B))
-    for n, s in (("T", T), ("H", H), ("D", D), ("Dv", Dv)):
+    for n, s in (("H", H), ("D", D), ("Dv", Dv)):
         positive(n, s)
     scale = real("scale", scale, allow_none=True)
     if scale is None:
@@ -291,7 +315,7 @@ def check_latte(q, k, v, causal, initial_state, output_final_state, cu):
     same("time lengths of q, k, v", ("q", "k", "v"), (T, k.shape[1], v.shape[1]))
     same("heads of q, k, v", ("q", "k", "v"), (H, k.shape[2], v.shape[2]))
     same("latents of q and k", ("q", "k"), (L, k.shape[3]))
-    for n, s in (("T", T), ("H", H), ("L", L), ("Dv", Dv)):
+    for n, s in (("H", H), ("L", L), ("Dv", Dv)):
         positive(n, s)
     flag("causal", causal)
     flag("output_final_state", output_final_state)

@@ -1,4 +1,5 @@
-"""Small helpers shared by the op modules (autocast, optional tensors, poisoned allocation)."""
+"""Small helpers shared by the op modules (autocast, optional tensors, poisoned allocation, the guards every
+custom op applies whatever the backend: checked and sanitised packed offsets, contiguous results)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,10 +13,14 @@ _EMPTY_SHAPE = (0,)
 def autocast_dtype(device: torch.device):
     """The autocast dtype active for ``device``'s type, or None when autocast is off there."""
     dev = device.type
+    if dev == "meta":  # meta tensors go straight to the fake implementations (shapes only)
+        return None
     try:
         enabled = torch.is_autocast_enabled(dev)
     except TypeError:  # torch < 2.4: no device argument
         enabled = torch.is_autocast_cpu_enabled() if dev == "cpu" else torch.is_autocast_enabled()
+    except RuntimeError:  # a device type autocast does not know
+        return None
     if not enabled:
         return None
     try:
@@ -73,3 +78,41 @@ def compiles_for_gpu(device: torch.device) -> bool:
     interpreter, which gets its own tiles and bf16 workarounds). The kernel modules ask through this function
     so that ``tests/triton_compile.py`` can record the GPU launch configurations on a machine without a GPU."""
     return device.type == "cuda"
+
+
+def contiguous(*tensors):
+    """What a custom op returns: each tensor contiguous, as its fake promises (``new_empty``), whatever strides
+    the backend produced (e.g. gradients straight out of ``irfft`` or a transpose). Inductor checks the strides
+    the fake promised; a mismatch fails the compiled backward."""
+    return tuple(t.contiguous() for t in tensors)
+
+
+def sanitise_offsets(cu: torch.Tensor, T: int) -> torch.Tensor:
+    """A copy of ``cu_seqlens`` that every kernel can use safely whatever the values: clamped to [0, T], made
+    non-decreasing, first entry 0 and last T. Every packed index a kernel derives from it then lies inside the
+    real tensors (a valid packing is returned unchanged)."""
+    c = torch.cummax(cu.clamp(0, T), dim=0).values
+    ends = cu.new_tensor([0, T])
+    return torch.cat([ends[:1], c[1:-1], ends[1:]]) if cu.numel() > 1 else ends[:1]
+
+
+def packed_offsets(cu, T: int):
+    """``cu_seqlens`` as a custom op hands it to a backend, eager or compiled (where validation cannot read values
+    without a device sync). On CPU the values are checked (the same ``ValueError`` as the eager validation). On a
+    GPU an asynchronous device-side assert fails loudly on invalid offsets, and the kernels run on the
+    sanitised copy meanwhile, so they never read or write outside their buffers."""
+    if cu is None:
+        return None
+    if cu.device.type == "cpu":
+        from .. import _validate
+
+        _validate.cu_seqlens_values(cu.tolist(), T)
+        return cu
+    bad = (cu[0] != 0) | (cu[-1] != T) | (cu[1:] < cu[:-1]).any()
+    torch._assert_async(~bad, "flashts: invalid cu_seqlens (expected 0 = cu[0] <= cu[1] <= ... <= cu[-1] = T)")
+    return sanitise_offsets(cu, T)
+
+
+def empty_batch(x: torch.Tensor) -> bool:
+    """B == 0 or T == 0 (dims 0 and 1 of ``[B, T, ...]``): the ops return empty results without a launch."""
+    return x.shape[0] == 0 or x.shape[1] == 0

@@ -7,7 +7,9 @@ Backends implement, in the module registered for them::
     auto_correlation_bwd(do, dweights, q, k, v, delays, weights, top_k, mode)
         -> (dq, dk, dv)                  # dweights may be None; delays carry no gradient
 
-``top_k`` = K = min(L, max(1, int(factor · ln L))), computed by the validation. All returned tensors are new.
+``top_k`` = K = min(L, max(1, int(factor · ln L))), computed where the custom op runs (under
+``torch.compile(dynamic=True)`` the fake gives K a size of its own, so one graph serves every L).
+All returned tensors are new.
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
-from ._common import cast_for_autocast, no_autocast, state_dtype
+from ._common import cast_for_autocast, contiguous, empty_batch, no_autocast, state_dtype
 
 OP = "auto_correlation"
 _backend.register(OP, "torch", "flashts.torch_ops.auto_correlation")
@@ -26,35 +28,47 @@ _backend.register(OP, "triton", "flashts.kernels.auto_correlation", gpu_rank=1)
 
 
 @torch.library.custom_op("flashts::auto_correlation_fwd", mutates_args=())
-def _fwd(q: Tensor, k: Tensor, v: Tensor, top_k: int, mode: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def _fwd(q: Tensor, k: Tensor, v: Tensor, factor: float, mode: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    top_k = _validate.autocorr_topk(q.shape[1], factor)
+    if empty_batch(q):  # B == 0 or L == 0: no launch
+        B, L, H, _ = q.shape
+        return (q.new_zeros((B, L, H, v.shape[-1])), q.new_zeros((B, top_k), dtype=torch.int64),
+                q.new_zeros((B, top_k), dtype=state_dtype(q.dtype)))
     impl = _backend.module_for(OP, backend)
     with no_autocast(q.device):
-        return impl.auto_correlation_fwd(q, k, v, top_k, mode)
+        return contiguous(*impl.auto_correlation_fwd(q, k, v, top_k, mode))
 
 
 @_fwd.register_fake
-def _fwd_fake(q, k, v, top_k, mode, backend):
+def _fwd_fake(q, k, v, factor, mode, backend):
     B, L, H, _ = q.shape
+    if isinstance(L, int) and isinstance(factor, float):
+        top_k = _validate.autocorr_topk(L, factor)
+    else:  # symbolic L (dynamic shapes): K = int(factor·ln L) is no polynomial in L; give it its own size
+        top_k = torch.library.get_ctx().new_dynamic_size()
     return (q.new_empty((B, L, H, v.shape[-1])), q.new_empty((B, top_k), dtype=torch.int64),
             q.new_empty((B, top_k), dtype=state_dtype(q.dtype)))
 
 
 @torch.library.custom_op("flashts::auto_correlation_bwd", mutates_args=())
 def _bwd(do: Tensor, dweights: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, delays: Tensor, weights: Tensor,
-         top_k: int, mode: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+         mode: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    if empty_batch(q):
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
     impl = _backend.module_for(OP, backend)
     with no_autocast(q.device):
-        return impl.auto_correlation_bwd(do, dweights, q, k, v, delays, weights, top_k, mode)
+        return contiguous(*impl.auto_correlation_bwd(do, dweights, q, k, v, delays, weights, delays.shape[1],
+                                                     mode))
 
 
 @_bwd.register_fake
 def _bwd_fake(do, dweights, q, k, v, *args):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output):
     q, k, v = inputs[:3]
-    ctx.params = inputs[3:]
+    ctx.params = inputs[4:]  # (mode, backend); factor is not needed: K = delays.shape[1]
     ctx.save_for_backward(q, k, v, output[1], output[2])
     ctx.mark_non_differentiable(output[1])
 
@@ -89,5 +103,5 @@ def auto_correlation(q, k, v, *, factor=1.0, mode="train", return_delays=False, 
     q, k, v = cast_for_autocast(q, k, v)
     be = _backend.resolve(OP, backend, a.device, q.dtype)
     _validate.backend_dtype(OP, be, q.dtype)
-    o, delays, weights = _fwd(q, k, v, a.top_k, mode, be)
+    o, delays, weights = _fwd(q, k, v, a.factor, mode, be)
     return (o, (delays, weights)) if return_delays else o

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
-from ._common import cast_for_autocast, no_autocast, opt, state_dtype, unopt
+from ._common import cast_for_autocast, contiguous, empty_batch, no_autocast, opt, packed_offsets, state_dtype, unopt
 
 OP = "linear_attention"
 _backend.register(OP, "torch", "flashts.torch_ops.linear")
@@ -29,9 +29,18 @@ _backend.register(OP, "cuda", "flashts.cuda_ops.linear", gpu_rank=2)
 def _fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], z0: Optional[Tensor], cu_seqlens: Optional[Tensor],
          causal: bool, feature_map: str, normalize: bool, scale: float, eps: float,
          backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
+    if empty_batch(q):  # B == 0 or T == 0: no launch; final states = initial states (zeros without)
+        B, T, H, D = q.shape
+        N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        sd = state_dtype(q.dtype)
+        S = S0.to(sd, copy=True) if S0 is not None else q.new_zeros((N, H, D, v.shape[-1]), dtype=sd)
+        z = z0.to(sd, copy=True) if z0 is not None else q.new_zeros((N, H, D), dtype=sd)
+        return q.new_zeros((B, T, H, v.shape[-1])), S, z
     impl = _backend.module_for(OP, backend)
     with no_autocast(q.device):
-        return impl.linear_attention_fwd(q, k, v, S0, z0, cu_seqlens, causal, feature_map, normalize, scale, eps)
+        return contiguous(*impl.linear_attention_fwd(q, k, v, S0, z0, cu_seqlens, causal, feature_map, normalize,
+                                                     scale, eps))
 
 
 @_fwd.register_fake
@@ -47,18 +56,25 @@ def _fwd_fake(q, k, v, S0, z0, cu_seqlens, causal, feature_map, normalize, scale
 def _bwd(do: Tensor, dS: Optional[Tensor], dz: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, o: Tensor,
          S0: Optional[Tensor], z0: Optional[Tensor], cu_seqlens: Optional[Tensor], causal: bool, feature_map: str,
          normalize: bool, scale: float, eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
+    if empty_batch(q):  # the final states are the initial ones: their gradients pass straight through
+        dS0 = dz0 = None
+        if S0 is not None:
+            dS0 = dS.to(S0.dtype, copy=True) if dS is not None else torch.zeros_like(S0)
+            dz0 = dz.to(z0.dtype, copy=True) if dz is not None else torch.zeros_like(z0)
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape), opt(dS0, q), opt(dz0, q)
     impl = _backend.module_for(OP, backend)
     with no_autocast(q.device):
         dq, dk, dv, dS0, dz0 = impl.linear_attention_bwd(do, dS, dz, q, k, v, o, S0, z0, cu_seqlens, causal,
                                                          feature_map, normalize, scale, eps)
-    return dq, dk, dv, opt(dS0, q), opt(dz0, q)
+    return contiguous(dq, dk, dv, opt(dS0, q), opt(dz0, q))
 
 
 @_bwd.register_fake
 def _bwd_fake(do, dS, dz, q, k, v, o, S0, z0, *args):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-            torch.empty_like(S0) if S0 is not None else q.new_empty((0,)),
-            torch.empty_like(z0) if z0 is not None else q.new_empty((0,)))
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            S0.new_empty(S0.shape) if S0 is not None else q.new_empty((0,)),
+            z0.new_empty(z0.shape) if z0 is not None else q.new_empty((0,)))
 
 
 def _setup(ctx, inputs, output):

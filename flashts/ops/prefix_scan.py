@@ -12,8 +12,10 @@ registered for them::
     latte_attention_bwd(do, da_T, dS_T, q, k, v, o, m0, a0, S0, cu_seqlens, causal)
         -> (dq, dk, dv, da0, dS0)
 
-States are float32 (float64 for float64 inputs). Maxima carry no gradient: the state (m, u, w) stands for
-(u·e^m, w·e^m), so gradients of u and w are taken with m held fixed and chained gradients stay exact.
+States are float32 (float64 for float64 inputs). The backends take gradients of u and w with m held fixed: the
+state (m, u, w) stands for (u·e^m, w·e^m), so chained gradients stay exact, and the gradient of a user-given
+running max follows from them here (ops layer, every backend): dm0 = u0·du0 + Σ_d w0·dw0 (Aaren), per latent
+dm0 = α0·dα0 + Σ_d S0·dS0 (Latte). The final maxima are non-differentiable outputs.
 All returned tensors are new.
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
@@ -24,7 +26,8 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
-from ._common import cast_for_autocast, no_autocast, opt, state_dtype, unopt
+from ._common import (cast_for_autocast, contiguous, empty_batch, no_autocast, opt, packed_offsets, state_dtype,
+                      unopt)
 
 AAREN = "aaren_attention"
 LATTE = "latte_attention"
@@ -40,14 +43,48 @@ _backend.register(AAREN, "triton", "flashts.kernels.prefix_scan", gpu_rank=2)
 _backend.register(LATTE, "triton", "flashts.kernels.prefix_scan", gpu_rank=1)
 
 
+# ----------------------------------------------------------------------------------------------- shared
+
+def _pass_state(state0, lead: tuple, Dv: int, ref: Tensor):
+    """Final state of an empty run: the initial state (copied), or the identity (−∞, 0, 0) without one."""
+    sd = state_dtype(ref.dtype)
+    m0, u0, w0 = state0
+    if m0 is not None:
+        return m0.to(sd, copy=True), u0.to(sd, copy=True), w0.to(sd, copy=True)
+    return (ref.new_full(lead, float("-inf"), dtype=sd), ref.new_zeros(lead, dtype=sd),
+            ref.new_zeros(lead + (Dv,), dtype=sd))
+
+
+def _pass_grads(du, dw, u0, w0, ref):
+    """Gradients of the initial state of an empty run: those of the final state, passed through."""
+    if u0 is None:
+        return ref.new_empty((0,)), ref.new_empty((0,))
+    du0 = du.to(u0.dtype, copy=True) if du is not None else u0.new_zeros(u0.shape)
+    dw0 = dw.to(w0.dtype, copy=True) if dw is not None else w0.new_zeros(w0.shape)
+    return du0, dw0
+
+
+def _running_max_grad(u0, du0, w0, dw0):
+    """Exact gradient of a user-given running max m0: the output depends on (m0, u0, w0) only through
+    (u0·e^{m0}, w0·e^{m0}), so dL/dm0 = u0·dL/du0 + Σ_d w0·dL/dw0 (None without a state)."""
+    if u0 is None or du0 is None:
+        return None
+    return u0 * du0 + (w0 * dw0).sum(-1)
+
+
 # ----------------------------------------------------------------------------------------------- Aaren
 
 @torch.library.custom_op("flashts::aaren_attention_fwd", mutates_args=())
 def _aaren_fwd(q: Tensor, k: Tensor, v: Tensor, m0: Optional[Tensor], u0: Optional[Tensor], w0: Optional[Tensor],
                cu_seqlens: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, k.shape[1])
+    if empty_batch(k):  # B == 0 or T == 0: no launch; final state = initial state (the identity without)
+        B, T, H, _ = k.shape
+        N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        return (k.new_zeros((B, T, H, v.shape[-1])),) + _pass_state((m0, u0, w0), (N, H), v.shape[-1], k)
     impl = _backend.module_for(AAREN, backend)
     with no_autocast(k.device):
-        return impl.aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale)
+        return contiguous(*impl.aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale))
 
 
 @_aaren_fwd.register_fake
@@ -64,17 +101,20 @@ def _aaren_fwd_fake(q, k, v, m0, u0, w0, cu_seqlens, scale, backend):
 def _aaren_bwd(do: Tensor, du: Optional[Tensor], dw: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, o: Tensor,
                m0: Optional[Tensor], u0: Optional[Tensor], w0: Optional[Tensor], cu_seqlens: Optional[Tensor],
                scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, k.shape[1])
+    if empty_batch(k):
+        return (q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)) + _pass_grads(du, dw, u0, w0, q)
     impl = _backend.module_for(AAREN, backend)
     with no_autocast(k.device):
         dq, dk, dv, du0, dw0 = impl.aaren_attention_bwd(do, du, dw, q, k, v, o, m0, u0, w0, cu_seqlens, scale)
-    return dq, dk, dv, opt(du0, q), opt(dw0, q)
+    return contiguous(dq, dk, dv, opt(du0, q), opt(dw0, q))
 
 
 @_aaren_bwd.register_fake
 def _aaren_bwd_fake(do, du, dw, q, k, v, o, m0, u0, w0, *args):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-            torch.empty_like(u0) if u0 is not None else q.new_empty((0,)),
-            torch.empty_like(w0) if w0 is not None else q.new_empty((0,)))
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            u0.new_empty(u0.shape) if u0 is not None else q.new_empty((0,)),
+            w0.new_empty(w0.shape) if w0 is not None else q.new_empty((0,)))
 
 
 def _aaren_setup(ctx, inputs, output):
@@ -89,7 +129,9 @@ def _aaren_backward(ctx, do, dm, du, dw):
     if do is None:
         do = torch.zeros_like(o)
     dq, dk, dv, du0, dw0 = _aaren_bwd(do, du, dw, q, k, v, o, m0, u0, w0, cu_seqlens, *ctx.params)
-    return (dq, dk, dv, None, unopt(du0), unopt(dw0), None, None, None)
+    du0, dw0 = unopt(du0), unopt(dw0)
+    dm0 = _running_max_grad(u0, du0, w0, dw0)
+    return (dq, dk, dv, dm0, du0, dw0, None, None, None)
 
 
 _aaren_fwd.register_autograd(_aaren_backward, setup_context=_aaren_setup)
@@ -123,10 +165,18 @@ def aaren_attention(q, k, v, *, scale=None, initial_state=None, output_final_sta
 @torch.library.custom_op("flashts::latte_attention_fwd", mutates_args=())
 def _latte_fwd(q: Tensor, k: Tensor, v: Tensor, m0: Optional[Tensor], a0: Optional[Tensor], S0: Optional[Tensor],
                cu_seqlens: Optional[Tensor], causal: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
+    if empty_batch(q):  # B == 0 or T == 0: no launch; final state = initial state (the identity without)
+        B, T, H, L = q.shape
+        N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        o = q.new_zeros((B, T, H, v.shape[-1]))
+        if not causal:
+            return o, q.new_empty((0,)), q.new_empty((0,)), q.new_empty((0,))
+        return (o,) + _pass_state((m0, a0, S0), (N, H, L), v.shape[-1], q)
     impl = _backend.module_for(LATTE, backend)
     with no_autocast(q.device):
         o, m, a, S = impl.latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal)
-    return o, opt(m, q), opt(a, q), opt(S, q)
+    return contiguous(o, opt(m, q), opt(a, q), opt(S, q))
 
 
 @_latte_fwd.register_fake
@@ -146,17 +196,20 @@ def _latte_fwd_fake(q, k, v, m0, a0, S0, cu_seqlens, causal, backend):
 def _latte_bwd(do: Tensor, da: Optional[Tensor], dS: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, o: Tensor,
                m0: Optional[Tensor], a0: Optional[Tensor], S0: Optional[Tensor], cu_seqlens: Optional[Tensor],
                causal: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
+    if empty_batch(q):
+        return (q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)) + _pass_grads(da, dS, a0, S0, q)
     impl = _backend.module_for(LATTE, backend)
     with no_autocast(q.device):
         dq, dk, dv, da0, dS0 = impl.latte_attention_bwd(do, da, dS, q, k, v, o, m0, a0, S0, cu_seqlens, causal)
-    return dq, dk, dv, opt(da0, q), opt(dS0, q)
+    return contiguous(dq, dk, dv, opt(da0, q), opt(dS0, q))
 
 
 @_latte_bwd.register_fake
 def _latte_bwd_fake(do, da, dS, q, k, v, o, m0, a0, S0, *args):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-            torch.empty_like(a0) if a0 is not None else q.new_empty((0,)),
-            torch.empty_like(S0) if S0 is not None else q.new_empty((0,)))
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            a0.new_empty(a0.shape) if a0 is not None else q.new_empty((0,)),
+            S0.new_empty(S0.shape) if S0 is not None else q.new_empty((0,)))
 
 
 def _latte_setup(ctx, inputs, output):
@@ -172,7 +225,9 @@ def _latte_backward(ctx, do, dm, da, dS):
         do = torch.zeros_like(o)
     da, dS = unopt(da), unopt(dS)
     dq, dk, dv, da0, dS0 = _latte_bwd(do, da, dS, q, k, v, o, m0, a0, S0, cu_seqlens, *ctx.params)
-    return (dq, dk, dv, None, unopt(da0), unopt(dS0), None, None, None)
+    da0, dS0 = unopt(da0), unopt(dS0)
+    dm0 = _running_max_grad(a0, da0, S0, dS0)
+    return (dq, dk, dv, dm0, da0, dS0, None, None, None)
 
 
 _latte_fwd.register_autograd(_latte_backward, setup_context=_latte_setup)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
-from ._common import cast_for_autocast, no_autocast, state_dtype
+from ._common import cast_for_autocast, contiguous, empty_batch, no_autocast, packed_offsets, state_dtype
 
 OP = "sliding_window_attention"
 _backend.register(OP, "torch", "flashts.torch_ops.sliding_window")
@@ -29,9 +29,13 @@ _backend.register(OP, "cuda", "flashts.cuda_ops.sliding_window", gpu_rank=2)
 @torch.library.custom_op("flashts::sliding_window_attention_fwd", mutates_args=())
 def _fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], left: int, right: int, scale: float,
          backend: str) -> tuple[Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
+    if empty_batch(q):  # B == 0 or T == 0: no launch
+        B, T, H, _ = q.shape
+        return q.new_zeros((B, T, H, v.shape[-1])), q.new_zeros((B, H, T), dtype=state_dtype(q.dtype))
     impl = _backend.module_for(OP, backend)
     with no_autocast(q.device):
-        return impl.sliding_window_attention_fwd(q, k, v, cu_seqlens, left, right, scale)
+        return contiguous(*impl.sliding_window_attention_fwd(q, k, v, cu_seqlens, left, right, scale))
 
 
 @_fwd.register_fake
@@ -44,14 +48,18 @@ def _fwd_fake(q, k, v, cu_seqlens, left, right, scale, backend):
 def _bwd(do: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
          cu_seqlens: Optional[Tensor], left: int, right: int, scale: float,
          backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
+    if empty_batch(q):
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
     impl = _backend.module_for(OP, backend)
     with no_autocast(q.device):
-        return impl.sliding_window_attention_bwd(do, dlse, q, k, v, o, lse, cu_seqlens, left, right, scale)
+        return contiguous(*impl.sliding_window_attention_bwd(do, dlse, q, k, v, o, lse, cu_seqlens, left, right,
+                                                             scale))
 
 
 @_bwd.register_fake
 def _bwd_fake(do, dlse, q, k, v, *args):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output):
