@@ -62,6 +62,18 @@ def _probe_triton() -> bool:
     return True
 
 
+def _probe_interpreter_live() -> bool:
+    """Whether triton was imported with TRITON_INTERPRET set (it picks the interpreter at import time: its own
+    library functions are then InterpretedFunction objects; setting the variable later does not switch)."""
+    try:
+        import triton.language as tl
+        from triton.runtime.interpreter import InterpretedFunction
+    except Exception:  # pragma: no cover - another triton layout: assume it is live
+        return True
+    fn = getattr(getattr(tl, "standard", None), "sigmoid", None)
+    return fn is None or isinstance(fn, InterpretedFunction)
+
+
 def _probe_cuda_ext() -> bool:
     try:
         importlib.import_module("flashts._C")
@@ -77,6 +89,7 @@ _assume_constant = getattr(getattr(torch, "compiler", None), "assume_constant_re
 if _assume_constant is not None:
     _probe_cuda_ext = _assume_constant(_probe_cuda_ext)
     _probe_triton = _assume_constant(_probe_triton)
+    _probe_interpreter_live = _assume_constant(_probe_interpreter_live)
     _getenv = _assume_constant(_getenv)
 
 
@@ -106,7 +119,8 @@ def available(backend: str, device: torch.device | None = None) -> bool:
     if backend == "torch":
         return True
     if backend == "triton":
-        return triton_available() and (dev.type == "cuda" or (dev.type == "cpu" and triton_interpreter()))
+        return triton_available() and (dev.type == "cuda" or (dev.type == "cpu" and triton_interpreter()
+                                                              and _probe_interpreter_live()))
     if backend == "cuda":
         return dev.type == "cuda" and cuda_ext_available()
     return False
@@ -149,6 +163,13 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype | No
             raise RuntimeError(
                 f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); for CPU tensors set "
                 "TRITON_INTERPRET=1 before importing triton (slow, meant for tests)"
+            )
+        if device.type == "cpu" and not _probe_interpreter_live():
+            raise RuntimeError(
+                f"{op}: TRITON_INTERPRET=1 was set after `triton` was imported, so its kernels are compiled for a "
+                "GPU and cannot run on CPU tensors. Set it before anything imports triton (torch.compile and "
+                "flashts may import it): `TRITON_INTERPRET=1 python ...`, or os.environ at the very top of the "
+                "script / conftest.py; or use backend='torch' for CPU tensors"
             )
     elif backend == "cuda":
         if device.type != "cuda":
