@@ -112,3 +112,41 @@ def test_compiled_and_eager_reject_the_same_inputs(case):
     with pytest.raises(Exception, match="cu_seqlens|" + needle) as full:
         torch.compile(call, backend="aot_eager", fullgraph=True)()
     assert str(eager.value) in str(full.value) or str(eager.value) in repr(full.value.__cause__), str(full.value)
+
+
+# ------------------------------------------------------------------------------- decode under reduce-overhead
+
+def test_decode_step_reduce_overhead():
+    """A streaming decode step (T = 1 with a state) of every causal flashts.nn layer under
+    ``torch.compile(mode="reduce-overhead")``: on CPU, CUDA graphs are skipped and the inductor graph runs;
+    it must run and equal eager, step after step (the state fed back). On a GPU the same call is captured
+    into a CUDA graph (not run here: no GPU on CI)."""
+    torch.manual_seed(0)
+    d, heads = 8, 2
+    nn = flashts.nn
+    # fixed-size states (SlidingWindowAttention's KV cache grows until the window is full: a shape per step)
+    layers = torch.nn.ModuleList([nn.LinearAttention(d, heads, backend="torch"),
+                                  nn.Aaren(d, heads, backend="torch"), nn.Latte(d, heads, n_latents=3, backend="torch")])
+
+    def step(x_t, states):
+        outs, new = [], []
+        for layer, st in zip(layers, states):
+            y, st = layer.step(x_t, st)
+            outs.append(y)
+            new.append(st)
+        return torch.stack(outs), new
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, mode="reduce-overhead")
+    B = 2
+    x = torch.randn(5, B, d)
+    with torch.no_grad():
+        st_e = [None] * len(layers)
+        y_e, st_e = step(x[0], st_e)  # the first step creates the states (a different graph: not compiled)
+        st_c = st_e
+        for t in range(1, x.shape[0]):
+            y_e, st_e = step(x[t], st_e)
+            y_c, st_c = compiled(x[t], st_c)
+            torch.testing.assert_close(y_c, y_e, rtol=1e-5, atol=1e-5, msg=f"step {t}")
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
