@@ -150,3 +150,20 @@ def test_decode_step_reduce_overhead():
             y_c, st_c = compiled(x[t], st_c)
             torch.testing.assert_close(y_c, y_e, rtol=1e-5, atol=1e-5, msg=f"step {t}")
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+@pytest.mark.parametrize("layer", ["LinearAttention", "AutoCorrelationAttention"])
+def test_nn_layers_dynamic_one_graph(layer):
+    """Layers holding float options (eps, factor) as attributes: one graph for every T under dynamic=True
+    (aot_eager: the inductor path of the ops is covered above)."""
+    torch._dynamo.reset()
+    counters.clear()
+    m = getattr(flashts.nn, layer)(8, 2, backend="torch")
+    cm = torch.compile(m, dynamic=True, fullgraph=True, backend="aot_eager")
+    for T in (5, 7, 9, 12):
+        x = torch.randn(2, T, 8, requires_grad=True)
+        y = cm(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(y, m(x))
+        torch.testing.assert_close(g, torch.autograd.grad(m(x).sum(), x)[0])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
