@@ -16,7 +16,7 @@ Terms with m0 = −∞ (the empty state) are 0; e^{x − m} is always formed wit
 Chunking (forward). Time is cut into chunks of C = min(CHUNK, T) steps (the last padded with a = −∞,
 p = 0, v = 0, which contribute exactly 0).
 1. Chunk summaries, all chunks at once: (max a, Σ e^{a−max}, Σ e^{a−max} v) per chunk and latent.
-2. The states entering each chunk: an inclusive Hillis–Steele scan (log₂ n steps) over
+2. The states entering each chunk: an inclusive work-efficient scan (two-level blocked, O(n) combines) over
    [initial state, chunk 0, …, chunk n−1] with the associative online-softmax combine
    m = max(m_A, m_B), α = α_A e^{m_A−m} + α_B e^{m_B−m}, S likewise. Element j is the state entering chunk j,
    element n the final state.
@@ -60,6 +60,7 @@ Compute dtype: float64 for float64 inputs, float32 otherwise; outputs in the inp
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -84,7 +85,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _exp_diff(x: Tensor, m: Tensor) -> Tensor:
     """e^{x − m} for m ≥ x (broadcasting); 0 where x = −∞, including where m = −∞ too (no NaN)."""
-    return torch.exp(x - torch.where(torch.isneginf(m), torch.zeros_like(m), m))
+    return torch.exp(x - m.clamp_min(torch.finfo(m.dtype).min))   # m = −∞ only where x = −∞: e^{−∞} = 0
 
 
 def _heads_major(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -130,26 +131,69 @@ def _tile(a_blk: Tensor, M_blk: Tensor, upper: Tensor) -> Tensor:
     return diff.exp_()
 
 
+def _combine(mA: Tensor, uA: Tensor, wA: Tensor, mB: Tensor, uB: Tensor, wB: Tensor):
+    """The online-softmax combine of state A (earlier) and B: m = max, u/w rescaled to m (never NaN)."""
+    mn = torch.maximum(mA, mB)
+    fA, fB = _exp_diff(mA, mn), _exp_diff(mB, mn)
+    return mn, uA * fA + uB * fB, wA * fA.unsqueeze(-1) + wB * fB.unsqueeze(-1)
+
+
+# Below this many elements the state scan is one sequential loop; above, a two-level blocked scan.
+_SEQ_SCAN = 24
+
+
+def _scan_states(m: Tensor, u: Tensor, w: Tensor):
+    """Inclusive scan over dim 1 of states ``m, u [G, n, L]``, ``w [G, n, L, Dv]`` with :func:`_combine`.
+
+    Work-efficient (O(n) combines, no log n factor): the n elements are cut into nb blocks of b ≈ √n; each
+    block's total is a plain reduction against the block's max (every exponent ≤ 0); the totals are scanned
+    (recursively); then one loop over the b positions of a block, vectorised over all blocks, carries each
+    block's entering state through it. Python work O(√n) aten calls."""
+    G, n = m.shape[:2]
+    if n <= _SEQ_SCAN:
+        om, ou, ow = torch.empty_like(m), torch.empty_like(u), torch.empty_like(w)
+        cm, cu, cw = m[:, 0], u[:, 0], w[:, 0]
+        om[:, 0], ou[:, 0], ow[:, 0] = cm, cu, cw
+        for i in range(1, n):
+            cm, cu, cw = _combine(cm, cu, cw, m[:, i], u[:, i], w[:, i])
+            om[:, i], ou[:, i], ow[:, i] = cm, cu, cw
+        return om, ou, ow
+    b = math.isqrt(n - 1) + 1
+    nb = -(-n // b)
+    pad = nb * b - n
+    if pad:   # identity elements (−∞, 0, 0) at the end
+        m = F.pad(m, (0, 0, 0, pad), value=_NEG_INF)
+        u = F.pad(u, (0, 0, 0, pad))
+        w = F.pad(w, (0, 0, 0, 0, 0, pad))
+    L = m.shape[-1]
+    mb, ub, wb = m.view(G, nb, b, L), u.view(G, nb, b, L), w.view(G, nb, b, L, -1)
+    M = mb.amax(dim=2)                                          # block totals, all exponents ≤ 0
+    f = _exp_diff(mb, M.unsqueeze(2))
+    U = (ub * f).sum(dim=2)
+    W = torch.einsum("gnbl,gnbld->gnld", f, wb)
+    Mi, Ui, Wi = _scan_states(M, U, W)
+    # state entering each block: identity for the first, the inclusive scan of the totals before it otherwise
+    cm = torch.cat([torch.full_like(Mi[:, :1], _NEG_INF), Mi[:, :-1]], dim=1)
+    cu = torch.cat([torch.zeros_like(Ui[:, :1]), Ui[:, :-1]], dim=1)
+    cw = torch.cat([torch.zeros_like(Wi[:, :1]), Wi[:, :-1]], dim=1)
+    om, ou, ow = torch.empty_like(mb), torch.empty_like(ub), torch.empty_like(wb)
+    for i in range(b):
+        cm, cu, cw = _combine(cm, cu, cw, mb[:, :, i], ub[:, :, i], wb[:, :, i])
+        om[:, :, i], ou[:, :, i], ow[:, :, i] = cm, cu, cw
+    return om.view(G, nb * b, L)[:, :n], ou.view(G, nb * b, L)[:, :n], ow.view(G, nb * b, L, -1)[:, :n]
+
+
 def _chunk_states(a_c: Tensor, v_c: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
     """States entering every chunk plus the final one: ``m, u [G, n+1, L]``, ``w [G, n+1, L, Dv]``.
 
-    Chunk summaries (max, Σe^{a−max}, Σe^{a−max}v), then an inclusive Hillis–Steele scan with the
-    online-softmax combine over [initial state, chunk 0, ..., chunk n−1]."""
+    Chunk summaries (max, Σe^{a−max}, Σe^{a−max}v), then the work-efficient inclusive scan
+    :func:`_scan_states` with the online-softmax combine over [initial state, chunk 0, ..., chunk n−1]."""
     cm = a_c.amax(dim=2)                                        # [G, n, L]; every chunk has a real step
     e = torch.exp(a_c - cm.unsqueeze(2))                        # padded steps: e^{−∞} = 0
     m = torch.cat([m0.unsqueeze(1), cm], dim=1)
     u = torch.cat([u0.unsqueeze(1), e.sum(dim=2)], dim=1)
     w = torch.cat([w0.unsqueeze(1), torch.einsum("gncl,gncd->gnld", e, v_c)], dim=1)
-    d, n1 = 1, m.shape[1]
-    while d < n1:
-        mA, mB = m[:, :-d], m[:, d:]
-        mn = torch.maximum(mA, mB)
-        fA, fB = _exp_diff(mA, mn), _exp_diff(mB, mn)
-        u = torch.cat([u[:, :d], u[:, :-d] * fA + u[:, d:] * fB], dim=1)
-        w = torch.cat([w[:, :d], w[:, :-d] * fA.unsqueeze(-1) + w[:, d:] * fB.unsqueeze(-1)], dim=1)
-        m = torch.cat([m[:, :d], mn], dim=1)
-        d *= 2
-    return m, u, w
+    return _scan_states(m, u, w)
 
 
 def _suffix_scan(mu: Tensor, Qh: Tensor, Qr: Tensor):
