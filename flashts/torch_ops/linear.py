@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops._common import new_empty, state_dtype
+from .step import linear_step
 
 # Steps per chunk (the tril(Q Kᵀ) blocks are CHUNK_SIZE × CHUNK_SIZE).
 CHUNK_SIZE = 64
@@ -270,6 +271,10 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
                          scale: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """-> (o [B, T, H, Dv] in q.dtype, S_T [N, H, D, Dv], z_T [N, H, D]) (states in the state dtype)."""
     B, T, H, D = q.shape
+    if T == 1 and causal and cu_seqlens is None and (S0 is None) == (z0 is None):   # the decoding step
+        o, (S_T, z_T) = linear_step(q[:, 0], k[:, 0], v[:, 0], None if S0 is None else (S0, z0),
+                                    feature_map=feature_map, normalize=normalize, scale=scale, eps=eps)
+        return o.unsqueeze(1), S_T, z_T
     Hk, Dv = k.shape[2], v.shape[3]
     G = H // Hk
     cdt = state_dtype(q.dtype)

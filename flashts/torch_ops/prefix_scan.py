@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops._common import new_empty, state_dtype
+from .step import aaren_step, latte_step
 
 # Time steps per chunk (module constant; the tests shrink it so that many chunks are exercised).
 CHUNK = 16
@@ -412,6 +413,9 @@ def _aaren_logits(q: Tensor, k: Tensor, scale: float, cd: torch.dtype):
 
 def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
     B, T, H, D = k.shape
+    if T == 1 and cu_seqlens is None:                           # the decoding step
+        o, (m, u, w) = aaren_step(q, k[:, 0], v[:, 0], None if m0 is None else (m0, u0, w0), scale=scale)
+        return o.unsqueeze(1), m, u, w
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
@@ -447,6 +451,9 @@ def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scal
 
 def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     B, T, H, L = q.shape
+    if T == 1 and causal and cu_seqlens is None:                # the decoding step
+        o, (m, a, S) = latte_step(q[:, 0], k[:, 0], v[:, 0], None if m0 is None else (m0, a0, S0))
+        return o.unsqueeze(1), m, a, S
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(q.dtype)
