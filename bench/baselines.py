@@ -148,8 +148,8 @@ class Flex(Impl):
         return config.op == "sliding_window_attention"
 
     def available(self, device):
-        if device.type != "cuda":
-            return False, "FlexAttention is benchmarked on GPU only"
+        if device.type not in ("cuda", "cpu"):
+            return False, f"FlexAttention is benchmarked on GPU and CPU only (got {device.type})"
         try:
             importlib.import_module("torch.nn.attention.flex_attention")
         except Exception as e:  # pragma: no cover - old torch
@@ -159,6 +159,8 @@ class Flex(Impl):
     def prepare(self, case, inputs, requires_grad):
         from torch.nn.attention.flex_attention import create_block_mask
         c = case.config
+        if requires_grad and inputs["q"].device.type == "cpu":
+            raise NotImplementedError("FlexAttention has no CPU backward (forward only on CPU)")
         left, right = c.p["window"]
         T = case.T
 
@@ -311,5 +313,81 @@ class Loop(Impl):
                         grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
 
 
+# ------------------------------------------------------------------------------ CPU peers in plain PyTorch
+# What a CPU user already has, written the way its users write it (our own code, no third-party copies).
+
+
+def fla_chunk_linear_torch(q, k, v, *, feature_map="elu", normalize=True, scale=None, eps=1e-6, chunk=64):
+    """flash-linear-attention's pure-PyTorch chunk form of causal linear attention (its ``naive`` reference
+    algorithm, re-implemented): chunks of 64 steps, the chunk states K_cᵀV_c as one batched matmul, an exclusive
+    cumulative sum of them over the chunks, o = Q S_before + tril(Q Kᵀ) V; the normaliser from a cumsum of φ(k).
+    ``[B, T, H, D]`` in and out; computed in the input dtype (float32 on CPU)."""
+    phi = _FEATURE[feature_map]
+    B, T, H, D = q.shape
+    if scale is None:
+        scale = 1.0 if normalize else D ** -0.5
+    fq, fk = phi(q) * scale, phi(k)
+    n = -(-T // chunk)
+    pad = n * chunk - T
+
+    def heads(x):   # [B, T, H, X] -> [B, H, n, C, X]
+        x = x.transpose(1, 2)
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
+        return x.reshape(B, H, n, chunk, x.shape[-1])
+
+    Q, K, V = heads(fq), heads(fk), heads(v)
+    kv = K.transpose(-1, -2) @ V
+    kv = torch.cat([torch.zeros_like(kv[:, :, :1]), kv.cumsum(2)[:, :, :-1]], dim=2)
+    mask = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+    o = Q @ kv + (Q @ K.transpose(-1, -2)).masked_fill(mask, 0) @ V
+    o = o.reshape(B, H, n * chunk, -1)[:, :, :T].transpose(1, 2)
+    if normalize:
+        z = fk.cumsum(1)
+        o = o / ((fq * z).sum(-1, keepdim=True) + eps)
+    return o
+
+
+class FLATorch(Impl):
+    name = "fla-torch"
+    note = "flash-linear-attention's pure-PyTorch chunk form (re-implemented; fla is not a dependency)"
+
+    def supports(self, config):
+        return config.op == "linear_attention" and bool(config.p.get("causal", True))
+
+    def prepare(self, case, inputs, requires_grad):
+        kw = op_kwargs(case.config)
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+
+        def fn():
+            return fla_chunk_linear_torch(q, k, v, feature_map=kw["feature_map"], normalize=kw["normalize"])
+        return Prepared(fn=fn, leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+def aaren_textbook(q, k, v, scale=None):
+    """The textbook parallel Aaren: s_t = scale·q·k_t, o_t = Σ_{i≤t} e^{s_i} v_i / Σ_{i≤t} e^{s_i} computed as
+    cumsum(e^{s−M} v) · e^{M − logcumsumexp(s)} with M the max over the sequence (autograd backward)."""
+    scale = k.shape[-1] ** -0.5 if scale is None else scale
+    s = scale * (torch.einsum("hd,bthd->bth", q, k) if q.dim() == 2 else torch.einsum("bhd,bthd->bth", q, k))
+    M = s.amax(dim=1, keepdim=True).detach()
+    lse = torch.logcumsumexp(s, dim=1)
+    num = torch.cumsum(torch.exp(s - M).unsqueeze(-1) * v, dim=1)
+    return num * torch.exp(M - lse).unsqueeze(-1)
+
+
+class AarenTextbook(Impl):
+    name = "textbook"
+    note = "parallel Aaren: logcumsumexp + cumsum of e^{s-max}·v (plain PyTorch, autograd)"
+
+    def supports(self, config):
+        return config.op == "aaren_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        return Prepared(fn=lambda: aaren_textbook(q, k, v), leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
 def baseline_impls() -> list[Impl]:
-    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop()]
+    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop(), FLATorch(), AarenTextbook()]

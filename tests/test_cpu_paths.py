@@ -202,3 +202,40 @@ def test_layer_step_inplace_equals_forward(make):
     assert rel_err(torch.stack(outs, 1), y.detach()) <= 1e-12
     with pytest.raises(ValueError, match="inplace"):
         layer.step(x[:, 0], state, inplace=True)          # grad mode on, parameters require grad
+
+
+# ------------------------------------------------------------------------------------------- both causal paths
+
+@pytest.mark.parametrize("path", ["fast-small-chunks", "exact-tiles"])
+@pytest.mark.parametrize("op", ["aaren_attention", "latte_attention"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_causal_paths_match_reference(monkeypatch, path, op, dtype):
+    """The factorised fast path with tiny chunks (many chunks: the blocked scan forward and the linear suffix scan
+    backward both recurse) and the exact running-max tile path forced on ordinary inputs: outputs, final state and
+    gradients including the initial state's, against the reference."""
+    if path == "fast-small-chunks":
+        monkeypatch.setattr(ps, "FAST_CHUNK", 3)
+    else:
+        monkeypatch.setattr(ps, "FAST", False)
+        monkeypatch.setattr(ps, "CHUNK", 4)
+    B, T, H, D, Dv, L = 2, 203, 3, 5, 6, 4
+    if op == "aaren_attention":
+        args = (torch.randn(H, D), torch.randn(B, T, H, D) * 2, torch.randn(B, T, H, Dv))
+    else:
+        args = (torch.randn(B, T, H, L), torch.randn(B, T, H, L) * 2, torch.randn(B, T, H, Dv))
+    kw = dict(initial_state=_states(op, B, H, D, Dv, L, False), output_final_state=True)
+    check_against_reference(op, "torch", args, kw, dtype=dtype, skip_grad_inputs=("initial_state[0]",),
+                            skip_grad_outputs=("[1][0]",))
+
+
+def test_fast_path_declines_wide_spreads(monkeypatch):
+    """A chunk whose logits spread beyond FAST_SPREAD goes to the exact path (and still matches the reference)."""
+    B, T, H, L, Dv = 1, 150, 2, 3, 4
+    k = torch.randn(B, T, H, L, dtype=torch.float64)
+    k[:, 70] += 500.0
+    a = k[0].transpose(0, 1).reshape(H, T, L)
+    z = torch.zeros(H, L, dtype=torch.float64)
+    assert ps._Fast.make(a, torch.ones_like(a), torch.randn(H, T, Dv, dtype=torch.float64), z - float("inf"), z,
+                         torch.zeros(H, L, Dv, dtype=torch.float64)) is None
+    check_against_reference("latte_attention", "torch", (torch.randn(B, T, H, L), k, torch.randn(B, T, H, Dv)),
+                            {}, dtype=torch.float64)

@@ -240,6 +240,122 @@ class _Chunked:
         return a, p, v, w_in, M, carry, W, den
 
 
+# ------------------------------------------------------------------------------------------------ fast path
+
+# Steps per chunk of the fast (factorised) path, and the largest logit spread inside a chunk it accepts, per
+# compute dtype: e^{−spread} must stay far above the smallest normal number (fp32 1e-38, fp64 1e-308).
+FAST_CHUNK = 64
+FAST_SPREAD = {torch.float32: 40.0, torch.float64: 300.0}
+FAST = True   # module switch (the tests turn it off to exercise the running-max tile path on ordinary inputs)
+
+
+class _Fast:
+    """The causal core with ONE reference max per chunk and latent instead of the running max per step, so the
+    intra-chunk work is matmuls (no [C, C, L] tile of exponentials). :meth:`make` returns None when some chunk's
+    logits spread too far for it (the caller then runs the exact running-max tile path).
+
+    Per chunk j (C = FAST_CHUNK steps): entering state (m_in, u_in, w_in) from the work-efficient scan of the
+    chunk summaries (max cm, Σe, Σe v with e = e^{a − cm}); r = max(m_in, cm) (no gradient), E_s = e^{a_s − r}
+    ≤ 1, carry = e^{m_in − r}::
+
+        den_t = Σ_{s≤t, s∈j} E_s + carry·u_in          c_t = p_t / den_t
+        y_t   = Σ_l c_{t,l} (Σ_{s≤t, s∈j} E_{s,l} v_s + carry_l w_in,l) = (tril(c Eᵀ) v)_t + ((c·carry) w_in)_t
+
+    (Aaren, L = 1: y = c · (cumsum(E v) + carry w_in)). Exact as the running-max form up to rounding as long as
+    den_t does not underflow: den_t ≥ e^{M_t − r} with M_t the running max, so the path is taken only when
+    r − max(m_in, a_first) ≤ FAST_SPREAD[dtype] in every chunk (a data-dependent check, one host sync).
+
+    Backward (maxima fixed), per chunk: dA = tril(dy vᵀ), dv = Aᵀdy, dc = dA E + carry·(dy w_inᵀ),
+    dE = dAᵀc, dw_in = (c·carry)ᵀdy, dp = dc/den, dden = −dp·c, dE += Σ_{t≥s} dden_t, du_in = carry·Σ_t dden_t,
+    da = dE·E. The entering-state cotangents Q_j (and the final state's at j = n) go back through the chunk
+    scan as a suffix scan E_j = Q_j + e^{μ_j − μ_{j+1}} E_{j+1} (μ = the entering maxima): E_0 is the initial
+    state's cotangent and chunk k's summary gets e^{cm_k − μ_{k+1}} E_{k+1}, i.e. de_s = dΣe + v_s·dΣev,
+    dv_s += e_s·dΣev, da += de·e. Memory O(T·(L + C + Dv))."""
+
+    @classmethod
+    def make(cls, a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+        thr = FAST_SPREAD.get(a.dtype)
+        if not FAST or thr is None:
+            return None
+        G, T, L = a.shape
+        Dv = v.shape[-1]
+        C = min(FAST_CHUNK, T)
+        n = -(-T // C)
+        a_c = _pad_time(a, n * C, _NEG_INF).view(G, n, C, L)
+        cm = a_c.amax(dim=2)                                      # [G, n, L]
+        m_first = a_c[:, :, 0]
+        if not bool(((cm - m_first) <= thr).all()):              # cheap pre-check before the scan
+            return None
+        f = cls()
+        f.G, f.T, f.L, f.Dv, f.C, f.n = G, T, L, Dv, C, n
+        f.a, f.cm = a_c, cm
+        f.p = _pad_time(p, n * C, 0.0).view(G, n, C, L)
+        f.v = _pad_time(v, n * C, 0.0).view(G, n, C, Dv)
+        f.e = torch.exp(a_c - cm.unsqueeze(2))
+        sw = f.e.transpose(-1, -2) @ f.v                          # chunk summaries [G, n, L, Dv]
+        f.m, f.u, f.w = _scan_states(torch.cat([m0.unsqueeze(1), cm], 1), torch.cat([u0.unsqueeze(1), f.e.sum(2)], 1),
+                                     torch.cat([w0.unsqueeze(1), sw], 1))
+        m_in = f.m[:, :n]
+        r = torch.maximum(m_in, cm)
+        if not bool(((r - torch.maximum(m_in, m_first)) <= thr).all()):
+            return None
+        f.E = f.e * torch.exp(cm - r).unsqueeze(2)               # e^{a − r}
+        f.carry = _exp_diff(m_in, r)                              # [G, n, L]
+        f.den = torch.cumsum(f.E, dim=2) + (f.carry * f.u[:, :n]).unsqueeze(2)
+        f.c = f.p / f.den
+        return f
+
+    def forward(self):
+        G, n, C, L, Dv = self.G, self.n, self.C, self.L, self.Dv
+        c, E, carry, w_in = self.c, self.E, self.carry, self.w[:, :n]
+        if L == 1:
+            y = c * (torch.cumsum(E * self.v, dim=2) + carry.unsqueeze(-1) * w_in)   # [G, n, 1, Dv] broadcast over C
+        else:
+            A = (c @ E.transpose(-1, -2)).tril_()                # A[t, s] = Σ_l c_{t,l} E_{s,l}
+            y = torch.baddbmm((A @ self.v).view(G * n, C, Dv), (c * carry.unsqueeze(2)).view(G * n, C, L),
+                              w_in.reshape(G * n, L, Dv))
+        y = y.reshape(G, n * C, Dv)[:, :self.T]
+        return y, (self.m[:, n].clone(), self.u[:, n].clone(), self.w[:, n].clone())
+
+    def backward(self, dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor]):
+        G, n, C, L, Dv, T = self.G, self.n, self.C, self.L, self.Dv, self.T
+        c, E, carry, v = self.c, self.E, self.carry, self.v
+        w_in = self.w[:, :n]
+        dy = _pad_time(dy, n * C, 0.0).view(G, n, C, Dv)
+        A = (c @ E.transpose(-1, -2)).tril_()
+        dA = (dy @ v.transpose(-1, -2)).tril_()
+        dv = A.transpose(-1, -2) @ dy
+        dc = dA @ E + (dy @ w_in.transpose(-1, -2)) * carry.unsqueeze(2)
+        dE = dA.transpose(-1, -2) @ c
+        cc = c * carry.unsqueeze(2)
+        Qh = cc.transpose(-1, -2) @ dy                            # dw_in [G, n, L, Dv]
+        dp = dc / self.den
+        dden = -dp * c
+        dE += dden.flip(2).cumsum(2).flip(2)                      # Σ_{t≥s} dden_t
+        Qr = dden.sum(2) * carry                                  # du_in [G, n, L]
+        da = dE * E
+        # back through the chunk scan: suffix scan over [Q_0..Q_{n-1}, final-state cotangent]
+        Qh = torch.cat([Qh, (dw_T if dw_T is not None else torch.zeros_like(w_in[:, 0])).unsqueeze(1)], 1)
+        Qr = torch.cat([Qr, (du_T if du_T is not None else torch.zeros_like(Qr[:, 0])).unsqueeze(1)], 1)
+        Eh, Er = _suffix_scan_linear(self.m, Qh, Qr)
+        fk = _exp_diff(self.cm, self.m[:, 1:])                    # e^{cm_k − μ_{k+1}} [G, n, L]
+        dsw = fk.unsqueeze(-1) * Eh[:, 1:]                        # [G, n, L, Dv]
+        de = (fk * Er[:, 1:]).unsqueeze(2) + v @ dsw.transpose(-1, -2)
+        e = self.e
+        dv += e @ dsw
+        da += de * e
+        return (da.view(G, n * C, L)[:, :T], dp.view(G, n * C, L)[:, :T], dv.view(G, n * C, Dv)[:, :T],
+                Er[:, 0].contiguous(), Eh[:, 0].contiguous())
+
+
+def _suffix_scan_linear(mu: Tensor, Qh: Tensor, Qr: Tensor):
+    """E_j = Σ_{k≥j} e^{μ_j − μ_k} Q_k (μ non-decreasing) in O(n) work: the forward state scan run on the reversed
+    sequence with maxima −μ (its combine then computes exactly E_j = Q_j + e^{μ_j − μ_{j+1}} E_{j+1})."""
+    neg = -mu.clamp_min(torch.finfo(mu.dtype).min)               # −(−∞) would give +∞ − +∞ = NaN: clamp first
+    _, Er, Eh = _scan_states(neg.flip(1), Qr.flip(1), Qh.flip(1))
+    return Eh.flip(1), Er.flip(1)
+
+
 # ------------------------------------------------------------------------------------------------ causal core
 
 def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
@@ -247,6 +363,9 @@ def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0:
 
     ``a, p [G, T, L]``, ``v [G, T, Dv]``, ``m0, u0 [G, L]``, ``w0 [G, L, Dv]`` (T ≥ 1, one dtype).
     Returns ``y [G, T, Dv]`` and the final state ``(m [G, L], u [G, L], w [G, L, Dv])``."""
+    fast = _Fast.make(a, p, v, m0, u0, w0)
+    if fast is not None:
+        return fast.forward()
     ch = _Chunked(a, p, v, m0, u0, w0)
     y = a.new_empty((ch.G, ch.n, ch.C, ch.Dv))
     for gs, js in ch.blocks:
@@ -265,6 +384,9 @@ def causal_scan_bwd(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], 
 
     ``du_T [G, L]`` / ``dw_T [G, L, Dv]``: cotangents of the final state (None = 0).
     Returns ``(da [G, T, L], dp [G, T, L], dv [G, T, Dv], du0 [G, L], dw0 [G, L, Dv])``."""
+    fast = _Fast.make(a, p, v, m0, u0, w0)
+    if fast is not None:
+        return fast.backward(dy, du_T, dw_T)
     ch = _Chunked(a, p, v, m0, u0, w0)
     G, n, C, L, Dv = ch.G, ch.n, ch.C, ch.L, ch.Dv
     dy_c = ch.pad(dy)
