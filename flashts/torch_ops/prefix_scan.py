@@ -533,11 +533,91 @@ def _aaren_logits(q: Tensor, k: Tensor, scale: float, cd: torch.dtype):
     return qb, kh, (scale * (kh @ qb.unsqueeze(-1)))
 
 
+class _AarenGlobal:
+    """Aaren with ONE reference max per sequence (no chunks), in the time-major layout of the inputs: with
+    s_t = scale·q·k_t, r = max(m0, max_t s_t), E_t = e^{s_t − r}, κ = e^{m0 − r}::
+
+        N_t = Σ_{i≤t} E_i v_i + κ w0,   D_t = Σ_{i≤t} E_i + κ u0,   o_t = N_t / D_t,   final state (r, D_T, N_T)
+
+    two cumulative sums over time (the cost of the textbook parallel form, exact where it underflows: taken only
+    when D_t cannot underflow, i.e. r − max(m0, s_0) ≤ FAST_SPREAD[dtype]; otherwise None and the chunked path).
+    Backward (r fixed): g_t = dN_t = dy_t / D_t, h_t = dD_t = −(dy_t·o_t)/D_t (plus dw_T, du_T at the last step),
+    Ĝ, Ĥ = suffix sums of g, h; dv_s = E_s Ĝ_s, ds_s = E_s (v_s·Ĝ_s + Ĥ_s), dw0 = κ Ĝ_0, du0 = κ Ĥ_0."""
+
+    @classmethod
+    def make(cls, q, k, v, m0, u0, w0, scale):
+        cd = _compute_dtype(k.dtype)
+        thr = FAST_SPREAD.get(cd)
+        if not FAST or thr is None:
+            return None
+        f = cls()
+        f.cd = cd
+        f.qb = q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)           # [B|1, H, D]
+        f.kc = k.to(cd)
+        s = torch.einsum("bthd,bhd->bth", f.kc, f.qb.expand(k.shape[0], -1, -1)) * scale   # [B, T, H]
+        r = s.amax(dim=1)
+        first = s[:, 0]
+        if m0 is not None:
+            m0c = m0.to(cd)
+            r = torch.maximum(r, m0c)
+            first = torch.maximum(first, m0c)
+        if not bool(((r - first) <= thr).all()):
+            return None
+        f.r = r
+        f.E = torch.exp(s - r.unsqueeze(1))                                   # [B, T, H]
+        f.v = v.to(cd)
+        f.kappa = _exp_diff(m0.to(cd), r) if m0 is not None else None
+        return f
+
+    def forward(self, u0, w0, out_dtype):
+        E, v = self.E, self.v
+        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
+        D = torch.cumsum(E, dim=1)
+        if self.kappa is not None:
+            N += (self.kappa.unsqueeze(-1) * w0.to(self.cd)).unsqueeze(1)
+            D += (self.kappa * u0.to(self.cd)).unsqueeze(1)
+        sd = state_dtype(out_dtype)
+        o = (N / D.unsqueeze(-1)).to(out_dtype)
+        return o, self.r.to(sd), D[:, -1].to(sd, copy=True), N[:, -1].to(sd, copy=True)   # own storage
+
+    def backward(self, do, du_T, dw_T, o, u0, w0, q, scale):
+        E, v, cd = self.E, self.v, self.cd
+        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
+        D = torch.cumsum(E, dim=1)
+        if self.kappa is not None:
+            N += (self.kappa.unsqueeze(-1) * w0.to(cd)).unsqueeze(1)
+            D += (self.kappa * u0.to(cd)).unsqueeze(1)
+        dy = do.to(cd)
+        g = dy / D.unsqueeze(-1)                                             # dN_t
+        h = -(g * N).sum(-1) / D                                              # dD_t = −dy·o/D with o = N/D
+        if dw_T is not None:
+            g[:, -1] += dw_T.to(cd)
+        if du_T is not None:
+            h[:, -1] += du_T.to(cd)
+        G = g.flip(1).cumsum(1).flip(1)
+        Hs = h.flip(1).cumsum(1).flip(1)
+        dv = E.unsqueeze(-1) * G
+        ds = E * ((v * G).sum(-1) + Hs) * scale                               # d(scale·q·k)
+        dq = torch.einsum("bth,bthd->bhd", ds, self.kc)
+        if q.dim() == 2:
+            dq = dq.sum(0)
+        dk = ds.unsqueeze(-1) * self.qb.unsqueeze(1)
+        du0 = dw0 = None
+        if self.kappa is not None:
+            du0 = (self.kappa * Hs[:, 0]).to(u0.dtype)
+            dw0 = (self.kappa.unsqueeze(-1) * G[:, 0]).to(w0.dtype)
+        return dq.to(q.dtype), dk, dv, du0, dw0
+
+
 def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
     B, T, H, D = k.shape
     if T == 1 and cu_seqlens is None:                           # the decoding step
         o, (m, u, w) = aaren_step(q, k[:, 0], v[:, 0], None if m0 is None else (m0, u0, w0), scale=scale)
         return o.unsqueeze(1), m, u, w
+    if cu_seqlens is None:
+        fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
+        if fast is not None:
+            return fast.forward(u0, w0, k.dtype)
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
@@ -550,6 +630,11 @@ def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
 
 def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scale):
     B, T, H, D = k.shape
+    if cu_seqlens is None:
+        fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
+        if fast is not None:
+            dq, dk, dv, du0, dw0 = fast.backward(do, du_T, dw_T, o, u0, w0, q, scale)
+            return dq, dk.to(k.dtype), dv.to(v.dtype), du0, dw0
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
