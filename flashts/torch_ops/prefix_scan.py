@@ -13,7 +13,16 @@ Aaren is L = 1, a_t = scale·(q·k_t), p = 1. Causal Latte is a = k (the latent 
 Terms with m0 = −∞ (the empty state) are 0; e^{x − m} is always formed with m ≥ x and the pair
 (−∞, −∞) gives 0, never NaN (:func:`_exp_diff`).
 
-Chunking (forward). Time is cut into chunks of C = min(CHUNK, T) steps (the last padded with a = −∞,
+Paths, fastest first (each exact up to rounding; the choice is a data-dependent check, one host sync):
+* T = 1 with no ``cu_seqlens``: the streaming step of :mod:`flashts.torch_ops.step` (a dozen aten ops).
+* Aaren, no ``cu_seqlens``: :class:`_AarenGlobal`, one reference max for the whole sequence and two cumulative
+  sums, when the logits' spread above the first running max is ≤ FAST_SPREAD (40 in float32, 300 in float64).
+* :class:`_Fast`: one reference max per FAST_CHUNK-step chunk and latent, intra-chunk products as batched
+  matmuls, hand backward, when every chunk's spread is ≤ FAST_SPREAD.
+* Otherwise (e.g. ±1e4 logits) the running-max tile form below, which never forms a positive exponent.
+All three chunked paths share the work-efficient (O(n), not O(n log n)) scan of the chunk states.
+
+Chunking (forward, running-max tiles). Time is cut into chunks of C = min(CHUNK, T) steps (the last padded with a = −∞,
 p = 0, v = 0, which contribute exactly 0).
 1. Chunk summaries, all chunks at once: (max a, Σ e^{a−max}, Σ e^{a−max} v) per chunk and latent.
 2. The states entering each chunk: an inclusive work-efficient scan (two-level blocked, O(n) combines) over
