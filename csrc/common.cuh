@@ -1,13 +1,49 @@
-// flashts — shared CUDA device helpers (no torch headers: every .cu compiles with nvcc alone).
+// flashts — the one shared CUDA helper header (no torch headers: every .cu compiles with nvcc alone).
+//
+// Contents (namespace flashts unless noted):
+//   * element conversions to_float / from_float for float, __half, __nv_bfloat16 (all arithmetic is float32);
+//   * warp_sum / warp_max / block_sum (deterministic butterfly reductions), cdiv / cdiv64 / round_up;
+//   * the online-softmax combine (exp_shift, softmax_merge);
+//   * SmemCarver (128-byte aligned pieces of dynamic shared memory, same code on host and device) and ld_pad;
+//   * flashts::mmau::block_gemm — block-level matrix products on shared-memory tiles (wmma tensor cores or FMA).
 //
 // Online-softmax state (SPEC §4/§5 and the row softmax of sliding-window attention):
 //   (m, u, w) = (max s, Σ e^{s-m}, Σ e^{s-m}·v), identity (-inf, 0, 0).
 // Combine (A earlier than B): m = max(mA, mB), u = uA e^{mA-m} + uB e^{mB-m}, w likewise.
 // The combine never forms e^{(-inf) - (-inf)}: an empty side contributes exactly 0.
+//
+// block_gemm computes C (+)= op(A)·op(B) for tiles that live in shared memory:
+//   C  float, row-major [M][ldc];
+//   A  element (m, k) at A[m·lda + k] (kRow) or A[k·lda + m] (kCol, i.e. A is stored transposed);
+//   B  element (k, n) at B[k·ldb + n] (kRow) or B[n·ldb + k] (kCol).
+// Two implementations, picked at compile time:
+//   * tensor cores (wmma, float accumulation; SASS HMMA) — operands __half / __nv_bfloat16 (m16n16k16) or float
+//     rounded to TF32 (m16n16k8). Needs M, N multiples of 16 and K a multiple of 16, every ld a multiple of 8
+//     (16-bit types) or 4 (float), and 32-byte aligned tile bases: callers pad dims to multiples of 16 and
+//     carve shared memory at 128-byte offsets. Each warp owns whole 16×16 tiles of C (no two warps write
+//     one element). Compiled only for sm_80+; older archs fall back to FMA.
+//   * plain FMA in float (any M, N, K), one output element per thread at a time, k in increasing order.
+// Every thread of the block must call block_gemm (it has no barrier inside; callers put __syncthreads()
+// between the phase that writes A/B and the product, and between the product and any reader of C).
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math_constants.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 800)
+#define FLASHTS_MMAU_TENSOR_CORES 0
+#else
+#define FLASHTS_MMAU_TENSOR_CORES 1
+#endif
+
+// Launch-error check for the plain C++ launchers: returns the CUDA error code to the binding layer.
+#define FLASHTS_LAUNCH_CHECK() cudaGetLastError()
 
 namespace flashts {
 
@@ -32,20 +68,6 @@ __device__ __forceinline__ SoftmaxMerge softmax_merge(float ma, float mb) {
 
 __host__ __device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
 
-}  // namespace flashts
-
-// Launch-error check for the plain C++ launchers: returns the CUDA error code to the binding layer.
-#define FLASHTS_LAUNCH_CHECK() cudaGetLastError()
-
-// ------------------------------------------------------------------------------------------------------------
-// Added for the auto-correlation and prefix-scan (Aaren / Latte) kernels.
-// ------------------------------------------------------------------------------------------------------------
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include <cstdint>
-
-namespace flashts {
 
 // Element types the kernels are templated on: float, __half, __nv_bfloat16. All arithmetic is in float.
 template <typename T>
@@ -101,5 +123,116 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
 }
 
 __host__ __device__ __forceinline__ int64_t cdiv64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+__host__ __device__ __forceinline__ int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// Leading-dimension padding (elements) of a shared tile of element type T: keeps the wmma rules
+// (multiple of 8 for 16-bit types, of 4 for float) and shifts consecutive rows across banks.
+template <typename T>
+__host__ __device__ constexpr int ld_pad() {
+    return sizeof(T) == 2 ? 8 : 4;
+}
+
+// Carves a dynamic shared-memory block into 128-byte aligned pieces; the same code runs on the host (to
+// size the launch) and on the device (to get the pointers), so the two always agree.
+struct SmemCarver {
+    unsigned char* base;  // nullptr on the host
+    int64_t offset;
+    __host__ __device__ explicit SmemCarver(unsigned char* b) : base(b), offset(0) {}
+    template <typename T>
+    __host__ __device__ T* take(int64_t count) {
+        T* p = base ? reinterpret_cast<T*>(base + offset) : nullptr;
+        offset += (count * static_cast<int64_t>(sizeof(T)) + 127) / 128 * 128;
+        return p;
+    }
+};
+
+// ================================================================== block-level products on shared memory
+
+namespace mmau {
+
+enum Major : int { kRow = 0, kCol = 1 };
+
+// ------------------------------------------------------------------------------------------ the product
+
+template <typename T>
+struct WmmaOperand;  // wmma operand type and k-step for a shared-memory element type
+template <>
+struct WmmaOperand<__half> {
+    using type = __half;
+    static constexpr int kK = 16;
+};
+template <>
+struct WmmaOperand<__nv_bfloat16> {
+    using type = __nv_bfloat16;
+    static constexpr int kK = 16;
+};
+template <>
+struct WmmaOperand<float> {
+    using type = nvcuda::wmma::precision::tf32;
+    static constexpr int kK = 8;
+};
+
+template <int LA, int LB, typename T>
+__device__ __forceinline__ void gemm_fma(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
+                                         int K, bool accumulate) {
+    for (int idx = threadIdx.x; idx < M * N; idx += blockDim.x) {
+        const int m = idx / N, n = idx - (idx / N) * N;
+        float acc = accumulate ? C[m * ldc + n] : 0.f;
+        for (int k = 0; k < K; ++k) {
+            const float a = to_float(LA == kRow ? A[m * lda + k] : A[k * lda + m]);
+            const float b = to_float(LB == kRow ? B[k * ldb + n] : B[n * ldb + k]);
+            acc = fmaf(a, b, acc);
+        }
+        C[m * ldc + n] = acc;
+    }
+}
+
+// kTensor: use tensor cores (see the file comment for the size/alignment rules); otherwise FMA.
+template <bool kTensor, int LA, int LB, typename T>
+__device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
+                                           int K, bool accumulate) {
+#if FLASHTS_MMAU_TENSOR_CORES
+    if constexpr (kTensor) {
+        namespace wmma = nvcuda::wmma;
+        using Op = typename WmmaOperand<T>::type;
+        constexpr int KS = WmmaOperand<T>::kK;
+        using LayA = typename std::conditional<LA == kRow, wmma::row_major, wmma::col_major>::type;
+        using LayB = typename std::conditional<LB == kRow, wmma::row_major, wmma::col_major>::type;
+        const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+        const int tiles_n = N / 16, tiles = (M / 16) * tiles_n;
+        for (int tile = warp; tile < tiles; tile += n_warps) {
+            const int m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 16;
+            float* c = C + m0 * ldc + n0;
+            wmma::fragment<wmma::accumulator, 16, 16, KS, float> acc;
+            if (accumulate) {
+                wmma::load_matrix_sync(acc, c, ldc, wmma::mem_row_major);
+            } else {
+                wmma::fill_fragment(acc, 0.f);
+            }
+            for (int k0 = 0; k0 < K; k0 += KS) {
+                wmma::fragment<wmma::matrix_a, 16, 16, KS, Op, LayA> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, KS, Op, LayB> fb;
+                const T* a = LA == kRow ? A + m0 * lda + k0 : A + k0 * lda + m0;
+                const T* b = LB == kRow ? B + k0 * ldb + n0 : B + n0 * ldb + k0;
+                wmma::load_matrix_sync(fa, a, lda);
+                wmma::load_matrix_sync(fb, b, ldb);
+                if constexpr (std::is_same<T, float>::value) {
+#pragma unroll
+                    for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+#pragma unroll
+                    for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+                }
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(c, acc, ldc, wmma::mem_row_major);
+        }
+        return;
+    }
+#endif
+    gemm_fma<LA, LB>(C, ldc, A, lda, B, ldb, M, N, K, accumulate);
+}
+
+}  // namespace mmau
 
 }  // namespace flashts
