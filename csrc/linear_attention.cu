@@ -198,8 +198,10 @@ __device__ __forceinline__ void add_outer(float* S, int ldV, float* z, const flo
 
 // ============================================================================================== forward
 
+// (min 1 block per SM: without it ptxas capped the registers and spilled 16-20 bytes for 16-bit inputs at
+// -O3 on sm_90; tests/test_cuda_resources.py fails on any spill.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
+__global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;

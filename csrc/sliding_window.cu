@@ -311,8 +311,10 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params<Tin> p) {
     }
 }
 
+// (min 1 block per SM: without it ptxas capped the registers and spilled 16-20 bytes for 16-bit inputs at
+// -O3 on sm_90; tests/test_cuda_resources.py fails on any spill.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(Params<Tin> p) {
+__global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     constexpr int pt = ld_pad<Tin>();
     extern __shared__ __align__(128) unsigned char smem_raw[];
