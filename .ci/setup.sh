@@ -19,6 +19,10 @@ if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib
     fi
     python -m pip install -q triton numpy pytest ninja pybind11 matplotlib tqdm statsmodels
 fi
+# SASS tools for tests/test_cuda_resources.py (cuobjdump + nvdisasm; PyPI wheels) when nvcc is there
+if command -v nvcc >/dev/null 2>&1 && ! python -c "import sys,os; sys.exit(not any(os.path.isfile(os.path.join(p,'nvidia/cu13/bin/nvdisasm')) for p in sys.path))"; then
+    python -m pip install -q nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm || echo "[setup] could not install cuobjdump/nvdisasm"
+fi
 # (checked from / so that the checkout's own flashts/ folder does not shadow the installed package)
 if ! (cd / && python -c "import flashts.kernels" 2>/dev/null) \
         || [ "$(cd / && python -c 'import flashts,os;print(os.path.dirname(os.path.dirname(flashts.__file__)))')" != "$PWD" ]; then
