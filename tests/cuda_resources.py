@@ -363,13 +363,46 @@ def markdown(rows: list[Kernel]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_compact(rows: list[Kernel]) -> str:
+    """One row per kernel template (f32 / f16 / bf16 instances side by side): the README's table."""
+    groups: dict[tuple[str, str], dict[str, Kernel]] = {}
+    for r in rows:
+        m = re.search(r"\b(f32|f16|bf16)\b", r.name)
+        key = (r.file, re.sub(r"\b(f32|f16|bf16)\b", "T", r.name) if m else r.name)
+        groups.setdefault(key, {})[m.group(1) if m else "-"] = r
+    grids = goal_grids()
+    order = ("f32", "f16", "bf16", "-")
+    lines = [
+        "| kernel | regs f32/f16/bf16 | spill B | HMMA | LDG.E.128 | grid at goal shapes (132 SMs) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def which(g, attr):
+        have = [t for t in order if t in g and getattr(g[t], attr)]
+        if not have:
+            return "no"
+        return "yes" if len(have) == len(g) else " ".join(have)
+
+    for (file, name), g in groups.items():
+        regs = "/".join(str(g[t].regs) for t in order if t in g)
+        spill = max(k.spills for k in g.values())
+        base = re.sub(r"<.*", "", name)
+        lines.append(f"| `{name}` | {regs} | {spill} | {which(g, 'hmma')} | {which(g, 'ldg128')} | "
+                     f"{grids.get(base, '—')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--md", help="write the markdown table here")
+    ap.add_argument("--compact", help="also write the one-row-per-template table here")
     ap.add_argument("--jobs", type=int, default=None)
     args = ap.parse_args(argv)
     rows = collect(args.jobs)
     text = markdown(rows)
+    if args.compact:
+        with open(args.compact, "w", encoding="utf-8") as f:
+            f.write(markdown_compact(rows))
     if args.md:
         with open(args.md, "w", encoding="utf-8") as f:
             f.write(text)
