@@ -16,12 +16,14 @@
 //   C  float, row-major [M][ldc];
 //   A  element (m, k) at A[m·lda + k] (kRow) or A[k·lda + m] (kCol, i.e. A is stored transposed);
 //   B  element (k, n) at B[k·ldb + n] (kRow) or B[n·ldb + k] (kCol).
-// Two implementations, picked at compile time:
+// Three implementations, picked at compile time (template argument kImpl, a GemmImpl):
 //   * tensor cores (wmma, float accumulation; SASS HMMA) — operands __half / __nv_bfloat16 (m16n16k16) or float
 //     rounded to TF32 (m16n16k8). Needs M, N multiples of 16 and K a multiple of 16, every ld a multiple of 8
 //     (16-bit types) or 4 (float), and 32-byte aligned tile bases: callers pad dims to multiples of 16 and
 //     carve shared memory at 128-byte offsets. Each warp owns whole 16×16 tiles of C (no two warps write
 //     one element). Compiled only for sm_80+; older archs fall back to FMA.
+//   * mma.sync m16n8k8 TF32 (hand-written PTX, fragment layouts documented at MmaTf32; SASS HMMA.1684.F32.TF32)
+//     on float tiles: M a multiple of 16, N and K multiples of 8; each warp owns whole 16×8 tiles of C.
 //   * plain FMA in float (any M, N, K), one output element per thread at a time, k in increasing order.
 // Every thread of the block must call block_gemm (it has no barrier inside; callers put __syncthreads()
 // between the phase that writes A/B and the product, and between the product and any reader of C).
@@ -188,12 +190,94 @@ __device__ __forceinline__ void gemm_fma(float* C, int ldc, const T* A, int lda,
     }
 }
 
-// kTensor: use tensor cores (see the file comment for the size/alignment rules); otherwise FMA.
-template <bool kTensor, int LA, int LB, typename T>
+// ------------------------------------------------------------------- mma.sync m16n8k8 TF32 (hand-written PTX)
+//
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: D[16×8] = A[16×8]·B[8×8] + C, one warp. Fragment layouts
+// (PTX ISA, "Matrix Fragments for mma.m16n8k8" with .tf32), for lane = 4·g + t (g = lane / 4, t = lane % 4):
+//   A (row-major 16×8, 4 registers): a_i = A[g + 8·(i & 1)][t + 4·(i >> 1)]      i = 0..3
+//   B (column-major 8×8, 2 registers): b_i = B[t + 4·i][g]                        i = 0..1
+//   C/D (16×8 float, 4 registers):   c_i = C[g + 8·(i >> 1)][2t + (i & 1)]         i = 0..3
+// The index functions below are the ONLY place these layouts are written; the device product and the host
+// emulation test (tests/test_mma_layout_emulation.py, which models the instruction from the ISA table
+// independently) both use them.
+struct MmaTf32 {
+    static constexpr int kM = 16, kN = 8, kK = 8;
+    __host__ __device__ static int a_row(int lane, int i) { return (lane >> 2) + 8 * (i & 1); }
+    __host__ __device__ static int a_col(int lane, int i) { return (lane & 3) + 4 * (i >> 1); }
+    __host__ __device__ static int b_row(int lane, int i) { return (lane & 3) + 4 * i; }
+    __host__ __device__ static int b_col(int lane, int) { return lane >> 2; }
+    __host__ __device__ static int c_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
+    __host__ __device__ static int c_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
+};
+
+// The per-lane gathers / scatters of one 16×8 output tile at (m0, n0) and k-step k0, from float tiles laid out
+// as block_gemm's operands (LA / LB). Host and device (the emulation test runs them for all 32 lanes).
+template <int LA>
+__host__ __device__ __forceinline__ void mma_gather_a(float a[4], const float* A, int lda, int m0, int k0, int lane) {
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + MmaTf32::a_row(lane, i), k = k0 + MmaTf32::a_col(lane, i);
+        a[i] = LA == kRow ? A[m * lda + k] : A[k * lda + m];
+    }
+}
+template <int LB>
+__host__ __device__ __forceinline__ void mma_gather_b(float b[2], const float* B, int ldb, int k0, int n0, int lane) {
+    for (int i = 0; i < 2; ++i) {
+        const int k = k0 + MmaTf32::b_row(lane, i), n = n0 + MmaTf32::b_col(lane, i);
+        b[i] = LB == kRow ? B[k * ldb + n] : B[n * ldb + k];
+    }
+}
+__host__ __device__ __forceinline__ void mma_gather_c(float c[4], const float* C, int ldc, int m0, int n0, int lane) {
+    for (int i = 0; i < 4; ++i) c[i] = C[(m0 + MmaTf32::c_row(lane, i)) * ldc + n0 + MmaTf32::c_col(lane, i)];
+}
+__host__ __device__ __forceinline__ void mma_scatter_c(const float c[4], float* C, int ldc, int m0, int n0, int lane) {
+    for (int i = 0; i < 4; ++i) C[(m0 + MmaTf32::c_row(lane, i)) * ldc + n0 + MmaTf32::c_col(lane, i)] = c[i];
+}
+
+#if defined(__CUDA_ARCH__) && FLASHTS_MMAU_TENSOR_CORES
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+// c += a·b for one warp (every lane calls it with its fragments).
+__device__ __forceinline__ void mma_tf32_m16n8k8(float c[4], const float a[4], const float b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(to_tf32(a[0])), "r"(to_tf32(a[1])), "r"(to_tf32(a[2])), "r"(to_tf32(a[3])), "r"(to_tf32(b[0])),
+          "r"(to_tf32(b[1])));
+}
+#endif
+
+// Which implementation block_gemm uses: plain FMA, wmma (m16n16k16 / TF32 m16n16k8), or mma.sync m16n8k8 TF32
+// (float tiles only; M a multiple of 16, N and K multiples of 8; each warp owns whole 16×8 tiles of C).
+enum GemmImpl : int { kGemmFma = 0, kGemmWmma = 1, kGemmMma = 2 };
+
+// kImpl: a GemmImpl (callers may pass a bool: true = wmma, false = FMA); see the file comment for the rules.
+template <int kImpl, int LA, int LB, typename T>
 __device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
                                            int K, bool accumulate) {
 #if FLASHTS_MMAU_TENSOR_CORES
-    if constexpr (kTensor) {
+    if constexpr (kImpl == kGemmMma && std::is_same<T, float>::value) {
+#if defined(__CUDA_ARCH__)
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
+        const int tiles_n = N / 8, tiles = (M / 16) * tiles_n;
+        for (int tile = warp; tile < tiles; tile += n_warps) {
+            const int m0 = (tile / tiles_n) * 16, n0 = (tile % tiles_n) * 8;
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            if (accumulate) mma_gather_c(c, C, ldc, m0, n0, lane);
+            for (int k0 = 0; k0 < K; k0 += 8) {
+                float a[4], b[2];
+                mma_gather_a<LA>(a, A, lda, m0, k0, lane);
+                mma_gather_b<LB>(b, B, ldb, k0, n0, lane);
+                mma_tf32_m16n8k8(c, a, b);
+            }
+            mma_scatter_c(c, C, ldc, m0, n0, lane);
+        }
+#endif
+        return;
+    } else if constexpr (kImpl != kGemmFma) {
         namespace wmma = nvcuda::wmma;
         using Op = typename WmmaOperand<T>::type;
         constexpr int KS = WmmaOperand<T>::kK;

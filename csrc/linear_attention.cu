@@ -17,7 +17,7 @@
 // is 1 for elu), so they add nothing to any product; D and Dv are padded to multiples of 16.
 //
 // Matrix products (common.cuh, block_gemm): every tile is float32 in shared memory.
-//   * float16 / bfloat16 inputs: tensor cores in TF32 (wmma m16n16k8, float32 accumulation). fp16/bf16 input
+//   * float16 / bfloat16 inputs: tensor cores in TF32 (mma.sync m16n8k8 PTX, float32 accumulation). fp16/bf16 input
 //     values are exact in TF32; the float32 operands (state S, the chunk matrix A, dS, ...) are rounded to
 //     TF32 (10-bit mantissa, like fp16, but with float32's exponent range, so an unbounded state never
 //     overflows as it could in fp16).
@@ -53,6 +53,12 @@ namespace {
 using mmau::block_gemm;
 using mmau::kCol;
 using mmau::kRow;
+
+// The chunk products' implementation (common.cuh block_gemm): float32 inputs FMA; float16 / bfloat16 inputs
+// mma.sync m16n8k8 TF32 on the float32 tiles (was wmma m16n16k8 TF32 until 2026-12-03, same precision; set
+// mmau::kGemmWmma here to go back).
+template <typename Tin>
+constexpr int kGemmFor = std::is_same<Tin, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
 
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kPad = ld_pad<float>();
@@ -185,7 +191,7 @@ __device__ __forceinline__ void store_state(float* S_out, float* z_out, const fl
 }
 
 // S += K̃ᵀ V (or Q̃ᵀ dO' in the backward), z += colsum(K̃) (or Q̃ᵀ w for a row weight w, when w != nullptr).
-template <bool kTC>
+template <int kTC>
 __device__ __forceinline__ void add_outer(float* S, int ldV, float* z, const float* Kt, int ldD, const float* Vt,
                                           const float* w, int C, int Dp, int Dvp) {
     block_gemm<kTC, kCol, kRow>(S, ldV, Kt, ldD, Vt, ldV, Dp, Dvp, C, true);
@@ -202,7 +208,7 @@ __device__ __forceinline__ void add_outer(float* S, int ldV, float* z, const flo
 // -O3 on sm_90; tests/test_cuda_resources.py fails on any spill.)
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
-    constexpr bool kTC = !std::is_same<Tin, float>::value;
+    constexpr int kTC = kGemmFor<Tin>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kFwd, C, Dp, Dvp, smem_raw);
@@ -276,7 +282,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
 // Forward-order sweep: den, inv, dden (-> workspace) and dq.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
-    constexpr bool kTC = !std::is_same<Tin, float>::value;
+    constexpr int kTC = kGemmFor<Tin>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kBwdDq, C, Dp, Dvp, smem_raw);
@@ -380,7 +386,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
 // Reverse-order sweep: dk, dv (per query head, float32) and the initial-state cotangents.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
-    constexpr bool kTC = !std::is_same<Tin, float>::value;
+    constexpr int kTC = kGemmFor<Tin>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kBwdDkv, C, Dp, Dvp, smem_raw);
