@@ -18,7 +18,7 @@ Every layer calls the public function of its op (``flashts.linear_attention`` ..
 """
 from .attention import Aaren, AutoCorrelationAttention, Latte, LinearAttention, SlidingWindowAttention
 from .tslib import (AarenInnerAttention, AttentionLayer, AutoCorrelation, AutoCorrelationLayer, LatteInnerAttention,
-                    LinearInnerAttention, SlidingWindowInnerAttention)
+                    LinearInnerAttention, SlidingWindowInnerAttention, TSLibAutoCorrelation)
 
 __all__ = [
     "LinearAttention",
@@ -31,6 +31,7 @@ __all__ = [
     "AarenInnerAttention",
     "LatteInnerAttention",
     "AutoCorrelation",
+    "TSLibAutoCorrelation",
     "AttentionLayer",
     "AutoCorrelationLayer",
 ]
