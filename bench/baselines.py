@@ -13,7 +13,12 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
 * ``sdpa-mask`` — SDPA with a dense boolean ``[T, T]`` sliding-window mask (built once): the same function
   as ``sliding_window_attention``, O(T²) time and memory.
 * ``flex`` — FlexAttention (``torch.nn.attention.flex_attention``) under ``torch.compile`` with a
-  sliding-window ``BlockMask`` built once by ``create_block_mask`` outside the timing (GPU only).
+  sliding-window ``BlockMask`` built once by ``create_block_mask`` outside the timing. On CPU: forward only
+  (FlexAttention has no CPU backward) and only when named in ``--impls`` (compiling takes tens of seconds).
+* ``fla-torch`` — flash-linear-attention's pure-PyTorch chunk form of causal linear attention, re-implemented
+  (:func:`fla_chunk_linear_torch`; 64-step chunks, cumsum of chunk states, autograd backward). CPU and GPU.
+* ``textbook`` — the textbook parallel Aaren (:func:`aaren_textbook`): logcumsumexp of the logits plus a cumsum
+  of e^{s−max}·v (underflows for logit spreads beyond ~80 in float32, as that form does).
 * ``fla`` — flash-linear-attention's ``fla.ops.linear_attn.chunk_linear_attn`` (GPU only, when importable).
   Matched to flashts' linear attention: the feature map (elu+1 / relu / identity) is applied to q and k
   inside the timed call, as fla's ``LinearAttention`` layer does before its kernel; ``scale=1.0`` when
@@ -150,6 +155,8 @@ class Flex(Impl):
     def available(self, device):
         if device.type not in ("cuda", "cpu"):
             return False, f"FlexAttention is benchmarked on GPU and CPU only (got {device.type})"
+        # on CPU only when named in --impls: compiling it takes tens of seconds (the quick run and CI skip it)
+        self.explicit_only = device.type == "cpu"
         try:
             importlib.import_module("torch.nn.attention.flex_attention")
         except Exception as e:  # pragma: no cover - old torch
