@@ -67,8 +67,8 @@ BLOCK_ELEMENTS = 1 << 22
 
 
 def _feature_map(x: Tensor, feature_map: str) -> Tensor:
-    if feature_map == "elu":  # elu(x)+1 written as eˣ for x ≤ 0: no cancellation of (eˣ − 1) + 1
-        return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
+    if feature_map == "elu":  # elu(x)+1 written as e^{min(x,0)} + max(x,0): no cancellation of (eˣ − 1) + 1
+        return torch.exp(x.clamp(max=0)) + x.clamp(min=0)   # out of place: autograd-safe (the nn step)
     if feature_map == "relu":
         return F.relu(x)
     return x
@@ -310,7 +310,8 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
     cdt = state_dtype(q.dtype)
     q_h = _heads_first(q, 1, cdt)
     k_h = _heads_first(k, G, cdt)
-    qt = scale * _feature_map(q_h, feature_map)
+    fq = _feature_map(q_h, feature_map)
+    qt = scale * fq
     kt = _feature_map(k_h, feature_map)
     va = _augment_values(_heads_first(v, G, cdt))
     do_h = _heads_first(do, 1, cdt)
@@ -332,10 +333,11 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
                             normalize, eps, dqt[:, :, ts], dkt[:, :, ts], dva[:, :, ts])
     # through the scale and the feature maps
     dq_h = dqt * scale
-    grad_q = _feature_map_grad(q_h, feature_map)
+    # elu+1: φ' = 1 for x > 0 (where φ = x + 1 > 1), eˣ = φ for x ≤ 0 (φ ≤ 1): φ' = min(φ, 1), from φ itself
+    grad_q = fq.clamp(max=1) if feature_map == "elu" else _feature_map_grad(q_h, feature_map)
     if grad_q is not None:
         dq_h = dq_h * grad_q
-    grad_k = _feature_map_grad(k_h, feature_map)
+    grad_k = kt.clamp(max=1) if feature_map == "elu" else _feature_map_grad(k_h, feature_map)
     dk_h = dkt * grad_k if grad_k is not None else dkt
     dq = _time_first(dq_h, H, q.dtype)
     dk = _time_first(dk_h, Hk, k.dtype)
