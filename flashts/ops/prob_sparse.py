@@ -49,7 +49,7 @@ def _bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, index: Tensor, 
 
 @_bwd.register_fake
 def _bwd_fake(do, q, k, v, *args):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the backends return
 
 
 def _setup(ctx, inputs, output):

@@ -36,7 +36,13 @@ SAMPLE_BUDGET = 4096  # at least this many (query, sample) pairs per gather chun
 def _heads(x: Tensor, Hk: int, dtype: torch.dtype) -> Tensor:
     """``[B, L, H, F]`` -> contiguous ``[B, Hk, G, L, F]`` in ``dtype``."""
     B, L, H, F = x.shape
-    return x.view(B, L, Hk, H // Hk, F).permute(0, 2, 3, 1, 4).to(dtype, memory_format=torch.contiguous_format)
+    return _out(x.view(B, L, Hk, H // Hk, F).permute(0, 2, 3, 1, 4), dtype)
+
+
+def _out(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A new contiguous copy of ``x`` in ``dtype`` (``.to(dtype, memory_format=...)`` returns ``x`` itself, strides
+    and all, when the dtype already matches)."""
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
 
 
 def sparsity_measure(q_h: Tensor, k_h: Tensor, sample_index: Tensor, L_K: int) -> Tensor:
@@ -81,7 +87,7 @@ def prob_sparse_attention_fwd(q: Tensor, k: Tensor, v: Tensor, sample_index: Ten
         lazy = v_h.mean(dim=2)[:, :, None, None, :].expand(B, Hk, G, L_Q, Dv)
     o_h = lazy.clone()  # [B, Hk, G, L_Q, Dv]
     if u == 0:
-        return (o_h.view(B, H, L_Q, Dv).permute(0, 2, 1, 3).to(q.dtype, memory_format=torch.contiguous_format),
+        return (_out(o_h.view(B, H, L_Q, Dv).permute(0, 2, 1, 3), q.dtype),
                 torch.empty((B, H, 0), dtype=torch.int64, device=dev), torch.empty((B, H, 0), dtype=cdt, device=dev))
     q_h = _heads(q, Hk, cdt)  # [B, Hk, G, L_Q, D]
     k_h = _heads(k, Hk, cdt).squeeze(2)  # [B, Hk, L_K, D]
@@ -109,7 +115,7 @@ def prob_sparse_attention_fwd(q: Tensor, k: Tensor, v: Tensor, sample_index: Ten
     o_act = (acc / row_sum.unsqueeze(-1)).view(B, Hk, G, u, Dv)
     o_h.scatter_(3, index.unsqueeze(-1).expand(B, Hk, G, u, Dv), o_act)
     lse = (m + torch.log(row_sum)).view(B, H, u)
-    o = o_h.view(B, H, L_Q, Dv).permute(0, 2, 1, 3).to(q.dtype, memory_format=torch.contiguous_format)
+    o = _out(o_h.view(B, H, L_Q, Dv).permute(0, 2, 1, 3), q.dtype)
     return o, index.view(B, H, u), lse
 
 
@@ -156,7 +162,7 @@ def prob_sparse_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Te
             dq_act += torch.matmul(ds, k_blk)
             dk_h[:, :, j0:j1] += torch.matmul(ds.transpose(-1, -2), q_act)  # q_act carries the scale
         dq_h.scatter_(3, idx.unsqueeze(-1).expand(B, Hk, G, u, D), (dq_act * scale).view(B, Hk, G, u, D))
-    dq = dq_h.view(B, H, L_Q, D).permute(0, 2, 1, 3).to(q.dtype, memory_format=torch.contiguous_format)
-    dk = dk_h.permute(0, 2, 1, 3).to(k.dtype, memory_format=torch.contiguous_format)
-    dv = dv_h.permute(0, 2, 1, 3).to(v.dtype, memory_format=torch.contiguous_format)
+    dq = _out(dq_h.view(B, H, L_Q, D).permute(0, 2, 1, 3), q.dtype)
+    dk = _out(dk_h.permute(0, 2, 1, 3), k.dtype)
+    dv = _out(dv_h.permute(0, 2, 1, 3), v.dtype)
     return dq, dk, dv
