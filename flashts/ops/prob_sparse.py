@@ -21,7 +21,7 @@ from ._common import cast_for_autocast, no_autocast, state_dtype
 
 OP = "prob_sparse_attention"
 _backend.register(OP, "torch", "flashts.torch_ops.prob_sparse")
-# TRITON_REGISTER
+_backend.register(OP, "triton", "flashts.kernels.prob_sparse", gpu_rank=1)
 
 
 @torch.library.custom_op("flashts::prob_sparse_attention_fwd", mutates_args=())
