@@ -98,21 +98,23 @@ def test_inactive_rows_and_index(backend):
 def huge_logits_check(backend, dtype, device="cpu"):
     """q·100, k·100 -> logits of order ±1e4: outputs finite and right; gradients finite, dv right, dq and dk
     right up to the rounding of float32 scores of size 1e4 (~1e-3 absolute, which moves a near-one-hot softmax
-    by ~1e-3 relative: the exact dq, dk are ~e^-100 here, so they are compared in absolute terms)."""
-    q, k, v = qkv(1, 50, 50, 2, 1, 16, 8)
+    by ~1e-3 relative, hence 3e-3 for dv; the exact dq, dk are ~e^-100 here, so they are compared in absolute
+    terms)."""
+    q, k, v = qkv(1, 33, 33, 2, 1, 16, 8)
     q, k = q * 100, k * 100
     tol = 1e-3 if dtype == torch.float32 else TOL[dtype]
     for causal in (False, True):
-        kw = dict(causal=causal, sample_index=index_for(50, 50))
-        check_against_reference(OP, backend, (q, k, v), kw, dtype=dtype, tol=tol, grad=False, device=device)
+        kw = dict(causal=causal, sample_index=index_for(33, 33))
         xs = [x.to(device, dtype).requires_grad_() for x in (q, k, v)]
         refs = [x.to(dtype).double().requires_grad_() for x in (q, k, v)]
-        g = torch.randn(1, 50, 2, 8, dtype=torch.float64)
-        mine = torch.autograd.grad((flashts.prob_sparse_attention(*xs, **kw, backend=backend).double().cpu() * g)
-                                   .sum(), xs)
-        ref = torch.autograd.grad((reference.prob_sparse_attention(*refs, **kw) * g).sum(), refs)
+        g = torch.randn(1, 33, 2, 8, dtype=torch.float64)
+        out = flashts.prob_sparse_attention(*xs, **kw, backend=backend).double().cpu()
+        ref_out = reference.prob_sparse_attention(*refs, **kw)
+        assert torch.isfinite(out).all() and rel_err(out, ref_out) <= tol
+        mine = torch.autograd.grad((out * g).sum(), xs)
+        ref = torch.autograd.grad((ref_out * g).sum(), refs)
         assert all(torch.isfinite(m).all() for m in mine)
-        assert rel_err(mine[2].cpu(), ref[2]) <= tol
+        assert rel_err(mine[2].cpu(), ref[2]) <= 3 * tol
         for m, r in zip(mine[:2], ref[:2]):
             assert (m.cpu().double() - r).abs().max() <= 1e-2 * 100 * g.abs().max()
 
