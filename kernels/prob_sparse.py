@@ -36,8 +36,10 @@ Backward (P recomputed from lse, Δ_i = dO_i·O_i over the active rows):
 Precision: float32 accumulation everywhere; ``tl.dot`` with "ieee" for float32 inputs, tensor cores for
 float16/bfloat16 (P and dS cast to the input dtype for the second product, as FlashAttention). Under the
 interpreter (CPU tensors) bfloat16 tiles are upcast to float32 after the load. Head dims are padded to a power of
-two >= 16 (masked). Tiles: GPU BLOCK_M = min(64, next power of two >= u) active rows (>= 16), BLOCK_N = 64 keys
-(32 for float32), BLOCK_T = 64 lazy rows; interpreter 16; ``BLOCKS = (rows, keys)`` overrides (tests).
+two >= 16 (masked). GPU tiles (chosen by compiling for sm_90 with Triton 3.9 and reading ptxas' spills, not
+timed): float16/bfloat16 BLOCK_M = min(64, next power of two >= u) active rows (>= 16), BLOCK_N = 64 keys, dK/dV
+64 keys × 32 rows, 4 warps (8 from head dim 128); float32 BLOCK_M <= 32, BLOCK_N = 32 (16 from head dim 128), dK/dV BLOCK_N × 16, 8 warps.
+BLOCK_T = 64 lazy rows. Interpreter: 16 everywhere; ``BLOCKS = (rows, keys)`` overrides (tests).
 """
 from __future__ import annotations
 
@@ -404,13 +406,16 @@ class _Problem:
         self.prec = "ieee" if (q.dtype == torch.float32 or self.upcast) else "tf32"
         if BLOCKS is not None:
             self.block_m, self.block_n, self.block_t = BLOCKS[0], BLOCKS[1], BLOCKS[0]
-            self.warps = 4
+            self.dkdv_m, self.warps = BLOCKS[0], 4
         elif not gpu:
-            self.block_m, self.block_n, self.block_t, self.warps = 16, 16, 16, 4
+            self.block_m, self.block_n, self.block_t, self.dkdv_m, self.warps = 16, 16, 16, 16, 4
+        elif q.dtype == torch.float32:  # "ieee" FMA products hold whole tiles in registers: small tiles, 8 warps
+            self.block_m = min(32, max(16, triton.next_power_of_2(max(u, 1))))
+            self.block_n = 32 if max(self.BD, self.BDV) <= 64 else 16
+            self.block_t, self.dkdv_m, self.warps = 64, 16, 8
         else:
             self.block_m = min(64, max(16, triton.next_power_of_2(max(u, 1))))
-            self.block_n = 32 if q.dtype == torch.float32 else 64
-            self.block_t = 64
+            self.block_n, self.block_t, self.dkdv_m = 64, 64, 32
             self.warps = 4 if max(self.BD, self.BDV) <= 64 else 8
         self.n_act = triton.cdiv(u, self.block_m)
 
@@ -487,5 +492,5 @@ def prob_sparse_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Te
     _ps_bwd_dkdv_kernel[(nb * p.B * p.Hk,)](
         q, k, v, do, lse, index, delta, lazy, dk, dv, *sq, *sk, *sv, *sd, *sdk, *sdv,
         p.L_K, u, p.H, p.Hk, p.G, nb, p.qk_scale, p.scale,
-        BLOCK_N=p.block_n, BLOCK_M=p.block_m, num_warps=p.warps, **p.flags())
+        BLOCK_N=p.block_n, BLOCK_M=p.dkdv_m, num_warps=p.warps, **p.flags())
     return dq, dk, dv
