@@ -13,7 +13,11 @@ one global seed; B = 1 and H = 1 (where the original's ``.squeeze()`` fails).
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -220,6 +224,45 @@ def test_torch_compile_fullgraph(compiler, given):
     torch.testing.assert_close(out, eager)  # aot_eager draws the samples with the eager RNG
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+_MEMORY_SCRIPT = textwrap.dedent("""
+    import torch, flashts
+
+    torch.set_num_threads(1)
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(key)
+
+    small = [torch.randn(1, 64, 2, 16, requires_grad=True) for _ in range(3)]
+    flashts.prob_sparse_attention(*small, causal=True, backend="torch").sum().backward()  # warm-up
+    for causal in (False, True):
+        L = 8192
+        q, k, v = (torch.randn(1, L, 2, 16, requires_grad=True) for _ in range(3))
+        g = torch.randn(1, L, 2, 16)
+        open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+        before = status("VmRSS")
+        flashts.prob_sparse_attention(q, k, v, causal=causal, backend="torch").backward(g)
+        print(causal, status("VmHWM") - before)
+""")
+
+
+def test_torch_backend_memory():
+    """Peak-RSS growth of forward+backward at L = 8192 (float32, B=1, H=2, D=16) stays far below one L×L score
+    matrix per head (2 · 256 MiB; the original's backward even builds an [L, L, D] gradient of its key expansion)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc/self/clear_refs to measure peak RSS")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2, res.stdout
+    for line in lines:
+        growth = int(line.split()[-1])
+        assert growth < 64 * 2**20, f"{line}: peak RSS grew {growth / 2**20:.1f} MiB"
 
 
 # ------------------------------------------------------------------------------------------- the drop-in

@@ -53,7 +53,7 @@ def sparsity_measure(q_h: Tensor, k_h: Tensor, sample_index: Tensor, L_K: int) -
     rows = max(1, max(L_Q + L_K, SAMPLE_BUDGET) // U)
     for c0 in range(0, L_Q, rows):
         c1 = min(L_Q, c0 + rows)
-        k_s = k_h[:, :, sample_index[c0:c1]]  # [B, Hk, C, U, D]
+        k_s = k_h.index_select(2, sample_index[c0:c1].reshape(-1)).view(B, Hk, c1 - c0, U, D)
         s = torch.einsum("bkgcd,bkcud->bkgcu", q_h[:, :, :, c0:c1], k_s)
         M[..., c0:c1] = s.amax(dim=-1) - s.sum(dim=-1) / L_K
     return M
