@@ -21,7 +21,7 @@ Every layer calls the public function of its op (``flashts.linear_attention`` ..
 """
 from .attention import Aaren, AutoCorrelationAttention, Latte, LinearAttention, SlidingWindowAttention
 from .tslib import (AarenInnerAttention, AttentionLayer, AutoCorrelation, AutoCorrelationLayer, LatteInnerAttention,
-                    LinearInnerAttention, SlidingWindowInnerAttention)
+                    LinearInnerAttention, SlidingWindowInnerAttention, TSLibAutoCorrelation)
 from .informer import ProbAttention
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "AarenInnerAttention",
     "LatteInnerAttention",
     "AutoCorrelation",
+    "TSLibAutoCorrelation",
     "AttentionLayer",
     "AutoCorrelationLayer",
     "ProbAttention",
