@@ -14,9 +14,9 @@ h_t = 1 − p(0|t). So one pass of each existing core plus a per-row gate gives 
 (h from log-sum-exps, not 1 − g, so it stays accurate when g → 1). Memory: the cores' O(T) plus A, lse, Y
 (``[B,T,H,Dv]`` twice and ``[B,H,T]``), which are kept for the backward.
 
-Backward (the gate's chain rule; the cores' backwards do the rest). With a_t = dy_t·A_t, b_t = dy_t·Y_t and
-c_t = g_t a_t + h_t b_t (z = (mix_0, lse(mix_{1:})), (g, h) = softmax(z)):
-    dA = g·dy,  dY = h·dy,  dmix_0 = g(a − c),  dmix_{1:} = h(b − c)·softmax(mix_{1:}) + (Latte's dq of dY).
+Backward (the gate's chain rule; the cores' backwards do the rest). With a_t = dy_t·A_t, b_t = dy_t·Y_t
+(z = (mix_0, lse(mix_{1:})), (g, h) = softmax(z), so ∂y/∂z_0 = g h (A − Y) = −∂y/∂z_1):
+    dA = g·dy,  dY = h·dy,  dmix_0 = g h (a − b),  dmix_{1:} = −g h (a − b)·softmax(mix_{1:}) + (Latte's dq of dY).
 dq, dk, dv come from the sliding-window backward of dA (dv plus Latte's dv of dY); dlatent_k, dα0, dS0 from
 Latte's backward of dY with the final-state cotangents.
 
@@ -66,10 +66,8 @@ def mix_backward(do: Tensor, mix: Tensor, A: Tensor, Y: Tensor):
     h = torch.exp(torch.logsumexp(z[..., 1:], dim=-1) - lse_all)
     a = (dy * A.to(cd)).sum(-1)
     b = (dy * Y.to(cd)).sum(-1)
-    c = g * a + h * b
-    dz0 = g * (a - c)
-    dz1 = h * (b - c)
-    dmix = torch.cat([dz0.unsqueeze(-1), dz1.unsqueeze(-1) * torch.softmax(z[..., 1:], dim=-1)], dim=-1)
+    dz0 = g * h * (a - b)  # = g(a − c) with c = g a + h b and g + h = 1: exactly 0 when A = Y (e.g. T = 1)
+    dmix = torch.cat([dz0.unsqueeze(-1), -dz0.unsqueeze(-1) * torch.softmax(z[..., 1:], dim=-1)], dim=-1)
     return g.unsqueeze(-1) * dy, h.unsqueeze(-1) * dy, dmix
 
 
