@@ -312,3 +312,69 @@ def test_torch_compile_inductor():
     torch.testing.assert_close(out, eager)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------------------------------ layers
+
+def test_layer_forward_step_and_grads():
+    """LatteMacchiato: forward == token-by-token step == chunked forward with the state; params get gradients."""
+    torch.manual_seed(4)
+    layer = flashts.nn.LatteMacchiato(d_model=12, n_heads=3, n_latents=2, window=(3, 0), backend="torch").double()
+    x = torch.randn(2, 11, 12, dtype=F64)
+    y = layer(x)
+    assert y.shape == (2, 11, 12)
+    y1, st = layer(x[:, :6], output_final_state=True)
+    ys = [y1]
+    for t in range(6, 11):
+        y_t, st = layer.step(x[:, t], st)
+        ys.append(y_t.unsqueeze(1))
+    assert rel_err(torch.cat(ys, 1), y) < SELF_TOL[F64]
+    st_shapes = [tuple(s.shape) for s in st]
+    assert st_shapes == [(2, 3, 3, 4), (2, 3, 3, 4), (2,), (2, 3, 2), (2, 3, 2), (2, 3, 2, 4)]
+    y.square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.norm() > 0, name
+    with pytest.raises(ValueError, match="window"):
+        flashts.nn.LatteMacchiato(12, 3, 2, window=(3, 3))
+    with pytest.raises(ValueError, match="finite window"):
+        flashts.nn.LatteMacchiato(12, 3, 2, window=(-1, 0), backend="torch")(x.float(), output_final_state=True)
+
+
+def test_layer_matches_functional():
+    """The layer is exactly out_proj(op(projections))."""
+    torch.manual_seed(6)
+    layer = flashts.nn.LatteMacchiato(8, 2, 3, window=(2, 0), backend="torch").double()
+    x = torch.randn(1, 7, 8, dtype=F64)
+    q, k, v = (p(x).view(1, 7, 2, 4) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    mix, lk = layer.mix_proj(x).view(1, 7, 2, 4), layer.latent_proj(x).view(1, 7, 2, 3)
+    o = flashts.reference.latte_macchiato_attention(q, k, v, mix, lk, window=(2, 0))
+    assert rel_err(layer(x), layer.out_proj(o.reshape(1, 7, 8))) < SELF_TOL[F64]
+
+
+def test_inner_attention_tslib():
+    """The TSLib inner attention inside flashts.nn.AttentionLayer: the op on derived mix/latent logits."""
+    torch.manual_seed(8)
+    inner = flashts.nn.LatteMacchiatoInnerAttention(True, window=(4, 0), n_latents=3, d_keys=4, attention_dropout=0.0,
+                                                    backend="torch").double()
+    layer = flashts.nn.AttentionLayer(inner, d_model=8, n_heads=2).double()
+    x = torch.randn(2, 9, 8, dtype=F64)
+    y, attn = layer(x, x, x, attn_mask=None)
+    assert y.shape == (2, 9, 8) and attn is None
+    qs, ks, vs = (torch.randn(2, 9, 2, 4, dtype=F64) for _ in range(3))
+    out, _ = inner(qs, ks, vs, None)
+    ref = flashts.reference.latte_macchiato_attention(qs, ks, vs, inner.mix_proj(qs), inner.latent_proj(ks),
+                                                      window=(4, 0))
+    assert rel_err(out, ref) < SELF_TOL[F64]
+    with pytest.raises(ValueError, match="causal"):
+        flashts.nn.LatteMacchiatoInnerAttention(False, window=(4, 0), n_latents=3, d_keys=4)
+    with pytest.raises(ValueError, match="self-attention"):
+        inner(qs, ks[:, :5], vs[:, :5], None)
+
+
+@pytest.mark.parametrize("cls", ["LatteMacchiato", "LatteMacchiatoInnerAttention"])
+def test_docstring_example_runs(cls):
+    import textwrap
+
+    doc = getattr(flashts.nn, cls).__doc__
+    code = textwrap.dedent(doc.split("Example::", 1)[1].split("\n", 1)[1])
+    exec(compile(code, f"<{cls} example>", "exec"), {"torch": torch, "flashts": flashts})
