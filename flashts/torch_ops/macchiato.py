@@ -29,8 +29,10 @@ extended problem and of the final cache is a row gathered from one "pool" = [cac
 a zero row]; the backward scatters gradients back through the same indices (index_add), so the cache's
 k_win/v_win get gradients too and the final cache's cotangents reach k, v and the initial cache.
 
-The cores are passed in (``Composed(sw, latte)``): this module's functions use the torch cores; the Triton
-backend (``flashts/ops/_macchiato_triton.py``) composes its own.
+The cores are passed in (``Composed(sw, latte, fused_fwd=None)``): this module's functions use the torch cores;
+the Triton backend (``flashts/ops/_macchiato_triton.py``) composes its own and passes the fused forward kernel of
+``kernels/macchiato.py``, used for every call without a window cache (the composition then only does the
+backward and the streaming calls).
 """
 from __future__ import annotations
 
@@ -122,8 +124,8 @@ class Composed:
     """Latte Macchiato from a sliding-window backend module ``sw`` and a Latte backend module ``latte``
     (each with the ``*_fwd`` / ``*_bwd`` functions of its op's contract)."""
 
-    def __init__(self, sw, latte):
-        self.sw, self.latte = sw, latte
+    def __init__(self, sw, latte, fused_fwd=None):
+        self.sw, self.latte, self.fused_fwd = sw, latte, fused_fwd
 
     def fwd(self, q, k, v, mix, latent_k, k_win, v_win, n_win, m0, a0, S0, cu_seqlens, left: int, scale: float,
             want_state: bool):
@@ -134,7 +136,11 @@ class Composed:
         N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
         W = max(left, 0)
         plan = None
-        if k_win is None:
+        if k_win is not None and (k_win.shape[1] == 0 or not bool(n_win.any())):
+            k_win = v_win = None  # an empty cache: the plain problem (the backward's extended one is the same)
+        if k_win is None and self.fused_fwd is not None:  # one kernel for both parts and the mix
+            o, A, Y, lse, m, a, S = self.fused_fwd(q, k, v, mix, latent_k, m0, a0, S0, cu_seqlens, left, scale)
+        elif k_win is None:
             A, lse = self.sw.sliding_window_attention_fwd(q, k, v, cu_seqlens, left, 0, scale)
         else:
             plan = _Plan(B, T, N, W, cu_seqlens, n_win, q.device)
@@ -146,9 +152,10 @@ class Composed:
                                                                   left, 0, scale)
             A = A_ext[0, plan.tok_pos].reshape(B, T, H, v.shape[-1])
             lse = lse_ext[0][:, plan.tok_pos].reshape(H, B, T).permute(1, 0, 2).contiguous()
-        Y, m, a, S = self.latte.latte_attention_fwd(mix[..., 1:].contiguous(), latent_k, v, m0, a0, S0, cu_seqlens,
-                                                    True)
-        o = mix_forward(mix, A, Y, q.dtype)
+        if k_win is not None or self.fused_fwd is None:
+            Y, m, a, S = self.latte.latte_attention_fwd(mix[..., 1:].contiguous(), latent_k, v, m0, a0, S0,
+                                                        cu_seqlens, True)
+            o = mix_forward(mix, A, Y, q.dtype)
         kT = vT = nT = None
         if want_state:
             if plan is None:
