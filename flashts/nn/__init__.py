@@ -20,7 +20,7 @@ Every layer calls the public function of its op (``flashts.linear_attention`` ..
 from .attention import Aaren, AutoCorrelationAttention, Latte, LinearAttention, SlidingWindowAttention
 from .macchiato import LatteMacchiato, LatteMacchiatoInnerAttention
 from .tslib import (AarenInnerAttention, AttentionLayer, AutoCorrelation, AutoCorrelationLayer, LatteInnerAttention,
-                    LinearInnerAttention, SlidingWindowInnerAttention)
+                    LinearInnerAttention, SlidingWindowInnerAttention, TSLibAutoCorrelation)
 
 __all__ = [
     "LinearAttention",
@@ -33,6 +33,7 @@ __all__ = [
     "AarenInnerAttention",
     "LatteInnerAttention",
     "AutoCorrelation",
+    "TSLibAutoCorrelation",
     "AttentionLayer",
     "AutoCorrelationLayer",
     "LatteMacchiato",
