@@ -37,6 +37,8 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
 
 The flashts ``torch`` backend itself is listed by :mod:`bench.registry` (``flashts-torch``) and serves as
 the baseline the GPU kernels must beat.
+* ``swa+latte`` / ``swa-only`` (Latte Macchiato only) — the op's two parts as separate flashts ops plus a
+  PyTorch mix (the same function), and the sliding window alone (a different function: the floor).
 """
 from __future__ import annotations
 
@@ -372,5 +374,63 @@ class ProbSparseWindowPeer(Impl):
                         grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
 
 
+class MacchiatoParts(Impl):
+    """Latte Macchiato as its two parts run separately through the public flashts ops (backend "auto":
+    Triton on a GPU, torch on the CPU) plus the mix in plain PyTorch: ``sliding_window_attention`` (window
+    (left, 0)), ``latte_attention(mix[..., 1:], latent_k, v)`` and y = p(0|t)·A + (1 − p(0|t))·Y — the same
+    function as the fused op (checked), what a user would write without it."""
+    name = "swa+latte"
+    note = "sliding window + Latte as two separate ops + a PyTorch mix"
+
+    def supports(self, config):
+        return config.op == "latte_macchiato_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        window = tuple(case.config.p["window"])
+        q, k, v, mix, lk = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v", "mix", "latent_k"))
+
+        def fn():
+            a = flashts.sliding_window_attention(q, k, v, window=window)
+            y = flashts.latte_attention(mix[..., 1:], lk, v)
+            p = torch.softmax(mix.float(), dim=-1)
+            g = p[..., :1]
+            return (g * a.float() + p[..., 1:].sum(-1, keepdim=True) * y.float()).to(v.dtype)
+
+        return Prepared(fn=fn, leaves=[q, k, v, mix, lk] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class SlidingWindowOnly(Impl):
+    """The local part alone: ``flashts.sliding_window_attention`` with Macchiato's window (backend "auto"). A
+    different function (no latent part): the floor the fused op is measured against (issue 16's goal: the fused
+    Macchiato within 1.3× of the sliding window alone)."""
+    name = "swa-only"
+    note = "sliding-window attention alone at the same window (different function)"
+
+    def supports(self, config):
+        return config.op == "latte_macchiato_attention"
+
+    def same_function(self, config):
+        return False
+
+    def counts(self, case):
+        from .registry import _attn_pairs_flops, window_pairs
+        c, T = case.config, case.T
+        f, b = _attn_pairs_flops(c.B * c.H, window_pairs(T, tuple(c.p["window"])[0], 0), c.D, c.Dv)
+        e = torch.empty((), dtype=case.torch_dtype).element_size()
+        inp, out = c.B * T * c.H * (2 * c.D + c.Dv) * e, c.B * T * c.H * c.Dv * e
+        return {"fwd": (f, inp + out), "fwdbwd": (f + b, 3 * inp + 2 * out)}
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        window = tuple(case.config.p["window"])
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        return Prepared(fn=lambda: flashts.sliding_window_attention(q, k, v, window=window),
+                        leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
 def baseline_impls() -> list[Impl]:
-    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop(), Informer(), ProbSparseWindowPeer()]
+    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop(), Informer(), ProbSparseWindowPeer(), MacchiatoParts(),
+            SlidingWindowOnly()]

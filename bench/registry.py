@@ -32,12 +32,16 @@ import torch
 
 OPS = ("linear_attention", "sliding_window_attention", "auto_correlation", "aaren_attention", "latte_attention",
        "prob_sparse_attention")
+OPS += ("latte_macchiato_attention",)
+# inputs an op takes after q, k, v (positional, in this order; made by make_inputs)
+EXTRA_INPUTS = {"latte_macchiato_attention": ("mix", "latent_k")}
 OP_ALIASES = {
     "linear": "linear_attention", "la": "linear_attention",
     "sliding_window": "sliding_window_attention", "swa": "sliding_window_attention", "window": "sliding_window_attention",
     "autocorr": "auto_correlation", "auto_correlation": "auto_correlation", "ac": "auto_correlation",
     "aaren": "aaren_attention", "latte": "latte_attention",
     "prob_sparse": "prob_sparse_attention", "probsparse": "prob_sparse_attention", "informer": "prob_sparse_attention",
+    "macchiato": "latte_macchiato_attention", "latte_macchiato": "latte_macchiato_attention",
 }
 MODES = ("fwd", "fwdbwd")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -126,7 +130,8 @@ class Case:
 
 def short_op(op: str) -> str:
     return {"linear_attention": "linear", "sliding_window_attention": "swa", "auto_correlation": "autocorr",
-            "aaren_attention": "aaren", "latte_attention": "latte", "prob_sparse_attention": "probsparse"}[op]
+            "aaren_attention": "aaren", "latte_attention": "latte", "prob_sparse_attention": "probsparse",
+            "latte_macchiato_attention": "macchiato"}[op]
 
 
 # ----------------------------------------------------------------------------------------- configurations
@@ -145,6 +150,8 @@ def gpu_configs() -> list[Config]:
         out.append(Config.make("latte_attention", 8, 8, 64, 64, GPU_TS, causal=causal, latents=64))
     for causal in (False, True):  # Informer's shape: d_model 512, 8 heads, c = 5
         out.append(Config.make("prob_sparse_attention", 32, 8, 64, 64, PROB_SPARSE_GPU_LS, factor=5, causal=causal))
+    # Latte Macchiato at the sliding-window goal shape and window (compare with swa-only / swa+latte rows)
+    out.append(Config.make("latte_macchiato_attention", 4, 16, 64, 64, GPU_TS, window=(511, 0), latents=16))
     return out
 
 
@@ -161,6 +168,7 @@ def cpu_configs() -> list[Config]:
         Config.make("latte_attention", 1, 4, 16, 64, CPU_TS, causal=False, latents=16),
         Config.make("prob_sparse_attention", 2, 8, 64, 64, PROB_SPARSE_CPU_LS, factor=5, causal=False),
         Config.make("prob_sparse_attention", 2, 8, 64, 64, PROB_SPARSE_CPU_LS, factor=5, causal=True),
+        Config.make("latte_macchiato_attention", 1, 4, 64, 64, CPU_TS, window=(127, 0), latents=16),
     ]
 
 
@@ -173,6 +181,7 @@ def quick_configs() -> list[Config]:
         Config.make("aaren_attention", 1, 2, 16, 16, Ts),
         Config.make("latte_attention", 1, 2, 8, 16, Ts, causal=True, latents=8),
         Config.make("prob_sparse_attention", 1, 2, 16, 16, Ts, factor=5, causal=True),
+        Config.make("latte_macchiato_attention", 1, 2, 16, 16, Ts, window=(15, 0), latents=4),
     ]
 
 
@@ -208,6 +217,10 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> dict:
 
     if case.op == "aaren_attention":
         return {"q": rnd(H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, Dv)}
+    if case.op == "latte_macchiato_attention":  # + mixing logits [.., L+1] and latent key logits [.., L]
+        L = c.p["latents"]
+        return {"q": rnd(B, T, H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, Dv), "mix": rnd(B, T, H, L + 1),
+                "latent_k": rnd(B, T, H, L)}
     return {"q": rnd(B, T, H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, Dv)}
 
 
@@ -227,6 +240,8 @@ def op_kwargs(config: Config) -> dict:
         # a fresh generator per call of op_kwargs: the guard's first call and the oracle draw the same samples
         return {"factor": p.get("factor", 5), "causal": p.get("causal", False),
                 "generator": torch.Generator().manual_seed(0)}
+    if config.op == "latte_macchiato_attention":
+        return {"window": tuple(p["window"])}
     return {}
 
 
@@ -237,7 +252,7 @@ def is_causal(config: Config) -> bool:
         return bool(p.get("causal", True))
     if config.op == "sliding_window_attention":
         return tuple(p["window"])[1] == 0
-    if config.op == "aaren_attention":
+    if config.op in ("aaren_attention", "latte_macchiato_attention"):
         return True
     if config.op == "prob_sparse_attention":
         return bool(p.get("causal", False))
@@ -336,6 +351,18 @@ def _flops_prob_sparse_attention(c: Config, T: int) -> tuple[int, int]:
     return n * U * (2 * c.D + 2) + att_f + n * c.Dv, att_b + n * c.Dv
 
 
+def _flops_latte_macchiato_attention(c: Config, T: int) -> tuple[int, int]:
+    """The causal sliding window over its allowed pairs (:func:`_attn_pairs_flops`) plus causal Latte with
+    L latents (:func:`_flops_latte_attention`) plus the mix (≈ 4Dv + 2(L+1) per token; backward twice)."""
+    left = tuple(c.p["window"])[0]
+    L = c.p["latents"]
+    w_f, w_b = _attn_pairs_flops(c.B * c.H, window_pairs(T, left, 0), c.D, c.Dv)
+    n = c.B * c.H * T
+    lat = L * (5 * c.Dv + 8)
+    mix = 4 * c.Dv + 2 * (L + 1)
+    return w_f + n * (lat + mix), w_b + 2 * n * (lat + mix)
+
+
 _FLOPS = {
     "linear_attention": _flops_linear_attention,
     "sliding_window_attention": _flops_sliding_window_attention,
@@ -343,6 +370,7 @@ _FLOPS = {
     "aaren_attention": _flops_aaren_attention,
     "latte_attention": _flops_latte_attention,
     "prob_sparse_attention": _flops_prob_sparse_attention,
+    "latte_macchiato_attention": _flops_latte_macchiato_attention,
 }
 
 
@@ -351,6 +379,8 @@ def _io_bytes(case: Case) -> tuple[int, int]:
     c, T, e = case.config, case.T, _elt(case.dtype)
     if case.op == "aaren_attention":
         inp = c.H * c.D + c.B * T * c.H * (c.D + c.Dv)
+    elif case.op == "latte_macchiato_attention":
+        inp = c.B * T * c.H * (2 * c.D + c.Dv + 2 * c.p["latents"] + 1)
     else:
         inp = c.B * T * c.H * (2 * c.D + c.Dv)
     return inp * e, c.B * T * c.H * c.Dv * e
@@ -460,8 +490,10 @@ class FlashtsImpl(Impl):
         fn = getattr(flashts, case.op)
         kw = op_kwargs(case.config)
         q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        extra = [leaf(inputs[n], requires_grad) for n in EXTRA_INPUTS.get(case.op, ())]
         backend = self.backend
-        return Prepared(fn=lambda: fn(q, k, v, **kw, backend=backend), leaves=[q, k, v] if requires_grad else [],
+        return Prepared(fn=lambda: fn(q, k, v, *extra, **kw, backend=backend),
+                        leaves=[q, k, v] + extra if requires_grad else [],
                         grad_out=_grad_like(case, case.config.Dv, inputs["v"]) if requires_grad else None)
 
 
