@@ -19,6 +19,10 @@ if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib
     fi
     python -m pip install -q triton numpy pytest ninja pybind11 matplotlib tqdm statsmodels mypy
 fi
+# SASS tools for tests/test_cuda_resources.py (cuobjdump + nvdisasm; PyPI wheels) when nvcc is there
+if command -v nvcc >/dev/null 2>&1 && ! python -c "import sys,os; sys.exit(not any(os.path.isfile(os.path.join(p,'nvidia/cu13/bin/nvdisasm')) for p in sys.path))"; then
+    python -m pip install -q nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm || echo "[setup] could not install cuobjdump/nvdisasm"
+fi
 # pyproject.toml's SPDX licence field needs setuptools >= 77 for the in-place (no-build-isolation) install
 python -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null \
     || python -m pip install -q "setuptools>=77"
