@@ -103,16 +103,21 @@ _REPORTER: list = []
 
 
 def _write_line(msg: str) -> None:
-    if _REPORTER:
-        _REPORTER[0].write("\n")
-        _REPORTER[0].write_line(msg)
+    """A line on the terminal, also while a test runs (output capture is suspended for it, as live logging does)."""
+    if not _REPORTER:
+        return
+    rep, capman = _REPORTER
+    import contextlib
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        rep.write("\n")
+        rep.write_line(msg)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session):
     rep = session.config.pluginmanager.get_plugin("terminalreporter")
     if rep is not None:
-        _REPORTER[:] = [rep]
+        _REPORTER[:] = [rep, session.config.pluginmanager.get_plugin("capturemanager")]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
