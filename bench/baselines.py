@@ -311,5 +311,66 @@ class Loop(Impl):
                         grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
 
 
+class Informer(Impl):
+    """The original ProbSparse algorithm (``bench/informer_original.py``: the [B, H, L_Q, L_K, E] expansion, the
+    sampled-key gather, the dense ProbMask). It draws its samples with ``torch.randint`` from the global CPU
+    generator, as the original does: the timed call reseeds that generator (seed 0, a few µs) so that its
+    samples are the ones flashts draws from ``op_kwargs``' generator, and the correctness guard applies."""
+    name = "informer"
+    note = "original Informer ProbAttention algorithm"
+
+    def supports(self, config):
+        return config.op == "prob_sparse_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        from bench.informer_original import informer_prob_attention
+        kw = op_kwargs(case.config)
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+
+        def fn():
+            torch.default_generator.manual_seed(0)
+            return informer_prob_attention(q, k, v, factor=kw["factor"], causal=kw["causal"])
+
+        return Prepared(fn=fn, leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class ProbSparseWindowPeer(Impl):
+    """flashts' sliding-window attention with the work budget of ProbSparse: U + u keys per query (the pairs
+    ProbSparse scores per query on average), window (U + u − 1, 0) when causal, else ((U + u) // 2) each side.
+    A different function (a reference point, not checked)."""
+    name = "swa-peer"
+    note = "flashts sliding window, same keys per query as ProbSparse (different function)"
+
+    def supports(self, config):
+        return config.op == "prob_sparse_attention"
+
+    def same_function(self, config):
+        return False
+
+    def _window(self, case):
+        from .registry import prob_sparse_counts
+        U, u = prob_sparse_counts(case.T, int(case.config.p.get("factor", 5)))
+        w = max(U + u, 1)
+        return (w - 1, 0) if is_causal(case.config) else (w // 2, w // 2)
+
+    def counts(self, case):
+        from .registry import _attn_pairs_flops, window_pairs
+        c = case.config
+        left, right = self._window(case)
+        f_fwd, f_bwd = _attn_pairs_flops(c.B * c.H, window_pairs(case.T, left, right), c.D, c.Dv)
+        base = dense_attention_flops_bytes(case, False, c.D, c.Dv)
+        return {"fwd": (f_fwd, base["fwd"][1]), "fwdbwd": (f_fwd + f_bwd, base["fwdbwd"][1])}
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        window = self._window(case)
+        backend = "auto"
+        return Prepared(fn=lambda: flashts.sliding_window_attention(q, k, v, window=window, backend=backend),
+                        leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
 def baseline_impls() -> list[Impl]:
-    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop()]
+    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop(), Informer(), ProbSparseWindowPeer()]

@@ -302,3 +302,66 @@ def check_latte(q, k, v, causal, initial_state, output_final_state, cu):
         initial_state = state("initial_state", initial_state, 3, ((N, H, L), (N, H, L), (N, H, L, Dv)),
                               ("m [N, H, L]", "alpha [N, H, L]", "S [N, H, L, Dv]"), dev)
     return Checked(B=B, T=T, H=H, L=L, Dv=Dv, N=N, initial_state=initial_state, device=dev)
+
+
+def prob_sparse_sizes(L_Q: int, L_K: int, factor: int) -> tuple[int, int]:
+    """(U, u) of SPEC §6: U = min(L_K, factor·⌈ln L_K⌉) sampled keys, u = min(L_Q, factor·⌈ln L_Q⌉) active
+    queries; U == 0 (L_K == 1) makes every query inactive (u = 0), which gives the same output and gradients."""
+    U = min(L_K, factor * math.ceil(math.log(L_K)))
+    u = min(L_Q, factor * math.ceil(math.log(L_Q)))
+    return U, (u if U > 0 else 0)
+
+
+def check_prob_sparse(q, k, v, factor, causal, scale, sample_index, generator, return_index):
+    tensor("q", q, (4,), "[B, L_Q, H, D]")
+    tensor("k", k, (4,), "[B, L_K, Hk, D]")
+    tensor("v", v, (4,), "[B, L_K, Hk, Dv]")
+    dev = devices(q=q, k=k, v=v)
+    dtypes(q=q, k=k, v=v)
+    B, L_Q, H, D = q.shape
+    L_K, Hk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"batch sizes of q, k, v must match: got q={B}, k={k.shape[0]}, v={v.shape[0]}")
+    if v.shape[1] != L_K:
+        raise ValueError(f"time lengths of k and v must match: got k={L_K}, v={v.shape[1]}")
+    if k.shape[3] != D:
+        raise ValueError(f"head dims of q and k must match: got q={D}, k={k.shape[3]}")
+    if v.shape[2] != Hk:
+        raise ValueError(f"kv heads of k and v must match: got k={Hk}, v={v.shape[2]}")
+    for n, s in (("B", B), ("L_Q", L_Q), ("L_K", L_K), ("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
+        positive(n, s)
+    if H % Hk:
+        raise ValueError(f"k, v: query heads H={H} must be a multiple of kv heads Hk={Hk}")
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+        raise ValueError(f"factor: expected an int >= 1, got {factor!r}")
+    factor = int(factor)
+    flag("causal", causal)
+    if causal and L_Q != L_K:
+        raise ValueError(f"causal=True needs queries and keys of one length (self-attention), got L_Q={L_Q}, "
+                         f"L_K={L_K}")
+    scale = real("scale", scale, allow_none=True)
+    if scale is None:
+        scale = D ** -0.5
+    flag("return_index", return_index)
+    U, u = prob_sparse_sizes(L_Q, L_K, factor)
+    if sample_index is not None:
+        if generator is not None:
+            raise ValueError("generator: only used to draw sample_index; pass sample_index or generator, not both")
+        if not isinstance(sample_index, torch.Tensor) or sample_index.dtype != torch.int64:
+            got = sample_index.dtype if isinstance(sample_index, torch.Tensor) else type(sample_index).__name__
+            raise ValueError(f"sample_index: expected an int64 tensor [L_Q, U] = [{L_Q}, {U}], got {got}")
+        if sample_index.dim() != 2 or sample_index.shape[0] != L_Q or sample_index.shape[1] != U:
+            raise ValueError(f"sample_index: expected shape [L_Q, U] = [{L_Q}, {U}] (U = min(L_K, factor·⌈ln L_K⌉)), "
+                             f"got {_shape(sample_index)}")
+        if sample_index.device != dev and sample_index.device.type != "cpu":
+            raise ValueError(f"sample_index: expected it on the CPU or on {dev} like q, got {sample_index.device}")
+        if not _compiling() and sample_index.numel() > 0:
+            lo, hi = int(sample_index.min()), int(sample_index.max())
+            if lo < 0 or hi >= L_K:
+                raise ValueError(f"sample_index: expected key indices in [0, L_K={L_K}), got values in [{lo}, {hi}]")
+    elif generator is not None:
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            got = generator.device if isinstance(generator, torch.Generator) else type(generator).__name__
+            raise ValueError(f"generator: expected a CPU torch.Generator (the samples are drawn on the CPU, as "
+                             f"Informer does), got {got}")
+    return Checked(B=B, L_Q=L_Q, L_K=L_K, H=H, Hk=Hk, D=D, Dv=Dv, U=U, u=u, factor=factor, scale=scale, device=dev)

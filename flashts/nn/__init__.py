@@ -13,12 +13,16 @@ and the layers that hold them, with TSLib's / Autoformer's parameter names (thei
 
     AttentionLayer, AutoCorrelationLayer
 
+Informer's ``ProbAttention`` (module :mod:`flashts.nn.informer`): a drop-in for the TSLib class, same seed ->
+same output.
+
 Every layer calls the public function of its op (``flashts.linear_attention`` ...) and takes ``backend=``
 (default ``"auto"``), passed through to it.
 """
 from .attention import Aaren, AutoCorrelationAttention, Latte, LinearAttention, SlidingWindowAttention
 from .tslib import (AarenInnerAttention, AttentionLayer, AutoCorrelation, AutoCorrelationLayer, LatteInnerAttention,
                     LinearInnerAttention, SlidingWindowInnerAttention, TSLibAutoCorrelation)
+from .informer import ProbAttention
 
 __all__ = [
     "LinearAttention",
@@ -34,4 +38,5 @@ __all__ = [
     "TSLibAutoCorrelation",
     "AttentionLayer",
     "AutoCorrelationLayer",
+    "ProbAttention",
 ]
