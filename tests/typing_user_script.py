@@ -16,6 +16,7 @@ def main() -> None:
     a: torch.Tensor = flashts.auto_correlation(q, k, v, factor=1.0, mode="infer")
     r: torch.Tensor = flashts.aaren_attention(torch.randn(2, 4), k, v)
     lt: torch.Tensor = flashts.latte_attention(q, k, v, causal=False)
+    ps: torch.Tensor = flashts.prob_sparse_attention(q, k, v, factor=2, causal=True)
     info: dict[str, object] = flashts.backend_info()
     x = torch.randn(1, 8, 16)
     layers: list[torch.nn.Module] = [
@@ -37,7 +38,7 @@ def main() -> None:
         y, attn = flashts.nn.AttentionLayer(inner, 16, 2)(x, x, x, None)
     for corr in (flashts.nn.AutoCorrelation(False, 1), flashts.nn.TSLibAutoCorrelation(False, 1)):
         y2, _ = flashts.nn.AutoCorrelationLayer(corr, 16, 2)(x, x, x, None)
-    print(o.shape, o2.shape, o3.shape, s.shape, s2.shape, lse.shape, a.shape, r.shape, lt.shape, len(info),
+    print(o.shape, o2.shape, o3.shape, s.shape, s2.shape, lse.shape, a.shape, r.shape, lt.shape, ps.shape, len(info),
           len(ys), y.shape, y2.shape)
 
 

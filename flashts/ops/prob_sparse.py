@@ -13,6 +13,8 @@ the CPU), so one seed gives Informer's samples on every backend.
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
+from typing import Any, Optional
+
 import torch
 from torch import Tensor
 
@@ -69,8 +71,10 @@ def _backward(ctx, do, dindex, dlse):
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def prob_sparse_attention(q, k, v, *, factor=5, causal=False, scale=None, sample_index=None, generator=None,
-                          return_index=False, backend="auto"):
+def prob_sparse_attention(q: Tensor, k: Tensor, v: Tensor, *, factor: int = 5, causal: bool = False,
+                          scale: Optional[float] = None, sample_index: Optional[Tensor] = None,
+                          generator: Optional[torch.Generator] = None, return_index: bool = False,
+                          backend: str = "auto") -> Any:
     """Informer's ProbSparse attention: full softmax attention for the u "active" queries, a lazy answer for the rest.
 
     Per (batch, head): U = min(L_K, factor·⌈ln L_K⌉) keys are sampled per query (``sample_index``, shared by
