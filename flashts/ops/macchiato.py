@@ -26,7 +26,7 @@ no gradient; alpha, S, k_win and v_win do.
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -113,8 +113,10 @@ def _backward(ctx, do, dA, dlse, dY, dm, da, dS, dkw, dvw, dn):
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def latte_macchiato_attention(q, k, v, mix, latent_k, *, window, scale=None, initial_state=None,
-                              output_final_state=False, cu_seqlens=None, backend="auto"):
+def latte_macchiato_attention(q: Tensor, k: Tensor, v: Tensor, mix: Tensor, latent_k: Tensor, *,
+                              window: tuple[int, int], scale: Optional[float] = None,
+                              initial_state: Optional[tuple[Tensor, ...]] = None, output_final_state: bool = False,
+                              cu_seqlens: Optional[Tensor] = None, backend: str = "auto") -> Any:
     """Latte Macchiato: a per-token mixture of causal sliding-window attention and Latte's latent attention.
 
     y_t = p(0|t)·A_t + Σ_{l=1..L} p(l|t)·G_{t,l}, with p(·|t) = softmax(mix_t) over L+1 entries, A the causal
