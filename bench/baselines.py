@@ -42,6 +42,8 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
 
 The flashts ``torch`` backend itself is listed by :mod:`bench.registry` (``flashts-torch``) and serves as
 the baseline the GPU kernels must beat.
+* ``swa+latte`` / ``swa-only`` (Latte Macchiato only) — the op's two parts as separate flashts ops plus a
+  PyTorch mix (the same function), and the sliding window alone (a different function: the floor).
 """
 from __future__ import annotations
 
@@ -320,6 +322,124 @@ class Loop(Impl):
                         grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
 
 
+class Informer(Impl):
+    """The original ProbSparse algorithm (``bench/informer_original.py``: the [B, H, L_Q, L_K, E] expansion, the
+    sampled-key gather, the dense ProbMask). It draws its samples with ``torch.randint`` from the global CPU
+    generator, as the original does: the timed call reseeds that generator (seed 0, a few µs) so that its
+    samples are the ones flashts draws from ``op_kwargs``' generator, and the correctness guard applies."""
+    name = "informer"
+    note = "original Informer ProbAttention algorithm"
+
+    def supports(self, config):
+        return config.op == "prob_sparse_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        from bench.informer_original import informer_prob_attention
+        kw = op_kwargs(case.config)
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+
+        def fn():
+            torch.default_generator.manual_seed(0)
+            return informer_prob_attention(q, k, v, factor=kw["factor"], causal=kw["causal"])
+
+        return Prepared(fn=fn, leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class ProbSparseWindowPeer(Impl):
+    """flashts' sliding-window attention with the work budget of ProbSparse: U + u keys per query (the pairs
+    ProbSparse scores per query on average), window (U + u − 1, 0) when causal, else ((U + u) // 2) each side.
+    A different function (a reference point, not checked)."""
+    name = "swa-peer"
+    note = "flashts sliding window, same keys per query as ProbSparse (different function)"
+
+    def supports(self, config):
+        return config.op == "prob_sparse_attention"
+
+    def same_function(self, config):
+        return False
+
+    def _window(self, case):
+        from .registry import prob_sparse_counts
+        U, u = prob_sparse_counts(case.T, int(case.config.p.get("factor", 5)))
+        w = max(U + u, 1)
+        return (w - 1, 0) if is_causal(case.config) else (w // 2, w // 2)
+
+    def counts(self, case):
+        from .registry import _attn_pairs_flops, window_pairs
+        c = case.config
+        left, right = self._window(case)
+        f_fwd, f_bwd = _attn_pairs_flops(c.B * c.H, window_pairs(case.T, left, right), c.D, c.Dv)
+        base = dense_attention_flops_bytes(case, False, c.D, c.Dv)
+        return {"fwd": (f_fwd, base["fwd"][1]), "fwdbwd": (f_fwd + f_bwd, base["fwdbwd"][1])}
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        window = self._window(case)
+        backend = "auto"
+        return Prepared(fn=lambda: flashts.sliding_window_attention(q, k, v, window=window, backend=backend),
+                        leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class MacchiatoParts(Impl):
+    """Latte Macchiato as its two parts run separately through the public flashts ops (backend "auto":
+    Triton on a GPU, torch on the CPU) plus the mix in plain PyTorch: ``sliding_window_attention`` (window
+    (left, 0)), ``latte_attention(mix[..., 1:], latent_k, v)`` and y = p(0|t)·A + (1 − p(0|t))·Y — the same
+    function as the fused op (checked), what a user would write without it."""
+    name = "swa+latte"
+    note = "sliding window + Latte as two separate ops + a PyTorch mix"
+
+    def supports(self, config):
+        return config.op == "latte_macchiato_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        window = tuple(case.config.p["window"])
+        q, k, v, mix, lk = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v", "mix", "latent_k"))
+
+        def fn():
+            a = flashts.sliding_window_attention(q, k, v, window=window)
+            y = flashts.latte_attention(mix[..., 1:], lk, v)
+            p = torch.softmax(mix.float(), dim=-1)
+            g = p[..., :1]
+            return (g * a.float() + p[..., 1:].sum(-1, keepdim=True) * y.float()).to(v.dtype)
+
+        return Prepared(fn=fn, leaves=[q, k, v, mix, lk] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class SlidingWindowOnly(Impl):
+    """The local part alone: ``flashts.sliding_window_attention`` with Macchiato's window (backend "auto"). A
+    different function (no latent part): the floor the fused op is measured against (issue 16's goal: the fused
+    Macchiato within 1.3× of the sliding window alone)."""
+    name = "swa-only"
+    note = "sliding-window attention alone at the same window (different function)"
+
+    def supports(self, config):
+        return config.op == "latte_macchiato_attention"
+
+    def same_function(self, config):
+        return False
+
+    def counts(self, case):
+        from .registry import _attn_pairs_flops, window_pairs
+        c, T = case.config, case.T
+        f, b = _attn_pairs_flops(c.B * c.H, window_pairs(T, tuple(c.p["window"])[0], 0), c.D, c.Dv)
+        e = torch.empty((), dtype=case.torch_dtype).element_size()
+        inp, out = c.B * T * c.H * (2 * c.D + c.Dv) * e, c.B * T * c.H * c.Dv * e
+        return {"fwd": (f, inp + out), "fwdbwd": (f + b, 3 * inp + 2 * out)}
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        window = tuple(case.config.p["window"])
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        return Prepared(fn=lambda: flashts.sliding_window_attention(q, k, v, window=window),
+                        leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
 # ------------------------------------------------------------------------------ CPU peers in plain PyTorch
 # What a CPU user already has, written the way its users write it (our own code, no third-party copies).
 
@@ -397,4 +517,5 @@ class AarenTextbook(Impl):
 
 
 def baseline_impls() -> list[Impl]:
-    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop(), FLATorch(), AarenTextbook()]
+    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop(), Informer(), ProbSparseWindowPeer(), MacchiatoParts(),
+            SlidingWindowOnly(), FLATorch(), AarenTextbook()]

@@ -191,6 +191,8 @@ def markdown(data: dict) -> str:
         meta.append(f"triton {data['triton']}")
     if data.get("cuda"):
         meta.append(f"CUDA {data['cuda']}")
+    if data.get("load_average") is not None:
+        meta.append(f"load average {data['load_average']:.1f} at the start")
     meta.append(f"commit `{(data.get('commit') or 'unknown')[:12]}`")
     meta.append(f"date {data.get('date')}")
     out = ["# flashts benchmark", "", ", ".join(meta) + ".", ""]

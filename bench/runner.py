@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import Case, Config, Impl, is_causal, make_inputs, op_kwargs
+from .registry import EXTRA_INPUTS, Case, Config, Impl, is_causal, make_inputs, op_kwargs
 
 # tolerance of max|out − oracle| / max|oracle| per dtype of the timed implementation
 TOL = {"float64": 1e-6, "float32": 5e-3, "float16": 2e-2, "bfloat16": 6e-2}
@@ -239,6 +239,8 @@ def _ref_cost(config: Config, T: int, heads: int) -> int:
         return heads * T * T
     if op == "latte_attention":
         return heads * config.D * T * T if config.p.get("causal", True) else heads * config.D * T
+    if op == "latte_macchiato_attention":
+        return heads * (config.p["latents"] + 1) * T * T
     return 0  # auto_correlation: FFTs, O(B·H·E·L)
 
 
@@ -263,7 +265,7 @@ def _slice_inputs(case: Case, inputs: dict, T: int, heads: int) -> dict:
 def _call_op(case: Case, inputs: dict, dtype: torch.dtype, backend: str | None):
     import flashts
     from flashts import reference
-    args = [inputs[n].to(dtype) for n in ("q", "k", "v")]
+    args = [inputs[n].to(dtype) for n in ("q", "k", "v") + EXTRA_INPUTS.get(case.op, ())]
     kw = op_kwargs(case.config)
     if backend is None:
         return getattr(reference, case.op)(*args, **kw)

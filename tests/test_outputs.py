@@ -134,3 +134,20 @@ def test_progress_labels_tell_autocorr_modes_apart():
     b = runner.case_label(registry.Case(infer, 8, "float32"))
     assert a != b and "train" in a and "infer" in b
     assert cfgs  # the quick sweep has auto-correlation rows at all
+
+
+def test_gpu_timing_keeps_do_bench_quantiles(monkeypatch):
+    """The GPU path asks do_bench for min/quartiles/max (no GPU here: do_bench is replaced, the call checked)."""
+    triton_testing = pytest.importorskip("triton.testing")
+    seen = {}
+
+    def fake_do_bench(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="mean"):
+        seen["quantiles"] = quantiles
+        return [1.0, 2.0, 3.0, 4.0, 5.0]
+
+    monkeypatch.setattr(triton_testing, "do_bench", fake_do_bench)
+    import torch
+    r = runner.Runner(torch.device("cpu"))
+    ms, reps = r._gpu_time(lambda: None, [])
+    assert seen["quantiles"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert ms == 3.0 and r._spread == {"ms_min": 1.0, "ms_q1": 2.0, "ms": 3.0, "ms_q3": 4.0, "ms_max": 5.0}

@@ -16,6 +16,9 @@ def main() -> None:
     a: torch.Tensor = flashts.auto_correlation(q, k, v, factor=1.0, mode="infer")
     r: torch.Tensor = flashts.aaren_attention(torch.randn(2, 4), k, v)
     lt: torch.Tensor = flashts.latte_attention(q, k, v, causal=False)
+    ps: torch.Tensor = flashts.prob_sparse_attention(q, k, v, factor=2, causal=True)
+    mc: torch.Tensor = flashts.latte_macchiato_attention(q, k, v, torch.randn(1, 8, 2, 3), torch.randn(1, 8, 2, 2),
+                                                         window=(3, 0))
     info: dict[str, object] = flashts.backend_info()
     x = torch.randn(1, 8, 16)
     layers: list[torch.nn.Module] = [
@@ -24,6 +27,7 @@ def main() -> None:
         flashts.nn.AutoCorrelationAttention(d_model=16, n_heads=2, factor=1.0),
         flashts.nn.Aaren(d_model=16, n_heads=2),
         flashts.nn.Latte(d_model=16, n_heads=2, n_latents=4),
+        flashts.nn.LatteMacchiato(d_model=16, n_heads=2, n_latents=2, window=(3, 0)),
     ]
     ys = [layer(x) for layer in layers]
     inners: list[torch.nn.Module] = [
@@ -37,7 +41,7 @@ def main() -> None:
         y, attn = flashts.nn.AttentionLayer(inner, 16, 2)(x, x, x, None)
     for corr in (flashts.nn.AutoCorrelation(False, 1), flashts.nn.TSLibAutoCorrelation(False, 1)):
         y2, _ = flashts.nn.AutoCorrelationLayer(corr, 16, 2)(x, x, x, None)
-    print(o.shape, o2.shape, o3.shape, s.shape, s2.shape, lse.shape, a.shape, r.shape, lt.shape, len(info),
+    print(o.shape, o2.shape, o3.shape, s.shape, s2.shape, lse.shape, a.shape, r.shape, lt.shape, ps.shape, mc.shape, len(info),
           len(ys), y.shape, y2.shape)
 
 
