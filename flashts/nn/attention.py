@@ -57,6 +57,9 @@ class _Base(nn.Module):
         if self._direct_step(x_t, state):
             return self._torch_step(x_t, state, inplace)
         if inplace:
+            if self._OP is None or not isinstance(state, (tuple, list)) or not all(
+                    isinstance(t, torch.Tensor) for t in state):
+                raise ValueError(f"{name}.step: inplace=True is not supported for this layer / state")
             _step.check_inplace(state, x_t, *self.parameters())
         y, new_state = self.forward(x_t.unsqueeze(1), state, output_final_state=True)
         if inplace:   # another backend: copy into the caller's buffers
@@ -69,8 +72,9 @@ class _Base(nn.Module):
     _OP = None
 
     def _direct_step(self, x_t: torch.Tensor, state) -> bool:
-        """True when the op would run on the torch backend and ``state`` is None or has the expected shapes."""
-        if _backend.resolve(self._OP, self.backend, x_t.device, x_t.dtype) != "torch":
+        """True when the op would run on the torch backend and ``state`` is None or has the expected shapes
+        (layers without a direct step, ``_OP = None``, always go through ``forward``)."""
+        if self._OP is None or _backend.resolve(self._OP, self.backend, x_t.device, x_t.dtype) != "torch":
             return False
         if state is None:
             return True
