@@ -88,6 +88,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from torch import Tensor
 
+from flashts.kernels import occupancy
 from flashts.ops import _common
 from flashts.ops._common import new_empty, state_dtype
 
@@ -107,8 +108,8 @@ HALF_DOT_OPERANDS = "float32"
 NUM_STAGES = 2
 # Causal forward: "one_pass" (``_fwd_causal_kernel``, the state in registers) or "two_pass" (the state entering
 # every chunk written by ``_chunk_state_kernel``, then ``_causal_out_kernel`` over all chunks in parallel).
-# Which is faster depends on B·H·⌈Dv/BV⌉ against the GPU's SMs; measured with python -m bench.tune.
-FWD_MODE = "one_pass"
+# "auto" (default): the occupancy rule of kernels/occupancy.py (one pass when N·H·⌈Dv/BV⌉ ≥ 2 programs per SM).
+FWD_MODE = "auto"
 
 _FEATURE = {"identity": 0, "elu": 1, "relu": 2}
 
@@ -696,7 +697,16 @@ class _Config:
         self.log_n = (self.N - 1).bit_length() if self.varlen else 0
         bv_max = BV_MAX if self.BK < 128 else max(16, BV_MAX // 2)
         self.BV = max(16, min(triton.next_power_of_2(self.Dv), bv_max))
-        self.NV = triton.cdiv(self.Dv, self.BV)
+        # the occupancy rule (kernels/occupancy.py): causal forward one pass or two passes; the sequential
+        # kernels (one pass, chunk states, state cotangents, decode) get a Dv tile BV_seq split until their
+        # N·H·⌈Dv/BV_seq⌉ programs fill the SMs; the chunk-parallel kernels keep BV (they loop over Dv tiles)
+        sms = occupancy.sm_count(q.device)
+        self.launch = occupancy.choose(self.N * self.H, self.B * self.H * self.NS, self.Dv, self.BV, sms,
+                                       chunk_dv_tiles=False,
+                                       mode={"two_pass": "chunked"}.get(FWD_MODE, FWD_MODE))
+        self.fwd_mode = "two_pass" if self.launch.mode == "chunked" else "one_pass"
+        self.BV_seq = occupancy.split_dv(self.N * self.H, self.Dv, self.BV, sms)
+        self.NV = triton.cdiv(self.Dv, self.BV_seq)   # Dv tiles of the sequential grids
         self.num_warps = 8 if max(self.BK, self.BV) >= 64 else 4
         self.feature = _FEATURE[feature_map]
         self.prec = FP32_DOT_PRECISION if q.dtype == torch.float32 else HALF_DOT_PRECISION
@@ -710,9 +720,11 @@ class _Config:
         # offsets read by the kernels (contiguous); q is a placeholder pointer when not packed
         self.cu = cu_seqlens.contiguous() if cu_seqlens is not None else q
 
-    def meta(self, chunked: bool = True) -> dict:
-        """Keyword arguments common to the launches (constexprs and launch options)."""
-        out = dict(BK=self.BK, BV=self.BV, FEATURE=self.feature, num_warps=self.num_warps, num_stages=NUM_STAGES)
+    def meta(self, chunked: bool = True, sequential: bool = False) -> dict:
+        """Keyword arguments common to the launches (constexprs and launch options); ``sequential``: a grid of
+        N·H·NV programs (Dv tile BV_seq)."""
+        out = dict(BK=self.BK, BV=self.BV_seq if sequential else self.BV, FEATURE=self.feature,
+                   num_warps=self.num_warps, num_stages=NUM_STAGES)
         if chunked:
             out.update(C=self.C, VARLEN=self.varlen, PREC=self.prec, DOT_OPS=self.dot_ops)
         return out
@@ -738,31 +750,29 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
         _launch(_decode_kernel, (cfg.NV * B * H,),
                 q, k, v, o, S0p, z0p, S_T, z_T, sq[0], sq[2], sk[0], sk[2], sv[0], sv[2], so[0], so[2],
                 H, G, D, Dv, scale, eps,
-                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(chunked=False))
-    elif causal and FWD_MODE == "two_pass":
+                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(chunked=False, sequential=True))
+    elif causal and cfg.fwd_mode == "two_pass":
         S_states = new_empty((B, cfg.NS, H, D, Dv), dtype=torch.float32, device=q.device)
         z_states = new_empty((B, cfg.NS, H, D), dtype=torch.float32, device=q.device)
         _launch(_chunk_state_kernel, (cfg.NV * N * H,),
                 k, v, S0p, z0p, S_states, z_states, S_T, z_T, cfg.cu, *sk, *sv,
                 T, H, G, D, Dv, cfg.NS,
-                HAS_S0=has_s0, STORE_CHUNKS=True, STORE_FINAL=True, **cfg.meta())
+                HAS_S0=has_s0, STORE_CHUNKS=True, STORE_FINAL=True, **cfg.meta(sequential=True))
         if cfg.NS > 0:
             _launch(_causal_out_kernel, (cfg.NS * B * H,),
                     q, k, v, o, S_states, z_states, cfg.cu, *sq, *sk, *sv, *so,
                     T, H, G, N, D, Dv, cfg.NS, scale, eps,
                     NORMALIZE=normalize, LOG_N=cfg.log_n, **cfg.meta())
     elif causal:
-        if FWD_MODE != "one_pass":
-            raise ValueError(f"FWD_MODE must be 'one_pass' or 'two_pass', got {FWD_MODE!r}")
         _launch(_fwd_causal_kernel, (cfg.NV * N * H,),
                 q, k, v, o, S0p, z0p, S_T, z_T, cfg.cu, *sq, *sk, *sv, *so,
                 T, H, G, D, Dv, scale, eps,
-                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta())
+                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(sequential=True))
     else:
         _launch(_chunk_state_kernel, (cfg.NV * N * H,),
                 k, v, S0p, z0p, S_T, z_T, S_T, z_T, cfg.cu, *sk, *sv,
                 T, H, G, D, Dv, cfg.NS,
-                HAS_S0=has_s0, STORE_CHUNKS=False, STORE_FINAL=True, **cfg.meta())
+                HAS_S0=has_s0, STORE_CHUNKS=False, STORE_FINAL=True, **cfg.meta(sequential=True))
         _launch(_apply_kernel, (cfg.NS * B * H,),
                 q, o, S_T, z_T, cfg.cu, *sq, *so,
                 T, H, N, D, Dv, cfg.NS, scale, eps,
@@ -796,7 +806,7 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
             k, v, S0 if has_s0 else S_states, z0 if has_s0 else z_states, S_states, z_states, S_states,
             z_states, cfg.cu, *sk, *sv,
             T, H, G, D, Dv, NS,
-            HAS_S0=has_s0, STORE_CHUNKS=causal, STORE_FINAL=not causal, **cfg.meta())
+            HAS_S0=has_s0, STORE_CHUNKS=causal, STORE_FINAL=not causal, **cfg.meta(sequential=True))
 
     # 2. r = 1/(den + eps), g = −(do·o)·r per step and head
     if normalize:
@@ -822,7 +832,7 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
             dS_states, dz_states, dS_final, dz_final, cfg.cu, *sq, *sd,
             T, H, D, Dv, NS, scale,
             NORMALIZE=normalize, HAS_DS=dS_T is not None, HAS_DZ=dz_T is not None, CAUSAL=causal,
-            STORE_FINAL=has_s0 or not causal, **cfg.meta())
+            STORE_FINAL=has_s0 or not causal, **cfg.meta(sequential=True))
 
     # 4. dq, dk, dv per chunk (dk, dv summed over each GQA group)
     dq = new_empty((B, T, H, D), dtype=q.dtype, device=dev)
