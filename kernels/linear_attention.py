@@ -106,6 +106,17 @@ HALF_DOT_PRECISION = "tf32"
 HALF_DOT_OPERANDS = "float32"
 # Software-pipelining depth of the chunk loops on GPU.
 NUM_STAGES = 2
+# Head-dim tile (BK) from which the backward's ``_grads_kernel`` runs as three launches (dq; dk; dv; dq and dk
+# each recompute the [C, C] block A, dv the masked QKᵀ), instead of one that holds every tile at once (that one spilled ~1 KB per
+# thread at head dim 128 in bf16 and ~3 KB in float32 on sm_90).
+# sm_90 compiles (Triton 3.9, stack bytes per thread, dq / dk / dv launches): bf16 head dim 128: 976 B in one
+# launch → 0 / 112 / 0; float32 head dim 64: 1720 → 816 / 776 / 256 (head dim 128: 48 / 184 / 1416, the dv
+# launch at 4 warps; at 8 warps ptxas gave it 32 registers and 6.5 KB of stack). bf16 head dim 64 stays one
+# launch (96 B; split 0 / 8 / 0 but three times the reads of q, do, v and the states).
+SPLIT_GRADS_MIN_BK = 128
+SPLIT_GRADS_MIN_BK_FP32 = 64
+SPLIT_GRADS_LAUNCH = {"dq": {"num_stages": 1}, "dk": {"num_stages": 1}, "dv": {"num_stages": 1}}
+SPLIT_GRADS_LAUNCH_FP32 = {"dq": {"num_stages": 1}, "dk": {"num_stages": 1}, "dv": {"num_warps": 4, "num_stages": 2}}
 # Causal forward: "one_pass" (``_fwd_causal_kernel``, the state in registers) or "two_pass" (the state entering
 # every chunk written by ``_chunk_state_kernel``, then ``_causal_out_kernel`` over all chunks in parallel).
 # "auto" (default): the occupancy rule of kernels/occupancy.py (one pass when N·H·⌈Dv/BV⌉ ≥ 2 programs per SM).
@@ -553,9 +564,12 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
                   T, H, Hk, G, N, D, Dv, NS, scale,
                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
                   NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr,
-                  PREC: tl.constexpr, DOT_OPS: tl.constexpr):
+                  PREC: tl.constexpr, DOT_OPS: tl.constexpr, WRITE_DQ: tl.constexpr, WRITE_DK: tl.constexpr,
+                  WRITE_DV: tl.constexpr):
     """dq (each query head of the group), dk, dv (summed over the group) of one chunk of one kv head, from the
-    stored states entering the chunk and cotangents leaving it (see the module docstring for the formulas)."""
+    stored states entering the chunk and cotangents leaving it (see the module docstring for the formulas).
+    WRITE_DQ / WRITE_DK / WRITE_DV select the outputs: all in one launch, or (wide heads, SPLIT_GRADS_MIN_BK)
+    one launch each (dq and dk each recompute the [C, C] block A), so fewer tiles are live per kernel."""
     i_bhk = tl.program_id(0) // NS
     p = tl.program_id(0) % NS
     i_b = i_bhk // Hk
@@ -584,16 +598,18 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
             srow = i_n.to(tl.int64) * H + h
         q_ptr = q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_ptr = do + i_b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
-        dz = tl.load(dz_states + srow * D + offs_k, mask=mask_k, other=0.0)
-        dk_acc += tl.where(mask_t[:, None], dz[None, :], 0.0)  # 1 dz_cᵀ
+        if WRITE_DK:
+            dz = tl.load(dz_states + srow * D + offs_k, mask=mask_k, other=0.0)
+            dk_acc += tl.where(mask_t[:, None], dz[None, :], 0.0)  # 1 dz_cᵀ
         dq_acc = tl.zeros([C, BK], dtype=tl.float32)
         A = tl.zeros([C, C], dtype=tl.float32)
         if NORMALIZE:
             rows = (i_b.to(tl.int64) * T + offs_t) * H + h
             r = tl.load(r_in + rows, mask=mask_t, other=0.0)
             g = tl.load(g_in + rows, mask=mask_t, other=0.0)
-            z = tl.load(z_states + srow * D + offs_k, mask=mask_k, other=0.0)
-            dq_acc += g[:, None] * z[None, :]  # g z_{c-1}ᵀ
+            if WRITE_DQ:
+                z = tl.load(z_states + srow * D + offs_k, mask=mask_k, other=0.0)
+                dq_acc += g[:, None] * z[None, :]  # g z_{c-1}ᵀ
             A += g[:, None]  # the ones column of v'
         for j in range(0, n_vt):
             offs_v = j * BV + tl.arange(0, BV)
@@ -604,26 +620,32 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
             if NORMALIZE:
                 dnum = dnum * r[:, None]
             vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
-            S = tl.load(S_states + state_ptrs, mask=state_mask, other=0.0)
-            dS = tl.load(dS_states + state_ptrs, mask=state_mask, other=0.0)
-            dq_acc += _dot(dnum, tl.trans(S), PREC, DOT_OPS)  # (do·r) S_{c-1}ᵀ
-            dk_acc += _dot(vv, tl.trans(dS), PREC, DOT_OPS)  # V dS_cᵀ
+            if WRITE_DQ:
+                S = tl.load(S_states + state_ptrs, mask=state_mask, other=0.0)
+                dq_acc += _dot(dnum, tl.trans(S), PREC, DOT_OPS)  # (do·r) S_{c-1}ᵀ
+            if WRITE_DK:
+                dS = tl.load(dS_states + state_ptrs, mask=state_mask, other=0.0)
+                dk_acc += _dot(vv, tl.trans(dS), PREC, DOT_OPS)  # V dS_cᵀ
             if CAUSAL:
                 A += _dot(dnum, tl.trans(vv), PREC, DOT_OPS)
         xq, qt = _load_features(q_ptr, offs_t, mask_t, sqt, offs_k, mask_k, FEATURE)
         if CAUSAL:
             A = tl.where(causal, A, 0.0)
-            dq_acc += _dot(A, kt, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ) K
-            dk_acc += _dot(tl.trans(A), qt * scale, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ)ᵀ Q
-        dq_out = _times_phi_grad(dq_acc * scale, xq, FEATURE)
-        tl.store(dq + i_b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_t[:, None] * sdqt + offs_k[None, :],
-                 dq_out.to(dq.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
-    xk = _load_rows(k_ptr, offs_t, mask_t, skt, offs_k, mask_k)
-    dk_out = _times_phi_grad(dk_acc, xk, FEATURE)
-    tl.store(dk + i_b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_t[:, None] * sdkt + offs_k[None, :],
-             dk_out.to(dk.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
+            if WRITE_DQ:
+                dq_acc += _dot(A, kt, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ) K
+            if WRITE_DK:
+                dk_acc += _dot(tl.trans(A), qt * scale, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ)ᵀ Q
+        if WRITE_DQ:
+            dq_out = _times_phi_grad(dq_acc * scale, xq, FEATURE)
+            tl.store(dq + i_b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_t[:, None] * sdqt
+                     + offs_k[None, :], dq_out.to(dq.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
+    if WRITE_DK:
+        xk = _load_rows(k_ptr, offs_t, mask_t, skt, offs_k, mask_k)
+        dk_out = _times_phi_grad(dk_acc, xk, FEATURE)
+        tl.store(dk + i_b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_t[:, None] * sdkt + offs_k[None, :],
+                 dk_out.to(dk.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
     # dv per Dv tile, accumulated over the group
-    for j in range(0, n_vt):
+    for j in range(0, n_vt if WRITE_DV else 0):
         offs_v = j * BV + tl.arange(0, BV)
         mask_v = offs_v < Dv
         dv_acc = tl.zeros([C, BV], dtype=tl.float32)
@@ -838,9 +860,16 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
     dq = new_empty((B, T, H, D), dtype=q.dtype, device=dev)
     dk = new_empty((B, T, Hk, D), dtype=k.dtype, device=dev)
     dv = new_empty((B, T, Hk, Dv), dtype=v.dtype, device=dev)
-    _launch(_grads_kernel, (NS * B * Hk,),
-            q, k, v, do, r, g, S_states, z_states, dS_states, dz_states, dq, dk, dv, cfg.cu,
-            *sq, *sk, *sv, *sd, *_bth_strides(dq), *_bth_strides(dk), *_bth_strides(dv),
-            T, H, Hk, G, N, D, Dv, NS, scale,
-            NORMALIZE=normalize, CAUSAL=causal, LOG_N=cfg.log_n, **cfg.meta())
+    fp32 = q.dtype == torch.float32
+    split = cfg.BK >= (SPLIT_GRADS_MIN_BK_FP32 if fp32 else SPLIT_GRADS_MIN_BK)
+    parts = [(True, False, False), (False, True, False), (False, False, True)] if split else [(True, True, True)]
+    for write_dq, write_dk, write_dv in parts:
+        part = "dq" if write_dq else "dk" if write_dk else "dv"
+        options = (SPLIT_GRADS_LAUNCH_FP32 if fp32 else SPLIT_GRADS_LAUNCH)[part] if split else {}
+        _launch(_grads_kernel, (NS * B * Hk,),
+                q, k, v, do, r, g, S_states, z_states, dS_states, dz_states, dq, dk, dv, cfg.cu,
+                *sq, *sk, *sv, *sd, *_bth_strides(dq), *_bth_strides(dk), *_bth_strides(dv),
+                T, H, Hk, G, N, D, Dv, NS, scale,
+                NORMALIZE=normalize, CAUSAL=causal, LOG_N=cfg.log_n, WRITE_DQ=write_dq, WRITE_DK=write_dk, WRITE_DV=write_dv,
+                **dict(cfg.meta(), **options))
     return dq, dk, dv, dS0, dz0

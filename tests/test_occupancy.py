@@ -114,3 +114,18 @@ def test_auto_modes_match_the_reference(sms, monkeypatch):
     assert pcfg.chunked == (sms != 1) and pcfg.BV == (32 if sms == 1 else 16)
     check_against_reference("latte_attention", "triton", tuple(lat), dict(output_final_state=True),
                             skip_grad_outputs=("[1][0]",))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_linear_split_gradient_launches(causal, monkeypatch):
+    """The backward's dq / dk / dv launches of ``_grads_kernel`` (wide heads on a GPU) forced at a small head
+    dim, with GQA (the group sums of dk and dv) and several Dv tiles: all gradients against the reference."""
+    monkeypatch.setattr(la, "SPLIT_GRADS_MIN_BK", 16)
+    monkeypatch.setattr(la, "SPLIT_GRADS_MIN_BK_FP32", 16)
+    monkeypatch.setattr(la, "CHUNK_SIZE", 16)
+    monkeypatch.setattr(la, "BV_MAX", 16)
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 21, 4, 5, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 21, 2, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 21, 2, 20, generator=g, dtype=torch.float64)
+    check_against_reference("linear_attention", "triton", (q, k, v), dict(causal=causal))

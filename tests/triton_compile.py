@@ -147,6 +147,10 @@ def _scenarios():
                                                 initial_state=st, output_final_state=True, cu_seqlens=cu_seqlens,
                                                 backend="triton")
             out.append((f"linear causal {n} D={D}", {}, fb(linear)))
+            # the one pass at a GPU-filling B·H (1 SM assumed: no Dv split, wide Dv tiles)
+            out.append((f"linear causal one-pass {n} D={D}", {"flashts.kernels.linear_attention.FWD_MODE": "one_pass",
+                                                             "flashts.kernels.occupancy.INTERPRETER_SMS": 1},
+                        fb(linear)))
             out.append((f"linear non-causal {n} D={D}", {}, fb(lambda linear=linear: linear(causal=False))))
             for window in ((127, 0), (64, 64), (-1, -1), (-1, 0)):
                 def swa(D=D, dt=dt, window=window, cu_seqlens=None, B=2, H=4, Hk=4, T=300):
@@ -229,14 +233,17 @@ def _scenarios():
     return out
 
 
-def capture(verbose: bool = False) -> list[dict]:
-    """Distinct GPU launch specs of every scenario (see the module doc)."""
+def capture(verbose: bool = False, only: str | None = None) -> list[dict]:
+    """Distinct GPU launch specs of every scenario (see the module doc); ``only``: a regular expression that
+    the scenario labels must match (e.g. ``"linear causal bfloat16 D=128"``)."""
     from bench.tune import knobs as set_knobs  # the knob setter of the tuning tool (restores on exit)
     specs: list = []
     errors = []
     with recording(specs), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. the unverified-on-GPU warning of the Aaren kernels
         for label, knobs, thunk in _scenarios():
+            if only is not None and not re.search(only, label):
+                continue
             with contextlib.ExitStack() as stack:
                 for path, value in knobs.items():
                     module, name = path.rsplit(".", 1)
