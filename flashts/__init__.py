@@ -11,6 +11,15 @@ from .ops import aaren_attention, auto_correlation, latte_attention, linear_atte
 
 from . import nn  # noqa: E402  (layers call the public functions above)
 
+
+
+def warmup(*args, **kwargs):
+    """Compile and autotune the Triton kernels at the given shapes before timed work (see README, "GPU speed";
+    ``flashts.kernels.autotune.warmup``). ``FLASHTS_AUTOTUNE=0`` disables tuning (default configs)."""
+    from .kernels.autotune import warmup as _warmup
+    return _warmup(*args, **kwargs)
+
+
 __version__ = "0.1.0"
 __all__ = [
     "linear_attention",
@@ -19,5 +28,6 @@ __all__ = [
     "aaren_attention",
     "latte_attention",
     "backend_info",
+    "warmup",
     "nn",
 ]

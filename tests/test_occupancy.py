@@ -129,3 +129,17 @@ def test_linear_split_gradient_launches(causal, monkeypatch):
     k = torch.randn(1, 21, 2, 5, generator=g, dtype=torch.float64)
     v = torch.randn(1, 21, 2, 20, generator=g, dtype=torch.float64)
     check_against_reference("linear_attention", "triton", (q, k, v), dict(causal=causal))
+
+
+def test_warmup_runs_every_op_and_autotune_is_off_without_a_gpu(monkeypatch):
+    import flashts
+    from flashts.kernels import autotune
+    assert not autotune.enabled(torch.device("cpu"))
+    monkeypatch.setenv("FLASHTS_AUTOTUNE", "0")
+    assert not autotune.enabled(torch.device("cuda", 0))
+    ran = []
+    monkeypatch.setattr(autotune, "CACHE", {})
+    assert autotune.launch("k", [1, 2], ran.append, torch.device("cpu")) == 1 and ran == [1]
+    assert flashts.warmup(["sliding_window_attention", "aaren_attention", "latte_attention"], B=1, H=1, T=[17],
+                          D=8, L=4, device=device_for("triton")) == {}
+    assert autotune.bucket(96) == 128 and autotune.bucket(128) == 128

@@ -99,13 +99,23 @@ def recording(specs: list):
         if not warmup:
             specs.append(_spec(self.fn, args, kwargs))
 
+    from flashts.kernels import autotune
+    original_all = autotune.CAPTURE_ALL
     interpreter.InterpretedFunction.run = run
     _common.compiles_for_gpu = lambda device: True
+    # every config of the autotune sets (FLASHTS_COMPILE_ALL_CONFIGS=1), else the defaults only
+    autotune.CAPTURE_ALL = all_configs()
     try:
         yield specs
     finally:
         interpreter.InterpretedFunction.run = original_run
         _common.compiles_for_gpu = original_gpu
+        autotune.CAPTURE_ALL = original_all
+
+
+def all_configs() -> bool:
+    """Whether captures include every config of the autotune sets (env FLASHTS_COMPILE_ALL_CONFIGS=1)."""
+    return os.environ.get("FLASHTS_COMPILE_ALL_CONFIGS", "0") not in ("", "0")
 
 
 def _scenarios():
