@@ -16,6 +16,10 @@ then ptxas, which ships with Triton), so this module does it in two steps:
    compiles each distinct spec with ``triton.compile`` for the target and reads registers, stack (spills) and
    shared memory with ``cuobjdump -res-usage``; prints one JSON line per spec and exits 1 if any failed.
 
+Autotuned launches (``kernels/autotune.py``) are recorded with their default config; with
+``FLASHTS_COMPILE_ALL_CONFIGS=1`` every config of their sets is recorded (and so compiled) too — opt-in, since
+CI's compile test is already the longest test.
+
 ``tests/test_triton_compile.py`` runs both; the two steps also work by hand, e.g. with another Triton version
 first on ``PYTHONPATH`` for step 2 (the H100 machine has Triton 3.6, CI has 3.9).
 """
