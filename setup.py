@@ -1,4 +1,4 @@
-"""Build flashts.
+"""Build flashts: the package metadata lives in ``pyproject.toml``; this file only adds what it cannot say.
 
 * Always: the pure-Python package ``flashts`` and the Triton kernels from ``kernels/`` shipped inside it as
   ``flashts.kernels`` (there is no top-level ``kernels`` module in site-packages).
@@ -9,7 +9,9 @@
     - ``FLASHTS_BUILD_CUDA=0``: never build (pure-Python install).
   ``FLASHTS_CUDA_ARCHS`` (default ``"80;90"``) lists the SM architectures to compile for.
 
-Install: ``pip install -e . --no-build-isolation`` (the build uses the torch already installed).
+Install: ``pip install . --no-build-isolation`` (or ``-e .``): the build uses the torch already installed.
+A plain ``pip install .`` builds in an isolated environment without torch: the extension is then skipped, with a
+warning in the build output (``pip install -v .`` shows it) and the reason in ``flashts.backend_info()``.
 """
 import glob
 import os
@@ -26,6 +28,12 @@ if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH") and os.pa
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 
+def _warn(lines) -> None:
+    """A banner on stderr (pip shows a build's output with -v, or when the build fails)."""
+    bar = "!" * 100
+    print("\n".join(["", bar] + [f"!! {line}" for line in lines] + [bar, ""]), file=sys.stderr, flush=True)
+
+
 def _want_cuda() -> bool:
     mode = os.environ.get("FLASHTS_BUILD_CUDA", "auto").strip().lower()
     if mode in ("0", "false", "no", "off"):
@@ -37,6 +45,14 @@ def _want_cuda() -> bool:
     except Exception as exc:  # pragma: no cover
         if force:
             raise RuntimeError(f"FLASHTS_BUILD_CUDA=1 but torch cannot be imported: {exc}") from exc
+        _warn([
+            "WARNING: flashts is built WITHOUT its CUDA extension flashts._C:",
+            f"torch is not importable in this build environment ({type(exc).__name__}: {exc}).",
+            "A plain `pip install .` builds in an isolated environment that has no torch. To build the extension",
+            "against the torch you have, install with:  pip install . --no-build-isolation",
+            "(FLASHTS_BUILD_CUDA=1 makes a missing torch or nvcc an error). The torch and triton backends work",
+            "without it; flashts.backend_info()['cuda_ext_reason'] says why 'cuda' is unavailable.",
+        ])
         return False
     nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
     if force:
@@ -77,22 +93,10 @@ if _want_cuda():
 else:
     print("flashts: pure-Python install (FLASHTS_BUILD_CUDA=1 builds flashts._C)", file=sys.stderr)
 
+# name, version, dependencies, extras, ...: pyproject.toml's [project] table
 setup(
-    name="flashts",
-    version="0.1.0",
-    description="Fused GPU kernels for sub-quadratic attention in time-series transformers",
-    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
     packages=find_packages(include=["flashts", "flashts.*"]) + ["flashts.kernels"],
     package_dir={"flashts.kernels": "kernels"},
-    install_requires=["torch>=2.4", "numpy"],
-    extras_require={
-        "triton": ["triton>=3.6"],
-        "test": ["pytest"],
-        "bench": ["matplotlib", "tqdm"],
-        "e2e": ["statsmodels>=0.14.2", "matplotlib", "tqdm"],
-    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

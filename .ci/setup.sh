@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
-if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib, tqdm, statsmodels" 2>/dev/null; then
+if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib, tqdm, statsmodels, mypy" 2>/dev/null; then
     echo "[setup] installing dependencies"
     python -m pip install -q --upgrade pip setuptools wheel
     # torch==2.13.0 is the CPU build kept on this project's machines; elsewhere any torch>=2.4 works
@@ -17,8 +17,15 @@ if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib
     if ! python -c "import torch" 2>/dev/null; then
         python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4"
     fi
-    python -m pip install -q triton numpy pytest ninja pybind11 matplotlib tqdm statsmodels
+    python -m pip install -q triton numpy pytest ninja pybind11 matplotlib tqdm statsmodels mypy
 fi
+# SASS tools for tests/test_cuda_resources.py (cuobjdump + nvdisasm; PyPI wheels) when nvcc is there
+if command -v nvcc >/dev/null 2>&1 && ! python -c "import sys,os; sys.exit(not any(os.path.isfile(os.path.join(p,'nvidia/cu13/bin/nvdisasm')) for p in sys.path))"; then
+    python -m pip install -q nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm || echo "[setup] could not install cuobjdump/nvdisasm"
+fi
+# pyproject.toml's SPDX licence field needs setuptools >= 77 for the in-place (no-build-isolation) install
+python -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null \
+    || python -m pip install -q "setuptools>=77"
 # (checked from / so that the checkout's own flashts/ folder does not shadow the installed package)
 if ! (cd / && python -c "import flashts.kernels" 2>/dev/null) \
         || [ "$(cd / && python -c 'import flashts,os;print(os.path.dirname(os.path.dirname(flashts.__file__)))')" != "$PWD" ]; then

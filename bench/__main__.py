@@ -9,7 +9,11 @@ Examples::
     python -m bench.report bench/results/<file>.json  # re-render tables and plots
 
 Output: ``<out>/<device-slug>_<YYYY-MM-DD>[_<tag>].json`` (rewritten after every case, so an interrupted
-run keeps what it measured), ``<same stem>.md`` and ``<stem>_<op>_{time,memory}.png``.
+run keeps what it measured), ``<same stem>.md`` and ``<stem>_<op>_{time,memory}.png``; ``<out>`` is
+``./flashts-results`` (relative to the current folder, git-ignored) unless ``--out DIR`` or ``--results``
+(the repository's ``bench/results``, for runs meant to be committed) says otherwise. At the end a summary
+table (median ms with its min–max spread, ratio against the best baseline) goes to stdout, and a warning to
+stderr when the machine was loaded. Run it from the repository root (``bench`` is not installed with flashts).
 """
 from __future__ import annotations
 
@@ -23,10 +27,11 @@ import time
 import torch
 
 from . import registry
-from .report import write_report
-from .runner import Runner, metadata, slug, speed_summary
+from .report import summary_table, write_report
+from .runner import Runner, load_warning, metadata, slug, speed_summary
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DEFAULT_OUT = "flashts-results"  # relative to the current folder; git-ignored in the repository
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  # committed runs (--results)
 
 
 def _split(values):
@@ -48,11 +53,18 @@ def parse_args(argv=None):
     ap.add_argument("--modes", nargs="+", default=None, help="fwd fwdbwd (default both)")
     ap.add_argument("--dtypes", nargs="+", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--T", nargs="+", type=int, default=None, help="sequence lengths, replacing every config's sweep")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration (seconds)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny smoke configuration (seconds): small B/H/D and T, 2-5 timed runs of at least "
+                         "0.05 s per row on CPU, do_bench rep 30 ms on GPU, file tag 'quick'")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="output directory (default bench/results)")
+    ap.add_argument("--out", default=None,
+                    help=f"output directory (default ./{DEFAULT_OUT}, relative to the current folder)")
+    ap.add_argument("--results", action="store_true",
+                    help=f"write into the repository's bench/results ({RESULTS_DIR}), where committed runs live "
+                         "(instead of --out)")
     ap.add_argument("--tag", default=None, help="suffix of the file stem (default 'quick' with --quick)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument("--no-summary", action="store_true", help="do not print the summary table at the end")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of an existing results file of the same name that this run does not redo")
     ap.add_argument("--max-seconds", type=float, default=None,
@@ -68,7 +80,11 @@ def parse_args(argv=None):
                          "(cases run in ascending T across all ops, so every op gets its small T first)")
     ap.add_argument("--list", action="store_true", help="print the plan (cases × implementations) and exit")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.results and args.out is not None:
+        ap.error("--results and --out exclude each other")
+    args.out = RESULTS_DIR if args.results else (args.out or DEFAULT_OUT)
+    return args
 
 
 def _row_key(r: dict) -> tuple:
@@ -130,6 +146,9 @@ def main(argv=None) -> int:
     for m in modes:
         if m not in registry.MODES:
             raise SystemExit(f"--modes: expected fwd/fwdbwd, got {m!r}")
+    busy = load_warning(device.type)
+    if busy:
+        log(busy)
     dtypes = [registry.canonical_dtype(d) for d in (_split(args.dtypes) or
                                                     (["bfloat16"] if device.type == "cuda" else ["float32"]))]
     if device.type == "cpu" and any(d in ("float16", "bfloat16") for d in dtypes):
@@ -192,6 +211,13 @@ def main(argv=None) -> int:
         data = json.load(f)
     paths = [json_path] + write_report(data, args.out, stem, plots=not args.no_plots,
                                        log=lambda m: print(m, file=sys.stderr))
+    if not args.no_summary:
+        print(f"\nSummary ({meta['device']}, {', '.join(dtypes)}; median ms [min–max] of the timed runs):")
+        print(summary_table(data["rows"]))
+        print()
+    busy_end = load_warning(device.type)
+    if busy_end:
+        print(busy_end.replace("will be", "were likely"), file=sys.stderr)
     print(f"{speed_summary(runner.rows)} in {time.time() - t_start:.0f} s", file=sys.stderr)
     for p in paths:
         print(p)

@@ -13,7 +13,12 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
 * ``sdpa-mask`` — SDPA with a dense boolean ``[T, T]`` sliding-window mask (built once): the same function
   as ``sliding_window_attention``, O(T²) time and memory.
 * ``flex`` — FlexAttention (``torch.nn.attention.flex_attention``) under ``torch.compile`` with a
-  sliding-window ``BlockMask`` built once by ``create_block_mask`` outside the timing (GPU only).
+  sliding-window ``BlockMask`` built once by ``create_block_mask`` outside the timing. On CPU: forward only
+  (FlexAttention has no CPU backward) and only when named in ``--impls`` (compiling takes tens of seconds).
+* ``fla-torch`` — flash-linear-attention's pure-PyTorch chunk form of causal linear attention, re-implemented
+  (:func:`fla_chunk_linear_torch`; 64-step chunks, cumsum of chunk states, autograd backward). CPU and GPU.
+* ``textbook`` — the textbook parallel Aaren (:func:`aaren_textbook`): logcumsumexp of the logits plus a cumsum
+  of e^{s−max}·v (underflows for logit spreads beyond ~80 in float32, as that form does).
 * ``fla`` — flash-linear-attention's ``fla.ops.linear_attn.chunk_linear_attn`` (GPU only, when importable).
   Matched to flashts' linear attention: the feature map (elu+1 / relu / identity) is applied to q and k
   inside the timed call, as fla's ``LinearAttention`` layer does before its kernel; ``scale=1.0`` when
@@ -37,6 +42,8 @@ Each baseline takes the flashts-layout inputs of a case and builds, OUTSIDE the 
 
 The flashts ``torch`` backend itself is listed by :mod:`bench.registry` (``flashts-torch``) and serves as
 the baseline the GPU kernels must beat.
+* ``swa+latte`` / ``swa-only`` (Latte Macchiato only) — the op's two parts as separate flashts ops plus a
+  PyTorch mix (the same function), and the sliding window alone (a different function: the floor).
 """
 from __future__ import annotations
 
@@ -148,8 +155,10 @@ class Flex(Impl):
         return config.op == "sliding_window_attention"
 
     def available(self, device):
-        if device.type != "cuda":
-            return False, "FlexAttention is benchmarked on GPU only"
+        if device.type not in ("cuda", "cpu"):
+            return False, f"FlexAttention is benchmarked on GPU and CPU only (got {device.type})"
+        # on CPU only when named in --impls: compiling it takes tens of seconds (the quick run and CI skip it)
+        self.explicit_only = device.type == "cpu"
         try:
             importlib.import_module("torch.nn.attention.flex_attention")
         except Exception as e:  # pragma: no cover - old torch
@@ -159,6 +168,8 @@ class Flex(Impl):
     def prepare(self, case, inputs, requires_grad):
         from torch.nn.attention.flex_attention import create_block_mask
         c = case.config
+        if requires_grad and inputs["q"].device.type == "cpu":
+            raise NotImplementedError("FlexAttention has no CPU backward (forward only on CPU)")
         left, right = c.p["window"]
         T = case.T
 
@@ -311,5 +322,200 @@ class Loop(Impl):
                         grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
 
 
+class Informer(Impl):
+    """The original ProbSparse algorithm (``bench/informer_original.py``: the [B, H, L_Q, L_K, E] expansion, the
+    sampled-key gather, the dense ProbMask). It draws its samples with ``torch.randint`` from the global CPU
+    generator, as the original does: the timed call reseeds that generator (seed 0, a few µs) so that its
+    samples are the ones flashts draws from ``op_kwargs``' generator, and the correctness guard applies."""
+    name = "informer"
+    note = "original Informer ProbAttention algorithm"
+
+    def supports(self, config):
+        return config.op == "prob_sparse_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        from bench.informer_original import informer_prob_attention
+        kw = op_kwargs(case.config)
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+
+        def fn():
+            torch.default_generator.manual_seed(0)
+            return informer_prob_attention(q, k, v, factor=kw["factor"], causal=kw["causal"])
+
+        return Prepared(fn=fn, leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class ProbSparseWindowPeer(Impl):
+    """flashts' sliding-window attention with the work budget of ProbSparse: U + u keys per query (the pairs
+    ProbSparse scores per query on average), window (U + u − 1, 0) when causal, else ((U + u) // 2) each side.
+    A different function (a reference point, not checked)."""
+    name = "swa-peer"
+    note = "flashts sliding window, same keys per query as ProbSparse (different function)"
+
+    def supports(self, config):
+        return config.op == "prob_sparse_attention"
+
+    def same_function(self, config):
+        return False
+
+    def _window(self, case):
+        from .registry import prob_sparse_counts
+        U, u = prob_sparse_counts(case.T, int(case.config.p.get("factor", 5)))
+        w = max(U + u, 1)
+        return (w - 1, 0) if is_causal(case.config) else (w // 2, w // 2)
+
+    def counts(self, case):
+        from .registry import _attn_pairs_flops, window_pairs
+        c = case.config
+        left, right = self._window(case)
+        f_fwd, f_bwd = _attn_pairs_flops(c.B * c.H, window_pairs(case.T, left, right), c.D, c.Dv)
+        base = dense_attention_flops_bytes(case, False, c.D, c.Dv)
+        return {"fwd": (f_fwd, base["fwd"][1]), "fwdbwd": (f_fwd + f_bwd, base["fwdbwd"][1])}
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        window = self._window(case)
+        backend = "auto"
+        return Prepared(fn=lambda: flashts.sliding_window_attention(q, k, v, window=window, backend=backend),
+                        leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class MacchiatoParts(Impl):
+    """Latte Macchiato as its two parts run separately through the public flashts ops (backend "auto":
+    Triton on a GPU, torch on the CPU) plus the mix in plain PyTorch: ``sliding_window_attention`` (window
+    (left, 0)), ``latte_attention(mix[..., 1:], latent_k, v)`` and y = p(0|t)·A + (1 − p(0|t))·Y — the same
+    function as the fused op (checked), what a user would write without it."""
+    name = "swa+latte"
+    note = "sliding window + Latte as two separate ops + a PyTorch mix"
+
+    def supports(self, config):
+        return config.op == "latte_macchiato_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        window = tuple(case.config.p["window"])
+        q, k, v, mix, lk = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v", "mix", "latent_k"))
+
+        def fn():
+            a = flashts.sliding_window_attention(q, k, v, window=window)
+            y = flashts.latte_attention(mix[..., 1:], lk, v)
+            p = torch.softmax(mix.float(), dim=-1)
+            g = p[..., :1]
+            return (g * a.float() + p[..., 1:].sum(-1, keepdim=True) * y.float()).to(v.dtype)
+
+        return Prepared(fn=fn, leaves=[q, k, v, mix, lk] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+class SlidingWindowOnly(Impl):
+    """The local part alone: ``flashts.sliding_window_attention`` with Macchiato's window (backend "auto"). A
+    different function (no latent part): the floor the fused op is measured against (issue 16's goal: the fused
+    Macchiato within 1.3× of the sliding window alone)."""
+    name = "swa-only"
+    note = "sliding-window attention alone at the same window (different function)"
+
+    def supports(self, config):
+        return config.op == "latte_macchiato_attention"
+
+    def same_function(self, config):
+        return False
+
+    def counts(self, case):
+        from .registry import _attn_pairs_flops, window_pairs
+        c, T = case.config, case.T
+        f, b = _attn_pairs_flops(c.B * c.H, window_pairs(T, tuple(c.p["window"])[0], 0), c.D, c.Dv)
+        e = torch.empty((), dtype=case.torch_dtype).element_size()
+        inp, out = c.B * T * c.H * (2 * c.D + c.Dv) * e, c.B * T * c.H * c.Dv * e
+        return {"fwd": (f, inp + out), "fwdbwd": (f + b, 3 * inp + 2 * out)}
+
+    def prepare(self, case, inputs, requires_grad):
+        import flashts
+        window = tuple(case.config.p["window"])
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        return Prepared(fn=lambda: flashts.sliding_window_attention(q, k, v, window=window),
+                        leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+# ------------------------------------------------------------------------------ CPU peers in plain PyTorch
+# What a CPU user already has, written the way its users write it (our own code, no third-party copies).
+
+
+def fla_chunk_linear_torch(q, k, v, *, feature_map="elu", normalize=True, scale=None, eps=1e-6, chunk=64):
+    """flash-linear-attention's pure-PyTorch chunk form of causal linear attention (its ``naive`` reference
+    algorithm, re-implemented): chunks of 64 steps, the chunk states K_cᵀV_c as one batched matmul, an exclusive
+    cumulative sum of them over the chunks, o = Q S_before + tril(Q Kᵀ) V; the normaliser from a cumsum of φ(k).
+    ``[B, T, H, D]`` in and out; computed in the input dtype (float32 on CPU)."""
+    phi = _FEATURE[feature_map]
+    B, T, H, D = q.shape
+    if scale is None:
+        scale = 1.0 if normalize else D ** -0.5
+    fq, fk = phi(q) * scale, phi(k)
+    n = -(-T // chunk)
+    pad = n * chunk - T
+
+    def heads(x):   # [B, T, H, X] -> [B, H, n, C, X]
+        x = x.transpose(1, 2)
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
+        return x.reshape(B, H, n, chunk, x.shape[-1])
+
+    Q, K, V = heads(fq), heads(fk), heads(v)
+    kv = K.transpose(-1, -2) @ V
+    kv = torch.cat([torch.zeros_like(kv[:, :, :1]), kv.cumsum(2)[:, :, :-1]], dim=2)
+    mask = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+    o = Q @ kv + (Q @ K.transpose(-1, -2)).masked_fill(mask, 0) @ V
+    o = o.reshape(B, H, n * chunk, -1)[:, :, :T].transpose(1, 2)
+    if normalize:
+        z = fk.cumsum(1)
+        o = o / ((fq * z).sum(-1, keepdim=True) + eps)
+    return o
+
+
+class FLATorch(Impl):
+    name = "fla-torch"
+    note = "flash-linear-attention's pure-PyTorch chunk form (re-implemented; fla is not a dependency)"
+
+    def supports(self, config):
+        return config.op == "linear_attention" and bool(config.p.get("causal", True))
+
+    def prepare(self, case, inputs, requires_grad):
+        kw = op_kwargs(case.config)
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+
+        def fn():
+            return fla_chunk_linear_torch(q, k, v, feature_map=kw["feature_map"], normalize=kw["normalize"])
+        return Prepared(fn=fn, leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
+def aaren_textbook(q, k, v, scale=None):
+    """The textbook parallel Aaren: s_t = scale·q·k_t, o_t = Σ_{i≤t} e^{s_i} v_i / Σ_{i≤t} e^{s_i} computed as
+    cumsum(e^{s−M} v) · e^{M − logcumsumexp(s)} with M the max over the sequence (autograd backward)."""
+    scale = k.shape[-1] ** -0.5 if scale is None else scale
+    s = scale * (torch.einsum("hd,bthd->bth", q, k) if q.dim() == 2 else torch.einsum("bhd,bthd->bth", q, k))
+    M = s.amax(dim=1, keepdim=True).detach()
+    lse = torch.logcumsumexp(s, dim=1)
+    num = torch.cumsum(torch.exp(s - M).unsqueeze(-1) * v, dim=1)
+    return num * torch.exp(M - lse).unsqueeze(-1)
+
+
+class AarenTextbook(Impl):
+    name = "textbook"
+    note = "parallel Aaren: logcumsumexp + cumsum of e^{s-max}·v (plain PyTorch, autograd)"
+
+    def supports(self, config):
+        return config.op == "aaren_attention"
+
+    def prepare(self, case, inputs, requires_grad):
+        q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        return Prepared(fn=lambda: aaren_textbook(q, k, v), leaves=[q, k, v] if requires_grad else [],
+                        grad_out=_grad_like(case, case.config.Dv, v) if requires_grad else None)
+
+
 def baseline_impls() -> list[Impl]:
-    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop()]
+    return [SDPA(), SDPAMask(), Flex(), FLA(), Autoformer(), Loop(), Informer(), ProbSparseWindowPeer(), MacchiatoParts(),
+            SlidingWindowOnly(), FLATorch(), AarenTextbook()]

@@ -16,6 +16,10 @@ Output: ``decode_<device>_<date>.json`` and ``.md`` in ``--out`` (default ``benc
 
     python -m bench.decode                          # CUDA when available: B=64, H=8, D=Dv=64, L=64 latents
     python -m bench.decode --device cpu --B 4       # CPU (eager only)
+
+On CPU each op also gets the peers of issue 19: ``hand`` (the update written by hand in plain PyTorch, no checks),
+``step-fn`` / ``step-fn-inplace`` (:mod:`flashts.torch_ops.step` called directly, as the ``flashts.nn`` layers'
+``step`` does), next to ``torch`` (the public function with T = 1: validation + custom op + the same step).
 """
 from __future__ import annotations
 
@@ -115,6 +119,56 @@ def _time_graph(fn, iters: int) -> float:
     return _time_eager(graph.replay, torch.device("cuda"), iters)
 
 
+# ---------------------------------------------------------------------------------------- CPU step peers
+
+def hand_step(op: str, q, k, v, state):
+    """The step as a user writes it by hand (the baseline of issue 19): plain tensor ops on ``[B, 1, H, ·]``
+    inputs and the float32 state, no checks. Returns ``(o [B, 1, H, Dv], new_state)``."""
+    q, k, v = q.float(), k.float(), v.float()
+    if op == "linear_attention":
+        S, z = state
+        fq, fk = torch.nn.functional.elu(q[:, 0]) + 1, torch.nn.functional.elu(k[:, 0]) + 1
+        S = S + fk.unsqueeze(-1) * v[:, 0].unsqueeze(-2)
+        z = z + fk
+        o = torch.einsum("bhd,bhde->bhe", fq, S) / ((fq * z).sum(-1, keepdim=True) + 1e-6)
+        return o.unsqueeze(1), (S, z)
+    m, u, w = state
+    if op == "aaren_attention":
+        s = (q * k[:, 0]).sum(-1) * q.shape[-1] ** -0.5
+        vv = v[:, 0]
+    else:
+        s = k[:, 0]
+        vv = v[:, 0].unsqueeze(-2)
+    m_new = torch.maximum(m, s)
+    keep, new = torch.exp(m - m_new), torch.exp(s - m_new)
+    u = u * keep + new
+    w = w * keep.unsqueeze(-1) + new.unsqueeze(-1) * vv
+    if op == "aaren_attention":
+        o = w / u.unsqueeze(-1)
+    else:
+        o = torch.einsum("bhl,bhld->bhd", torch.softmax(q[:, 0], -1) / u, w)
+    return o.unsqueeze(1), (m_new, u, w)
+
+
+def _step_fn(op: str, inplace: bool):
+    """flashts.torch_ops.step's function for ``op`` on ``[B, 1, H, ·]`` inputs (the direct T = 1 path)."""
+    from flashts.torch_ops import step as st
+
+    def fn(q, k, v, state):
+        if op == "linear_attention":
+            o, s = st.linear_step(q[:, 0], k[:, 0], v[:, 0], state, inplace=inplace)
+        elif op == "aaren_attention":
+            o, s = st.aaren_step(q, k[:, 0], v[:, 0], state, inplace=inplace)
+        else:
+            o, s = st.latte_step(q[:, 0], k[:, 0], v[:, 0], state, inplace=inplace)
+        return o.unsqueeze(1), s
+    return fn
+
+
+CPU_PEERS = {"hand": lambda op: (lambda q, k, v, st: hand_step(op, q, k, v, st)),
+             "step-fn": lambda op: _step_fn(op, False), "step-fn-inplace": lambda op: _step_fn(op, True)}
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
@@ -129,6 +183,8 @@ def run(args) -> dict:
                                  initial_state=tuple(s.cpu().double() for s in state), output_final_state=True)
         backends = args.backends or [b for b in ("torch", "triton", "cuda")
                                      if b in _backend.implemented(op) and _backend.available(b, device)]
+        if device.type == "cpu" and not args.backends:
+            backends = backends + list(CPU_PEERS)   # the hand-written step and the direct step functions
         nbytes = step_bytes(op, args.B, args.H, args.D, args.D, args.L, q.element_size())
         for be in backends:
             row = dict(op=op, backend=be, B=args.B, H=args.H, D=args.D, Dv=args.D,
@@ -136,9 +192,18 @@ def run(args) -> dict:
                        floor_us=nbytes / (args.hbm_gbps * 1e3), eager_us=None, graph_us=None, rel_err=None,
                        error=None)
             try:
-                def step():
-                    return fn_op(q, k, v, **kw, initial_state=state, output_final_state=True, backend=be)
-                o, new_state = step()
+                if be in CPU_PEERS:
+                    peer = CPU_PEERS[be](op)
+                    # in place: the state buffers are updated every call (values drift, the cost does not)
+                    st0 = tuple(x.clone() for x in state)
+
+                    def step():
+                        return peer(q, k, v, st0 if be.endswith("inplace") else state)
+                    o, new_state = peer(q, k, v, tuple(x.clone() for x in state))
+                else:
+                    def step():
+                        return fn_op(q, k, v, **kw, initial_state=state, output_final_state=True, backend=be)
+                    o, new_state = step()
                 err = max([_rel(o, ref_o)] + [_rel(a, b) for a, b in zip(new_state, ref_state)])
                 row["rel_err"] = err
                 tol = 2e-2 if dtype != torch.float32 else 1e-4
@@ -191,7 +256,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--ops", nargs="+", choices=OPS)
-    ap.add_argument("--backends", nargs="+", choices=("torch", "triton", "cuda"))
+    ap.add_argument("--backends", nargs="+", choices=("torch", "triton", "cuda") + tuple(CPU_PEERS))
     ap.add_argument("--B", type=int, default=64)
     ap.add_argument("--H", type=int, default=8)
     ap.add_argument("--D", type=int, default=64, help="head dim (D = Dv)")

@@ -5,7 +5,9 @@ attention — ``full`` (PyTorch SDPA, the dense reference point), ``linear``, ``
 ``aaren`` and ``latte`` (the :mod:`flashts.nn` layers) — on a real series, with fixed seeds and a deterministic
 data order, and reports per attention the test MSE and MAE (on the standardised scale), the training time per
 epoch and the peak memory. It writes ``e2e.json``, ``e2e.md`` and ``forecast.png`` (one test window: the
-forecasts of every attention against the truth) into ``--out`` (default ``bench/results/e2e_<cpu|cuda>``).
+forecasts of every attention against the truth) into ``--out`` (default ``./flashts-results/e2e_<cpu|cuda>``,
+relative to the current folder and git-ignored; ``--results`` writes into the repository's
+``bench/results/e2e_<cpu|cuda>``, where the README's cited runs live). Run it from the repository root.
 
 Examples::
 
@@ -106,7 +108,8 @@ FLASHTS_OP = {
 DATASETS = ("vic-elec", "co2", "macrodata")
 SPLIT = (0.7, 0.1, 0.2)  # train / val / test fractions, chronological
 MIN_TRAIN_WINDOWS = 256  # --lookback max keeps at least this many training windows
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  # committed runs (--results)
+DEFAULT_OUT = "flashts-results"  # relative to the current folder; git-ignored in the repository
 
 PRESETS = {
     # smoke test: seconds for all six attentions on CPU
@@ -786,40 +789,64 @@ def _lookback_arg(text: str):
         raise argparse.ArgumentTypeError(f"expected an int or 'max', got {text!r}") from None
 
 
+def _presets(key: str) -> str:
+    """``presets: tiny 48, cpu 96, gpu max`` for a flag's help (the values it takes when the flag is not given)."""
+    vals = ", ".join(f"{name} {dict(COMMON, **PRESETS[name]).get(key)}" for name in sorted(PRESETS))
+    return f"presets: {vals}"
+
+
+def _presets_epilog() -> str:
+    keys = sorted({k for v in PRESETS.values() for k in v} | set(COMMON))
+    lines = ["presets (a flag given on the command line overrides the preset's value):"]
+    for name in sorted(PRESETS):
+        vals = dict(COMMON, **PRESETS[name])
+        lines.append(f"  {name}: " + ", ".join(f"{k}={vals[k]}" for k in keys))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.e2e_forecast",
                                 description="Train a small time-series transformer with each attention on real data "
-                                            "(statsmodels) and report test MSE/MAE, time per epoch and peak memory.")
+                                            "(statsmodels) and report test MSE/MAE, time per epoch and peak memory.",
+                                epilog=_presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attn", nargs="+", default=["all"], help=f"attentions: all or some of {', '.join(ATTENTIONS)}")
     p.add_argument("--backend", default="auto", choices=_backend.BACKENDS,
                    help="backend of the flashts layers (full always uses torch SDPA)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="tiny | cpu | gpu (default: gpu on CUDA, else cpu)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--dataset", choices=DATASETS, help="default: the preset's (vic-elec)")
-    p.add_argument("--lookback", type=_lookback_arg, help="input steps, or 'max' (see the module docstring)")
-    p.add_argument("--horizon", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="at most this many optimiser steps per epoch (0: no cap)")
-    p.add_argument("--eval-batches", type=int, help="at most this many validation / test batches (0: all)")
-    p.add_argument("--d-model", type=int)
-    p.add_argument("--n-heads", type=int)
-    p.add_argument("--layers", type=int)
-    p.add_argument("--d-ff", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--latents", type=int, help="latte: latents per head")
+    p.add_argument("--dataset", choices=DATASETS, help=f"series to train on ({_presets('dataset')})")
+    p.add_argument("--lookback", type=_lookback_arg,
+                   help=f"input steps, or 'max' (see the module docstring) ({_presets('lookback')})")
+    p.add_argument("--horizon", type=int, help=f"steps to forecast ({_presets('horizon')})")
+    p.add_argument("--epochs", type=int, help=f"training epochs ({_presets('epochs')})")
+    p.add_argument("--max-steps", type=int,
+                   help=f"at most this many optimiser steps per epoch, 0: no cap ({_presets('max_steps')})")
+    p.add_argument("--eval-batches", type=int,
+                   help=f"at most this many validation / test batches, 0: all ({_presets('eval_batches')})")
+    p.add_argument("--d-model", type=int, help=f"model width ({_presets('d_model')})")
+    p.add_argument("--n-heads", type=int, help=f"attention heads ({_presets('n_heads')})")
+    p.add_argument("--layers", type=int, help=f"encoder layers ({_presets('layers')})")
+    p.add_argument("--d-ff", type=int, help=f"feed-forward width ({_presets('d_ff')})")
+    p.add_argument("--batch-size", type=int, help=f"training batch size ({_presets('batch_size')})")
+    p.add_argument("--latents", type=int, help=f"latte: latents per head ({_presets('latents')})")
     p.add_argument("--window", type=int, help="sliding: one-sided window width w, window=(w, w) (default lookback//8)")
     p.add_argument("--factor", type=float, help="autocorr: K = int(factor * ln L) delays (default 1)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast (default: the preset's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="output folder (default bench/results/e2e_<cpu|cuda>)")
+    p.add_argument("--dropout", type=float, help=f"dropout ({_presets('dropout')})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate ({_presets('lr')})")
+    p.add_argument("--amp", choices=("none", "bf16"), help=f"bf16 autocast or none ({_presets('amp')})")
+    p.add_argument("--seed", type=int, help=f"seed of the weights and the batch order ({_presets('seed')})")
+    p.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT}/e2e_<cpu|cuda>, relative to the current "
+                                 "folder)")
+    p.add_argument("--results", action="store_true",
+                   help="write into the repository's bench/results/e2e_<cpu|cuda> (the committed runs the README "
+                        "cites) instead of --out")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-plot", action="store_true", help="do not draw forecast.png / compare_backends.png")
     p.add_argument("--compare-backends", action="store_true",
                    help="train each flashts attention with the torch backend and each kernel backend available "
                         "here; report the largest loss-curve difference (instead of the main run)")
-    p.add_argument("--compare-steps", type=int, help="training steps of each --compare-backends run")
+    p.add_argument("--compare-steps", type=int,
+                   help=f"training steps of each --compare-backends run ({_presets('compare_steps')})")
     p.add_argument("--compare-tol", type=float, default=1e-3,
                    help="largest allowed relative loss-curve difference (default 1e-3)")
     return p
@@ -977,7 +1004,10 @@ def main(argv=None) -> int:
         print(f"[e2e] {exc}", file=sys.stderr)
         return 2
 
-    out = args.out or os.path.join(RESULTS_DIR, f"e2e_{device.type}")
+    if args.results and args.out:
+        print("[e2e] --results and --out exclude each other", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(RESULTS_DIR if args.results else DEFAULT_OUT, f"e2e_{device.type}")
     os.makedirs(out, exist_ok=True)
     meta = metadata(device, ["python", "-m", "bench.e2e_forecast"] + list(sys.argv[1:] if argv is None else argv))
     config = dict(asdict(cfg), dataset=dataset)

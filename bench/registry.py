@@ -30,12 +30,18 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-OPS = ("linear_attention", "sliding_window_attention", "auto_correlation", "aaren_attention", "latte_attention")
+OPS = ("linear_attention", "sliding_window_attention", "auto_correlation", "aaren_attention", "latte_attention",
+       "prob_sparse_attention")
+OPS += ("latte_macchiato_attention",)
+# inputs an op takes after q, k, v (positional, in this order; made by make_inputs)
+EXTRA_INPUTS = {"latte_macchiato_attention": ("mix", "latent_k")}
 OP_ALIASES = {
     "linear": "linear_attention", "la": "linear_attention",
     "sliding_window": "sliding_window_attention", "swa": "sliding_window_attention", "window": "sliding_window_attention",
     "autocorr": "auto_correlation", "auto_correlation": "auto_correlation", "ac": "auto_correlation",
     "aaren": "aaren_attention", "latte": "latte_attention",
+    "prob_sparse": "prob_sparse_attention", "probsparse": "prob_sparse_attention", "informer": "prob_sparse_attention",
+    "macchiato": "latte_macchiato_attention", "latte_macchiato": "latte_macchiato_attention",
 }
 MODES = ("fwd", "fwdbwd")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -46,6 +52,8 @@ GPU_TS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 CPU_TS = (256, 1024, 4096)
 AUTOCORR_GPU_LS = (96, 336, 720, 1440, 8192)
 AUTOCORR_CPU_LS = (96, 336, 720, 1440)
+PROB_SPARSE_GPU_LS = (96, 336, 720, 1440, 2880, 8192)  # Informer's horizons, and a long one
+PROB_SPARSE_CPU_LS = (96, 336, 720, 1440)
 
 
 def canonical_op(name: str) -> str:
@@ -122,7 +130,8 @@ class Case:
 
 def short_op(op: str) -> str:
     return {"linear_attention": "linear", "sliding_window_attention": "swa", "auto_correlation": "autocorr",
-            "aaren_attention": "aaren", "latte_attention": "latte"}[op]
+            "aaren_attention": "aaren", "latte_attention": "latte", "prob_sparse_attention": "probsparse",
+            "latte_macchiato_attention": "macchiato"}[op]
 
 
 # ----------------------------------------------------------------------------------------- configurations
@@ -139,6 +148,10 @@ def gpu_configs() -> list[Config]:
     out.append(Config.make("aaren_attention", 8, 8, 64, 64, GPU_TS))
     for causal in (True, False):
         out.append(Config.make("latte_attention", 8, 8, 64, 64, GPU_TS, causal=causal, latents=64))
+    for causal in (False, True):  # Informer's shape: d_model 512, 8 heads, c = 5
+        out.append(Config.make("prob_sparse_attention", 32, 8, 64, 64, PROB_SPARSE_GPU_LS, factor=5, causal=causal))
+    # Latte Macchiato at the sliding-window goal shape and window (compare with swa-only / swa+latte rows)
+    out.append(Config.make("latte_macchiato_attention", 4, 16, 64, 64, GPU_TS, window=(511, 0), latents=16))
     return out
 
 
@@ -153,6 +166,9 @@ def cpu_configs() -> list[Config]:
         Config.make("aaren_attention", 1, 4, 64, 64, CPU_TS),
         Config.make("latte_attention", 1, 4, 16, 64, CPU_TS, causal=True, latents=16),
         Config.make("latte_attention", 1, 4, 16, 64, CPU_TS, causal=False, latents=16),
+        Config.make("prob_sparse_attention", 2, 8, 64, 64, PROB_SPARSE_CPU_LS, factor=5, causal=False),
+        Config.make("prob_sparse_attention", 2, 8, 64, 64, PROB_SPARSE_CPU_LS, factor=5, causal=True),
+        Config.make("latte_macchiato_attention", 1, 4, 64, 64, CPU_TS, window=(127, 0), latents=16),
     ]
 
 
@@ -164,6 +180,8 @@ def quick_configs() -> list[Config]:
         Config.make("auto_correlation", 2, 2, 8, 8, (48, 96), factor=1.0, mode="train"),
         Config.make("aaren_attention", 1, 2, 16, 16, Ts),
         Config.make("latte_attention", 1, 2, 8, 16, Ts, causal=True, latents=8),
+        Config.make("prob_sparse_attention", 1, 2, 16, 16, Ts, factor=5, causal=True),
+        Config.make("latte_macchiato_attention", 1, 2, 16, 16, Ts, window=(15, 0), latents=4),
     ]
 
 
@@ -199,6 +217,10 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> dict:
 
     if case.op == "aaren_attention":
         return {"q": rnd(H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, Dv)}
+    if case.op == "latte_macchiato_attention":  # + mixing logits [.., L+1] and latent key logits [.., L]
+        L = c.p["latents"]
+        return {"q": rnd(B, T, H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, Dv), "mix": rnd(B, T, H, L + 1),
+                "latent_k": rnd(B, T, H, L)}
     return {"q": rnd(B, T, H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, Dv)}
 
 
@@ -214,6 +236,12 @@ def op_kwargs(config: Config) -> dict:
         return {"factor": p.get("factor", 1.0), "mode": p.get("mode", "train")}
     if config.op == "latte_attention":
         return {"causal": p.get("causal", True)}
+    if config.op == "prob_sparse_attention":
+        # a fresh generator per call of op_kwargs: the guard's first call and the oracle draw the same samples
+        return {"factor": p.get("factor", 5), "causal": p.get("causal", False),
+                "generator": torch.Generator().manual_seed(0)}
+    if config.op == "latte_macchiato_attention":
+        return {"window": tuple(p["window"])}
     return {}
 
 
@@ -224,8 +252,10 @@ def is_causal(config: Config) -> bool:
         return bool(p.get("causal", True))
     if config.op == "sliding_window_attention":
         return tuple(p["window"])[1] == 0
-    if config.op == "aaren_attention":
+    if config.op in ("aaren_attention", "latte_macchiato_attention"):
         return True
+    if config.op == "prob_sparse_attention":
+        return bool(p.get("causal", False))
     return False
 
 
@@ -302,12 +332,45 @@ def _flops_latte_attention(c: Config, T: int) -> tuple[int, int]:
     return n * per, 2 * n * per
 
 
+def prob_sparse_counts(L: int, factor: int) -> tuple[int, int]:
+    """(U, u) of SPEC §6 (U = 0 makes u = 0)."""
+    U = min(L, factor * math.ceil(math.log(L)))
+    u = min(L, factor * math.ceil(math.log(L)))
+    return U, (u if U > 0 else 0)
+
+
+def _flops_prob_sparse_attention(c: Config, T: int) -> tuple[int, int]:
+    """Per (b, h): sampled scores T·U·2D (+2 per sample for max and sum); softmax attention of the u active
+    rows over T keys (T/2 on average when causal: rows are drawn from all positions) at the FlashAttention
+    per-pair counts; the lazy rows' mean / running sum T·Dv. Backward: the active pairs' FlashAttention-2
+    counts plus T·Dv for the lazy rows' dV (the sampling has no gradient)."""
+    U, u = prob_sparse_counts(T, int(c.p.get("factor", 5)))
+    pairs = u * T // 2 if c.p.get("causal", False) else u * T
+    att_f, att_b = _attn_pairs_flops(c.B * c.H, pairs, c.D, c.Dv)
+    n = c.B * c.H * T
+    return n * U * (2 * c.D + 2) + att_f + n * c.Dv, att_b + n * c.Dv
+
+
+def _flops_latte_macchiato_attention(c: Config, T: int) -> tuple[int, int]:
+    """The causal sliding window over its allowed pairs (:func:`_attn_pairs_flops`) plus causal Latte with
+    L latents (:func:`_flops_latte_attention`) plus the mix (≈ 4Dv + 2(L+1) per token; backward twice)."""
+    left = tuple(c.p["window"])[0]
+    L = c.p["latents"]
+    w_f, w_b = _attn_pairs_flops(c.B * c.H, window_pairs(T, left, 0), c.D, c.Dv)
+    n = c.B * c.H * T
+    lat = L * (5 * c.Dv + 8)
+    mix = 4 * c.Dv + 2 * (L + 1)
+    return w_f + n * (lat + mix), w_b + 2 * n * (lat + mix)
+
+
 _FLOPS = {
     "linear_attention": _flops_linear_attention,
     "sliding_window_attention": _flops_sliding_window_attention,
     "auto_correlation": _flops_auto_correlation,
     "aaren_attention": _flops_aaren_attention,
     "latte_attention": _flops_latte_attention,
+    "prob_sparse_attention": _flops_prob_sparse_attention,
+    "latte_macchiato_attention": _flops_latte_macchiato_attention,
 }
 
 
@@ -316,6 +379,8 @@ def _io_bytes(case: Case) -> tuple[int, int]:
     c, T, e = case.config, case.T, _elt(case.dtype)
     if case.op == "aaren_attention":
         inp = c.H * c.D + c.B * T * c.H * (c.D + c.Dv)
+    elif case.op == "latte_macchiato_attention":
+        inp = c.B * T * c.H * (2 * c.D + c.Dv + 2 * c.p["latents"] + 1)
     else:
         inp = c.B * T * c.H * (2 * c.D + c.Dv)
     return inp * e, c.B * T * c.H * c.Dv * e
@@ -425,8 +490,10 @@ class FlashtsImpl(Impl):
         fn = getattr(flashts, case.op)
         kw = op_kwargs(case.config)
         q, k, v = (leaf(inputs[n], requires_grad) for n in ("q", "k", "v"))
+        extra = [leaf(inputs[n], requires_grad) for n in EXTRA_INPUTS.get(case.op, ())]
         backend = self.backend
-        return Prepared(fn=lambda: fn(q, k, v, **kw, backend=backend), leaves=[q, k, v] if requires_grad else [],
+        return Prepared(fn=lambda: fn(q, k, v, *extra, **kw, backend=backend),
+                        leaves=[q, k, v] + extra if requires_grad else [],
                         grad_out=_grad_like(case, case.config.Dv, inputs["v"]) if requires_grad else None)
 
 

@@ -12,7 +12,12 @@ Baselines of an implementation: every other implementation in the table except t
 and the dense SDPA reference point counts as a baseline.
 
 Plots (matplotlib, Agg): ``<stem>_<op>_time.png`` and ``<stem>_<op>_memory.png``, log-log against T, one
-subplot per table, one line per implementation × mode (solid fwd, dashed fwdbwd).
+subplot per table, one line per implementation × mode: one colour per implementation; fwd solid with filled
+circles, fwdbwd dashed with hollow squares (told apart without colour too); the time plots shade the min–max
+spread of each timed row.
+
+:func:`summary_table` is the plain-text table ``python -m bench`` prints at the end: one line per op × shape ×
+T × implementation with fwd and fwdbwd medians, their min–max spread, and the ratio against the best baseline.
 """
 from __future__ import annotations
 
@@ -128,6 +133,57 @@ def markdown_table(rows: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(lines), notes
 
 
+def _ms_spread(r: dict | None) -> str:
+    if r is None:
+        return ""
+    if r.get("ms") is None:
+        return _cell(r)
+    s = _fmt_num(r["ms"])
+    if r.get("ms_min") is not None and r.get("ms_max") is not None:
+        s += f" [{_fmt_num(r['ms_min'])}–{_fmt_num(r['ms_max'])}]"
+    elif r.get("timing"):
+        s += " (1 run)"
+    return s
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Plain-text summary: op, shape, T, impl, fwd / fwdbwd median ms [min–max], ratio vs the best baseline."""
+    head = ["op", "shape", "dtype", "T", "impl", "fwd ms [min–max]", "fwdbwd ms [min–max]", "vs best baseline (fwd; fwdbwd)"]
+    lines = []
+    for op, groups in group_rows(rows).items():
+        for key, grows in groups.items():
+            params, B, H, D, Dv, dtype = key
+            p = _params_label(json.loads(params))
+            shape = (p + " " if p else "") + f"B={B} H={H} D={D} Dv={Dv}"
+            impls = sorted({r["impl"] for r in grows}, key=_impl_key)
+            by = {(r["impl"], r["mode"], r["T"]): r for r in grows}
+            for T in sorted({r["T"] for r in grows}):
+                for impl in impls:
+                    if not any((impl, m, T) in by for m in MODE_ORDER):
+                        continue
+                    ratios = []
+                    for m in MODE_ORDER:
+                        mine, best = by.get((impl, m, T)), None
+                        if impl.startswith("flashts-"):
+                            for b in baselines_for(impl, impls):
+                                rb = by.get((b, m, T))
+                                if rb is not None and rb.get("ms") and (best is None or rb["ms"] < best[1]):
+                                    best = (b, rb["ms"])
+                        if mine is not None and mine.get("ms") and best is not None:
+                            ratios.append(f"{best[1] / mine['ms']:.2f}× vs {best[0]}")
+                        else:
+                            ratios.append("–")
+                    ratio = "; ".join(ratios) if impl.startswith("flashts-") else ""
+                    lines.append([op.replace("_attention", ""), shape, dtype, str(T), impl,
+                                  _ms_spread(by.get((impl, "fwd", T))), _ms_spread(by.get((impl, "fwdbwd", T))),
+                                  ratio])
+    if not lines:
+        return "(no rows)"
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines])
+
+
 def markdown(data: dict) -> str:
     rows = data.get("rows", [])
     meta = [f"device **{data.get('device')}**", f"torch {data.get('torch')}"]
@@ -135,6 +191,8 @@ def markdown(data: dict) -> str:
         meta.append(f"triton {data['triton']}")
     if data.get("cuda"):
         meta.append(f"CUDA {data['cuda']}")
+    if data.get("load_average") is not None:
+        meta.append(f"load average {data['load_average']:.1f} at the start")
     meta.append(f"commit `{(data.get('commit') or 'unknown')[:12]}`")
     meta.append(f"date {data.get('date')}")
     out = ["# flashts benchmark", "", ", ".join(meta) + ".", ""]
@@ -192,8 +250,18 @@ def write_plots(data: dict, out_dir: str, stem: str, log=print) -> list[str]:
                         if not pts:
                             continue
                         xs, ys = zip(*pts)
-                        ax.plot(xs, ys, marker="o", markersize=3, color=colors[impl],
-                                linestyle="-" if mode == "fwd" else "--", label=f"{impl} {mode}")
+                        fwd = mode == "fwd"
+                        ax.plot(xs, ys, marker="o" if fwd else "s", markersize=4 if fwd else 5,
+                                markerfacecolor=colors[impl] if fwd else "none", markeredgecolor=colors[impl],
+                                color=colors[impl], linestyle="-" if fwd else "--",
+                                linewidth=1.5 if fwd else 1.0, label=f"{impl} {mode}")
+                        if metric == "ms":
+                            lo = [(r["T"], r["ms_min"], r["ms_max"]) for r in grows if r["impl"] == impl
+                                  and r["mode"] == mode and r.get("ms_min") and r.get("ms_max")]
+                            if len(lo) > 1:
+                                lo.sort()
+                                ax.fill_between([t for t, _, _ in lo], [a for _, a, _ in lo], [b for _, _, b in lo],
+                                                color=colors[impl], alpha=0.12 if fwd else 0.06, linewidth=0)
                         drawn = True
                 if drawn:
                     ax.set_xscale("log", base=2)
@@ -201,7 +269,7 @@ def write_plots(data: dict, out_dir: str, stem: str, log=print) -> list[str]:
                     Ts = sorted({r["T"] for r in grows})
                     ax.set_xticks(Ts, [_fmt_T(T) for T in Ts])
                     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-                    ax.legend(fontsize=7)
+                    ax.legend(fontsize=7, title="fwd: ●, solid   fwdbwd: □, dashed", title_fontsize=7)
                 else:
                     ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
                 ax.set_title(group_title(key), fontsize=8)

@@ -23,7 +23,8 @@ Per case (a config at one T and dtype) the inputs are made once; then for every 
    grads set to None between runs). CPU: wall-clock median of ≥ ``min_reps`` runs after the warm-up
    (more until ``budget_s`` is spent, at most ``max_reps``). A second call (the memory one) slower than
    ``max_seconds`` is reported as a single run (``timing`` says so) and larger T of that series are
-   skipped; so are larger T after an OOM. The warm-up's time is never reported.
+   skipped; so are larger T after an OOM. The warm-up's time is never reported. Every timed row also has its
+   spread: ``ms_min``, ``ms_q1``, ``ms_q3``, ``ms_max`` (quartiles of the timed runs; on GPU of do_bench's).
 
 ``fwd`` runs with inputs that do not require grad; ``fwdbwd`` runs forward then
 ``out.backward(grad_out)`` with leaves requiring grad (a fixed random cotangent made beforehand).
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import Case, Config, Impl, is_causal, make_inputs, op_kwargs
+from .registry import EXTRA_INPUTS, Case, Config, Impl, is_causal, make_inputs, op_kwargs
 
 # tolerance of max|out − oracle| / max|oracle| per dtype of the timed implementation
 TOL = {"float64": 1e-6, "float32": 5e-3, "float16": 2e-2, "bfloat16": 6e-2}
@@ -83,6 +84,60 @@ def slug(name: str) -> str:
     return s or "device"
 
 
+def load_average() -> tuple[float, int] | None:
+    """(1-minute load average, CPU cores this process may use), or None where unknown."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return load, cores
+
+
+def load_warning(device_type: str = "cpu") -> str | None:
+    """A warning when the machine is busier than its cores (timings then come out slow and noisy), else None."""
+    la = load_average()
+    if la is None or la[0] <= la[1]:
+        return None
+    load, cores = la
+    what = "CPU timings" if device_type == "cpu" else "launch-bound GPU timings"
+    return (f"WARNING: load average {load:.1f} on {cores} cores (more runnable work than cores): {what} will be "
+            "slower and noisier than on a quiet machine (see the min–max spread); rerun when the machine is idle "
+            "before citing them")
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation quantile of an already sorted, non-empty list."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def spread(times_ms: list[float]) -> dict:
+    """median and spread (min, quartiles, max) of run times in ms."""
+    t = sorted(times_ms)
+    return {"ms": quantile(t, 0.5), "ms_min": t[0], "ms_q1": quantile(t, 0.25), "ms_q3": quantile(t, 0.75),
+            "ms_max": t[-1]}
+
+
+def case_label(case: Case) -> str:
+    """The case as the progress bar shows it, with the options that tell an op's configs apart
+    (auto-correlation's train/infer mode, causal or not, the window)."""
+    p = case.config.p
+    extra = []
+    if "mode" in p:
+        extra.append(str(p["mode"]))
+    if "causal" in p:
+        extra.append("causal" if p["causal"] else "bidir")
+    if "window" in p:
+        extra.append("window=" + ",".join(str(x) for x in tuple(p["window"])))
+    return case.label() + (f" [{' '.join(extra)}]" if extra else "")
+
+
 def git_commit() -> str | None:
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +170,7 @@ def metadata(device: torch.device, argv=None) -> dict:
         "command": list(sys.argv if argv is None else argv),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        "load_average": (load_average() or (None,))[0],
     }
 
 
@@ -183,6 +239,8 @@ def _ref_cost(config: Config, T: int, heads: int) -> int:
         return heads * T * T
     if op == "latte_attention":
         return heads * config.D * T * T if config.p.get("causal", True) else heads * config.D * T
+    if op == "latte_macchiato_attention":
+        return heads * (config.p["latents"] + 1) * T * T
     return 0  # auto_correlation: FFTs, O(B·H·E·L)
 
 
@@ -207,7 +265,7 @@ def _slice_inputs(case: Case, inputs: dict, T: int, heads: int) -> dict:
 def _call_op(case: Case, inputs: dict, dtype: torch.dtype, backend: str | None):
     import flashts
     from flashts import reference
-    args = [inputs[n].to(dtype) for n in ("q", "k", "v")]
+    args = [inputs[n].to(dtype) for n in ("q", "k", "v") + EXTRA_INPUTS.get(case.op, ())]
     kw = op_kwargs(case.config)
     if backend is None:
         return getattr(reference, case.op)(*args, **kw)
@@ -346,6 +404,7 @@ class Runner:
         self.notes: list[str] = []
         self._last_oom = False
         self._bar = None
+        self._spread: dict | None = None
 
     # -- logging / progress
     def log(self, msg: str):
@@ -437,7 +496,7 @@ class Runner:
 
     def _run_case(self, case: Case, impls: list[Impl]):
         if self._bar is not None:
-            self._bar.set_description(f"{case.label()} inputs")
+            self._bar.set_description(f"{case_label(case)} inputs")
         try:
             inputs = make_inputs(case, self.device)
         except Exception as e:
@@ -471,7 +530,7 @@ class Runner:
                 pending.append(m)
         if pending:
             if self._bar is not None:
-                self._bar.set_description(f"{case.label()} {impl.name} check")
+                self._bar.set_description(f"{case_label(case)} {impl.name} check")
             guard_err = self._guard(case, impl, inputs, oracle, rows, pending)
             if guard_err is not None:
                 self._free(failed=True)
@@ -480,7 +539,7 @@ class Runner:
                 rows[m]["check"] = rows[pending[0]]["check"]
             for m in pending:
                 if self._bar is not None:
-                    self._bar.set_description(f"{case.label()} {impl.name} {m}")
+                    self._bar.set_description(f"{case_label(case)} {impl.name} {m}")
                 if guard_err is not None:
                     rows[m]["error"] = guard_err
                     if guard_err.startswith("OOM"):
@@ -547,6 +606,8 @@ class Runner:
             leaves = prep.leaves
             ms, peak, note, reps = self._time(call, leaves, warmed_up)
             row["ms"], row["peak_mb"], row["reps"] = ms, peak, reps
+            if self._spread is not None:
+                row.update(self._spread)
             if note:
                 row["timing"] = note
                 self._skip[series] = f"skipped: {note} at T={case.T}"
@@ -593,8 +654,9 @@ class Runner:
         """(median ms, peak MB, note or None, number of timed runs or None).
 
         Call 1 warms up (for fwd it was the guard's call: ``warmed_up``); call 2 measures the peak memory
-        and decides whether the series is too slow; then the timed runs.
+        and decides whether the series is too slow; then the timed runs (their spread goes to ``self._spread``).
         """
+        self._spread = None
         if not warmed_up:
             self._timed_call(call, leaves, memory=False)
         # the warm-up's time is never reported: it may include compilation / autotuning / lazy init
@@ -613,6 +675,7 @@ class Runner:
             if len(times) >= self.max_reps or (len(times) >= self.min_reps and sum(times) >= self.budget_s):
                 break
         self._clear(leaves)
+        self._spread = spread([t * 1e3 for t in times])
         return statistics.median(times) * 1e3, peak, None, len(times)
 
     def _gpu_time(self, call, leaves) -> tuple[float, int | None]:
@@ -621,8 +684,12 @@ class Runner:
         except Exception:
             do_bench = None
         if do_bench is not None:
-            return float(do_bench(call, warmup=self.warmup_ms, rep=self.rep_ms, grad_to_none=leaves or None,
-                                  return_mode="median")), None
+            qs = [0.0, 0.25, 0.5, 0.75, 1.0]
+            res = do_bench(call, warmup=self.warmup_ms, rep=self.rep_ms, grad_to_none=leaves or None, quantiles=qs)
+            if isinstance(res, (list, tuple)) and len(res) == len(qs):
+                self._spread = dict(zip(("ms_min", "ms_q1", "ms", "ms_q3", "ms_max"), map(float, res)))
+                return self._spread["ms"], None
+            return float(res), None
         # fallback without triton: CUDA events, median of ~rep_ms worth of runs
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -639,6 +706,7 @@ class Runner:
             end.record()
             self._sync()
             times.append(start.elapsed_time(end))
+        self._spread = spread(times)
         return statistics.median(times), len(times)
 
 
@@ -663,8 +731,18 @@ class _PlainBar:
 
 
 def speed_summary(rows: list[dict]) -> str:
+    """``N/M rows timed, S skipped, E with errors``: a deliberate skip (a larger T after an OOM or a too slow
+    smaller T) is a skip, not an error."""
     ok = [r for r in rows if r.get("ms") is not None]
-    return f"{len(ok)}/{len(rows)} rows timed" + (f", {len(rows) - len(ok)} with errors" if len(ok) < len(rows) else "")
+    skipped = [r for r in rows if r.get("ms") is None and str(r.get("error", "")).startswith("skipped")]
+    errors = len(rows) - len(ok) - len(skipped)
+    out = f"{len(ok)}/{len(rows)} rows timed"
+    if skipped:
+        out += f", {len(skipped)} skipped"
+    if errors:
+        out += f", {errors} with errors"
+    return out
 
 
-__all__ = ["Runner", "metadata", "device_name", "slug", "TOL", "max_rel_err", "RssMeter", "speed_summary"]
+__all__ = ["Runner", "metadata", "device_name", "slug", "TOL", "max_rel_err", "RssMeter", "speed_summary",
+           "load_warning", "spread", "case_label"]

@@ -16,8 +16,8 @@
 // Padding: rows past the end of the sequence and columns past D / Dv are ZERO in every tile (not φ(0), which
 // is 1 for elu), so they add nothing to any product; D and Dv are padded to multiples of 16.
 //
-// Matrix products (mma_utils.cuh, block_gemm): every tile is float32 in shared memory.
-//   * float16 / bfloat16 inputs: tensor cores in TF32 (wmma m16n16k8, float32 accumulation). fp16/bf16 input
+// Matrix products (common.cuh, block_gemm): every tile is float32 in shared memory.
+//   * float16 / bfloat16 inputs: tensor cores in TF32 (mma.sync m16n8k8 PTX, float32 accumulation). fp16/bf16 input
 //     values are exact in TF32; the float32 operands (state S, the chunk matrix A, dS, ...) are rounded to
 //     TF32 (10-bit mantissa, like fp16, but with float32's exponent range, so an unbounded state never
 //     overflows as it could in fp16).
@@ -44,7 +44,7 @@
 #include <type_traits>
 
 #include "linear_attention.h"
-#include "mma_utils.cuh"
+#include "common.cuh"
 
 namespace flashts {
 namespace linear {
@@ -54,8 +54,14 @@ using mmau::block_gemm;
 using mmau::kCol;
 using mmau::kRow;
 
+// The chunk products' implementation (common.cuh block_gemm): float32 inputs FMA; float16 / bfloat16 inputs
+// mma.sync m16n8k8 TF32 on the float32 tiles (was wmma m16n16k8 TF32 until 2026-12-03, same precision; set
+// mmau::kGemmWmma here to go back).
+template <typename Tin>
+constexpr int kGemmFor = std::is_same<Tin, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
+
 constexpr int kThreads = 256;  // 8 warps
-constexpr int kPad = mmau::ld_pad<float>();
+constexpr int kPad = ld_pad<float>();
 constexpr int kChunks[3] = {64, 32, 16};
 
 enum Kind : int { kFwd = 0, kBwdDq = 1, kBwdDkv = 2 };
@@ -65,7 +71,7 @@ struct View {  // a strided input [B, T, Hx, X]
     const Tin* p;
     int64_t sb, st, sh, sx;
     __device__ __forceinline__ float get(int64_t b, int64_t t, int64_t h, int64_t x) const {
-        return mmau::to_f(p[b * sb + t * st + h * sh + x * sx]);
+        return to_float(p[b * sb + t * st + h * sh + x * sx]);
     }
 };
 
@@ -92,7 +98,7 @@ struct Tiles {
 
 __host__ __device__ inline Tiles carve(int kind, int C, int Dp, int Dvp, unsigned char* base) {
     const int ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
-    mmau::SmemCarver sc(base);
+    SmemCarver sc(base);
     Tiles t;
     t.Q = sc.take<float>(int64_t(C) * ldD);
     t.K = sc.take<float>(int64_t(C) * ldD);
@@ -185,7 +191,7 @@ __device__ __forceinline__ void store_state(float* S_out, float* z_out, const fl
 }
 
 // S += K̃ᵀ V (or Q̃ᵀ dO' in the backward), z += colsum(K̃) (or Q̃ᵀ w for a row weight w, when w != nullptr).
-template <bool kTC>
+template <int kTC>
 __device__ __forceinline__ void add_outer(float* S, int ldV, float* z, const float* Kt, int ldD, const float* Vt,
                                           const float* w, int C, int Dp, int Dvp) {
     block_gemm<kTC, kCol, kRow>(S, ldV, Kt, ldD, Vt, ldV, Dp, Dvp, C, true);
@@ -198,9 +204,11 @@ __device__ __forceinline__ void add_outer(float* S, int ldV, float* z, const flo
 
 // ============================================================================================== forward
 
+// (min 1 block per SM: without it ptxas capped the registers and spilled 16-20 bytes for 16-bit inputs at
+// -O3 on sm_90; tests/test_cuda_resources.py fails on any spill.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
-    constexpr bool kTC = !std::is_same<Tin, float>::value;
+__global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
+    constexpr int kTC = kGemmFor<Tin>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kFwd, C, Dp, Dvp, smem_raw);
@@ -215,7 +223,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
 
     init_state(Ss, ldV, zs, p.S0, p.z0, state_row, p.D, p.Dv, Dp, Dvp);
     __syncthreads();
-    const int64_t n_chunks = mmau::cdiv_i64(ri.len, C);
+    const int64_t n_chunks = cdiv64(ri.len, C);
     if (!p.causal) {  // sweep 1: the whole-sequence state
         for (int64_t c = 0; c < n_chunks; ++c) {
             const int64_t t_first = ri.t0 + c * C;
@@ -261,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
             const int t = static_cast<int>(idx / p.Dv), e = static_cast<int>(idx - (idx / p.Dv) * p.Dv);
             float val = Num[t * ldV + e];
             if (p.normalize) val = val / (dens[t] + p.eps);
-            p.out[((ri.b * p.T + t_first + t) * p.H + ri.h) * p.Dv + e] = mmau::from_f<Tin>(val);
+            p.out[((ri.b * p.T + t_first + t) * p.H + ri.h) * p.Dv + e] = from_float<Tin>(val);
         }
         if (p.causal) add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
         __syncthreads();
@@ -274,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
 // Forward-order sweep: den, inv, dden (-> workspace) and dq.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
-    constexpr bool kTC = !std::is_same<Tin, float>::value;
+    constexpr int kTC = kGemmFor<Tin>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kBwdDq, C, Dp, Dvp, smem_raw);
@@ -291,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
 
     init_state(Ss, ldV, zs, p.S0, p.z0, state_row, p.D, p.Dv, Dp, Dvp);
     __syncthreads();
-    const int64_t n_chunks = mmau::cdiv_i64(ri.len, C);
+    const int64_t n_chunks = cdiv64(ri.len, C);
     if (!p.causal) {
         for (int64_t c = 0; c < n_chunks; ++c) {
             const int64_t t_first = ri.t0 + c * C;
@@ -328,11 +336,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
                     for (int d = lane; d < Dp; d += 32) den = fmaf(Qs[t * ldD + d], zs[d], den);
                     if (p.causal)
                         for (int s = lane; s <= t; s += 32) den += As[t * ldC + s];
-                    den = mmau::warp_sum(den);
+                    den = warp_sum(den);
                     float dot = 0.f;
                     for (int64_t e = lane; e < p.Dv; e += 32)
                         dot = fmaf(p.dout.get(ri.b, t_first + t, ri.h, e), p.o.get(ri.b, t_first + t, ri.h, e), dot);
-                    dot = mmau::warp_sum(dot);
+                    dot = warp_sum(dot);
                     inv = 1.f / (den + p.eps);
                     dden = -dot * inv;
                     if (lane == 0) {
@@ -368,7 +376,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
             const int t = static_cast<int>(idx / p.D), d = static_cast<int>(idx - (idx / p.D) * p.D);
             const float x = p.q.get(ri.b, t_first + t, ri.h, d);
             p.out[((ri.b * p.T + t_first + t) * p.H + ri.h) * p.D + d] =
-                mmau::from_f<Tin>(scale * dphi(x, fmap) * G[t * ldD + d]);
+                from_float<Tin>(scale * dphi(x, fmap) * G[t * ldD + d]);
         }
         if (p.causal) add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
         __syncthreads();
@@ -378,7 +386,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
 // Reverse-order sweep: dk, dv (per query head, float32) and the initial-state cotangents.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
-    constexpr bool kTC = !std::is_same<Tin, float>::value;
+    constexpr int kTC = kGemmFor<Tin>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kBwdDkv, C, Dp, Dvp, smem_raw);
@@ -397,7 +405,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
 
     init_state(dS, ldV, dz, p.dST, p.dzT, state_row, p.D, p.Dv, Dp, Dvp);
     __syncthreads();
-    const int64_t n_chunks = mmau::cdiv_i64(ri.len, C);
+    const int64_t n_chunks = cdiv64(ri.len, C);
     // dO'_t = inv_t·do_t (rows of the chunk starting at t_first); dden_t into ddens
     auto load_dout = [&](int64_t t_first, int len) {
         auto f = [=](float x, int t) { return normalize ? x * ws_inv[(b * T + t_first + t) * H + h] : x; };
@@ -482,8 +490,8 @@ Params<Tin> make_params(const LinSizes& sz, const LinOptions& opt) {
     p.normalize = opt.normalize ? 1 : 0;
     p.scale = opt.scale;
     p.eps = opt.eps;
-    p.Dp = mmau::round_up(static_cast<int>(sz.D), 16);
-    p.Dvp = mmau::round_up(static_cast<int>(sz.Dv), 16);
+    p.Dp = round_up(static_cast<int>(sz.D), 16);
+    p.Dvp = round_up(static_cast<int>(sz.Dv), 16);
     return p;
 }
 

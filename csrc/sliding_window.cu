@@ -8,7 +8,7 @@
 // Tiles. Query and key blocks of BT rows (BT ∈ {64, 32, 16}, the largest whose tiles fit in shared memory),
 // head dims padded to multiples of 16 with zeros. Q, K, V, dO tiles and the probabilities P / dS handed to a
 // product are stored in the INPUT type; scores, dP and all accumulators are float32.
-// Products (mma_utils.cuh, block_gemm): float16 / bfloat16 → tensor cores (wmma m16n16k16, float32
+// Products (common.cuh, block_gemm): float16 / bfloat16 → tensor cores (wmma m16n16k16, float32
 // accumulation) for QKᵀ, PV, dO Vᵀ, dS K, Pᵀ dO, dSᵀ Q; float32 → plain FMA in float32 (exact float32, no TF32).
 //
 // Forward (fwd_kernel, one block per (query block, query head, sequence)): only the keys
@@ -33,7 +33,7 @@
 // int64; every global access is bounds-checked.
 #include <type_traits>
 
-#include "mma_utils.cuh"
+#include "common.cuh"
 #include "sliding_window.h"
 
 namespace flashts {
@@ -46,7 +46,7 @@ using mmau::kRow;
 
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kTiles[3] = {64, 32, 16};
-constexpr int kPadF = mmau::ld_pad<float>();
+constexpr int kPadF = ld_pad<float>();
 
 enum Kind : int { kFwd = 0, kDq = 1, kDkDv = 2 };
 
@@ -82,10 +82,10 @@ struct Tiles {
 
 template <typename Tin>
 __host__ __device__ inline Tiles<Tin> carve(int kind, int BT, int Dp, int Dvp, unsigned char* base) {
-    constexpr int pt = mmau::ld_pad<Tin>();
+    constexpr int pt = ld_pad<Tin>();
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt;
     const int ldDf = Dp + kPadF, ldVf = Dvp + kPadF, ldBf = BT + kPadF;
-    mmau::SmemCarver sc(base);
+    SmemCarver sc(base);
     Tiles<Tin> t{};
     t.Q = sc.take<Tin>(int64_t(BT) * ldDt);
     t.K = sc.take<Tin>(int64_t(BT) * ldDt);
@@ -132,7 +132,7 @@ __device__ __forceinline__ void load_tile(Tin* dst, int ld, int rows, int cols, 
                                           int64_t first, int64_t h, int rows_valid, int64_t X) {
     for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
         const int r = idx / cols, c = idx - (idx / cols) * cols;
-        dst[r * ld + c] = (r < rows_valid && c < X) ? src.get(b, first + r, h, c) : mmau::from_f<Tin>(0.f);
+        dst[r * ld + c] = (r < rows_valid && c < X) ? src.get(b, first + r, h, c) : from_float<Tin>(0.f);
     }
 }
 
@@ -148,7 +148,7 @@ __device__ __forceinline__ void zero(float* dst, int ld, int rows, int cols) {
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
-    constexpr int pt = mmau::ld_pad<Tin>();
+    constexpr int pt = ld_pad<Tin>();
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldVf = Dvp + kPadF;
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
             float mx = -CUDART_INF_F;
             for (int c = lane; c < BT; c += 32)
                 if (r < nq && c < nk && allowed(i, j0 + c, left, right)) mx = fmaxf(mx, p.scale * sm.S[r * ldBf + c]);
-            mx = mmau::warp_max(mx);
+            mx = warp_max(mx);
             const float m_old = m_run[r];
             const float m_new = fmaxf(m_old, mx);
             const float shift = m_new == -CUDART_INF_F ? 0.f : m_new;  // no allowed key yet: exp(−inf − 0) = 0
@@ -193,10 +193,10 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
             for (int c = lane; c < BT; c += 32) {
                 float pv = 0.f;
                 if (r < nq && c < nk && allowed(i, j0 + c, left, right)) pv = __expf(p.scale * sm.S[r * ldBf + c] - shift);
-                sm.P[r * ldBt + c] = mmau::from_f<Tin>(pv);
+                sm.P[r * ldBt + c] = from_float<Tin>(pv);
                 sum += pv;
             }
-            sum = mmau::warp_sum(sum);
+            sum = warp_sum(sum);
             const float alpha = m_old == -CUDART_INF_F ? 0.f : __expf(m_old - shift);
             for (int e = lane; e < Dvp; e += 32) acc[r * ldVf + e] *= alpha;
             __syncwarp();
@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
     }
     for (int64_t idx = threadIdx.x; idx < int64_t(nq) * p.Dv; idx += blockDim.x) {
         const int r = static_cast<int>(idx / p.Dv), e = static_cast<int>(idx - (idx / p.Dv) * p.Dv);
-        p.out[((sq.b * p.T + i0 + r) * p.H + h) * p.Dv + e] = mmau::from_f<Tin>(acc[r * ldVf + e] / l_run[r]);
+        p.out[((sq.b * p.T + i0 + r) * p.H + h) * p.Dv + e] = from_float<Tin>(acc[r * ldVf + e] / l_run[r]);
     }
     for (int r = threadIdx.x; r < nq; r += blockDim.x)
         p.lse[(sq.b * p.H + h) * p.T + i0 + r] = m_run[r] + __logf(l_run[r]);
@@ -229,8 +229,8 @@ __global__ void __launch_bounds__(kThreads) delta_kernel(Params<Tin> p) {
         const int64_t h = row % p.H, t = (row / p.H) % p.T, b = row / p.H / p.T;
         float dot = 0.f;
         for (int64_t e = lane; e < p.Dv; e += 32)
-            dot = fmaf(mmau::to_f(p.dout.get(b, t, h, e)), mmau::to_f(p.o.get(b, t, h, e)), dot);
-        dot = mmau::warp_sum(dot);
+            dot = fmaf(to_float(p.dout.get(b, t, h, e)), to_float(p.o.get(b, t, h, e)), dot);
+        dot = warp_sum(dot);
         if (lane == 0) {
             const int64_t w = (b * p.H + h) * p.T + t;
             p.delta[w] = dot - (p.dlse != nullptr ? p.dlse[w] : 0.f);
@@ -251,8 +251,8 @@ __device__ __forceinline__ void probs_and_dscores(const Tiles<Tin>& sm, int BT, 
             pv = __expf(scale * sm.S[r * ldBf + c] - sm.vec1[r]);
             ds = pv * (sm.dP[r * ldBf + c] - sm.vec2[r]);
         }
-        if (sm.P != nullptr) sm.P[r * ldBt + c] = mmau::from_f<Tin>(pv);
-        sm.dS[r * ldBt + c] = mmau::from_f<Tin>(ds);
+        if (sm.P != nullptr) sm.P[r * ldBt + c] = from_float<Tin>(pv);
+        sm.dS[r * ldBt + c] = from_float<Tin>(ds);
     }
 }
 
@@ -270,7 +270,7 @@ __device__ __forceinline__ void load_row_stats(const Tiles<Tin>& sm, const Param
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) dq_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
-    constexpr int pt = mmau::ld_pad<Tin>();
+    constexpr int pt = ld_pad<Tin>();
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldDf = Dp + kPadF;
@@ -307,14 +307,16 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params<Tin> p) {
     }
     for (int64_t idx = threadIdx.x; idx < int64_t(nq) * p.D; idx += blockDim.x) {
         const int r = static_cast<int>(idx / p.D), d = static_cast<int>(idx - (idx / p.D) * p.D);
-        p.dq[((sq.b * p.T + i0 + r) * p.H + h) * p.D + d] = mmau::from_f<Tin>(p.scale * dq_acc[r * ldDf + d]);
+        p.dq[((sq.b * p.T + i0 + r) * p.H + h) * p.D + d] = from_float<Tin>(p.scale * dq_acc[r * ldDf + d]);
     }
 }
 
+// (min 1 block per SM: without it ptxas capped the registers and spilled 16-20 bytes for 16-bit inputs at
+// -O3 on sm_90; tests/test_cuda_resources.py fails on any spill.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(Params<Tin> p) {
+__global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
-    constexpr int pt = mmau::ld_pad<Tin>();
+    constexpr int pt = ld_pad<Tin>();
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldDf = Dp + kPadF,
@@ -358,11 +360,11 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params<Tin> p) {
     }
     for (int64_t idx = threadIdx.x; idx < int64_t(nk) * p.D; idx += blockDim.x) {
         const int r = static_cast<int>(idx / p.D), d = static_cast<int>(idx - (idx / p.D) * p.D);
-        p.dk[((sq.b * p.T + j0 + r) * p.Hk + hk) * p.D + d] = mmau::from_f<Tin>(p.scale * dk_acc[r * ldDf + d]);
+        p.dk[((sq.b * p.T + j0 + r) * p.Hk + hk) * p.D + d] = from_float<Tin>(p.scale * dk_acc[r * ldDf + d]);
     }
     for (int64_t idx = threadIdx.x; idx < int64_t(nk) * p.Dv; idx += blockDim.x) {
         const int r = static_cast<int>(idx / p.Dv), e = static_cast<int>(idx - (idx / p.Dv) * p.Dv);
-        p.dv[((sq.b * p.T + j0 + r) * p.Hk + hk) * p.Dv + e] = mmau::from_f<Tin>(dv_acc[r * ldVf + e]);
+        p.dv[((sq.b * p.T + j0 + r) * p.Hk + hk) * p.Dv + e] = from_float<Tin>(dv_acc[r * ldVf + e]);
     }
 }
 
@@ -388,8 +390,8 @@ Params<Tin> make_params(const SwaSizes& sz, int64_t left, int64_t right, float s
     p.left = left < 0 ? -1 : (left > sz.T ? sz.T : left);
     p.right = right < 0 ? -1 : (right > sz.T ? sz.T : right);
     p.scale = scale;
-    p.Dp = mmau::round_up(static_cast<int>(sz.D), 16);
-    p.Dvp = mmau::round_up(static_cast<int>(sz.Dv), 16);
+    p.Dp = round_up(static_cast<int>(sz.D), 16);
+    p.Dvp = round_up(static_cast<int>(sz.Dv), 16);
     return p;
 }
 
@@ -427,7 +429,7 @@ cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int64_t
         }
     }
     if (p.BT == 0) return cudaErrorInvalidConfiguration;
-    p.n_blocks = mmau::cdiv_i64(max_len, p.BT);
+    p.n_blocks = cdiv64(max_len, p.BT);
     const int64_t grid = p.N * heads * p.n_blocks;
     if (grid == 0) return cudaSuccess;
     if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
@@ -468,7 +470,7 @@ cudaError_t bwd_typed(SwaInput dout, SwaInput q, SwaInput k, SwaInput v, SwaInpu
     const int64_t rows = sz.B * sz.T * sz.H;
     if (rows > 0) {
         const int64_t warps_per_block = kThreads / 32;
-        const int64_t blocks = mmau::cdiv_i64(rows, warps_per_block);
+        const int64_t blocks = cdiv64(rows, warps_per_block);
         delta_kernel<Tin><<<static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(p);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return err;

@@ -8,6 +8,7 @@ Each takes ``backend="auto" | "triton" | "cuda" | "torch"`` (default from ``FLAS
 """
 from ._backend import info as backend_info
 from .ops import aaren_attention, auto_correlation, latte_attention, linear_attention, sliding_window_attention
+from .ops import latte_macchiato_attention, prob_sparse_attention
 
 from . import nn  # noqa: E402  (layers call the public functions above)
 
@@ -27,6 +28,8 @@ __all__ = [
     "auto_correlation",
     "aaren_attention",
     "latte_attention",
+    "prob_sparse_attention",
+    "latte_macchiato_attention",
     "backend_info",
     "warmup",
     "nn",

@@ -163,13 +163,50 @@ def module_for(op: str, backend: str):
     return importlib.import_module(_IMPLS[op][backend])
 
 
+def unavailable_reason(backend: str, device: torch.device | None = None) -> str | None:
+    """None when ``backend`` can run on tensors of ``device`` (default: the GPU if any, else the CPU), else why not."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if available(backend, device):
+        return None
+    if backend == "triton":
+        if not triton_available():
+            return "the `triton` package is not installed (pip install triton)"
+        return "no CUDA device (CPU tensors run Triton only under TRITON_INTERPRET=1, for tests)"
+    if backend == "cuda":
+        if not cuda_ext_available():
+            try:
+                importlib.import_module("flashts._C")
+            except ModuleNotFoundError:
+                why = ("flashts._C was not built (a plain `pip install .` builds in an isolated environment without "
+                       "torch and skips it; so does a CPU-only torch or a missing nvcc)")
+            except Exception as exc:  # built, but it does not load (e.g. built against another torch)
+                why = f"flashts._C does not load ({type(exc).__name__}: {exc})"
+            else:  # pragma: no cover - loads now
+                why = "flashts._C did not load earlier in this process"
+            return f"{why}; {BUILD_HINT}"
+        return f"no CUDA device (the extension is built, for CUDA tensors only; torch CUDA {torch.version.cuda})"
+    return f"unknown backend {backend!r}"
+
+
+def _short_reason(reason: str) -> str:
+    return reason.split(" (")[0].split(";")[0]
+
+
 def info() -> dict:
-    """What is available on this machine (for bug reports and the README)."""
+    """What is available on this machine (for bug reports and the README).
+
+    ``ops`` maps each op to ``{backend: "available" | "unavailable: <why>"}`` for this machine's default device
+    (the GPU if there is one); ``cuda_ext_reason`` says why the ``cuda`` backend cannot run (None when it can).
+    """
+    reasons = {b: unavailable_reason(b) for b in ("torch", "triton", "cuda")}
     return {
         "torch": torch.__version__,
         "triton": triton_available(),
         "triton_interpreter": triton_interpreter(),
         "cuda_ext": cuda_ext_available(),
+        "cuda_ext_reason": reasons["cuda"],
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "ops": {op: sorted(b) for op, b in _IMPLS.items()},
+        "ops": {op: {b: "available" if reasons[b] is None else "unavailable: " + _short_reason(reasons[b])
+                     for b in sorted(impls)} for op, impls in _IMPLS.items()},
     }

@@ -302,3 +302,127 @@ def check_latte(q, k, v, causal, initial_state, output_final_state, cu):
         initial_state = state("initial_state", initial_state, 3, ((N, H, L), (N, H, L), (N, H, L, Dv)),
                               ("m [N, H, L]", "alpha [N, H, L]", "S [N, H, L, Dv]"), dev)
     return Checked(B=B, T=T, H=H, L=L, Dv=Dv, N=N, initial_state=initial_state, device=dev)
+
+
+def prob_sparse_sizes(L_Q: int, L_K: int, factor: int) -> tuple[int, int]:
+    """(U, u) of SPEC §6: U = min(L_K, factor·⌈ln L_K⌉) sampled keys, u = min(L_Q, factor·⌈ln L_Q⌉) active
+    queries; U == 0 (L_K == 1) makes every query inactive (u = 0), which gives the same output and gradients."""
+    U = min(L_K, factor * math.ceil(math.log(L_K)))
+    u = min(L_Q, factor * math.ceil(math.log(L_Q)))
+    return U, (u if U > 0 else 0)
+
+
+def check_prob_sparse(q, k, v, factor, causal, scale, sample_index, generator, return_index):
+    tensor("q", q, (4,), "[B, L_Q, H, D]")
+    tensor("k", k, (4,), "[B, L_K, Hk, D]")
+    tensor("v", v, (4,), "[B, L_K, Hk, Dv]")
+    dev = devices(q=q, k=k, v=v)
+    dtypes(q=q, k=k, v=v)
+    B, L_Q, H, D = q.shape
+    L_K, Hk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"batch sizes of q, k, v must match: got q={B}, k={k.shape[0]}, v={v.shape[0]}")
+    if v.shape[1] != L_K:
+        raise ValueError(f"time lengths of k and v must match: got k={L_K}, v={v.shape[1]}")
+    if k.shape[3] != D:
+        raise ValueError(f"head dims of q and k must match: got q={D}, k={k.shape[3]}")
+    if v.shape[2] != Hk:
+        raise ValueError(f"kv heads of k and v must match: got k={Hk}, v={v.shape[2]}")
+    for n, s in (("B", B), ("L_Q", L_Q), ("L_K", L_K), ("H", H), ("D", D), ("Dv", Dv), ("Hk", Hk)):
+        positive(n, s)
+    if H % Hk:
+        raise ValueError(f"k, v: query heads H={H} must be a multiple of kv heads Hk={Hk}")
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+        raise ValueError(f"factor: expected an int >= 1, got {factor!r}")
+    factor = int(factor)
+    flag("causal", causal)
+    if causal and L_Q != L_K:
+        raise ValueError(f"causal=True needs queries and keys of one length (self-attention), got L_Q={L_Q}, "
+                         f"L_K={L_K}")
+    scale = real("scale", scale, allow_none=True)
+    if scale is None:
+        scale = D ** -0.5
+    flag("return_index", return_index)
+    U, u = prob_sparse_sizes(L_Q, L_K, factor)
+    if sample_index is not None:
+        if generator is not None:
+            raise ValueError("generator: only used to draw sample_index; pass sample_index or generator, not both")
+        if not isinstance(sample_index, torch.Tensor) or sample_index.dtype != torch.int64:
+            got = sample_index.dtype if isinstance(sample_index, torch.Tensor) else type(sample_index).__name__
+            raise ValueError(f"sample_index: expected an int64 tensor [L_Q, U] = [{L_Q}, {U}], got {got}")
+        if sample_index.dim() != 2 or sample_index.shape[0] != L_Q or sample_index.shape[1] != U:
+            raise ValueError(f"sample_index: expected shape [L_Q, U] = [{L_Q}, {U}] (U = min(L_K, factor·⌈ln L_K⌉)), "
+                             f"got {_shape(sample_index)}")
+        if sample_index.device != dev and sample_index.device.type != "cpu":
+            raise ValueError(f"sample_index: expected it on the CPU or on {dev} like q, got {sample_index.device}")
+        if not _compiling() and sample_index.numel() > 0:
+            lo, hi = int(sample_index.min()), int(sample_index.max())
+            if lo < 0 or hi >= L_K:
+                raise ValueError(f"sample_index: expected key indices in [0, L_K={L_K}), got values in [{lo}, {hi}]")
+    elif generator is not None:
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            got = generator.device if isinstance(generator, torch.Generator) else type(generator).__name__
+            raise ValueError(f"generator: expected a CPU torch.Generator (the samples are drawn on the CPU, as "
+                             f"Informer does), got {got}")
+    return Checked(B=B, L_Q=L_Q, L_K=L_K, H=H, Hk=Hk, D=D, Dv=Dv, U=U, u=u, factor=factor, scale=scale, device=dev)
+
+
+def check_macchiato(q, k, v, mix, latent_k, window, scale, initial_state, output_final_state, cu):
+    """Latte Macchiato (SPEC §7). Sizes are compared with ``!=`` one pair at a time (no set of sizes, no
+    ``math.isfinite`` on sizes), so the check also traces under ``torch.compile(dynamic=True)``."""
+    tensor("q", q, (4,), "[B, T, H, D]")
+    tensor("k", k, (4,), "[B, T, H, D]")
+    tensor("v", v, (4,), "[B, T, H, Dv]")
+    tensor("mix", mix, (4,), "[B, T, H, L+1]")
+    tensor("latent_k", latent_k, (4,), "[B, T, H, L]")
+    dev = devices(q=q, k=k, v=v, mix=mix, latent_k=latent_k)
+    dtypes(q=q, k=k, v=v, mix=mix, latent_k=latent_k)
+    B, T, H, D = q.shape
+    Dv, L = v.shape[3], latent_k.shape[3]
+    for name, x in (("k", k), ("v", v), ("mix", mix), ("latent_k", latent_k)):
+        for axis, what, want in ((0, "batch size", B), (1, "time length", T), (2, "heads", H)):
+            if x.shape[axis] != want:
+                raise ValueError(f"{name}: expected {what} {want} like q [B, T, H, D] = {_shape(q)}, "
+                                 f"got shape {_shape(x)}")
+    if k.shape[3] != D:
+        raise ValueError(f"k: expected head dim D={D} like q, got shape {_shape(k)}")
+    if mix.shape[3] != L + 1:
+        raise ValueError(f"mix: expected L+1 = {L + 1} mixing logits (latent_k has L={L}), got shape {_shape(mix)}")
+    for n, s in (("T", T), ("H", H), ("D", D), ("Dv", Dv), ("L", L)):
+        positive(n, s)
+    left, right = check_window(window)
+    if right != 0:
+        raise ValueError(f"window: Latte Macchiato is causal, expected (left, 0) with left >= -1, got {window!r}")
+    scale = real("scale", scale, allow_none=True)
+    if scale is None:
+        scale = D ** -0.5
+    flag("output_final_state", output_final_state)
+    N = cu_seqlens(cu, B, T, dev)
+    if left < 0 and (initial_state is not None or output_final_state):
+        raise ValueError("window: streaming (initial_state / output_final_state) needs a finite window (left >= 0): "
+                         f"the window cache holds the last `left` keys, got window={window!r}")
+    if initial_state is not None:
+        W = left
+        labels = ("k_win [N, left, H, D]", "v_win [N, left, H, Dv]", "n_win [N] int32", "m [N, H, L]",
+                  "alpha [N, H, L]", "S [N, H, L, Dv]")
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 6:
+            raise ValueError("initial_state: expected a tuple (" + ", ".join(labels) + "), got "
+                             + type(initial_state).__name__
+                             + (f" of length {len(initial_state)}" if isinstance(initial_state, (tuple, list)) else ""))
+        n_win = initial_state[2]
+        if (not isinstance(n_win, torch.Tensor) or n_win.is_floating_point() or n_win.dim() != 1
+                or n_win.shape[0] != N):
+            raise ValueError(f"initial_state.n_win: expected an integer tensor [N={N}] (cached keys per sequence), "
+                             f"got {n_win!r}")
+        if n_win.device != dev:
+            raise ValueError(f"initial_state.n_win: expected it on {dev} like q, got {n_win.device}")
+        if not _compiling():
+            lo, hi = int(n_win.min()), int(n_win.max())
+            if lo < 0 or hi > W:
+                raise ValueError(f"initial_state.n_win: expected values in [0, left={W}], got min {lo}, max {hi}")
+        rest = state("initial_state", tuple(initial_state[i] for i in (0, 1, 3, 4, 5)), 5,
+                     ((N, W, H, D), (N, W, H, Dv), (N, H, L), (N, H, L), (N, H, L, Dv)),
+                     tuple(labels[i] for i in (0, 1, 3, 4, 5)), dev)
+        initial_state = (rest[0], rest[1], n_win, rest[2], rest[3], rest[4])
+    return Checked(B=B, T=T, H=H, D=D, Dv=Dv, L=L, N=N, left=left, scale=scale, initial_state=initial_state,
+                   device=dev)

@@ -416,10 +416,12 @@ def test_inner_dropout_applies_to_output():
     close(out[~dropped], 2 * ref[~dropped])
 
 
-def test_inner_tau_delta_accepted():
+def test_inner_tau_delta_rejected_where_inexact():
+    """Latte has no softmax scores for DSAttention's tau/delta: not None raises (tests/test_tslib_fidelity.py has the rest)."""
     layer = fnn.AttentionLayer(fnn.LatteInnerAttention(True, backend=BE), 24, 4).eval()
     x = torch.randn(2, 6, 24)
-    close(layer(x, x, x, None, tau=torch.ones(2, 1), delta=torch.zeros(2, 6))[0], layer(x, x, x, None)[0], 0.0)
+    with pytest.raises(ValueError, match="tau/delta"):
+        layer(x, x, x, None, tau=torch.ones(2, 1), delta=torch.zeros(2, 6))
 
 
 # ----------------------------------------------------------------------------------- Autoformer

@@ -236,6 +236,12 @@ def _scenarios():
             out.append((f"latte bidirectional {n}", {}, fb(lambda dt=dt: flashts.latte_attention(
                 rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt), causal=False,
                 backend="triton"))))
+        for causal, L_K in ((True, 300), (False, 300), (False, 97)):  # ProbSparse (Informer)
+            for D in (64, 128):
+                out.append((f"prob_sparse causal={causal} L_K={L_K} {n} D={D}", {}, fb(
+                    lambda dt=dt, causal=causal, L_K=L_K, D=D: flashts.prob_sparse_attention(
+                        rnd(2, 300, 4, D, dtype=dt), rnd(2, L_K, 2, D, dtype=dt), rnd(2, L_K, 2, D, dtype=dt),
+                        causal=causal, backend="triton"))))
         out.append((f"aaren decode {n}", {}, fb(lambda dt=dt: flashts.aaren_attention(
             rnd(4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt),
             initial_state=(torch.randn(2, 4), torch.rand(2, 4) + 0.5, torch.randn(2, 4, 64)), output_final_state=True,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..ops._common import new_empty
-from . import extension
+from . import decode, extension
 
 _F32 = torch.float32
 # Largest D and Dv the kernels take (csrc/linear_attention.h, kMaxHeadDim).
@@ -65,6 +65,8 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
     """-> (o [B, T, H, Dv] in q.dtype, S_T [N, H, D, Dv], z_T [N, H, D]) (float32 states)."""
     B, T, H, D = q.shape
     Dv = v.shape[-1]
+    if decode.use_decode_step(T, S0 is not None, cu_seqlens, causal):  # one decode-step kernel (decode.py)
+        return decode.linear_fwd_step(q, k, v, S0, z0, feature_map, normalize, scale, eps)
     _check_dims(D, Dv)
     ext = extension()
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..ops._common import new_empty
-from . import extension
+from . import decode, extension
 
 _F32 = torch.float32
 
@@ -55,6 +55,8 @@ def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
     """-> (o [B, T, H, Dv] in k.dtype, m_T [N, H], u_T [N, H], w_T [N, H, Dv]) (float32 states)."""
     C = extension()
     B, T, H, _ = k.shape
+    if decode.use_decode_step(T, m0 is not None, cu_seqlens):  # one decode-step kernel (decode.py)
+        return decode.aaren_fwd_step(q, k, v, m0, u0, w0, scale)
     Dv = v.shape[-1]
     N = _n_seq(B, cu_seqlens)
     dev = k.device
@@ -102,6 +104,8 @@ def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     """-> (o [B, T, H, Dv], m_T [N, H, L], a_T [N, H, L], S_T [N, H, L, Dv]); states None when not causal."""
     C = extension()
     B, T, H, L = q.shape
+    if decode.use_decode_step(T, m0 is not None, cu_seqlens, causal):  # one decode-step kernel (decode.py)
+        return decode.latte_fwd_step(q, k, v, m0, a0, S0)
     Dv = v.shape[-1]
     N = _n_seq(B, cu_seqlens)
     dev = q.device

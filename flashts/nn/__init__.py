@@ -3,6 +3,7 @@
 Multi-head self-attention layers, ``batch_first`` ``x [B, T, d_model]`` (module :mod:`flashts.nn.attention`)::
 
     LinearAttention, SlidingWindowAttention, AutoCorrelationAttention, Aaren, Latte
+    LatteMacchiato (module :mod:`flashts.nn.macchiato`, with LatteMacchiatoInnerAttention for TSLib)
 
 Time-Series-Library / Autoformer drop-ins (module :mod:`flashts.nn.tslib`): inner attentions with the call
 ``forward(queries, keys, values, attn_mask, tau=None, delta=None) -> (out, attn)`` on ``[B, L, H, E]`` tensors::
@@ -13,12 +14,17 @@ and the layers that hold them, with TSLib's / Autoformer's parameter names (thei
 
     AttentionLayer, AutoCorrelationLayer
 
+Informer's ``ProbAttention`` (module :mod:`flashts.nn.informer`): a drop-in for the TSLib class, same seed ->
+same output.
+
 Every layer calls the public function of its op (``flashts.linear_attention`` ...) and takes ``backend=``
 (default ``"auto"``), passed through to it.
 """
 from .attention import Aaren, AutoCorrelationAttention, Latte, LinearAttention, SlidingWindowAttention
+from .macchiato import LatteMacchiato, LatteMacchiatoInnerAttention
 from .tslib import (AarenInnerAttention, AttentionLayer, AutoCorrelation, AutoCorrelationLayer, LatteInnerAttention,
-                    LinearInnerAttention, SlidingWindowInnerAttention)
+                    LinearInnerAttention, SlidingWindowInnerAttention, TSLibAutoCorrelation)
+from .informer import ProbAttention
 
 __all__ = [
     "LinearAttention",
@@ -31,6 +37,10 @@ __all__ = [
     "AarenInnerAttention",
     "LatteInnerAttention",
     "AutoCorrelation",
+    "TSLibAutoCorrelation",
     "AttentionLayer",
     "AutoCorrelationLayer",
+    "ProbAttention",
+    "LatteMacchiato",
+    "LatteMacchiatoInnerAttention",
 ]

@@ -25,8 +25,9 @@ import math
 import torch
 from torch import nn
 
-from .. import ops
+from .. import _backend, ops
 from .._validate import check_window
+from ..torch_ops import step as _step
 from ._util import check_backend, check_heads, check_input
 
 
@@ -40,11 +41,47 @@ class _Base(nn.Module):
     def _no_stream(self, why: str):
         raise ValueError(f"{type(self).__name__}: streaming (state / output_final_state / step) {why}")
 
-    def step(self, x_t: torch.Tensor, state=None):
-        """One decoding step: ``x_t [B, d_model]`` -> ``(y_t [B, d_model], new_state)``; ``state=None`` starts."""
-        check_input(type(self).__name__, x_t, self.d_model, rank=2)
+    def step(self, x_t: torch.Tensor, state=None, *, inplace: bool = False):
+        """One decoding step: ``x_t [B, d_model]`` -> ``(y_t [B, d_model], new_state)``; ``state=None`` starts.
+
+        On the ``torch`` backend (CPU tensors with ``backend="auto"``) the step runs the dedicated T = 1 update of
+        :mod:`flashts.torch_ops.step` directly (a few aten ops, differentiable), after an O(1) check of the
+        state's shapes; otherwise (or for a state that does not fit) the op itself with T = 1.
+        ``inplace=True`` writes the new state into the given state tensors (returned as the new state) instead of
+        allocating it: inference only — it raises ``ValueError`` under autograd (grad mode on and a tensor that
+        requires grad), since the backward would need the old state."""
+        name = type(self).__name__
+        check_input(name, x_t, self.d_model, rank=2)
+        if inplace and state is None:
+            raise ValueError(f"{name}.step: inplace=True needs a state to update (got state=None)")
+        if self._direct_step(x_t, state):
+            return self._torch_step(x_t, state, inplace)
+        if inplace:
+            if self._OP is None or not isinstance(state, (tuple, list)) or not all(
+                    isinstance(t, torch.Tensor) for t in state):
+                raise ValueError(f"{name}.step: inplace=True is not supported for this layer / state")
+            _step.check_inplace(state, x_t, *self.parameters())
         y, new_state = self.forward(x_t.unsqueeze(1), state, output_final_state=True)
+        if inplace:   # another backend: copy into the caller's buffers
+            for old, new in zip(state, new_state):
+                old.copy_(new)
+            new_state = state
         return y.squeeze(1), new_state
+
+    # -- the direct torch step (subclasses: _OP, _state_shapes, _torch_step) ----------------------------
+    _OP = None
+
+    def _direct_step(self, x_t: torch.Tensor, state) -> bool:
+        """True when the op would run on the torch backend and ``state`` is None or has the expected shapes
+        (layers without a direct step, ``_OP = None``, always go through ``forward``)."""
+        if self._OP is None or _backend.resolve(self._OP, self.backend, x_t.device, x_t.dtype) != "torch":
+            return False
+        if state is None:
+            return True
+        want = self._state_shapes(x_t.shape[0])
+        return (isinstance(state, (tuple, list)) and len(state) == len(want)
+                and all(isinstance(t, torch.Tensor) and tuple(t.shape) == w and t.device == x_t.device
+                        and t.dtype == _step.compute_dtype(x_t.dtype) for t, w in zip(state, want)))
 
 
 # --------------------------------------------------------------------------------------------- linear
@@ -115,11 +152,27 @@ class LinearAttention(_Base):
             return self._finish(o), new_state
         return self._finish(res)
 
-    def step(self, x_t: torch.Tensor, state=None):
-        """One token ``x_t [B, d_model]`` -> ``(y_t [B, d_model], (S, z))``: the op with T = 1 and the state."""
+    _OP = "linear_attention"
+
+    def step(self, x_t: torch.Tensor, state=None, *, inplace: bool = False):
+        """One token ``x_t [B, d_model]`` -> ``(y_t [B, d_model], (S, z))``: the op with T = 1 and the state
+        (``inplace``: see :meth:`_Base.step`)."""
         if not self.causal:
             self._no_stream("needs causal=True")
-        return super().step(x_t, state)
+        return super().step(x_t, state, inplace=inplace)
+
+    def _state_shapes(self, B: int):
+        H, D = self.n_heads, self.head_dim
+        return (B, H, D, D), (B, H, D)
+
+    def _torch_step(self, x_t, state, inplace):
+        B = x_t.shape[0]
+        q = self.q_proj(x_t).view(B, self.n_heads, self.head_dim)
+        k = self.k_proj(x_t).view(B, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x_t).view(B, self.n_kv_heads, self.head_dim)
+        o, new_state = _step.linear_step(q, k, v, state, feature_map=self.feature_map, normalize=self.normalize,
+                                         eps=self.eps, inplace=inplace)
+        return self.dropout(self.out_proj(o.reshape(B, -1))), new_state
 
 
 # ------------------------------------------------------------------------------------- sliding window
@@ -262,45 +315,55 @@ class SlidingWindowAttention(_Base):
         pos += T
         return y, {"k": self._cache_from_time_order(k, pos), "v": self._cache_from_time_order(v, pos), "pos": pos}
 
-    def step(self, x_t: torch.Tensor, state=None):
-        """One token ``x_t [B, d_model]`` -> ``(y_t [B, d_model], new_cache)``; causal windows only."""
+    def step(self, x_t: torch.Tensor, state=None, *, inplace: bool = False):
+        """One token ``x_t [B, d_model]`` -> ``(y_t [B, d_model], new_cache)``; causal windows only.
+
+        ``inplace=True`` writes the new token into the given ring buffer (``left >= 0``; the returned dict holds
+        the same ``k``/``v`` tensors) instead of copying the cache: inference only (``ValueError`` under
+        autograd, as the backward would need the overwritten slot)."""
         name = type(self).__name__
         if not self.causal:
             self._no_stream(f"needs a causal window (left, 0), got window={self.window}")
         check_input(name, x_t, self.d_model, rank=2)
         B = x_t.shape[0]
         H, Hk, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self._project(x_t.unsqueeze(1))  # [B, 1, ·, D]
+        q = self.q_proj(x_t).view(B, H, D)
+        k = self.k_proj(x_t).view(B, Hk, D)
+        v = self.v_proj(x_t).view(B, Hk, D)
         left = self.window[0]
         if state is None:
+            if inplace:
+                raise ValueError(f"{name}.step: inplace=True needs a state to update (got state=None)")
             C = 0 if left < 0 else left
             ck = k.new_zeros((B, C, Hk, D))
             cv = v.new_zeros((B, C, Hk, D))
             pos = 0
         else:
             ck, cv, pos = self._check_state(state, B)
+        if inplace:
+            _step.check_inplace((ck, cv), x_t, *self.parameters())
         n_valid = pos if left < 0 else min(pos, left)
-        # keys visible to the new query: the valid cache slots (any order: softmax is order-free) + itself
-        keys = torch.cat([ck[:, :n_valid].to(k.dtype), k], dim=1)  # [B, n+1, Hk, D]
-        vals = torch.cat([cv[:, :n_valid].to(v.dtype), v], dim=1)
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         G = H // Hk  # GQA: query head h reads kv head h // G
-        keys = keys.to(cdt).repeat_interleave(G, dim=2)
-        vals = vals.to(cdt).repeat_interleave(G, dim=2)
         scale = self.scale if self.scale is not None else D ** -0.5
-        scores = torch.einsum("bhd,bnhd->bhn", q[:, 0].to(cdt), keys) * scale
-        o = torch.einsum("bhn,bnhd->bhd", torch.softmax(scores, dim=-1), vals).to(q.dtype)
-        y = self._finish(o.unsqueeze(1)).squeeze(1)
+        # scores of the new query against the valid cache slots (any order: softmax is order-free) and itself
+        qg = q.to(cdt).view(B, Hk, G, D) * scale
+        kc, vc = ck[:, :n_valid].to(cdt), cv[:, :n_valid].to(cdt)            # [B, n, Hk, D]
+        s_cache = torch.einsum("bkgd,bnkd->bkgn", qg, kc)
+        s_self = (qg * k.to(cdt).unsqueeze(2)).sum(-1, keepdim=True)        # [B, Hk, G, 1]
+        p = torch.softmax(torch.cat([s_cache, s_self], dim=-1), dim=-1)
+        o = torch.einsum("bkgn,bnkd->bkgd", p[..., :n_valid], vc) + p[..., n_valid:] * v.to(cdt).unsqueeze(2)
+        y = self.dropout(self.out_proj(o.reshape(B, H * D).to(q.dtype)))
         # update the cache with the new token
         if left < 0:
-            nk, nv = torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
+            nk, nv = torch.cat([ck, k.unsqueeze(1).to(ck.dtype)], dim=1), torch.cat([cv, v.unsqueeze(1).to(cv.dtype)], dim=1)
         elif left == 0:
             nk, nv = ck, cv
         else:
             slot = pos % left
-            nk, nv = ck.clone(), cv.clone()
-            nk[:, slot] = k[:, 0].to(nk.dtype)
-            nv[:, slot] = v[:, 0].to(nv.dtype)
+            nk, nv = (ck, cv) if inplace else (ck.clone(), cv.clone())
+            nk[:, slot] = k.to(nk.dtype)
+            nv[:, slot] = v.to(nv.dtype)
         return y, {"k": nk, "v": nv, "pos": pos + 1}
 
 
@@ -404,6 +467,19 @@ class Aaren(_Base):
         return self._finish(res)
 
 
+    _OP = "aaren_attention"
+
+    def _state_shapes(self, B: int):
+        return (B, self.n_heads), (B, self.n_heads), (B, self.n_heads, self.head_dim)
+
+    def _torch_step(self, x_t, state, inplace):
+        B, H, D = x_t.shape[0], self.n_heads, self.head_dim
+        k = self.k_proj(x_t).view(B, H, D)
+        v = self.v_proj(x_t).view(B, H, D)
+        o, new_state = _step.aaren_step(self.query.to(k.dtype), k, v, state, scale=self.scale, inplace=inplace)
+        return self.dropout(self.out_proj(o.reshape(B, -1))), new_state
+
+
 # ------------------------------------------------------------------------------------------------ Latte
 
 
@@ -459,8 +535,23 @@ class Latte(_Base):
             return self._finish(o), new_state
         return self._finish(res)
 
-    def step(self, x_t: torch.Tensor, state=None):
-        """One token ``x_t [B, d_model]`` -> ``(y_t, (m, alpha, S))``: the op with T = 1 and the state."""
+    _OP = "latte_attention"
+
+    def step(self, x_t: torch.Tensor, state=None, *, inplace: bool = False):
+        """One token ``x_t [B, d_model]`` -> ``(y_t, (m, alpha, S))``: the op with T = 1 and the state
+        (``inplace``: see :meth:`_Base.step`)."""
         if not self.causal:
             self._no_stream("needs causal=True")
-        return super().step(x_t, state)
+        return super().step(x_t, state, inplace=inplace)
+
+    def _state_shapes(self, B: int):
+        H, L, D = self.n_heads, self.n_latents, self.head_dim
+        return (B, H, L), (B, H, L), (B, H, L, D)
+
+    def _torch_step(self, x_t, state, inplace):
+        B, H, L = x_t.shape[0], self.n_heads, self.n_latents
+        q = self.q_proj(x_t).view(B, H, L)
+        k = self.k_proj(x_t).view(B, H, L)
+        v = self.v_proj(x_t).view(B, H, self.head_dim)
+        o, new_state = _step.latte_step(q, k, v, state, inplace=inplace)
+        return self.dropout(self.out_proj(o.reshape(B, -1))), new_state

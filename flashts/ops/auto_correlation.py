@@ -11,7 +11,7 @@ Backends implement, in the module registered for them::
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -71,7 +71,8 @@ def _backward(ctx, do, ddelays, dweights):
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def auto_correlation(q, k, v, *, factor=1.0, mode="train", return_delays=False, backend="auto"):
+def auto_correlation(q: Tensor, k: Tensor, v: Tensor, *, factor: float = 1.0, mode: str = "train",
+                     return_delays: bool = False, backend: str = "auto") -> Any:
     """Autoformer's Auto-Correlation: period-based dependencies found by FFT, aggregated by time delay.
 
     Args:

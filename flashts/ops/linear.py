@@ -11,7 +11,7 @@ All returned tensors are new (never an input or a view of one).
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -78,8 +78,10 @@ def _backward(ctx, do, dS, dz):
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def linear_attention(q, k, v, *, causal=True, feature_map="elu", normalize=True, scale=None, eps=1e-6,
-                     initial_state=None, output_final_state=False, cu_seqlens=None, backend="auto"):
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, feature_map: str = "elu",
+                     normalize: bool = True, scale: Optional[float] = None, eps: float = 1e-6,
+                     initial_state: Optional[tuple[Tensor, Tensor]] = None, output_final_state: bool = False,
+                     cu_seqlens: Optional[Tensor] = None, backend: str = "auto") -> Any:
     """Linear attention o_t = q̃_tᵀ S_t / (q̃_t·z_t + eps) with S_t = S_0 + Σ_{s∈A(t)} φ(k_s) v_sᵀ.
 
     Args:

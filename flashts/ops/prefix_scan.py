@@ -18,7 +18,7 @@ All returned tensors are new.
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -95,8 +95,9 @@ def _aaren_backward(ctx, do, dm, du, dw):
 _aaren_fwd.register_autograd(_aaren_backward, setup_context=_aaren_setup)
 
 
-def aaren_attention(q, k, v, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-                    backend="auto"):
+def aaren_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None,
+                    initial_state: Optional[tuple[Tensor, Tensor, Tensor]] = None, output_final_state: bool = False,
+                    cu_seqlens: Optional[Tensor] = None, backend: str = "auto") -> Any:
     """Aaren ("Attention as an RNN"): one query per head, o_t = Σ_{i≤t} e^{s_i} v_i / Σ_{i≤t} e^{s_i}.
 
     Args:
@@ -178,8 +179,9 @@ def _latte_backward(ctx, do, dm, da, dS):
 _latte_fwd.register_autograd(_latte_backward, setup_context=_latte_setup)
 
 
-def latte_attention(q, k, v, *, causal=True, initial_state=None, output_final_state=False, cu_seqlens=None,
-                    backend="auto"):
+def latte_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
+                    initial_state: Optional[tuple[Tensor, Tensor, Tensor]] = None, output_final_state: bool = False,
+                    cu_seqlens: Optional[Tensor] = None, backend: str = "auto") -> Any:
     """Latte (latent attention): y_t = Σ_l softmax_l(q_t) · (softmax over s of k_{s,l})-weighted mean of v_s.
 
     Args:

@@ -12,7 +12,7 @@ Backends implement, in the module registered for them::
 """
 # no `from __future__ import annotations`: torch < 2.5's custom_op reads the annotations as objects, not strings
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -71,7 +71,9 @@ def _backward(ctx, do, dlse):
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def sliding_window_attention(q, k, v, *, window, scale=None, cu_seqlens=None, return_lse=False, backend="auto"):
+def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: tuple[int, int],
+                             scale: Optional[float] = None, cu_seqlens: Optional[Tensor] = None,
+                             return_lse: bool = False, backend: str = "auto") -> Any:
     """Softmax attention of query i over keys j with i - left <= j <= i + right (FlashAttention's window).
 
     Args:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops._common import new_empty, state_dtype
+from .step import linear_step
 
 # Steps per chunk (the tril(Q Kᵀ) blocks are CHUNK_SIZE × CHUNK_SIZE).
 CHUNK_SIZE = 64
@@ -66,8 +67,8 @@ BLOCK_ELEMENTS = 1 << 22
 
 
 def _feature_map(x: Tensor, feature_map: str) -> Tensor:
-    if feature_map == "elu":  # elu(x)+1 written as eˣ for x ≤ 0: no cancellation of (eˣ − 1) + 1
-        return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
+    if feature_map == "elu":  # elu(x)+1 written as e^{min(x,0)} + max(x,0): no cancellation of (eˣ − 1) + 1
+        return torch.exp(x.clamp(max=0)) + x.clamp(min=0)   # out of place: autograd-safe (the nn step)
     if feature_map == "relu":
         return F.relu(x)
     return x
@@ -270,6 +271,10 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
                          scale: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """-> (o [B, T, H, Dv] in q.dtype, S_T [N, H, D, Dv], z_T [N, H, D]) (states in the state dtype)."""
     B, T, H, D = q.shape
+    if T == 1 and causal and cu_seqlens is None and (S0 is None) == (z0 is None):   # the decoding step
+        o, (S_T, z_T) = linear_step(q[:, 0], k[:, 0], v[:, 0], None if S0 is None else (S0, z0),
+                                    feature_map=feature_map, normalize=normalize, scale=scale, eps=eps)
+        return o.unsqueeze(1), S_T, z_T
     Hk, Dv = k.shape[2], v.shape[3]
     G = H // Hk
     cdt = state_dtype(q.dtype)
@@ -305,7 +310,8 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
     cdt = state_dtype(q.dtype)
     q_h = _heads_first(q, 1, cdt)
     k_h = _heads_first(k, G, cdt)
-    qt = scale * _feature_map(q_h, feature_map)
+    fq = _feature_map(q_h, feature_map)
+    qt = scale * fq
     kt = _feature_map(k_h, feature_map)
     va = _augment_values(_heads_first(v, G, cdt))
     do_h = _heads_first(do, 1, cdt)
@@ -327,10 +333,11 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
                             normalize, eps, dqt[:, :, ts], dkt[:, :, ts], dva[:, :, ts])
     # through the scale and the feature maps
     dq_h = dqt * scale
-    grad_q = _feature_map_grad(q_h, feature_map)
+    # elu+1: φ' = 1 for x > 0 (where φ = x + 1 > 1), eˣ = φ for x ≤ 0 (φ ≤ 1): φ' = min(φ, 1), from φ itself
+    grad_q = fq.clamp(max=1) if feature_map == "elu" else _feature_map_grad(q_h, feature_map)
     if grad_q is not None:
         dq_h = dq_h * grad_q
-    grad_k = _feature_map_grad(k_h, feature_map)
+    grad_k = kt.clamp(max=1) if feature_map == "elu" else _feature_map_grad(k_h, feature_map)
     dk_h = dkt * grad_k if grad_k is not None else dkt
     dq = _time_first(dq_h, H, q.dtype)
     dk = _time_first(dk_h, Hk, k.dtype)

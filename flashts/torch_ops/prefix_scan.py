@@ -13,10 +13,19 @@ Aaren is L = 1, a_t = scale·(q·k_t), p = 1. Causal Latte is a = k (the latent 
 Terms with m0 = −∞ (the empty state) are 0; e^{x − m} is always formed with m ≥ x and the pair
 (−∞, −∞) gives 0, never NaN (:func:`_exp_diff`).
 
-Chunking (forward). Time is cut into chunks of C = min(CHUNK, T) steps (the last padded with a = −∞,
+Paths, fastest first (each exact up to rounding; the choice is a data-dependent check, one host sync):
+* T = 1 with no ``cu_seqlens``: the streaming step of :mod:`flashts.torch_ops.step` (a dozen aten ops).
+* Aaren, no ``cu_seqlens``: :class:`_AarenGlobal`, one reference max for the whole sequence and two cumulative
+  sums, when the logits' spread above the first running max is ≤ FAST_SPREAD (40 in float32, 300 in float64).
+* :class:`_Fast`: one reference max per FAST_CHUNK-step chunk and latent, intra-chunk products as batched
+  matmuls, hand backward, when every chunk's spread is ≤ FAST_SPREAD.
+* Otherwise (e.g. ±1e4 logits) the running-max tile form below, which never forms a positive exponent.
+All three chunked paths share the work-efficient (O(n), not O(n log n)) scan of the chunk states.
+
+Chunking (forward, running-max tiles). Time is cut into chunks of C = min(CHUNK, T) steps (the last padded with a = −∞,
 p = 0, v = 0, which contribute exactly 0).
 1. Chunk summaries, all chunks at once: (max a, Σ e^{a−max}, Σ e^{a−max} v) per chunk and latent.
-2. The states entering each chunk: an inclusive Hillis–Steele scan (log₂ n steps) over
+2. The states entering each chunk: an inclusive work-efficient scan (two-level blocked, O(n) combines) over
    [initial state, chunk 0, …, chunk n−1] with the associative online-softmax combine
    m = max(m_A, m_B), α = α_A e^{m_A−m} + α_B e^{m_B−m}, S likewise. Element j is the state entering chunk j,
    element n the final state.
@@ -60,6 +69,7 @@ Compute dtype: float64 for float64 inputs, float32 otherwise; outputs in the inp
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -67,6 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops._common import new_empty, state_dtype
+from .step import aaren_step, latte_step
 
 # Time steps per chunk (module constant; the tests shrink it so that many chunks are exercised).
 CHUNK = 16
@@ -84,7 +95,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _exp_diff(x: Tensor, m: Tensor) -> Tensor:
     """e^{x − m} for m ≥ x (broadcasting); 0 where x = −∞, including where m = −∞ too (no NaN)."""
-    return torch.exp(x - torch.where(torch.isneginf(m), torch.zeros_like(m), m))
+    return torch.exp(x - m.clamp_min(torch.finfo(m.dtype).min))   # m = −∞ only where x = −∞: e^{−∞} = 0
 
 
 def _heads_major(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -130,26 +141,69 @@ def _tile(a_blk: Tensor, M_blk: Tensor, upper: Tensor) -> Tensor:
     return diff.exp_()
 
 
+def _combine(mA: Tensor, uA: Tensor, wA: Tensor, mB: Tensor, uB: Tensor, wB: Tensor):
+    """The online-softmax combine of state A (earlier) and B: m = max, u/w rescaled to m (never NaN)."""
+    mn = torch.maximum(mA, mB)
+    fA, fB = _exp_diff(mA, mn), _exp_diff(mB, mn)
+    return mn, uA * fA + uB * fB, wA * fA.unsqueeze(-1) + wB * fB.unsqueeze(-1)
+
+
+# Below this many elements the state scan is one sequential loop; above, a two-level blocked scan.
+_SEQ_SCAN = 24
+
+
+def _scan_states(m: Tensor, u: Tensor, w: Tensor):
+    """Inclusive scan over dim 1 of states ``m, u [G, n, L]``, ``w [G, n, L, Dv]`` with :func:`_combine`.
+
+    Work-efficient (O(n) combines, no log n factor): the n elements are cut into nb blocks of b ≈ √n; each
+    block's total is a plain reduction against the block's max (every exponent ≤ 0); the totals are scanned
+    (recursively); then one loop over the b positions of a block, vectorised over all blocks, carries each
+    block's entering state through it. Python work O(√n) aten calls."""
+    G, n = m.shape[:2]
+    if n <= _SEQ_SCAN:
+        om, ou, ow = torch.empty_like(m), torch.empty_like(u), torch.empty_like(w)
+        cm, cu, cw = m[:, 0], u[:, 0], w[:, 0]
+        om[:, 0], ou[:, 0], ow[:, 0] = cm, cu, cw
+        for i in range(1, n):
+            cm, cu, cw = _combine(cm, cu, cw, m[:, i], u[:, i], w[:, i])
+            om[:, i], ou[:, i], ow[:, i] = cm, cu, cw
+        return om, ou, ow
+    b = math.isqrt(n - 1) + 1
+    nb = -(-n // b)
+    pad = nb * b - n
+    if pad:   # identity elements (−∞, 0, 0) at the end
+        m = F.pad(m, (0, 0, 0, pad), value=_NEG_INF)
+        u = F.pad(u, (0, 0, 0, pad))
+        w = F.pad(w, (0, 0, 0, 0, 0, pad))
+    L = m.shape[-1]
+    mb, ub, wb = m.view(G, nb, b, L), u.view(G, nb, b, L), w.view(G, nb, b, L, -1)
+    M = mb.amax(dim=2)                                          # block totals, all exponents ≤ 0
+    f = _exp_diff(mb, M.unsqueeze(2))
+    U = (ub * f).sum(dim=2)
+    W = torch.einsum("gnbl,gnbld->gnld", f, wb)
+    Mi, Ui, Wi = _scan_states(M, U, W)
+    # state entering each block: identity for the first, the inclusive scan of the totals before it otherwise
+    cm = torch.cat([torch.full_like(Mi[:, :1], _NEG_INF), Mi[:, :-1]], dim=1)
+    cu = torch.cat([torch.zeros_like(Ui[:, :1]), Ui[:, :-1]], dim=1)
+    cw = torch.cat([torch.zeros_like(Wi[:, :1]), Wi[:, :-1]], dim=1)
+    om, ou, ow = torch.empty_like(mb), torch.empty_like(ub), torch.empty_like(wb)
+    for i in range(b):
+        cm, cu, cw = _combine(cm, cu, cw, mb[:, :, i], ub[:, :, i], wb[:, :, i])
+        om[:, :, i], ou[:, :, i], ow[:, :, i] = cm, cu, cw
+    return om.view(G, nb * b, L)[:, :n], ou.view(G, nb * b, L)[:, :n], ow.view(G, nb * b, L, -1)[:, :n]
+
+
 def _chunk_states(a_c: Tensor, v_c: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
     """States entering every chunk plus the final one: ``m, u [G, n+1, L]``, ``w [G, n+1, L, Dv]``.
 
-    Chunk summaries (max, Σe^{a−max}, Σe^{a−max}v), then an inclusive Hillis–Steele scan with the
-    online-softmax combine over [initial state, chunk 0, ..., chunk n−1]."""
+    Chunk summaries (max, Σe^{a−max}, Σe^{a−max}v), then the work-efficient inclusive scan
+    :func:`_scan_states` with the online-softmax combine over [initial state, chunk 0, ..., chunk n−1]."""
     cm = a_c.amax(dim=2)                                        # [G, n, L]; every chunk has a real step
     e = torch.exp(a_c - cm.unsqueeze(2))                        # padded steps: e^{−∞} = 0
     m = torch.cat([m0.unsqueeze(1), cm], dim=1)
     u = torch.cat([u0.unsqueeze(1), e.sum(dim=2)], dim=1)
     w = torch.cat([w0.unsqueeze(1), torch.einsum("gncl,gncd->gnld", e, v_c)], dim=1)
-    d, n1 = 1, m.shape[1]
-    while d < n1:
-        mA, mB = m[:, :-d], m[:, d:]
-        mn = torch.maximum(mA, mB)
-        fA, fB = _exp_diff(mA, mn), _exp_diff(mB, mn)
-        u = torch.cat([u[:, :d], u[:, :-d] * fA + u[:, d:] * fB], dim=1)
-        w = torch.cat([w[:, :d], w[:, :-d] * fA.unsqueeze(-1) + w[:, d:] * fB.unsqueeze(-1)], dim=1)
-        m = torch.cat([m[:, :d], mn], dim=1)
-        d *= 2
-    return m, u, w
+    return _scan_states(m, u, w)
 
 
 def _suffix_scan(mu: Tensor, Qh: Tensor, Qr: Tensor):
@@ -195,6 +249,122 @@ class _Chunked:
         return a, p, v, w_in, M, carry, W, den
 
 
+# ------------------------------------------------------------------------------------------------ fast path
+
+# Steps per chunk of the fast (factorised) path, and the largest logit spread inside a chunk it accepts, per
+# compute dtype: e^{−spread} must stay far above the smallest normal number (fp32 1e-38, fp64 1e-308).
+FAST_CHUNK = 64
+FAST_SPREAD = {torch.float32: 40.0, torch.float64: 300.0}
+FAST = True   # module switch (the tests turn it off to exercise the running-max tile path on ordinary inputs)
+
+
+class _Fast:
+    """The causal core with ONE reference max per chunk and latent instead of the running max per step, so the
+    intra-chunk work is matmuls (no [C, C, L] tile of exponentials). :meth:`make` returns None when some chunk's
+    logits spread too far for it (the caller then runs the exact running-max tile path).
+
+    Per chunk j (C = FAST_CHUNK steps): entering state (m_in, u_in, w_in) from the work-efficient scan of the
+    chunk summaries (max cm, Σe, Σe v with e = e^{a − cm}); r = max(m_in, cm) (no gradient), E_s = e^{a_s − r}
+    ≤ 1, carry = e^{m_in − r}::
+
+        den_t = Σ_{s≤t, s∈j} E_s + carry·u_in          c_t = p_t / den_t
+        y_t   = Σ_l c_{t,l} (Σ_{s≤t, s∈j} E_{s,l} v_s + carry_l w_in,l) = (tril(c Eᵀ) v)_t + ((c·carry) w_in)_t
+
+    (Aaren, L = 1: y = c · (cumsum(E v) + carry w_in)). Exact as the running-max form up to rounding as long as
+    den_t does not underflow: den_t ≥ e^{M_t − r} with M_t the running max, so the path is taken only when
+    r − max(m_in, a_first) ≤ FAST_SPREAD[dtype] in every chunk (a data-dependent check, one host sync).
+
+    Backward (maxima fixed), per chunk: dA = tril(dy vᵀ), dv = Aᵀdy, dc = dA E + carry·(dy w_inᵀ),
+    dE = dAᵀc, dw_in = (c·carry)ᵀdy, dp = dc/den, dden = −dp·c, dE += Σ_{t≥s} dden_t, du_in = carry·Σ_t dden_t,
+    da = dE·E. The entering-state cotangents Q_j (and the final state's at j = n) go back through the chunk
+    scan as a suffix scan E_j = Q_j + e^{μ_j − μ_{j+1}} E_{j+1} (μ = the entering maxima): E_0 is the initial
+    state's cotangent and chunk k's summary gets e^{cm_k − μ_{k+1}} E_{k+1}, i.e. de_s = dΣe + v_s·dΣev,
+    dv_s += e_s·dΣev, da += de·e. Memory O(T·(L + C + Dv))."""
+
+    @classmethod
+    def make(cls, a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+        thr = FAST_SPREAD.get(a.dtype)
+        if not FAST or thr is None:
+            return None
+        G, T, L = a.shape
+        Dv = v.shape[-1]
+        C = min(FAST_CHUNK, T)
+        n = -(-T // C)
+        a_c = _pad_time(a, n * C, _NEG_INF).view(G, n, C, L)
+        cm = a_c.amax(dim=2)                                      # [G, n, L]
+        m_first = a_c[:, :, 0]
+        if not bool(((cm - m_first) <= thr).all()):              # cheap pre-check before the scan
+            return None
+        f = cls()
+        f.G, f.T, f.L, f.Dv, f.C, f.n = G, T, L, Dv, C, n
+        f.a, f.cm = a_c, cm
+        f.p = _pad_time(p, n * C, 0.0).view(G, n, C, L)
+        f.v = _pad_time(v, n * C, 0.0).view(G, n, C, Dv)
+        f.e = torch.exp(a_c - cm.unsqueeze(2))
+        sw = f.e.transpose(-1, -2) @ f.v                          # chunk summaries [G, n, L, Dv]
+        f.m, f.u, f.w = _scan_states(torch.cat([m0.unsqueeze(1), cm], 1), torch.cat([u0.unsqueeze(1), f.e.sum(2)], 1),
+                                     torch.cat([w0.unsqueeze(1), sw], 1))
+        m_in = f.m[:, :n]
+        r = torch.maximum(m_in, cm)
+        if not bool(((r - torch.maximum(m_in, m_first)) <= thr).all()):
+            return None
+        f.E = f.e * torch.exp(cm - r).unsqueeze(2)               # e^{a − r}
+        f.carry = _exp_diff(m_in, r)                              # [G, n, L]
+        f.den = torch.cumsum(f.E, dim=2) + (f.carry * f.u[:, :n]).unsqueeze(2)
+        f.c = f.p / f.den
+        return f
+
+    def forward(self):
+        G, n, C, L, Dv = self.G, self.n, self.C, self.L, self.Dv
+        c, E, carry, w_in = self.c, self.E, self.carry, self.w[:, :n]
+        if L == 1:
+            y = c * (torch.cumsum(E * self.v, dim=2) + carry.unsqueeze(-1) * w_in)   # [G, n, 1, Dv] broadcast over C
+        else:
+            A = (c @ E.transpose(-1, -2)).tril_()                # A[t, s] = Σ_l c_{t,l} E_{s,l}
+            y = torch.baddbmm((A @ self.v).view(G * n, C, Dv), (c * carry.unsqueeze(2)).view(G * n, C, L),
+                              w_in.reshape(G * n, L, Dv))
+        y = y.reshape(G, n * C, Dv)[:, :self.T]
+        return y, (self.m[:, n].clone(), self.u[:, n].clone(), self.w[:, n].clone())
+
+    def backward(self, dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor]):
+        G, n, C, L, Dv, T = self.G, self.n, self.C, self.L, self.Dv, self.T
+        c, E, carry, v = self.c, self.E, self.carry, self.v
+        w_in = self.w[:, :n]
+        dy = _pad_time(dy, n * C, 0.0).view(G, n, C, Dv)
+        A = (c @ E.transpose(-1, -2)).tril_()
+        dA = (dy @ v.transpose(-1, -2)).tril_()
+        dv = A.transpose(-1, -2) @ dy
+        dc = dA @ E + (dy @ w_in.transpose(-1, -2)) * carry.unsqueeze(2)
+        dE = dA.transpose(-1, -2) @ c
+        cc = c * carry.unsqueeze(2)
+        Qh = cc.transpose(-1, -2) @ dy                            # dw_in [G, n, L, Dv]
+        dp = dc / self.den
+        dden = -dp * c
+        dE += dden.flip(2).cumsum(2).flip(2)                      # Σ_{t≥s} dden_t
+        Qr = dden.sum(2) * carry                                  # du_in [G, n, L]
+        da = dE * E
+        # back through the chunk scan: suffix scan over [Q_0..Q_{n-1}, final-state cotangent]
+        Qh = torch.cat([Qh, (dw_T if dw_T is not None else torch.zeros_like(w_in[:, 0])).unsqueeze(1)], 1)
+        Qr = torch.cat([Qr, (du_T if du_T is not None else torch.zeros_like(Qr[:, 0])).unsqueeze(1)], 1)
+        Eh, Er = _suffix_scan_linear(self.m, Qh, Qr)
+        fk = _exp_diff(self.cm, self.m[:, 1:])                    # e^{cm_k − μ_{k+1}} [G, n, L]
+        dsw = fk.unsqueeze(-1) * Eh[:, 1:]                        # [G, n, L, Dv]
+        de = (fk * Er[:, 1:]).unsqueeze(2) + v @ dsw.transpose(-1, -2)
+        e = self.e
+        dv += e @ dsw
+        da += de * e
+        return (da.view(G, n * C, L)[:, :T], dp.view(G, n * C, L)[:, :T], dv.view(G, n * C, Dv)[:, :T],
+                Er[:, 0].contiguous(), Eh[:, 0].contiguous())
+
+
+def _suffix_scan_linear(mu: Tensor, Qh: Tensor, Qr: Tensor):
+    """E_j = Σ_{k≥j} e^{μ_j − μ_k} Q_k (μ non-decreasing) in O(n) work: the forward state scan run on the reversed
+    sequence with maxima −μ (its combine then computes exactly E_j = Q_j + e^{μ_j − μ_{j+1}} E_{j+1})."""
+    neg = -mu.clamp_min(torch.finfo(mu.dtype).min)               # −(−∞) would give +∞ − +∞ = NaN: clamp first
+    _, Er, Eh = _scan_states(neg.flip(1), Qr.flip(1), Qh.flip(1))
+    return Eh.flip(1), Er.flip(1)
+
+
 # ------------------------------------------------------------------------------------------------ causal core
 
 def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
@@ -202,6 +372,9 @@ def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0:
 
     ``a, p [G, T, L]``, ``v [G, T, Dv]``, ``m0, u0 [G, L]``, ``w0 [G, L, Dv]`` (T ≥ 1, one dtype).
     Returns ``y [G, T, Dv]`` and the final state ``(m [G, L], u [G, L], w [G, L, Dv])``."""
+    fast = _Fast.make(a, p, v, m0, u0, w0)
+    if fast is not None:
+        return fast.forward()
     ch = _Chunked(a, p, v, m0, u0, w0)
     y = a.new_empty((ch.G, ch.n, ch.C, ch.Dv))
     for gs, js in ch.blocks:
@@ -220,6 +393,9 @@ def causal_scan_bwd(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], 
 
     ``du_T [G, L]`` / ``dw_T [G, L, Dv]``: cotangents of the final state (None = 0).
     Returns ``(da [G, T, L], dp [G, T, L], dv [G, T, Dv], du0 [G, L], dw0 [G, L, Dv])``."""
+    fast = _Fast.make(a, p, v, m0, u0, w0)
+    if fast is not None:
+        return fast.backward(dy, du_T, dw_T)
     ch = _Chunked(a, p, v, m0, u0, w0)
     G, n, C, L, Dv = ch.G, ch.n, ch.C, ch.L, ch.Dv
     dy_c = ch.pad(dy)
@@ -366,8 +542,91 @@ def _aaren_logits(q: Tensor, k: Tensor, scale: float, cd: torch.dtype):
     return qb, kh, (scale * (kh @ qb.unsqueeze(-1)))
 
 
+class _AarenGlobal:
+    """Aaren with ONE reference max per sequence (no chunks), in the time-major layout of the inputs: with
+    s_t = scale·q·k_t, r = max(m0, max_t s_t), E_t = e^{s_t − r}, κ = e^{m0 − r}::
+
+        N_t = Σ_{i≤t} E_i v_i + κ w0,   D_t = Σ_{i≤t} E_i + κ u0,   o_t = N_t / D_t,   final state (r, D_T, N_T)
+
+    two cumulative sums over time (the cost of the textbook parallel form, exact where it underflows: taken only
+    when D_t cannot underflow, i.e. r − max(m0, s_0) ≤ FAST_SPREAD[dtype]; otherwise None and the chunked path).
+    Backward (r fixed): g_t = dN_t = dy_t / D_t, h_t = dD_t = −(dy_t·o_t)/D_t (plus dw_T, du_T at the last step),
+    Ĝ, Ĥ = suffix sums of g, h; dv_s = E_s Ĝ_s, ds_s = E_s (v_s·Ĝ_s + Ĥ_s), dw0 = κ Ĝ_0, du0 = κ Ĥ_0."""
+
+    @classmethod
+    def make(cls, q, k, v, m0, u0, w0, scale):
+        cd = _compute_dtype(k.dtype)
+        thr = FAST_SPREAD.get(cd)
+        if not FAST or thr is None:
+            return None
+        f = cls()
+        f.cd = cd
+        f.qb = q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)           # [B|1, H, D]
+        f.kc = k.to(cd)
+        s = torch.einsum("bthd,bhd->bth", f.kc, f.qb.expand(k.shape[0], -1, -1)) * scale   # [B, T, H]
+        r = s.amax(dim=1)
+        first = s[:, 0]
+        if m0 is not None:
+            m0c = m0.to(cd)
+            r = torch.maximum(r, m0c)
+            first = torch.maximum(first, m0c)
+        if not bool(((r - first) <= thr).all()):
+            return None
+        f.r = r
+        f.E = torch.exp(s - r.unsqueeze(1))                                   # [B, T, H]
+        f.v = v.to(cd)
+        f.kappa = _exp_diff(m0.to(cd), r) if m0 is not None else None
+        return f
+
+    def forward(self, u0, w0, out_dtype):
+        E, v = self.E, self.v
+        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
+        D = torch.cumsum(E, dim=1)
+        if self.kappa is not None:
+            N += (self.kappa.unsqueeze(-1) * w0.to(self.cd)).unsqueeze(1)
+            D += (self.kappa * u0.to(self.cd)).unsqueeze(1)
+        sd = state_dtype(out_dtype)
+        o = (N / D.unsqueeze(-1)).to(out_dtype)
+        return o, self.r.to(sd), D[:, -1].to(sd, copy=True), N[:, -1].to(sd, copy=True)   # own storage
+
+    def backward(self, do, du_T, dw_T, o, u0, w0, q, scale):
+        E, v, cd = self.E, self.v, self.cd
+        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
+        D = torch.cumsum(E, dim=1)
+        if self.kappa is not None:
+            N += (self.kappa.unsqueeze(-1) * w0.to(cd)).unsqueeze(1)
+            D += (self.kappa * u0.to(cd)).unsqueeze(1)
+        dy = do.to(cd)
+        g = dy / D.unsqueeze(-1)                                             # dN_t
+        h = -(g * N).sum(-1) / D                                              # dD_t = −dy·o/D with o = N/D
+        if dw_T is not None:
+            g[:, -1] += dw_T.to(cd)
+        if du_T is not None:
+            h[:, -1] += du_T.to(cd)
+        G = g.flip(1).cumsum(1).flip(1)
+        Hs = h.flip(1).cumsum(1).flip(1)
+        dv = E.unsqueeze(-1) * G
+        ds = E * ((v * G).sum(-1) + Hs) * scale                               # d(scale·q·k)
+        dq = torch.einsum("bth,bthd->bhd", ds, self.kc)
+        if q.dim() == 2:
+            dq = dq.sum(0)
+        dk = ds.unsqueeze(-1) * self.qb.unsqueeze(1)
+        du0 = dw0 = None
+        if self.kappa is not None:
+            du0 = (self.kappa * Hs[:, 0]).to(u0.dtype)
+            dw0 = (self.kappa.unsqueeze(-1) * G[:, 0]).to(w0.dtype)
+        return dq.to(q.dtype), dk, dv, du0, dw0
+
+
 def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
     B, T, H, D = k.shape
+    if T == 1 and cu_seqlens is None:                           # the decoding step
+        o, (m, u, w) = aaren_step(q, k[:, 0], v[:, 0], None if m0 is None else (m0, u0, w0), scale=scale)
+        return o.unsqueeze(1), m, u, w
+    if cu_seqlens is None:
+        fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
+        if fast is not None:
+            return fast.forward(u0, w0, k.dtype)
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
@@ -380,6 +639,11 @@ def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
 
 def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scale):
     B, T, H, D = k.shape
+    if cu_seqlens is None:
+        fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
+        if fast is not None:
+            dq, dk, dv, du0, dw0 = fast.backward(do, du_T, dw_T, o, u0, w0, q, scale)
+            return dq, dk.to(k.dtype), dv.to(v.dtype), du0, dw0
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
@@ -403,6 +667,9 @@ def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scal
 
 def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     B, T, H, L = q.shape
+    if T == 1 and causal and cu_seqlens is None:                # the decoding step
+        o, (m, a, S) = latte_step(q[:, 0], k[:, 0], v[:, 0], None if m0 is None else (m0, a0, S0))
+        return o.unsqueeze(1), m, a, S
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(q.dtype)

@@ -47,6 +47,20 @@ def _to_heads_major(x: Tensor, Hk: int, dtype: torch.dtype) -> Tensor:
     return x.view(B, T, Hk, H // Hk, D).permute(0, 2, 1, 3, 4).to(dtype, memory_format=torch.contiguous_format)
 
 
+# A narrow bounded window (left + right ≤ NARROW) takes query blocks of at most NARROW_BLOCK_Q rows and one key block
+# spanning exactly the keys they can see (measured on CPU, B1 H4 D64 T4096, windows (127,0)/(64,64): 5–20 %
+# faster forward and forward+backward than 128 × 256 blocks; a full causal window keeps the large blocks).
+NARROW, NARROW_BLOCK_Q = 256, 64
+
+
+def _block_sizes(left: int, right: int) -> tuple[int, int]:
+    """(rows per query block, keys per key block); never larger than BLOCK_Q / BLOCK_K."""
+    if 0 <= left and 0 <= right and left + right <= NARROW:
+        bq = min(BLOCK_Q, NARROW_BLOCK_Q)
+        return bq, min(BLOCK_K, bq + left + right)
+    return BLOCK_Q, BLOCK_K
+
+
 def _seq_bounds(cu_seqlens: Optional[Tensor], T: int) -> list[tuple[int, int]]:
     if cu_seqlens is None:
         return [(0, T)]
@@ -97,7 +111,7 @@ def sliding_window_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Op
     v_h = _to_heads_major(v, Hk, cdt).squeeze(3)  # [B, Hk, T, Dv]
     o = new_empty((B, T, H, Dv), dtype=q.dtype, device=dev)
     lse = new_empty((B, H, T), dtype=cdt, device=dev)
-    bq_max, bk_max = BLOCK_Q, BLOCK_K
+    bq_max, bk_max = _block_sizes(left, right)
 
     for t0, t1 in _seq_bounds(cu_seqlens, T):
         for i0 in range(t0, t1, bq_max):
@@ -147,7 +161,7 @@ def sliding_window_attention_bwd(do: Tensor, dlse: Optional[Tensor], q: Tensor, 
     dq = new_empty((B, T, H, D), dtype=q.dtype, device=dev)
     dk_h = torch.zeros((B, Hk, T, D), dtype=cdt, device=dev)  # keys of empty rows / other sequences: 0
     dv_h = torch.zeros((B, Hk, T, Dv), dtype=cdt, device=dev)
-    bq_max, bk_max = BLOCK_Q, BLOCK_K
+    bq_max, bk_max = _block_sizes(left, right)
 
     for t0, t1 in _seq_bounds(cu_seqlens, T):
         for i0 in range(t0, t1, bq_max):
