@@ -52,7 +52,7 @@ run_step() {
 if [ "$DRY" != 0 ]; then
     # rehearsal: CPU, the interpreter, tiny shapes; same steps, same flags where they exist on CPU
     export TRITON_INTERPRET=1 FLASHTS_AUTOTUNE=1
-    DEV=cpu; BENCH_T=(--T 64); SWEEP_T=(--T 32 64 --list); QUICK=(--quick --no-plots --device cpu); COLLECT=(--collect-only)
+    DEV=cpu; BENCH_T=(--T 64 --ops linear --impls torch triton); SWEEP_T=(--T 32 64 --list); QUICK=(--quick --no-plots --device cpu); COLLECT=(--collect-only)
     TEST_WORKERS=0
 else
     DEV=cuda; BENCH_T=(--T 8192); SWEEP_T=(--T 1024 4096 16384 65536); QUICK=(--device cuda); COLLECT=()
