@@ -47,7 +47,7 @@ MODULES = {
 
 # default grids (the current default value is always among them)
 GRIDS = {
-    "linear_attention": {"FWD_MODE": ["one_pass", "two_pass"], "HALF_DOT_OPERANDS": ["float32", "input"],
+    "linear_attention": {"FWD_MODE": ["auto", "one_pass", "two_pass"], "HALF_DOT_OPERANDS": ["float32", "input"],
                          "CHUNK_SIZE": [32, 64, 128], "NUM_STAGES": [2, 3]},
     "sliding_window_attention": {"fwd": ["64:64:4:3", "128:64:4:3", "128:64:8:3", "128:128:8:2"],
                                  # dK/dV at head dim 128 (measured 2.5x slower than Flex's backward; the
@@ -57,8 +57,8 @@ GRIDS = {
                                           "64:16:8:3"],
                                  "dq": ["64:64:4:3", "64:32:8:3", "128:64:8:2"]},
     "auto_correlation": {"BLOCK_T": [32, 64, 128], "BLOCK_N_MAX": [64, 128, 256], "NUM_WARPS": [4, 8]},
-    "aaren_attention": {"SCAN_MODE": ["one_pass", "chunked"], "CHUNK": [16, 32, 64], "BV_MAX": [32, 64]},
-    "latte_attention": {"SCAN_MODE": ["one_pass", "chunked"], "CHUNK": [16, 32, 64], "BV_MAX": [32, 64]},
+    "aaren_attention": {"SCAN_MODE": ["auto", "one_pass", "chunked"], "CHUNK": [16, 32, 64], "BV_MAX": [32, 64]},
+    "latte_attention": {"SCAN_MODE": ["auto", "one_pass", "chunked"], "CHUNK": [16, 32, 64], "BV_MAX": [32, 64]},
 }
 TILE_KINDS = ("fwd", "dkdv", "dq")
 # tolerance of the max relative error (output and gradients) against the float32 torch backend
@@ -203,6 +203,9 @@ def run(args) -> dict:
     ref_grads = torch.autograd.grad(ref_out, ref.leaves, ref.grad_out.float())
     timer = _timer(device)
     t_start = time.time()
+    # the variants are set through the module knobs: the launch-time autotuner must not override them
+    saved_autotune = os.environ.get("FLASHTS_AUTOTUNE")
+    os.environ["FLASHTS_AUTOTUNE"] = "0"
     for i, settings in enumerate(variants):
         row = dict(settings={k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
                    default=settings == defaults, fwd_ms=None, fwdbwd_ms=None, max_rel_err=None, error=None)
@@ -232,6 +235,10 @@ def run(args) -> dict:
         result["rows"].append(row)
         if not args.quiet:
             print(f"[tune {i + 1}/{len(variants)}] {_line(row)}", file=sys.stderr, flush=True)
+    if saved_autotune is None:
+        os.environ.pop("FLASHTS_AUTOTUNE", None)
+    else:
+        os.environ["FLASHTS_AUTOTUNE"] = saved_autotune
     result["rows"].sort(key=lambda r: (r["fwdbwd_ms"] is None, r["fwdbwd_ms"] or 0.0))
     return result
 

@@ -12,6 +12,15 @@ from .ops import latte_macchiato_attention, prob_sparse_attention
 
 from . import nn  # noqa: E402  (layers call the public functions above)
 
+
+
+def warmup(*args, **kwargs):
+    """Compile and autotune the Triton kernels at the given shapes before timed work (see README, "GPU speed";
+    ``flashts.kernels.autotune.warmup``). ``FLASHTS_AUTOTUNE=0`` disables tuning (default configs)."""
+    from .kernels.autotune import warmup as _warmup
+    return _warmup(*args, **kwargs)
+
+
 __version__ = "0.1.0"
 __all__ = [
     "linear_attention",
@@ -22,5 +31,6 @@ __all__ = [
     "prob_sparse_attention",
     "latte_macchiato_attention",
     "backend_info",
+    "warmup",
     "nn",
 ]

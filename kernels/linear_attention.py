@@ -88,6 +88,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from torch import Tensor
 
+from flashts.kernels import occupancy
 from flashts.ops import _common
 from flashts.ops._common import new_empty, state_dtype
 
@@ -105,10 +106,21 @@ HALF_DOT_PRECISION = "tf32"
 HALF_DOT_OPERANDS = "float32"
 # Software-pipelining depth of the chunk loops on GPU.
 NUM_STAGES = 2
+# Head-dim tile (BK) from which the backward's ``_grads_kernel`` runs as three launches (dq; dk; dv; dq and dk
+# each recompute the [C, C] block A, dv the masked QKᵀ), instead of one that holds every tile at once (that one spilled ~1 KB per
+# thread at head dim 128 in bf16 and ~3 KB in float32 on sm_90).
+# sm_90 compiles (Triton 3.9, stack bytes per thread, dq / dk / dv launches): bf16 head dim 128: 976 B in one
+# launch → 0 / 112 / 0; float32 head dim 64: 1720 → 816 / 776 / 256 (head dim 128: 48 / 184 / 1416, the dv
+# launch at 4 warps; at 8 warps ptxas gave it 32 registers and 6.5 KB of stack). bf16 head dim 64 stays one
+# launch (96 B; split 0 / 8 / 0 but three times the reads of q, do, v and the states).
+SPLIT_GRADS_MIN_BK = 128
+SPLIT_GRADS_MIN_BK_FP32 = 64
+SPLIT_GRADS_LAUNCH = {"dq": {"num_stages": 1}, "dk": {"num_stages": 1}, "dv": {"num_stages": 1}}
+SPLIT_GRADS_LAUNCH_FP32 = {"dq": {"num_stages": 1}, "dk": {"num_stages": 1}, "dv": {"num_warps": 4, "num_stages": 2}}
 # Causal forward: "one_pass" (``_fwd_causal_kernel``, the state in registers) or "two_pass" (the state entering
 # every chunk written by ``_chunk_state_kernel``, then ``_causal_out_kernel`` over all chunks in parallel).
-# Which is faster depends on B·H·⌈Dv/BV⌉ against the GPU's SMs; measured with python -m bench.tune.
-FWD_MODE = "one_pass"
+# "auto" (default): the occupancy rule of kernels/occupancy.py (one pass when N·H·⌈Dv/BV⌉ ≥ 2 programs per SM).
+FWD_MODE = "auto"
 
 _FEATURE = {"identity": 0, "elu": 1, "relu": 2}
 
@@ -552,9 +564,12 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
                   T, H, Hk, G, N, D, Dv, NS, scale,
                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
                   NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr, LOG_N: tl.constexpr,
-                  PREC: tl.constexpr, DOT_OPS: tl.constexpr):
+                  PREC: tl.constexpr, DOT_OPS: tl.constexpr, WRITE_DQ: tl.constexpr, WRITE_DK: tl.constexpr,
+                  WRITE_DV: tl.constexpr):
     """dq (each query head of the group), dk, dv (summed over the group) of one chunk of one kv head, from the
-    stored states entering the chunk and cotangents leaving it (see the module docstring for the formulas)."""
+    stored states entering the chunk and cotangents leaving it (see the module docstring for the formulas).
+    WRITE_DQ / WRITE_DK / WRITE_DV select the outputs: all in one launch, or (wide heads, SPLIT_GRADS_MIN_BK)
+    one launch each (dq and dk each recompute the [C, C] block A), so fewer tiles are live per kernel."""
     i_bhk = tl.program_id(0) // NS
     p = tl.program_id(0) % NS
     i_b = i_bhk // Hk
@@ -583,16 +598,18 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
             srow = i_n.to(tl.int64) * H + h
         q_ptr = q + i_b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_ptr = do + i_b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
-        dz = tl.load(dz_states + srow * D + offs_k, mask=mask_k, other=0.0)
-        dk_acc += tl.where(mask_t[:, None], dz[None, :], 0.0)  # 1 dz_cᵀ
+        if WRITE_DK:
+            dz = tl.load(dz_states + srow * D + offs_k, mask=mask_k, other=0.0)
+            dk_acc += tl.where(mask_t[:, None], dz[None, :], 0.0)  # 1 dz_cᵀ
         dq_acc = tl.zeros([C, BK], dtype=tl.float32)
         A = tl.zeros([C, C], dtype=tl.float32)
         if NORMALIZE:
             rows = (i_b.to(tl.int64) * T + offs_t) * H + h
             r = tl.load(r_in + rows, mask=mask_t, other=0.0)
             g = tl.load(g_in + rows, mask=mask_t, other=0.0)
-            z = tl.load(z_states + srow * D + offs_k, mask=mask_k, other=0.0)
-            dq_acc += g[:, None] * z[None, :]  # g z_{c-1}ᵀ
+            if WRITE_DQ:
+                z = tl.load(z_states + srow * D + offs_k, mask=mask_k, other=0.0)
+                dq_acc += g[:, None] * z[None, :]  # g z_{c-1}ᵀ
             A += g[:, None]  # the ones column of v'
         for j in range(0, n_vt):
             offs_v = j * BV + tl.arange(0, BV)
@@ -603,26 +620,32 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
             if NORMALIZE:
                 dnum = dnum * r[:, None]
             vv = _load_rows(v_ptr, offs_t, mask_t, svt, offs_v, mask_v)
-            S = tl.load(S_states + state_ptrs, mask=state_mask, other=0.0)
-            dS = tl.load(dS_states + state_ptrs, mask=state_mask, other=0.0)
-            dq_acc += _dot(dnum, tl.trans(S), PREC, DOT_OPS)  # (do·r) S_{c-1}ᵀ
-            dk_acc += _dot(vv, tl.trans(dS), PREC, DOT_OPS)  # V dS_cᵀ
+            if WRITE_DQ:
+                S = tl.load(S_states + state_ptrs, mask=state_mask, other=0.0)
+                dq_acc += _dot(dnum, tl.trans(S), PREC, DOT_OPS)  # (do·r) S_{c-1}ᵀ
+            if WRITE_DK:
+                dS = tl.load(dS_states + state_ptrs, mask=state_mask, other=0.0)
+                dk_acc += _dot(vv, tl.trans(dS), PREC, DOT_OPS)  # V dS_cᵀ
             if CAUSAL:
                 A += _dot(dnum, tl.trans(vv), PREC, DOT_OPS)
         xq, qt = _load_features(q_ptr, offs_t, mask_t, sqt, offs_k, mask_k, FEATURE)
         if CAUSAL:
             A = tl.where(causal, A, 0.0)
-            dq_acc += _dot(A, kt, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ) K
-            dk_acc += _dot(tl.trans(A), qt * scale, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ)ᵀ Q
-        dq_out = _times_phi_grad(dq_acc * scale, xq, FEATURE)
-        tl.store(dq + i_b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_t[:, None] * sdqt + offs_k[None, :],
-                 dq_out.to(dq.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
-    xk = _load_rows(k_ptr, offs_t, mask_t, skt, offs_k, mask_k)
-    dk_out = _times_phi_grad(dk_acc, xk, FEATURE)
-    tl.store(dk + i_b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_t[:, None] * sdkt + offs_k[None, :],
-             dk_out.to(dk.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
+            if WRITE_DQ:
+                dq_acc += _dot(A, kt, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ) K
+            if WRITE_DK:
+                dk_acc += _dot(tl.trans(A), qt * scale, PREC, DOT_OPS)  # intra-chunk: (M∘dO'V'ᵀ)ᵀ Q
+        if WRITE_DQ:
+            dq_out = _times_phi_grad(dq_acc * scale, xq, FEATURE)
+            tl.store(dq + i_b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_t[:, None] * sdqt
+                     + offs_k[None, :], dq_out.to(dq.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
+    if WRITE_DK:
+        xk = _load_rows(k_ptr, offs_t, mask_t, skt, offs_k, mask_k)
+        dk_out = _times_phi_grad(dk_acc, xk, FEATURE)
+        tl.store(dk + i_b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_t[:, None] * sdkt + offs_k[None, :],
+                 dk_out.to(dk.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
     # dv per Dv tile, accumulated over the group
-    for j in range(0, n_vt):
+    for j in range(0, n_vt if WRITE_DV else 0):
         offs_v = j * BV + tl.arange(0, BV)
         mask_v = offs_v < Dv
         dv_acc = tl.zeros([C, BV], dtype=tl.float32)
@@ -696,7 +719,16 @@ class _Config:
         self.log_n = (self.N - 1).bit_length() if self.varlen else 0
         bv_max = BV_MAX if self.BK < 128 else max(16, BV_MAX // 2)
         self.BV = max(16, min(triton.next_power_of_2(self.Dv), bv_max))
-        self.NV = triton.cdiv(self.Dv, self.BV)
+        # the occupancy rule (kernels/occupancy.py): causal forward one pass or two passes; the sequential
+        # kernels (one pass, chunk states, state cotangents, decode) get a Dv tile BV_seq split until their
+        # N·H·⌈Dv/BV_seq⌉ programs fill the SMs; the chunk-parallel kernels keep BV (they loop over Dv tiles)
+        sms = occupancy.sm_count(q.device)
+        self.launch = occupancy.choose(self.N * self.H, self.B * self.H * self.NS, self.Dv, self.BV, sms,
+                                       chunk_dv_tiles=False,
+                                       mode={"two_pass": "chunked"}.get(FWD_MODE, FWD_MODE))
+        self.fwd_mode = "two_pass" if self.launch.mode == "chunked" else "one_pass"
+        self.BV_seq = occupancy.split_dv(self.N * self.H, self.Dv, self.BV, sms)
+        self.NV = triton.cdiv(self.Dv, self.BV_seq)   # Dv tiles of the sequential grids
         self.num_warps = 8 if max(self.BK, self.BV) >= 64 else 4
         self.feature = _FEATURE[feature_map]
         self.prec = FP32_DOT_PRECISION if q.dtype == torch.float32 else HALF_DOT_PRECISION
@@ -710,9 +742,11 @@ class _Config:
         # offsets read by the kernels (contiguous); q is a placeholder pointer when not packed
         self.cu = cu_seqlens.contiguous() if cu_seqlens is not None else q
 
-    def meta(self, chunked: bool = True) -> dict:
-        """Keyword arguments common to the launches (constexprs and launch options)."""
-        out = dict(BK=self.BK, BV=self.BV, FEATURE=self.feature, num_warps=self.num_warps, num_stages=NUM_STAGES)
+    def meta(self, chunked: bool = True, sequential: bool = False) -> dict:
+        """Keyword arguments common to the launches (constexprs and launch options); ``sequential``: a grid of
+        N·H·NV programs (Dv tile BV_seq)."""
+        out = dict(BK=self.BK, BV=self.BV_seq if sequential else self.BV, FEATURE=self.feature,
+                   num_warps=self.num_warps, num_stages=NUM_STAGES)
         if chunked:
             out.update(C=self.C, VARLEN=self.varlen, PREC=self.prec, DOT_OPS=self.dot_ops)
         return out
@@ -738,31 +772,29 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
         _launch(_decode_kernel, (cfg.NV * B * H,),
                 q, k, v, o, S0p, z0p, S_T, z_T, sq[0], sq[2], sk[0], sk[2], sv[0], sv[2], so[0], so[2],
                 H, G, D, Dv, scale, eps,
-                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(chunked=False))
-    elif causal and FWD_MODE == "two_pass":
+                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(chunked=False, sequential=True))
+    elif causal and cfg.fwd_mode == "two_pass":
         S_states = new_empty((B, cfg.NS, H, D, Dv), dtype=torch.float32, device=q.device)
         z_states = new_empty((B, cfg.NS, H, D), dtype=torch.float32, device=q.device)
         _launch(_chunk_state_kernel, (cfg.NV * N * H,),
                 k, v, S0p, z0p, S_states, z_states, S_T, z_T, cfg.cu, *sk, *sv,
                 T, H, G, D, Dv, cfg.NS,
-                HAS_S0=has_s0, STORE_CHUNKS=True, STORE_FINAL=True, **cfg.meta())
+                HAS_S0=has_s0, STORE_CHUNKS=True, STORE_FINAL=True, **cfg.meta(sequential=True))
         if cfg.NS > 0:
             _launch(_causal_out_kernel, (cfg.NS * B * H,),
                     q, k, v, o, S_states, z_states, cfg.cu, *sq, *sk, *sv, *so,
                     T, H, G, N, D, Dv, cfg.NS, scale, eps,
                     NORMALIZE=normalize, LOG_N=cfg.log_n, **cfg.meta())
     elif causal:
-        if FWD_MODE != "one_pass":
-            raise ValueError(f"FWD_MODE must be 'one_pass' or 'two_pass', got {FWD_MODE!r}")
         _launch(_fwd_causal_kernel, (cfg.NV * N * H,),
                 q, k, v, o, S0p, z0p, S_T, z_T, cfg.cu, *sq, *sk, *sv, *so,
                 T, H, G, D, Dv, scale, eps,
-                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta())
+                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(sequential=True))
     else:
         _launch(_chunk_state_kernel, (cfg.NV * N * H,),
                 k, v, S0p, z0p, S_T, z_T, S_T, z_T, cfg.cu, *sk, *sv,
                 T, H, G, D, Dv, cfg.NS,
-                HAS_S0=has_s0, STORE_CHUNKS=False, STORE_FINAL=True, **cfg.meta())
+                HAS_S0=has_s0, STORE_CHUNKS=False, STORE_FINAL=True, **cfg.meta(sequential=True))
         _launch(_apply_kernel, (cfg.NS * B * H,),
                 q, o, S_T, z_T, cfg.cu, *sq, *so,
                 T, H, N, D, Dv, cfg.NS, scale, eps,
@@ -796,7 +828,7 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
             k, v, S0 if has_s0 else S_states, z0 if has_s0 else z_states, S_states, z_states, S_states,
             z_states, cfg.cu, *sk, *sv,
             T, H, G, D, Dv, NS,
-            HAS_S0=has_s0, STORE_CHUNKS=causal, STORE_FINAL=not causal, **cfg.meta())
+            HAS_S0=has_s0, STORE_CHUNKS=causal, STORE_FINAL=not causal, **cfg.meta(sequential=True))
 
     # 2. r = 1/(den + eps), g = −(do·o)·r per step and head
     if normalize:
@@ -822,15 +854,22 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
             dS_states, dz_states, dS_final, dz_final, cfg.cu, *sq, *sd,
             T, H, D, Dv, NS, scale,
             NORMALIZE=normalize, HAS_DS=dS_T is not None, HAS_DZ=dz_T is not None, CAUSAL=causal,
-            STORE_FINAL=has_s0 or not causal, **cfg.meta())
+            STORE_FINAL=has_s0 or not causal, **cfg.meta(sequential=True))
 
     # 4. dq, dk, dv per chunk (dk, dv summed over each GQA group)
     dq = new_empty((B, T, H, D), dtype=q.dtype, device=dev)
     dk = new_empty((B, T, Hk, D), dtype=k.dtype, device=dev)
     dv = new_empty((B, T, Hk, Dv), dtype=v.dtype, device=dev)
-    _launch(_grads_kernel, (NS * B * Hk,),
-            q, k, v, do, r, g, S_states, z_states, dS_states, dz_states, dq, dk, dv, cfg.cu,
-            *sq, *sk, *sv, *sd, *_bth_strides(dq), *_bth_strides(dk), *_bth_strides(dv),
-            T, H, Hk, G, N, D, Dv, NS, scale,
-            NORMALIZE=normalize, CAUSAL=causal, LOG_N=cfg.log_n, **cfg.meta())
+    fp32 = q.dtype == torch.float32
+    split = cfg.BK >= (SPLIT_GRADS_MIN_BK_FP32 if fp32 else SPLIT_GRADS_MIN_BK)
+    parts = [(True, False, False), (False, True, False), (False, False, True)] if split else [(True, True, True)]
+    for write_dq, write_dk, write_dv in parts:
+        part = "dq" if write_dq else "dk" if write_dk else "dv"
+        options = (SPLIT_GRADS_LAUNCH_FP32 if fp32 else SPLIT_GRADS_LAUNCH)[part] if split else {}
+        _launch(_grads_kernel, (NS * B * Hk,),
+                q, k, v, do, r, g, S_states, z_states, dS_states, dz_states, dq, dk, dv, cfg.cu,
+                *sq, *sk, *sv, *sd, *_bth_strides(dq), *_bth_strides(dk), *_bth_strides(dv),
+                T, H, Hk, G, N, D, Dv, NS, scale,
+                NORMALIZE=normalize, CAUSAL=causal, LOG_N=cfg.log_n, WRITE_DQ=write_dq, WRITE_DK=write_dk, WRITE_DV=write_dv,
+                **dict(cfg.meta(), **options))
     return dq, dk, dv, dS0, dz0

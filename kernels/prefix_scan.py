@@ -105,6 +105,7 @@ from torch import Tensor
 
 import warnings
 
+from flashts.kernels import occupancy
 from flashts.kernels.linear_attention import _chunk_of_slot
 from flashts.ops import _common
 from flashts.ops._common import new_empty
@@ -117,8 +118,9 @@ BV_MAX = 64
 # the state in registers) or "chunked" (chunk summaries in parallel, a light sequential scan of the summaries
 # into the state entering every chunk, then every chunk's outputs in parallel; also used by the backward to
 # recompute the entering states). "chunked" fills the GPU when B·H is small, at the price of writing and
-# reading the [NS, L, Dv] float32 chunk states; which is faster is measured with python -m bench.tune.
-SCAN_MODE = "one_pass"
+# reading the [NS, L, Dv] float32 chunk states. "auto" (default): the occupancy rule of kernels/occupancy.py
+# (one pass when it has ≥ 2 programs per SM, else chunked; Dv tiles split while the grid under-fills).
+SCAN_MODE = "auto"
 # Aaren's latent block: its one latent padded to 16 (masked like Latte's padded latents, tensor-core products),
 # the layout validated on an H100 with Triton 3.6. 1 (broadcast sums over [C, 1] tiles, no tl.dot) is exact
 # under the interpreter and Triton 3.9 but Triton 3.6 miscompiles it on sm_90 (every chunk after the first
@@ -956,7 +958,8 @@ def _rows(x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
 class _Config:
     """Sizes, blocking and constexpr flags of one call. ``L`` = 1 for Aaren."""
 
-    def __init__(self, k: Tensor, v: Tensor, L: int, D: int, cu_seqlens: Optional[Tensor], aaren: bool):
+    def __init__(self, k: Tensor, v: Tensor, L: int, D: int, cu_seqlens: Optional[Tensor], aaren: bool,
+                 causal: bool = True):
         self.B, self.T, self.H = k.shape[:3]
         self.L, self.D, self.Dv = L, D, v.shape[-1]
         self.aaren = aaren
@@ -969,16 +972,24 @@ class _Config:
         self.BK = triton.next_power_of_2(D) if aaren else 16
         # the [BL, BV] state tiles stay within STATE_TILE_MAX elements (registers)
         bv_max = max(16, min(BV_MAX, STATE_TILE_MAX // self.BL))
-        self.BV = max(16, min(triton.next_power_of_2(self.Dv), bv_max))
+        bv = max(16, min(triton.next_power_of_2(self.Dv), bv_max))
+        # one pass or chunked, and the Dv tile, by the occupancy rule (kernels/occupancy.py)
+        sms = occupancy.sm_count(k.device)
+        if causal:
+            self.launch = occupancy.choose(self.N * self.H, self.B * self.H * self.NS, self.Dv, bv, sms,
+                                           mode=SCAN_MODE)
+        else:  # the bidirectional kernels: one sequential grid (N·H, ⌈Dv/BV⌉), only the Dv split applies
+            bv = occupancy.split_dv(self.N * self.H, self.Dv, bv, sms)
+            nv = triton.cdiv(self.Dv, bv)
+            self.launch = occupancy.Launch("one_pass", bv, self.N * self.H * nv, 0, self.N * self.H * nv)
+        self.BV = self.launch.BV
         self.NV = triton.cdiv(self.Dv, self.BV)
         self.num_warps = 8 if self.BL * self.BV >= 1024 else 4
         self.bwd_warps = 8 if self.BL >= 16 else 4
         self.prec = FP32_DOT_PRECISION if k.dtype == torch.float32 else HALF_DOT_PRECISION
         self.cu = cu_seqlens.to(torch.int32).contiguous() if self.varlen else k  # placeholder when not packed
         self.log_n = (self.N - 1).bit_length() if self.varlen else 0           # binary-search steps over cu
-        self.chunked = SCAN_MODE == "chunked"
-        if SCAN_MODE not in ("one_pass", "chunked"):
-            raise ValueError(f"SCAN_MODE must be 'one_pass' or 'chunked', got {SCAN_MODE!r}")
+        self.chunked = self.launch.mode == "chunked"
 
 
 def _state(x: Optional[Tensor], shape) -> Optional[Tensor]:
@@ -1037,10 +1048,12 @@ def _entering_states(cfg: _Config, q, sq, k, sk, v, sv, m0, u0, w0, has_state: b
             C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
             VARLEN=cfg.varlen, LOG_N=cfg.log_n, num_warps=cfg.num_warps)
     m_T, u_T, w_T = final if final is not None else (m_ch, u_ch, w_ch)
-    _state_scan_kernel[(cfg.NV, N * H)](
+    # the light sequential scan gets its own Dv tile, split until its (⌈Dv/BV⌉, N·H) grid fills the SMs
+    bv_scan = occupancy.split_dv(N * H, Dv, cfg.BV, occupancy.sm_count(k.device))
+    _state_scan_kernel[(triton.cdiv(Dv, bv_scan), N * H)](
         m0 if has_state else m_ch, u0 if has_state else u_ch, w0 if has_state else w_ch, m_s, u_s,
         m_ch, u_ch, w_ch, m_T, u_T, w_T, cfg.cu, T, H, L, Dv, NS,
-        C=cfg.C, BL=cfg.BL, BV=cfg.BV, HAS_STATE=has_state, VARLEN=cfg.varlen, STORE_FINAL=final is not None,
+        C=cfg.C, BL=cfg.BL, BV=bv_scan, HAS_STATE=has_state, VARLEN=cfg.varlen, STORE_FINAL=final is not None,
         num_warps=cfg.num_warps)
     return m_ch, u_ch, w_ch
 
@@ -1187,7 +1200,7 @@ def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     """-> (o [B, T, H, Dv] in q.dtype, m_T [N, H, L], a_T [N, H, L], S_T [N, H, L, Dv]); states None when
     not causal."""
     B, T, H, L = q.shape
-    cfg = _Config(k, v, L, L, cu_seqlens, aaren=False)
+    cfg = _Config(k, v, L, L, cu_seqlens, aaren=False, causal=causal)
     N, Dv = cfg.N, cfg.Dv
     qr, sq = _rows(q)
     if causal:
@@ -1206,7 +1219,7 @@ def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
 def latte_attention_bwd(do, da_T, dS_T, q, k, v, o, m0, a0, S0, cu_seqlens, causal):
     """-> (dq, dk, dv, da0 [N, H, L], dS0 [N, H, L, Dv]); da0/dS0 None without an initial state."""
     B, T, H, L = q.shape
-    cfg = _Config(k, v, L, L, cu_seqlens, aaren=False)
+    cfg = _Config(k, v, L, L, cu_seqlens, aaren=False, causal=causal)
     N, Dv = cfg.N, cfg.Dv
     qr, sq = _rows(q)
     da0 = dS0 = None

@@ -72,6 +72,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from flashts.kernels import autotune
 from flashts.ops import _common
 from flashts.ops._common import new_empty
 
@@ -553,6 +554,43 @@ def _gpu_config(kind: str, bd: int, bdv: int, dtype: torch.dtype, span: Optional
     return _Tiles(a, b, warps, stages)
 
 
+# Autotune sets (kernels/autotune.py): alternatives to the table's default per kernel and padded head dim, for
+# float16/bfloat16 (float32 and other head dims: the default only). Each is compiled for sm_90 by
+# tests/triton_compile.py (FLASHTS_COMPILE_ALL_CONFIGS=1 for the full sets).
+# Every config here compiled without spills for sm_90 with Triton 3.9 (2026-12-03; dropped for spilling:
+# fwd 64×64×4w×3 at head dim 128 (128 B), dK/dV 64×64×4w×2 at 64 (72 B), 64×32×8w×2 (8 B) and 128×32×8w×2
+# (72 B) at 128).
+_HALF_TUNE = {
+    "fwd": {64: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)], 128: [(128, 32, 8, 2)]},
+    "dkdv": {64: [(64, 32, 8, 2), (128, 64, 8, 2)], 128: [(64, 16, 8, 2)]},
+    "dq": {64: [(64, 32, 8, 3), (128, 64, 8, 2)], 128: [(64, 64, 8, 2), (128, 32, 8, 2)]},
+}
+
+
+def _tune_set(kind: str, bd: int, bdv: int, dtype: torch.dtype, span: Optional[int]) -> list:
+    """The default tiles first, then the distinct alternatives of ``_HALF_TUNE``."""
+    default = _gpu_config(kind, bd, bdv, dtype, span)
+    out, seen = [default], {(default.a, default.b, default.num_warps, default.num_stages)}
+    if dtype != torch.float32:
+        for a, b, w, st in _HALF_TUNE[kind].get(max(32, bd, bdv), []):
+            if kind == "fwd" and a == 128 and span is not None and span <= 256:
+                a = 64
+            if (a, b, w, st) not in seen:
+                seen.add((a, b, w, st))
+                out.append(_Tiles(a, b, w, st))
+    return out
+
+
+def _tuned(kind: str, p: "_Problem", launch) -> None:
+    """Launch with the autotuned tiles of ``kind`` (GPU) or the pinned tiles (interpreter, BLOCKS)."""
+    if BLOCKS is not None or not _common.compiles_for_gpu(p.device):
+        _launch(p.key(kind), _tiles(kind, p.BD, p.BDV, p.dtype, p.span, p.device), launch)
+        return
+    configs = _tune_set(kind, p.BD, p.BDV, p.dtype, p.span)
+    key = ("swa",) + p.key(kind) + (autotune.bucket(p.T), p.span if p.span is None else autotune.bucket(p.span))
+    autotune.launch(key, configs, lambda t: _launch(p.key(kind), t, launch), p.device)
+
+
 def _tiles(kind: str, bd: int, bdv: int, dtype: torch.dtype, span: Optional[int], device: torch.device) -> _Tiles:
     if BLOCKS is not None:
         return _Tiles(BLOCKS[0], BLOCKS[1], 4, 1)
@@ -637,7 +675,7 @@ def sliding_window_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Op
             p.T, p.H, p.G, p.N, ns, max(p.left, 0), max(p.right, 0), p.qk_scale,
             BLOCK_M=t.a, BLOCK_N=t.b, num_warps=t.num_warps, num_stages=t.num_stages, **p.flags())
 
-    _launch(p.key("fwd"), _tiles("fwd", p.BD, p.BDV, p.dtype, p.span, q.device), launch)
+    _tuned("fwd", p, launch)
     return o, lse
 
 
@@ -687,6 +725,6 @@ def sliding_window_attention_bwd(do: Tensor, dlse: Optional[Tensor], q: Tensor, 
             p.T, p.H, p.G, p.N, ns_q, wl, wr, p.qk_scale, p.scale,
             BLOCK_M=t.a, BLOCK_N=t.b, num_warps=t.num_warps, num_stages=t.num_stages, **p.flags())
 
-    _launch(p.key("dkdv"), _tiles("dkdv", p.BD, p.BDV, p.dtype, p.span, dev), launch_dkdv)
-    _launch(p.key("dq"), _tiles("dq", p.BD, p.BDV, p.dtype, p.span, dev), launch_dq)
+    _tuned("dkdv", p, launch_dkdv)
+    _tuned("dq", p, launch_dq)
     return dq, dk, dv

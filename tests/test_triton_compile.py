@@ -49,3 +49,26 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path):
     if spills:
         warnings.warn("Triton kernels that spill registers on sm_90 (max stack bytes per thread): "
                       + ", ".join(f"{k} {v}" for k, v in sorted(spills.items())))
+
+
+def test_capture_all_configs_records_every_autotune_config(monkeypatch):
+    """With FLASHTS_COMPILE_ALL_CONFIGS=1 the capture launches every config of a tuned launch's set (so the
+    compile step compiles all of them); without it, the default only. No compile here (fast)."""
+    pytest.importorskip("triton")
+    from flashts.kernels import sliding_window_attention as sw
+    only = r"^swa \(127, 0\) bfloat16 D=64$"
+    monkeypatch.delenv("FLASHTS_COMPILE_ALL_CONFIGS", raising=False)
+    default = triton_compile.capture(only=only)
+    monkeypatch.setenv("FLASHTS_COMPILE_ALL_CONFIGS", "1")
+    full = triton_compile.capture(only=only)
+
+    def tiles(specs, kernel, a, b):
+        return {(s["constexprs"][a], s["constexprs"][b], s["options"]["num_warps"], s["options"]["num_stages"])
+                for s in specs if s["kernel"] == kernel}
+    for kind, kernel, a, b in (("fwd", "_fwd_kernel", "BLOCK_M", "BLOCK_N"),
+                               ("dkdv", "_bwd_dkdv_kernel", "BLOCK_N", "BLOCK_M"),
+                               ("dq", "_bwd_dq_kernel", "BLOCK_M", "BLOCK_N")):
+        want = {(t.a, t.b, t.num_warps, t.num_stages) for t in sw._tune_set(kind, 64, 64, torch.bfloat16, 128)}
+        assert len(want) >= 3 and tiles(full, kernel, a, b) == want, kind
+        d = sw._gpu_config(kind, 64, 64, torch.bfloat16, 128)
+        assert tiles(default, kernel, a, b) == {(d.a, d.b, d.num_warps, d.num_stages)}

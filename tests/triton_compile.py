@@ -16,6 +16,10 @@ then ptxas, which ships with Triton), so this module does it in two steps:
    compiles each distinct spec with ``triton.compile`` for the target and reads registers, stack (spills) and
    shared memory with ``cuobjdump -res-usage``; prints one JSON line per spec and exits 1 if any failed.
 
+Autotuned launches (``kernels/autotune.py``) are recorded with their default config; with
+``FLASHTS_COMPILE_ALL_CONFIGS=1`` every config of their sets is recorded (and so compiled) too — opt-in, since
+CI's compile test is already the longest test.
+
 ``tests/test_triton_compile.py`` runs both; the two steps also work by hand, e.g. with another Triton version
 first on ``PYTHONPATH`` for step 2 (the H100 machine has Triton 3.6, CI has 3.9).
 """
@@ -99,13 +103,23 @@ def recording(specs: list):
         if not warmup:
             specs.append(_spec(self.fn, args, kwargs))
 
+    from flashts.kernels import autotune
+    original_all = autotune.CAPTURE_ALL
     interpreter.InterpretedFunction.run = run
     _common.compiles_for_gpu = lambda device: True
+    # every config of the autotune sets (FLASHTS_COMPILE_ALL_CONFIGS=1), else the defaults only
+    autotune.CAPTURE_ALL = all_configs()
     try:
         yield specs
     finally:
         interpreter.InterpretedFunction.run = original_run
         _common.compiles_for_gpu = original_gpu
+        autotune.CAPTURE_ALL = original_all
+
+
+def all_configs() -> bool:
+    """Whether captures include every config of the autotune sets (env FLASHTS_COMPILE_ALL_CONFIGS=1)."""
+    return os.environ.get("FLASHTS_COMPILE_ALL_CONFIGS", "0") not in ("", "0")
 
 
 def _scenarios():
@@ -147,6 +161,10 @@ def _scenarios():
                                                 initial_state=st, output_final_state=True, cu_seqlens=cu_seqlens,
                                                 backend="triton")
             out.append((f"linear causal {n} D={D}", {}, fb(linear)))
+            # the one pass at a GPU-filling B·H (1 SM assumed: no Dv split, wide Dv tiles)
+            out.append((f"linear causal one-pass {n} D={D}", {"flashts.kernels.linear_attention.FWD_MODE": "one_pass",
+                                                             "flashts.kernels.occupancy.INTERPRETER_SMS": 1},
+                        fb(linear)))
             out.append((f"linear non-causal {n} D={D}", {}, fb(lambda linear=linear: linear(causal=False))))
             for window in ((127, 0), (64, 64), (-1, -1), (-1, 0)):
                 def swa(D=D, dt=dt, window=window, cu_seqlens=None, B=2, H=4, Hk=4, T=300):
@@ -235,14 +253,17 @@ def _scenarios():
     return out
 
 
-def capture(verbose: bool = False) -> list[dict]:
-    """Distinct GPU launch specs of every scenario (see the module doc)."""
+def capture(verbose: bool = False, only: str | None = None) -> list[dict]:
+    """Distinct GPU launch specs of every scenario (see the module doc); ``only``: a regular expression that
+    the scenario labels must match (e.g. ``"linear causal bfloat16 D=128"``)."""
     from bench.tune import knobs as set_knobs  # the knob setter of the tuning tool (restores on exit)
     specs: list = []
     errors = []
     with recording(specs), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. the unverified-on-GPU warning of the Aaren kernels
         for label, knobs, thunk in _scenarios():
+            if only is not None and not re.search(only, label):
+                continue
             with contextlib.ExitStack() as stack:
                 for path, value in knobs.items():
                     module, name = path.rsplit(".", 1)
