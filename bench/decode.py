@@ -12,7 +12,7 @@ prefix-scan ops is a step under 20 µs at B = 64 (CUDA-graph friendly). Each row
   they take at the device's copy bandwidth (``--hbm-gbps``, default 3000 for an H100) — the floor;
 * a correctness check of the step's output and new state against the torch backend in float64 (relative error).
 
-Output: ``decode_<device>_<date>.json`` and ``.md`` in ``--out`` (default ``bench/results``).
+Output: ``decode_<device>_<date>.json`` and ``.md`` in ``--out`` (default ``./flashts-results``; ``--results`` writes into ``bench/results``).
 
     python -m bench.decode                          # CUDA when available: B=64, H=8, D=Dv=64, L=64 latents
     python -m bench.decode --device cpu --B 4       # CPU (eager only)
@@ -265,9 +265,16 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=None, help="calls per timed batch (default 200 GPU, 20 CPU)")
     ap.add_argument("--hbm-gbps", type=float, default=3000.0, help="copy bandwidth for the floor (H100 ≈ 3000)")
     ap.add_argument("--no-graph", action="store_true")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--out", default=None,
+                    help="output directory (default ./flashts-results, relative to the current folder, git-ignored)")
+    ap.add_argument("--results", action="store_true",
+                    help="write into the repository's bench/results, where committed runs live (instead of --out)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.results and args.out is not None:
+        ap.error("--results and --out exclude each other")
+    args.out = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "results") if args.results
+                else (args.out or "flashts-results"))
     args.argv = argv
     cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")

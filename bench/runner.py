@@ -235,7 +235,7 @@ class RssMeter:
 def _ref_cost(config: Config, T: int, heads: int) -> int:
     """Elements of the biggest dense tensor flashts.reference builds for batch 1, ``heads`` heads."""
     op = config.op
-    if op in ("linear_attention", "sliding_window_attention", "aaren_attention"):
+    if op in ("linear_attention", "sliding_window_attention", "aaren_attention", "prob_sparse_attention"):
         return heads * T * T
     if op == "latte_attention":
         return heads * config.D * T * T if config.p.get("causal", True) else heads * config.D * T
@@ -249,6 +249,8 @@ def prefix_lag(config: Config) -> int | None:
     if config.op == "sliding_window_attention":
         right = tuple(config.p["window"])[1]
         return None if right < 0 else right
+    if config.op == "prob_sparse_attention":
+        return None  # the samples and the top-u rows depend on the whole length: no prefix is self-contained
     return 0 if is_causal(config) else None
 
 

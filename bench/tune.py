@@ -288,10 +288,17 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", nargs="+", help="NAME=v1,v2 ... (replaces the default grid)")
     ap.add_argument("--rep-ms", type=int, default=100)
     ap.add_argument("--time-limit", type=float, default=0.0, help="stop starting variants after this many seconds")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--out", default=None,
+                    help="output directory (default ./flashts-results, relative to the current folder, git-ignored)")
+    ap.add_argument("--results", action="store_true",
+                    help="write into the repository's bench/results, where committed runs live (instead of --out)")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.results and args.out is not None:
+        ap.error("--results and --out exclude each other")
+    args.out = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "results") if args.results
+                else (args.out or "flashts-results"))
     args.argv = argv
     op = registry.canonical_op(args.op)
     big = op in ("linear_attention", "sliding_window_attention")
