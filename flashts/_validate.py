@@ -328,11 +328,29 @@ def check_latte(q, k, v, causal, initial_state, output_final_state, cu):
     return Checked(B=B, T=T, H=H, L=L, Dv=Dv, N=N, initial_state=initial_state, device=dev)
 
 
-def prob_sparse_sizes(L_Q: int, L_K: int, factor: int) -> tuple[int, int]:
+# ⌊e^c⌋ for c = 0, 1, ...: ⌈ln n⌉ <= c  <=>  n <= e^c  <=>  n <= ⌊e^c⌋ for an integer n
+_FLOOR_EXP = tuple(math.floor(math.exp(c)) for c in range(44))
+
+
+def ceil_ln(n: int) -> int:
+    """⌈ln n⌉ for an integer n >= 1, by comparisons with ⌊e^c⌋ instead of ``math.log``: under
+    ``torch.compile(dynamic=True)`` a symbolic n is then guarded only on its bucket (e^(c-1), e^c], so one graph
+    serves every length with the same ⌈ln n⌉ (``math.log`` would specialise every length)."""
+    c = 0
+    while n > _FLOOR_EXP[c]:
+        c += 1
+    return c
+
+
+def prob_sparse_sizes(L_Q: int, L_K: int, factor: int, concrete: bool = False) -> tuple[int, int]:
     """(U, u) of SPEC §6: U = min(L_K, factor·⌈ln L_K⌉) sampled keys, u = min(L_Q, factor·⌈ln L_Q⌉) active
     queries; U == 0 (L_K == 1) makes every query inactive (u = 0), which gives the same output and gradients."""
-    U = min(L_K, factor * math.ceil(math.log(L_K)))
-    u = min(L_Q, factor * math.ceil(math.log(L_Q)))
+    if concrete:  # math.log specialises symbolic lengths (torch.randint needs concrete sizes to draw the samples)
+        U = min(L_K, factor * math.ceil(math.log(L_K)))
+        u = min(L_Q, factor * math.ceil(math.log(L_Q)))
+    else:
+        U = min(L_K, factor * ceil_ln(L_K))
+        u = min(L_Q, factor * ceil_ln(L_Q))
     return U, (u if U > 0 else 0)
 
 
@@ -367,7 +385,7 @@ def check_prob_sparse(q, k, v, factor, causal, scale, sample_index, generator, r
     if scale is None:
         scale = D ** -0.5
     flag("return_index", return_index)
-    U, u = prob_sparse_sizes(L_Q, L_K, factor)
+    U, u = prob_sparse_sizes(L_Q, L_K, factor, concrete=sample_index is None)
     if sample_index is not None:
         if generator is not None:
             raise ValueError("generator: only used to draw sample_index; pass sample_index or generator, not both")

@@ -394,3 +394,29 @@ def test_docstring_example_runs(cls):
     doc = getattr(flashts.nn, cls).__doc__
     code = textwrap.dedent(doc.split("Example::", 1)[1].split("\n", 1)[1])
     exec(compile(code, f"<{cls} example>", "exec"), {"torch": torch, "flashts": flashts})
+
+
+def test_torch_compile_dynamic_one_graph_strided_inputs():
+    """dynamic=True: one graph over several T (default inductor, forward + backward), with non-contiguous inputs
+    (the backward's gradients must have the strides the fake promises)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+    def f(q, k, v, mix, lk):
+        return flashts.latte_macchiato_attention(q, k, v, mix, lk, window=(3, 0), backend="torch").square().sum()
+
+    compiled = torch.compile(f, dynamic=True, fullgraph=True)
+    for T in (9, 17, 30, 41):
+        ins = [torch.randn(1, 2, T, n).transpose(1, 2) for n in (4, 4, 5, 3, 2)]   # [1, T, 2, n], strided
+        leaves = [x.clone().requires_grad_() for x in ins]
+        out = compiled(*leaves)
+        grads = torch.autograd.grad(out, leaves)
+        leaves_e = [x.clone().requires_grad_() for x in ins]
+        ref = f(*leaves_e)
+        grads_e = torch.autograd.grad(ref, leaves_e)
+        torch.testing.assert_close(out, ref)
+        for a, b in zip(grads, grads_e):
+            torch.testing.assert_close(a, b)
+    assert counters["stats"]["unique_graphs"] == 1

@@ -381,3 +381,32 @@ def test_drop_in_masks():
         flashts.nn.ProbAttention(False)(q, k, v, tri)
     with pytest.raises(ValueError, match="backend"):
         flashts.nn.ProbAttention(backend="gpu")
+
+
+def test_torch_compile_dynamic_given_index_one_graph():
+    """dynamic=True with a given sample_index: one graph over lengths of one ⌈ln L⌉ bucket (default inductor,
+    forward + backward, strided q). Drawing the samples needs concrete sizes, so without sample_index the
+    lengths are specialised (one graph per length), as the README says."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+    def f(q, k, v, si):
+        return flashts.prob_sparse_attention(q, k, v, factor=2, causal=True, sample_index=si).square().sum()
+
+    compiled = torch.compile(f, dynamic=True, fullgraph=True)
+    for T in (21, 25, 30, 41, 50):  # ⌈ln T⌉ = 4 for all
+        U, _ = prob_sparse_sizes(T, T, 2)
+        si = torch.randint(T, (T, U))
+        ins = [torch.randn(2, 2, T, 4).transpose(1, 2), torch.randn(2, T, 2, 4), torch.randn(2, T, 2, 4)]
+        leaves = [x.clone().requires_grad_() for x in ins]
+        out = compiled(*leaves, si)
+        grads = torch.autograd.grad(out, leaves)
+        leaves_e = [x.clone().requires_grad_() for x in ins]
+        ref = f(*leaves_e, si)
+        grads_e = torch.autograd.grad(ref, leaves_e)
+        torch.testing.assert_close(out, ref)
+        for a, b in zip(grads, grads_e):
+            torch.testing.assert_close(a, b)
+    assert counters["stats"]["unique_graphs"] == 1

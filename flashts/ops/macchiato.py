@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
-from ._common import cast_for_autocast, no_autocast, opt, state_dtype, unopt
+from ._common import cast_for_autocast, contiguous, no_autocast, opt, packed_offsets, state_dtype, unopt
 
 OP = "latte_macchiato_attention"
 _backend.register(OP, "torch", "flashts.torch_ops.macchiato")
@@ -45,10 +45,11 @@ def _fwd(q: Tensor, k: Tensor, v: Tensor, mix: Tensor, latent_k: Tensor, k_win: 
          S0: Optional[Tensor], cu_seqlens: Optional[Tensor], left: int, scale: float, want_state: bool,
          backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     impl = _backend.module_for(OP, backend)
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
     with no_autocast(q.device):
         out = impl.latte_macchiato_attention_fwd(q, k, v, mix, latent_k, k_win, v_win, n_win, m0, a0, S0,
                                                  cu_seqlens, left, scale, want_state)
-    return tuple(opt(t, q) for t in out)
+    return contiguous(*(opt(t, q) for t in out))  # the strides the fakes promise
 
 
 @_fwd.register_fake
@@ -78,17 +79,17 @@ def _bwd(do: Tensor, da: Optional[Tensor], dS: Optional[Tensor], dkw: Optional[T
          a0: Optional[Tensor], S0: Optional[Tensor], cu_seqlens: Optional[Tensor], left: int, scale: float,
          backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     impl = _backend.module_for(OP, backend)
+    cu_seqlens = packed_offsets(cu_seqlens, q.shape[1])
     with no_autocast(q.device):
         out = impl.latte_macchiato_attention_bwd(do, da, dS, dkw, dvw, q, k, v, mix, latent_k, A, lse, Y,
                                                  k_win, v_win, n_win, m0, a0, S0, cu_seqlens, left, scale)
-    return tuple(opt(t, q) for t in out)
+    return contiguous(*(opt(t, q) for t in out))  # the strides the fakes promise
 
 
 @_bwd.register_fake
 def _bwd_fake(do, da, dS, dkw, dvw, q, k, v, mix, latent_k, A, lse, Y, k_win, v_win, n_win, m0, a0, S0, *args):
-    like = lambda t: torch.empty_like(t) if t is not None else q.new_empty((0,))  # noqa: E731
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(mix),
-            torch.empty_like(latent_k), like(k_win), like(v_win), like(a0), like(S0))
+    like = lambda t: t.new_empty(t.shape) if t is not None else q.new_empty((0,))  # noqa: E731  (contiguous)
+    return (like(q), like(k), like(v), like(mix), like(latent_k), like(k_win), like(v_win), like(a0), like(S0))
 
 
 def _setup(ctx, inputs, output):

@@ -110,6 +110,7 @@ def prob_sparse_attention(q: Tensor, k: Tensor, v: Tensor, *, factor: int = 5, c
     be = _backend.resolve(OP, backend, a.device, q.dtype)
     _validate.backend_dtype(OP, be, q.dtype)
     if sample_index is None:
+        # concrete sizes (check_prob_sparse specialised the lengths for this draw under dynamic shapes)
         sample_index = torch.randint(a.L_K, (a.L_Q, a.U), generator=generator)
     sample_index = sample_index.to(a.device)
     o, index, _ = _fwd(q, k, v, sample_index, a.u, causal, a.scale, be)
