@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
-if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib, tqdm, statsmodels, mypy" 2>/dev/null; then
+if ! python -c "import torch, triton, pytest, xdist, numpy, ninja, pybind11, matplotlib, tqdm, statsmodels, mypy" 2>/dev/null; then
     echo "[setup] installing dependencies"
     python -m pip install -q --upgrade pip setuptools wheel
     # torch==2.13.0 is the CPU build kept on this project's machines; elsewhere any torch>=2.4 works
@@ -17,7 +17,7 @@ if ! python -c "import torch, triton, pytest, numpy, ninja, pybind11, matplotlib
     if ! python -c "import torch" 2>/dev/null; then
         python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4"
     fi
-    python -m pip install -q triton numpy pytest ninja pybind11 matplotlib tqdm statsmodels mypy
+    python -m pip install -q triton numpy pytest pytest-xdist ninja pybind11 matplotlib tqdm statsmodels mypy
 fi
 # SASS tools for tests/test_cuda_resources.py (cuobjdump + nvdisasm; PyPI wheels) when nvcc is there
 if command -v nvcc >/dev/null 2>&1 && ! python -c "import sys,os; sys.exit(not any(os.path.isfile(os.path.join(p,'nvidia/cu13/bin/nvdisasm')) for p in sys.path))"; then

@@ -20,6 +20,8 @@ def main() -> None:
     mc: torch.Tensor = flashts.latte_macchiato_attention(q, k, v, torch.randn(1, 8, 2, 3), torch.randn(1, 8, 2, 2),
                                                          window=(3, 0))
     info: dict[str, object] = flashts.backend_info()
+    tuned: dict[object, object] = flashts.warmup(["linear_attention"], B=1, H=1, T=16, D=4, device="cpu",
+                                                 backend="torch")
     x = torch.randn(1, 8, 16)
     layers: list[torch.nn.Module] = [
         flashts.nn.LinearAttention(d_model=16, n_heads=2),
@@ -41,7 +43,7 @@ def main() -> None:
         y, attn = flashts.nn.AttentionLayer(inner, 16, 2)(x, x, x, None)
     for corr in (flashts.nn.AutoCorrelation(False, 1), flashts.nn.TSLibAutoCorrelation(False, 1)):
         y2, _ = flashts.nn.AutoCorrelationLayer(corr, 16, 2)(x, x, x, None)
-    print(o.shape, o2.shape, o3.shape, s.shape, s2.shape, lse.shape, a.shape, r.shape, lt.shape, ps.shape, mc.shape, len(info),
+    print(o.shape, o2.shape, o3.shape, s.shape, s2.shape, lse.shape, a.shape, r.shape, lt.shape, ps.shape, mc.shape, len(info), len(tuned),
           len(ys), y.shape, y2.shape)
 
 
