@@ -31,10 +31,26 @@
 //
 // cu_seqlens: a block's rows and keys are clipped to its sequence [cu[n], cu[n+1]) of batch 0. Every index is
 // int64; every global access is bounds-checked.
+//
+// Two kernel families. The kernels above are the generic ones (any head dim ≤ 256, float32 exactly). For
+// float16/bfloat16 with D, Dv ≤ 128 on sm_80+ the launchers run the FlashAttention-2 kernels instead
+// (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel, section "FA2 kernels" below: mma.sync m16n8k16 with scores
+// and accumulators in registers, ldmatrix fragments, cp.async double-buffered K/V (Q/dO) tiles, 64-row blocks);
+// sliding_window_fa2_head_dim() says which family a call takes, FLASHTS_SWA_GENERIC=1 forces the generic one.
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
 #include "sliding_window.h"
+
+// TODO move to common.cuh (cudaemu): the launch / dynamic-shared-memory macros of the CUDA emulation contract.
+#ifndef FLASHTS_LAUNCH
+#define FLASHTS_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
+#ifndef FLASHTS_DYNAMIC_SMEM
+#define FLASHTS_DYNAMIC_SMEM(type, name) extern __shared__ __align__(128) type name[]
+#endif
 
 namespace flashts {
 namespace swa {
@@ -70,6 +86,7 @@ struct Params {
     float *lse, *delta;
     const float *lse_in, *dlse;
     int BT, Dp, Dvp;
+    int vec;  // FA2 kernels: 16-byte cp.async tile loads allowed (see fa_load_tile)
 };
 
 // Shared-memory pieces of one kernel kind. *t: input type, row-major; *f: float32, row-major.
@@ -149,7 +166,7 @@ template <typename Tin>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     constexpr int pt = ld_pad<Tin>();
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldVf = Dvp + kPadF;
     const Tiles<Tin> sm = carve<Tin>(kFwd, BT, Dp, Dvp, smem_raw);
@@ -271,7 +288,7 @@ template <typename Tin>
 __global__ void __launch_bounds__(kThreads) dq_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     constexpr int pt = ld_pad<Tin>();
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldDf = Dp + kPadF;
     const Tiles<Tin> sm = carve<Tin>(kDq, BT, Dp, Dvp, smem_raw);
@@ -317,7 +334,7 @@ template <typename Tin>
 __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     constexpr int pt = ld_pad<Tin>();
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldDf = Dp + kPadF,
               ldVf = Dvp + kPadF;
@@ -365,6 +382,666 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
     for (int64_t idx = threadIdx.x; idx < int64_t(nk) * p.Dv; idx += blockDim.x) {
         const int r = static_cast<int>(idx / p.Dv), e = static_cast<int>(idx - (idx / p.Dv) * p.Dv);
         p.dv[((sq.b * p.T + j0 + r) * p.Hk + hk) * p.Dv + e] = from_float<Tin>(dv_acc[r * ldVf + e]);
+    }
+}
+
+// ============================================================================================== FA2 kernels
+//
+// FlashAttention-2 kernels for float16 / bfloat16 inputs with both head dims padded to DP ∈ {64, 128}
+// (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel; the launchers use them whenever that holds, the generic
+// kernels above otherwise: float32 inputs and head dims above 128). 128 threads = 4 warps.
+//
+// Tile products: mma.sync.m16n8k16 (row.col, float32 accumulation) through mma16816() below. A warp owns 16 rows
+// of its block's tile and keeps its scores, probabilities and accumulators in registers, in the mma fragment
+// layouts (PTX ISA "Matrix Fragments for mma.m16n8k16", lane = 4·g + t):
+//   A 16×16 (4 regs of 2 elements): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
+//   B 16×8  (2 regs):               b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
+//   C 16×8  (4 floats):             c0,c1 = C[g][2t, 2t+1],  c2,c3 = C[g+8][2t, 2t+1]
+// (low 16 bits = the lower index). Shared tiles are row-major [rows][DP + 8] (the 8-element pad puts the 8 rows
+// g of a fragment load on different banks). A operand rows and B operands whose k index runs along a tile row
+// (Q·Kᵀ: k = head dim) are read as 32-bit words; B operands whose k runs down the rows (P·V, dS·K, Pᵀ·dO, dSᵀ·Q:
+// k = key or query) are gathered as two 16-bit reads. The C fragments of two adjacent 8-column tiles are the A
+// fragment of the next product (scores → probabilities → P·V without a trip through shared memory).
+//
+// Forward (one block per (64 query rows, head, sequence); 64-key blocks from lo to hi as in fwd_kernel, K/V
+// double-buffered with 16-byte cp.async): per warp S = Q Kᵀ (16×64), online softmax in base 2 per row (running
+// max m, lane-partial running sum l, rescale factor 2^(m_old − m_new); a row with no allowed key yet shifts by 0),
+// acc += P V (16×DP). Blocks the window edges or sequence end cut through are masked (−inf before the exp2);
+// interior blocks skip the mask. Output o = acc / l, lse = (m + log2 l)·ln 2.
+// dq (per 64 query rows): S = Q Kᵀ, P = 2^(S·scale·log2e − lse·log2e), dP = dO Vᵀ, dS = P (dP − δ),
+// dq += dS K; dq·scale at the end.
+// dk/dv (per 64 keys and KV head; loops over the G query heads of the group and the query tiles of BQ rows that
+// see the block, Q/dO/lse/δ double-buffered): scores held transposed, Sᵀ = K Qᵀ, Pᵀ, dPᵀ = V dOᵀ,
+// dSᵀ = Pᵀ (dPᵀ − δ), dv += Pᵀ dO, dk += dSᵀ Q; dk·scale at the end. BQ = 64 (DP = 64) or 32 (DP = 128, to stay
+// within the registers: dk and dv accumulators are 2·DP/2 floats per lane).
+//
+// cp.async needs 16-byte aligned rows: every input with unit last stride, other strides multiples of 8 elements,
+// 16-byte aligned base and D, Dv multiples of 8 (Params::vec, checked by the launcher); otherwise the tiles are
+// filled with plain element loads (same kernels, same results).
+
+// TODO move to common.cuh (cudaemu): mma.sync m16n8k16 and cp.async wrappers (same signatures as the contract's
+// mma_m16n8k16_bf16 / mma_m16n8k16_f16 / cp_async_16 / cp_async_commit / cp_async_wait<N>).
+template <typename T>
+__device__ __forceinline__ float half_bits_to_float(uint16_t bits) {
+    T x;
+    memcpy(&x, &bits, sizeof(bits));
+    return to_float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816_emulated(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    // Portable model of the instruction from the fragment tables above, with warp shuffles: lane (g, t) gathers
+    // A rows g, g+8 and B columns 2t, 2t+1 for each of the 8 k-pairs.
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float acc[4] = {c[0], c[1], c[2], c[3]};
+    for (int kk = 0; kk < 8; ++kk) {
+        const int hi = kk >> 2, src = kk & 3;
+        const uint32_t a_lo = __shfl_sync(0xffffffffu, a[2 * hi], 4 * g + src);
+        const uint32_t a_hi = __shfl_sync(0xffffffffu, a[2 * hi + 1], 4 * g + src);
+        const uint32_t b0 = __shfl_sync(0xffffffffu, b[hi], 4 * (2 * t) + src);
+        const uint32_t b1 = __shfl_sync(0xffffffffu, b[hi], 4 * (2 * t + 1) + src);
+        const float x0 = half_bits_to_float<T>(a_lo & 0xffff), x1 = half_bits_to_float<T>(a_lo >> 16);
+        const float y0 = half_bits_to_float<T>(a_hi & 0xffff), y1 = half_bits_to_float<T>(a_hi >> 16);
+        const float p0 = half_bits_to_float<T>(b0 & 0xffff), p1 = half_bits_to_float<T>(b0 >> 16);
+        const float q0 = half_bits_to_float<T>(b1 & 0xffff), q1 = half_bits_to_float<T>(b1 >> 16);
+        acc[0] += x0 * p0 + x1 * p1;
+        acc[1] += x0 * q0 + x1 * q1;
+        acc[2] += y0 * p0 + y1 * p1;
+        acc[3] += y0 * q0 + y1 * q1;
+    }
+    for (int i = 0; i < 4; ++i) c[i] = acc[i];
+}
+
+// c += a·b, one warp, float32 accumulation (every lane calls it).
+template <typename T>
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#else
+    mma16816_emulated<T>(c, a, b);
+#endif
+}
+
+// 16 bytes global → shared, asynchronous; pred false writes 16 zero bytes (gmem is not read).
+__device__ __forceinline__ void cp_async_16_swa(void* smem, const void* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
+#else
+    if (pred) {
+        memcpy(smem, gmem, 16);
+    } else {
+        memset(smem, 0, 16);
+    }
+#endif
+}
+__device__ __forceinline__ void cp_async_commit_swa() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait_swa() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+// end TODO
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kFaRows = 64;  // query rows (fwd, dq) or keys (dk/dv) per block; 16 per warp
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<const uint32_t*>(&v);
+    } else {
+        const __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<const uint32_t*>(&v);
+    }
+#else
+    const T a = from_float<T>(lo), b = from_float<T>(hi);
+    uint16_t ua, ub;
+    memcpy(&ua, &a, 2);
+    memcpy(&ub, &b, 2);
+    return static_cast<uint32_t>(ua) | (static_cast<uint32_t>(ub) << 16);
+#endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 (TODO move to common.cuh with the other wrappers): four 8×8
+// matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8 (16-byte aligned) and gets
+// register i of matrix i: without .trans the elements (row l / 4, columns 2·(l % 4), +1), with .trans the
+// elements (rows 2·(l % 4), +1, column l / 4). The host branch models exactly that (addresses exchanged with
+// warp shuffles), so the emulation checks the lanes' row addresses too.
+template <bool kTrans, typename T>
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const T* row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    if constexpr (kTrans) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    }
+#else
+    const int lane = threadIdx.x & 31;
+    const uint64_t mine = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(row));
+    const uint32_t lo = static_cast<uint32_t>(mine), hi = static_cast<uint32_t>(mine >> 32);
+    auto addr_of = [&](int src) {
+        const uint64_t l = __shfl_sync(0xffffffffu, lo, src), h = __shfl_sync(0xffffffffu, hi, src);
+        return reinterpret_cast<const uint16_t*>(static_cast<uintptr_t>(l | (h << 32)));
+    };
+    for (int i = 0; i < 4; ++i) {
+        if (kTrans) {
+            const uint16_t* ra = addr_of(8 * i + 2 * (lane & 3));
+            const uint16_t* rb = addr_of(8 * i + 2 * (lane & 3) + 1);
+            r[i] = static_cast<uint32_t>(ra[lane >> 2]) | (static_cast<uint32_t>(rb[lane >> 2]) << 16);
+        } else {
+            const uint16_t* ra = addr_of(8 * i + (lane >> 2));
+            r[i] = static_cast<uint32_t>(ra[2 * (lane & 3)]) | (static_cast<uint32_t>(ra[2 * (lane & 3) + 1]) << 16);
+        }
+    }
+#endif
+}
+
+// A fragment (16×16 at rows r0.., columns k0..) of a row-major shared tile: matrices (rows +0/+8, columns +0/+8)
+// in the order a0..a3.
+template <typename T>
+__device__ __forceinline__ void frag_a(uint32_t a[4], const T* tile, int ld, int r0, int k0, int lane) {
+    ldsm_x4<false>(a, tile + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + k0 + (lane >> 4) * 8);
+}
+// B fragments of two 8-column tiles n0, n0 + 8 (b[0..1] and b[2..3]), 16 deep from k0, with
+// B[k][n] = tile[n][k] (k along a row: Kᵀ, Vᵀ, Qᵀ, dOᵀ).
+template <typename T>
+__device__ __forceinline__ void frag_b_t2(uint32_t b[4], const T* tile, int ld, int n0, int k0, int lane) {
+    ldsm_x4<false>(b, tile + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
+}
+// The same with B[k][n] = tile[k][n] (k down the rows: V, K, Q, dO), by the transposing load.
+template <typename T>
+__device__ __forceinline__ void frag_b_n2(uint32_t b[4], const T* tile, int ld, int n0, int k0, int lane) {
+    ldsm_x4<true>(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
+}
+// A fragment (16 rows × 16 k) from the C fragments of the 8-column tiles 2·kk and 2·kk + 1.
+template <typename T>
+__device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
+    a[0] = pack2<T>(c0[0], c0[1]);
+    a[1] = pack2<T>(c0[2], c0[3]);
+    a[2] = pack2<T>(c1[0], c1[1]);
+    a[3] = pack2<T>(c1[2], c1[3]);
+}
+
+// Rows [first, first + rows_valid) of src (batch b, head h), columns [0, X), into the shared tile
+// dst[ROWS][DP + 8] (columns [0, DP)); zeros elsewhere. vec: 16-byte cp.async (caller commits / waits);
+// otherwise plain loads and stores.
+template <typename Tin, int ROWS, int DP>
+__device__ __forceinline__ void fa_load_tile(Tin* dst, const View<Tin>& src, int64_t b, int64_t first, int64_t h,
+                                             int rows_valid, int64_t X, bool vec) {
+    constexpr int LD = DP + 8, CH = DP / 8;
+    if (vec) {
+        for (int idx = threadIdx.x; idx < ROWS * CH; idx += kThreads) {
+            const int r = idx / CH, c = (idx - (idx / CH) * CH) * 8;
+            const bool ok = r < rows_valid && c < X;
+            const Tin* gp = ok ? src.p + b * src.sb + (first + r) * src.st + h * src.sh + c : src.p;
+            cp_async_16_swa(dst + r * LD + c, gp, ok);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ROWS * DP; idx += kThreads) {
+            const int r = idx / DP, c = idx - (idx / DP) * DP;
+            dst[r * LD + c] = (r < rows_valid && c < X) ? src.get(b, first + r, h, c) : from_float<Tin>(0.f);
+        }
+    }
+}
+
+__device__ __forceinline__ bool in_window(int64_t i, int64_t j, int64_t left, int64_t right) {
+    return (left < 0 || j >= i - left) && (right < 0 || j <= i + right);
+}
+
+template <int DP>
+constexpr int fa_dkdv_bq() {
+    return DP == 64 ? 64 : 32;
+}
+
+// Dynamic shared memory of each FA2 kernel (bytes).
+template <typename Tin, int DP>
+int64_t fa_smem_bytes(int kind) {
+    const int64_t tile = int64_t(kFaRows) * (DP + 8) * int64_t(sizeof(Tin));
+    if (kind == kFwd) return 5 * tile;  // Q, K×2, V×2
+    if (kind == kDq) return 6 * tile;   // Q, dO, K×2, V×2
+    const int64_t qt = int64_t(fa_dkdv_bq<DP>()) * (DP + 8) * int64_t(sizeof(Tin));
+    return 2 * tile + 4 * qt + 4 * fa_dkdv_bq<DP>() * int64_t(sizeof(float));  // K, V, (Q, dO)×2, (lse, δ)×2
+}
+
+template <typename Tin, int DP>
+__global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
+    constexpr int LD = DP + 8, BN = 64, NT = BN / 8, KS = DP / 16, OT = DP / 8;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
+    Tin* sQ = reinterpret_cast<Tin*>(fa_smem);
+    Tin* sK = sQ + kFaRows * LD;  // two buffers
+    Tin* sV = sK + 2 * BN * LD;   // two buffers
+
+    const int64_t blk = blockIdx.x, qb = blk % p.n_blocks, h = (blk / p.n_blocks) % p.H;
+    const int64_t n = blk / p.n_blocks / p.H, hk = h / (p.H / p.Hk);
+    const Seq sq = seq_of(p, n);
+    const int64_t i0 = sq.start + qb * kFaRows;
+    if (i0 >= sq.end) return;
+    const int nq = static_cast<int>(min64(kFaRows, sq.end - i0));
+    const int64_t left = p.left, right = p.right;
+    const bool vec = p.vec != 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16 + g;  // this lane's rows r0 and r0 + 8 of the block
+    const int64_t ia = i0 + r0, ib = ia + 8;
+    const float c = p.scale * kLog2e;
+
+    const int64_t lo = left < 0 ? sq.start : max64(sq.start, i0 - left);
+    const int64_t hi = right < 0 ? sq.end : min64(sq.end, i0 + nq - 1 + right + 1);
+    const int nkb = static_cast<int>(cdiv64(hi - lo, BN));
+
+    fa_load_tile<Tin, kFaRows, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
+    cp_async_commit_swa();
+    if (nkb > 0) {
+        const int nk = static_cast<int>(min64(BN, hi - lo));
+        fa_load_tile<Tin, BN, DP>(sK, p.k, sq.b, lo, hk, nk, p.D, vec);
+        fa_load_tile<Tin, BN, DP>(sV, p.v, sq.b, lo, hk, nk, p.Dv, vec);
+    }
+    cp_async_commit_swa();
+
+    float acc[OT][4];
+#pragma unroll
+    for (int o = 0; o < OT; ++o) acc[o][0] = acc[o][1] = acc[o][2] = acc[o][3] = 0.f;
+    float m_a = -CUDART_INF_F, m_b = -CUDART_INF_F, l_a = 0.f, l_b = 0.f;
+
+    for (int kb = 0; kb < nkb; ++kb) {
+        const int64_t j0 = lo + int64_t(kb) * BN;
+        if (kb + 1 < nkb) {  // prefetch the next key block into the other buffer
+            const int64_t j1 = j0 + BN;
+            const int nk1 = static_cast<int>(min64(BN, hi - j1));
+            const int buf = (kb + 1) & 1;
+            fa_load_tile<Tin, BN, DP>(sK + buf * BN * LD, p.k, sq.b, j1, hk, nk1, p.D, vec);
+            fa_load_tile<Tin, BN, DP>(sV + buf * BN * LD, p.v, sq.b, j1, hk, nk1, p.Dv, vec);
+        }
+        cp_async_commit_swa();
+        cp_async_wait_swa<1>();
+        __syncthreads();
+        const Tin* K = sK + (kb & 1) * BN * LD;
+        const Tin* V = sV + (kb & 1) * BN * LD;
+
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            uint32_t a[4];
+            frag_a(a, sQ, LD, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t b[4];
+                frag_b_t2(b, K, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(s[j], a, b);
+                mma16816<Tin>(s[j + 1], a, b + 2);
+            }
+        }
+        // masked block: the window edges or the end of the key range cut through it
+        const bool masked = j0 + BN > hi || (left >= 0 && j0 < i0 + nq - 1 - left) || (right >= 0 && j0 + BN - 1 > i0 + right);
+        float mx_a = -CUDART_INF_F, mx_b = -CUDART_INF_F;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[j][e] * c;
+                if (masked) {
+                    const int64_t col = j0 + j * 8 + 2 * t + (e & 1);
+                    if (!(col < hi && in_window(e < 2 ? ia : ib, col, left, right))) x = -CUDART_INF_F;
+                }
+                s[j][e] = x;
+            }
+            mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
+            mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        const float sh_a = mn_a == -CUDART_INF_F ? 0.f : mn_a, sh_b = mn_b == -CUDART_INF_F ? 0.f : mn_b;
+        const float al_a = exp2f(m_a - sh_a), al_b = exp2f(m_b - sh_b);  // 0 while the row saw nothing
+        m_a = mn_a;
+        m_b = mn_b;
+        float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            s[j][0] = exp2f(s[j][0] - sh_a);
+            s[j][1] = exp2f(s[j][1] - sh_a);
+            s[j][2] = exp2f(s[j][2] - sh_b);
+            s[j][3] = exp2f(s[j][3] - sh_b);
+            sum_a += s[j][0] + s[j][1];
+            sum_b += s[j][2] + s[j][3];
+        }
+        l_a = l_a * al_a + sum_a;
+        l_b = l_b * al_b + sum_b;
+#pragma unroll
+        for (int o = 0; o < OT; ++o) {
+            acc[o][0] *= al_a;
+            acc[o][1] *= al_a;
+            acc[o][2] *= al_b;
+            acc[o][3] *= al_b;
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {  // acc += P V
+            uint32_t a[4];
+            frag_a_from_c<Tin>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int o = 0; o < OT; o += 2) {
+                uint32_t b[4];
+                frag_b_n2(b, V, LD, o * 8, kk * 16, lane);
+                mma16816<Tin>(acc[o], a, b);
+                mma16816<Tin>(acc[o + 1], a, b + 2);
+            }
+        }
+        __syncthreads();  // the buffer is refilled two iterations later... and by the next prefetch
+    }
+    cp_async_wait_swa<0>();
+
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+    const int64_t Dv = p.Dv;
+#pragma unroll
+    for (int o = 0; o < OT; ++o) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = r0 + (e >> 1) * 8;
+            const int64_t col = o * 8 + 2 * t + (e & 1);
+            if (r < nq && col < Dv)
+                p.out[((sq.b * p.T + i0 + r) * p.H + h) * Dv + col] = from_float<Tin>(acc[o][e] * (e < 2 ? inv_a : inv_b));
+        }
+    }
+    if (t == 0) {
+        if (r0 < nq) p.lse[(sq.b * p.H + h) * p.T + ia] = (m_a + log2f(l_a)) * kLn2;
+        if (r0 + 8 < nq) p.lse[(sq.b * p.H + h) * p.T + ib] = (m_b + log2f(l_b)) * kLn2;
+    }
+}
+
+template <typename Tin, int DP>
+__global__ void __launch_bounds__(kThreads) fa2_dq_kernel(Params<Tin> p) {
+    constexpr int LD = DP + 8, BN = 64, NT = BN / 8, KS = DP / 16, OT = DP / 8;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
+    Tin* sQ = reinterpret_cast<Tin*>(fa_smem);
+    Tin* sdO = sQ + kFaRows * LD;
+    Tin* sK = sdO + kFaRows * LD;  // two buffers
+    Tin* sV = sK + 2 * BN * LD;    // two buffers
+
+    const int64_t blk = blockIdx.x, qb = blk % p.n_blocks, h = (blk / p.n_blocks) % p.H;
+    const int64_t n = blk / p.n_blocks / p.H, hk = h / (p.H / p.Hk);
+    const Seq sq = seq_of(p, n);
+    const int64_t i0 = sq.start + qb * kFaRows;
+    if (i0 >= sq.end) return;
+    const int nq = static_cast<int>(min64(kFaRows, sq.end - i0));
+    const int64_t left = p.left, right = p.right;
+    const bool vec = p.vec != 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16 + g;
+    const int64_t ia = i0 + r0, ib = ia + 8;
+    const float c = p.scale * kLog2e;
+    const int64_t wrow = (sq.b * p.H + h) * p.T;
+    const float lse_a = r0 < nq ? p.lse_in[wrow + ia] * kLog2e : 0.f;
+    const float lse_b = r0 + 8 < nq ? p.lse_in[wrow + ib] * kLog2e : 0.f;
+    const float dl_a = r0 < nq ? p.delta[wrow + ia] : 0.f;
+    const float dl_b = r0 + 8 < nq ? p.delta[wrow + ib] : 0.f;
+
+    const int64_t lo = left < 0 ? sq.start : max64(sq.start, i0 - left);
+    const int64_t hi = right < 0 ? sq.end : min64(sq.end, i0 + nq - 1 + right + 1);
+    const int nkb = static_cast<int>(cdiv64(hi - lo, BN));
+
+    fa_load_tile<Tin, kFaRows, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
+    fa_load_tile<Tin, kFaRows, DP>(sdO, p.dout, sq.b, i0, h, nq, p.Dv, vec);
+    cp_async_commit_swa();
+    if (nkb > 0) {
+        const int nk = static_cast<int>(min64(BN, hi - lo));
+        fa_load_tile<Tin, BN, DP>(sK, p.k, sq.b, lo, hk, nk, p.D, vec);
+        fa_load_tile<Tin, BN, DP>(sV, p.v, sq.b, lo, hk, nk, p.Dv, vec);
+    }
+    cp_async_commit_swa();
+
+    float dq[OT][4];
+#pragma unroll
+    for (int o = 0; o < OT; ++o) dq[o][0] = dq[o][1] = dq[o][2] = dq[o][3] = 0.f;
+
+    for (int kb = 0; kb < nkb; ++kb) {
+        const int64_t j0 = lo + int64_t(kb) * BN;
+        if (kb + 1 < nkb) {
+            const int64_t j1 = j0 + BN;
+            const int nk1 = static_cast<int>(min64(BN, hi - j1));
+            const int buf = (kb + 1) & 1;
+            fa_load_tile<Tin, BN, DP>(sK + buf * BN * LD, p.k, sq.b, j1, hk, nk1, p.D, vec);
+            fa_load_tile<Tin, BN, DP>(sV + buf * BN * LD, p.v, sq.b, j1, hk, nk1, p.Dv, vec);
+        }
+        cp_async_commit_swa();
+        cp_async_wait_swa<1>();
+        __syncthreads();
+        const Tin* K = sK + (kb & 1) * BN * LD;
+        const Tin* V = sV + (kb & 1) * BN * LD;
+
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            uint32_t a[4], ad[4];
+            frag_a(a, sQ, LD, warp * 16, ks * 16, lane);
+            frag_a(ad, sdO, LD, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t b[4];
+                frag_b_t2(b, K, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(s[j], a, b);  // Q Kᵀ
+                mma16816<Tin>(s[j + 1], a, b + 2);
+                frag_b_t2(b, V, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(dp[j], ad, b);  // dO Vᵀ
+                mma16816<Tin>(dp[j + 1], ad, b + 2);
+            }
+        }
+        const bool masked = j0 + BN > hi || (left >= 0 && j0 < i0 + nq - 1 - left) || (right >= 0 && j0 + BN - 1 > i0 + right);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float pr = exp2f(s[j][e] * c - (e < 2 ? lse_a : lse_b));
+                if (masked) {
+                    const int64_t col = j0 + j * 8 + 2 * t + (e & 1);
+                    if (!(col < hi && in_window(e < 2 ? ia : ib, col, left, right))) pr = 0.f;
+                }
+                s[j][e] = pr * (dp[j][e] - (e < 2 ? dl_a : dl_b));  // dS
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {  // dq += dS K
+            uint32_t a[4];
+            frag_a_from_c<Tin>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int o = 0; o < OT; o += 2) {
+                uint32_t b[4];
+                frag_b_n2(b, K, LD, o * 8, kk * 16, lane);
+                mma16816<Tin>(dq[o], a, b);
+                mma16816<Tin>(dq[o + 1], a, b + 2);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait_swa<0>();
+
+    const int64_t D = p.D;
+#pragma unroll
+    for (int o = 0; o < OT; ++o) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = r0 + (e >> 1) * 8;
+            const int64_t col = o * 8 + 2 * t + (e & 1);
+            if (r < nq && col < D)
+                p.dq[((sq.b * p.T + i0 + r) * p.H + h) * D + col] = from_float<Tin>(p.scale * dq[o][e]);
+        }
+    }
+}
+
+template <typename Tin, int DP>
+__global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
+    constexpr int LD = DP + 8, BQ = fa_dkdv_bq<DP>(), NT = BQ / 8, KS = DP / 16, OT = DP / 8;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
+    Tin* sK = reinterpret_cast<Tin*>(fa_smem);
+    Tin* sV = sK + kFaRows * LD;
+    Tin* sQ = sV + kFaRows * LD;  // two buffers
+    Tin* sdO = sQ + 2 * BQ * LD;  // two buffers
+    float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * LD);  // lse·log2e, two buffers
+    float* sD = sL + 2 * BQ;                                  // δ, two buffers
+
+    const int64_t blk = blockIdx.x, kb = blk % p.n_blocks, hk = (blk / p.n_blocks) % p.Hk;
+    const int64_t n = blk / p.n_blocks / p.Hk, G = p.H / p.Hk;
+    const Seq sq = seq_of(p, n);
+    const int64_t j0 = sq.start + kb * kFaRows;
+    if (j0 >= sq.end) return;
+    const int nk = static_cast<int>(min64(kFaRows, sq.end - j0));
+    const int64_t left = p.left, right = p.right;
+    const bool vec = p.vec != 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16 + g;  // this lane's keys r0 and r0 + 8 of the block
+    const int64_t ja = j0 + r0, jb = ja + 8;
+    const int64_t kend = j0 + nk;
+    const float c = p.scale * kLog2e;
+
+    // queries that may attend one of the keys [j0, j0 + nk): i ∈ [j − right, j + left]
+    const int64_t qlo = right < 0 ? sq.start : max64(sq.start, j0 - right);
+    const int64_t qhi = left < 0 ? sq.end : min64(sq.end, j0 + nk - 1 + left + 1);
+    const int nqb = static_cast<int>(cdiv64(qhi - qlo, BQ));
+    const int64_t n_it = int64_t(nqb) * G;
+
+    fa_load_tile<Tin, kFaRows, DP>(sK, p.k, sq.b, j0, hk, nk, p.D, vec);
+    fa_load_tile<Tin, kFaRows, DP>(sV, p.v, sq.b, j0, hk, nk, p.Dv, vec);
+    cp_async_commit_swa();
+
+    // query tile `it` (head hk·G + it / nqb, rows from qlo + (it % nqb)·BQ) into buffer `buf`
+    auto load_q = [&](int64_t it, int buf) {
+        const int64_t h = hk * G + it / nqb, i0 = qlo + (it % nqb) * BQ;
+        const int nv = static_cast<int>(min64(BQ, qhi - i0));
+        fa_load_tile<Tin, BQ, DP>(sQ + buf * BQ * LD, p.q, sq.b, i0, h, nv, p.D, vec);
+        fa_load_tile<Tin, BQ, DP>(sdO + buf * BQ * LD, p.dout, sq.b, i0, h, nv, p.Dv, vec);
+        const int64_t w = (sq.b * p.H + h) * p.T + i0;
+        for (int r = threadIdx.x; r < BQ; r += kThreads) {
+            sL[buf * BQ + r] = r < nv ? p.lse_in[w + r] * kLog2e : 0.f;
+            sD[buf * BQ + r] = r < nv ? p.delta[w + r] : 0.f;
+        }
+    };
+    if (n_it > 0) load_q(0, 0);
+    cp_async_commit_swa();
+
+    float dk[OT][4], dv[OT][4];
+#pragma unroll
+    for (int o = 0; o < OT; ++o)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[o][e] = dv[o][e] = 0.f;
+
+    for (int64_t it = 0; it < n_it; ++it) {
+        const int64_t i0 = qlo + (it % nqb) * BQ;
+        if (it + 1 < n_it) load_q(it + 1, static_cast<int>((it + 1) & 1));
+        cp_async_commit_swa();
+        cp_async_wait_swa<1>();
+        __syncthreads();
+        const int buf = static_cast<int>(it & 1);
+        const Tin* Q = sQ + buf * BQ * LD;
+        const Tin* dO = sdO + buf * BQ * LD;
+        const float* L = sL + buf * BQ;
+        const float* Dl = sD + buf * BQ;
+
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            uint32_t a[4], av[4];
+            frag_a(a, sK, LD, warp * 16, ks * 16, lane);
+            frag_a(av, sV, LD, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t b[4];
+                frag_b_t2(b, Q, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(s[j], a, b);  // K Qᵀ
+                mma16816<Tin>(s[j + 1], a, b + 2);
+                frag_b_t2(b, dO, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(dp[j], av, b);  // V dOᵀ
+                mma16816<Tin>(dp[j + 1], av, b + 2);
+            }
+        }
+        const bool masked = i0 + BQ > qhi || kend < j0 + kFaRows ||
+                            (left >= 0 && j0 < i0 + BQ - 1 - left) || (right >= 0 && j0 + kFaRows - 1 > i0 + right);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int q = j * 8 + 2 * t + (e & 1);
+                float pr = exp2f(s[j][e] * c - L[q]);
+                if (masked) {
+                    const int64_t i = i0 + q, key = e < 2 ? ja : jb;
+                    if (!(i < qhi && key < kend && in_window(i, key, left, right))) pr = 0.f;
+                }
+                s[j][e] = pr;                       // Pᵀ
+                dp[j][e] = pr * (dp[j][e] - Dl[q]);  // dSᵀ
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+            uint32_t ap[4], as[4];
+            frag_a_from_c<Tin>(ap, s[2 * kk], s[2 * kk + 1]);
+            frag_a_from_c<Tin>(as, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+            for (int o = 0; o < OT; o += 2) {
+                uint32_t b[4];
+                frag_b_n2(b, dO, LD, o * 8, kk * 16, lane);
+                mma16816<Tin>(dv[o], ap, b);  // dv += Pᵀ dO
+                mma16816<Tin>(dv[o + 1], ap, b + 2);
+                frag_b_n2(b, Q, LD, o * 8, kk * 16, lane);
+                mma16816<Tin>(dk[o], as, b);  // dk += dSᵀ Q
+                mma16816<Tin>(dk[o + 1], as, b + 2);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait_swa<0>();
+
+    const int64_t D = p.D, Dv = p.Dv;
+#pragma unroll
+    for (int o = 0; o < OT; ++o) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = r0 + (e >> 1) * 8;
+            const int64_t col = o * 8 + 2 * t + (e & 1);
+            if (r < nk) {
+                const int64_t row = (sq.b * p.T + j0 + r) * p.Hk + hk;
+                if (col < D) p.dk[row * D + col] = from_float<Tin>(p.scale * dk[o][e]);
+                if (col < Dv) p.dv[row * Dv + col] = from_float<Tin>(dv[o][e]);
+            }
+        }
     }
 }
 
@@ -435,7 +1112,49 @@ cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int64_t
     if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(grid), kThreads, static_cast<size_t>(bytes), stream>>>(p);
+    FLASHTS_LAUNCH(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), static_cast<size_t>(bytes), stream, p);
+    return cudaGetLastError();
+}
+
+// ---------------------------------------------------------------------------------------- FA2 launchers
+
+// Can 16-byte cp.async load every row of x? (unit last stride, 8-element-multiple strides, aligned base)
+bool rows_16b(const SwaInput& x) {
+    return x.stride_x == 1 && x.stride_b % 8 == 0 && x.stride_t % 8 == 0 && x.stride_h % 8 == 0 &&
+           reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+}
+
+// Padded head dim of the FA2 kernels (64 or 128), or 0 when they do not apply: float32 inputs, a head dim above
+// 128, a device older than sm_80, not enough shared memory, or FLASHTS_SWA_GENERIC=1 in the environment (the
+// generic kernels above; for comparisons).
+template <typename Tin>
+int fa_head_dim(const SwaSizes& sz, int kind) {
+    if (std::is_same<Tin, float>::value) return 0;
+    const char* env = std::getenv("FLASHTS_SWA_GENERIC");
+    if (env != nullptr && env[0] == '1') return 0;
+    const int64_t d = sz.D > sz.Dv ? sz.D : sz.Dv;
+    const int DP = d <= 64 ? 64 : (d <= 128 ? 128 : 0);
+    if (DP == 0) return 0;
+    int dev = 0, major = 0, max_smem = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 8) return 0;
+    if (cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
+    const int64_t need = DP == 64 ? fa_smem_bytes<Tin, 64>(kind) : fa_smem_bytes<Tin, 128>(kind);
+    return need <= max_smem ? DP : 0;
+}
+
+// n_seq · heads · ⌈max_len / 64⌉ blocks of 128 threads.
+template <typename Tin, int DP>
+cudaError_t fa_launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int64_t heads, int64_t max_len,
+                      cudaStream_t stream) {
+    const int64_t bytes = fa_smem_bytes<Tin, DP>(kind);
+    p.n_blocks = cdiv64(max_len, kFaRows);
+    const int64_t grid = p.N * heads * p.n_blocks;
+    if (grid == 0) return cudaSuccess;
+    if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+    FLASHTS_LAUNCH(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), static_cast<size_t>(bytes), stream, p);
     return cudaGetLastError();
 }
 
@@ -448,6 +1167,12 @@ cudaError_t fwd_typed(SwaInput q, SwaInput k, SwaInput v, SwaSizes sz, int64_t l
     p.v = view<Tin>(v);
     p.out = static_cast<Tin*>(o);
     p.lse = lse;
+    if constexpr (!std::is_same<Tin, float>::value) {
+        p.vec = rows_16b(q) && rows_16b(k) && rows_16b(v) && sz.D % 8 == 0 && sz.Dv % 8 == 0;
+        const int DP = fa_head_dim<Tin>(sz, kFwd);
+        if (DP == 64) return fa_launch<Tin, 64>(kFwd, fa2_fwd_kernel<Tin, 64>, p, p.H, grid_len(sz), stream);
+        if (DP == 128) return fa_launch<Tin, 128>(kFwd, fa2_fwd_kernel<Tin, 128>, p, p.H, grid_len(sz), stream);
+    }
     return launch<Tin>(kFwd, fwd_kernel<Tin>, p, p.H, grid_len(sz), stream);
 }
 
@@ -471,9 +1196,21 @@ cudaError_t bwd_typed(SwaInput dout, SwaInput q, SwaInput k, SwaInput v, SwaInpu
     if (rows > 0) {
         const int64_t warps_per_block = kThreads / 32;
         const int64_t blocks = cdiv64(rows, warps_per_block);
-        delta_kernel<Tin><<<static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(p);
+        FLASHTS_LAUNCH(delta_kernel<Tin>, dim3(static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16)), dim3(kThreads), 0,
+                       stream, p);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return err;
+    }
+    if constexpr (!std::is_same<Tin, float>::value) {
+        p.vec = rows_16b(q) && rows_16b(k) && rows_16b(v) && rows_16b(dout) && sz.D % 8 == 0 && sz.Dv % 8 == 0;
+        const int DP = fa_head_dim<Tin>(sz, kDq) != 0 ? fa_head_dim<Tin>(sz, kDkDv) : 0;
+        if (DP == 64 || DP == 128) {
+            cudaError_t err = DP == 64 ? fa_launch<Tin, 64>(kDq, fa2_dq_kernel<Tin, 64>, p, p.H, grid_len(sz), stream)
+                                       : fa_launch<Tin, 128>(kDq, fa2_dq_kernel<Tin, 128>, p, p.H, grid_len(sz), stream);
+            if (err != cudaSuccess) return err;
+            return DP == 64 ? fa_launch<Tin, 64>(kDkDv, fa2_dkdv_kernel<Tin, 64>, p, p.Hk, grid_len(sz), stream)
+                            : fa_launch<Tin, 128>(kDkDv, fa2_dkdv_kernel<Tin, 128>, p, p.Hk, grid_len(sz), stream);
+        }
     }
     cudaError_t err = launch<Tin>(kDq, dq_kernel<Tin>, p, p.H, grid_len(sz), stream);
     if (err != cudaSuccess) return err;
@@ -481,6 +1218,23 @@ cudaError_t bwd_typed(SwaInput dout, SwaInput q, SwaInput k, SwaInput v, SwaInpu
 }
 
 }  // namespace
+
+int sliding_window_fa2_head_dim(DType dtype, SwaSizes sz, int backward) {
+    if (check_sizes(sz) != cudaSuccess) return 0;
+    auto both = [&](auto tag) {
+        using T = decltype(tag);
+        if (!backward) return fa_head_dim<T>(sz, kFwd);
+        return fa_head_dim<T>(sz, kDq) != 0 ? fa_head_dim<T>(sz, kDkDv) : 0;
+    };
+    switch (dtype) {
+        case DType::F16:
+            return both(__half{});
+        case DType::BF16:
+            return both(__nv_bfloat16{});
+        default:
+            return 0;
+    }
+}
 
 cudaError_t sliding_window_fwd(DType dtype, SwaInput q, SwaInput k, SwaInput v, SwaSizes sz, int64_t left,
                                int64_t right, float scale, void* o, float* lse, cudaStream_t stream) {

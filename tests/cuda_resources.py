@@ -238,6 +238,13 @@ for _k in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkv_kernel"):
 for _k in ("fwd_kernel", "dq_kernel", "dkdv_kernel"):
     EXPECTED.update(_expand("swa::%s<{T}>" % _k, hmma_types=_16))
 EXPECTED.update(_expand("swa::delta_kernel<{T}>"))
+# sliding window FA2 kernels (16-bit inputs, head dims padded to 64 / 128): mma.sync m16n8k16 + cp.async tiles.
+for _k in ("fa2_fwd_kernel", "fa2_dq_kernel", "fa2_dkdv_kernel"):
+    for _t in _16:
+        for _dp in (64, 128):
+            EXPECTED[f"swa::{_k}<{_t},{_dp}>"] = (True, False)
+# kernels that must keep their cp.async (LDGSTS) tile loads
+EXPECTED_CP_ASYNC = {k for k in EXPECTED if k.startswith("swa::fa2_")}
 # prefix scan (Aaren / Latte): sequential-in-time FMA scans, no tensor cores, scalar loads.
 for _kind in ("Aaren", "Latte"):
     for _k in ("forward_kernel", "recompute_kernel", "reverse_kernel"):
@@ -260,7 +267,7 @@ for _t in _ALL:
 
 # Matrix kernels: those whose math is a tile product (should use tensor cores; issue 15). The rest are scans,
 # elementwise or reductions.
-MATRIX_KERNELS = re.compile(r"^(linear::(fwd|bwd_dq|bwd_dkv)|swa::(fwd|dq|dkdv))_kernel")
+MATRIX_KERNELS = re.compile(r"^(linear::(fwd|bwd_dq|bwd_dkv)|swa::(fa2_)?(fwd|dq|dkdv))_kernel")
 
 
 # ------------------------------------------------------------------------------------------------ grids
@@ -311,6 +318,8 @@ def goal_grids() -> dict[str, str]:
             parts.append(f"D={D}: BT={bt}, {4 * 16 * -(-T // bt)}")
         g[f"swa::{k}_kernel"] = "B·H·⌈T/BT⌉: " + "; ".join(parts)
     g["swa::delta_kernel"] = f"⌈B·T·H/4⌉ = {-(-4 * T * 16 // 4)}"
+    for k in ("fwd", "dq", "dkdv"):  # FA2 kernels: 64-row blocks (B·Hk·⌈T/64⌉ for dk/dv; Hk = H at the goal shapes)
+        g[f"swa::fa2_{k}_kernel"] = f"B·H·⌈T/64⌉ = {4 * 16 * -(-T // 64)} (D=64 and 128)"
     for k in ("forward_kernel", "recompute_kernel", "reverse_kernel", "bidir_bwd_kernel"):
         g[f"scan::{k}"] = "B·H = 64"
     B, H, E = 32, 8, 64
