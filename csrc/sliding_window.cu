@@ -44,13 +44,6 @@
 #include "common.cuh"
 #include "sliding_window.h"
 
-// TODO move to common.cuh (cudaemu): the launch / dynamic-shared-memory macros of the CUDA emulation contract.
-#ifndef FLASHTS_LAUNCH
-#define FLASHTS_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
-#endif
-#ifndef FLASHTS_DYNAMIC_SMEM
-#define FLASHTS_DYNAMIC_SMEM(type, name) extern __shared__ __align__(128) type name[]
-#endif
 
 namespace flashts {
 namespace swa {
@@ -419,93 +412,23 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
 // 16-byte aligned base and D, Dv multiples of 8 (Params::vec, checked by the launcher); otherwise the tiles are
 // filled with plain element loads (same kernels, same results).
 
-// TODO move to common.cuh (cudaemu): mma.sync m16n8k16 and cp.async wrappers (same signatures as the contract's
-// mma_m16n8k16_bf16 / mma_m16n8k16_f16 / cp_async_16 / cp_async_commit / cp_async_wait<N>).
-template <typename T>
-__device__ __forceinline__ float half_bits_to_float(uint16_t bits) {
-    T x;
-    memcpy(&x, &bits, sizeof(bits));
-    return to_float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ void mma16816_emulated(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    // Portable model of the instruction from the fragment tables above, with warp shuffles: lane (g, t) gathers
-    // A rows g, g+8 and B columns 2t, 2t+1 for each of the 8 k-pairs.
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    float acc[4] = {c[0], c[1], c[2], c[3]};
-    for (int kk = 0; kk < 8; ++kk) {
-        const int hi = kk >> 2, src = kk & 3;
-        const uint32_t a_lo = __shfl_sync(0xffffffffu, a[2 * hi], 4 * g + src);
-        const uint32_t a_hi = __shfl_sync(0xffffffffu, a[2 * hi + 1], 4 * g + src);
-        const uint32_t b0 = __shfl_sync(0xffffffffu, b[hi], 4 * (2 * t) + src);
-        const uint32_t b1 = __shfl_sync(0xffffffffu, b[hi], 4 * (2 * t + 1) + src);
-        const float x0 = half_bits_to_float<T>(a_lo & 0xffff), x1 = half_bits_to_float<T>(a_lo >> 16);
-        const float y0 = half_bits_to_float<T>(a_hi & 0xffff), y1 = half_bits_to_float<T>(a_hi >> 16);
-        const float p0 = half_bits_to_float<T>(b0 & 0xffff), p1 = half_bits_to_float<T>(b0 >> 16);
-        const float q0 = half_bits_to_float<T>(b1 & 0xffff), q1 = half_bits_to_float<T>(b1 >> 16);
-        acc[0] += x0 * p0 + x1 * p1;
-        acc[1] += x0 * q0 + x1 * q1;
-        acc[2] += y0 * p0 + y1 * p1;
-        acc[3] += y0 * q0 + y1 * q1;
-    }
-    for (int i = 0; i < 4; ++i) c[i] = acc[i];
-}
-
-// c += a·b, one warp, float32 accumulation (every lane calls it).
+// c += a·b for one warp: common.cuh's mma.sync m16n8k16 wrapper for the element type (float32 accumulation).
 template <typename T>
 __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        mma_m16n8k16_bf16(c, a, b);
     } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        mma_m16n8k16_f16(c, a, b);
     }
-#else
-    mma16816_emulated<T>(c, a, b);
-#endif
 }
-
-// 16 bytes global → shared, asynchronous; pred false writes 16 zero bytes (gmem is not read).
-__device__ __forceinline__ void cp_async_16_swa(void* smem, const void* gmem, bool pred) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
-#else
-    if (pred) {
-        memcpy(smem, gmem, 16);
-    } else {
-        memset(smem, 0, 16);
-    }
-#endif
-}
-__device__ __forceinline__ void cp_async_commit_swa() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait_swa() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-// end TODO
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kFaRows = 64;  // query rows (fwd, dq) or keys (dk/dv) per block; 16 per warp
 
+// Two floats rounded to T, packed as one fragment register (lo in bits 0..15).
 template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+__device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
 #if defined(__CUDA_ARCH__)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
         const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -515,15 +438,11 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
         return *reinterpret_cast<const uint32_t*>(&v);
     }
 #else
-    const T a = from_float<T>(lo), b = from_float<T>(hi);
-    uint16_t ua, ub;
-    memcpy(&ua, &a, 2);
-    memcpy(&ub, &b, 2);
-    return static_cast<uint32_t>(ua) | (static_cast<uint32_t>(ub) << 16);
+    return pack2(from_float<T>(lo), from_float<T>(hi));
 #endif
 }
 
-// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 (TODO move to common.cuh with the other wrappers): four 8×8
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 (TODO move to common.cuh next to the mma / cp.async wrappers): four 8×8
 // matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8 (16-byte aligned) and gets
 // register i of matrix i: without .trans the elements (row l / 4, columns 2·(l % 4), +1), with .trans the
 // elements (rows 2·(l % 4), +1, column l / 4). The host branch models exactly that (addresses exchanged with
@@ -582,10 +501,10 @@ __device__ __forceinline__ void frag_b_n2(uint32_t b[4], const T* tile, int ld, 
 // A fragment (16 rows × 16 k) from the C fragments of the 8-column tiles 2·kk and 2·kk + 1.
 template <typename T>
 __device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
-    a[0] = pack2<T>(c0[0], c0[1]);
-    a[1] = pack2<T>(c0[2], c0[3]);
-    a[2] = pack2<T>(c1[0], c1[1]);
-    a[3] = pack2<T>(c1[2], c1[3]);
+    a[0] = pack_floats<T>(c0[0], c0[1]);
+    a[1] = pack_floats<T>(c0[2], c0[3]);
+    a[2] = pack_floats<T>(c1[0], c1[1]);
+    a[3] = pack_floats<T>(c1[2], c1[3]);
 }
 
 // Rows [first, first + rows_valid) of src (batch b, head h), columns [0, X), into the shared tile
@@ -600,7 +519,7 @@ __device__ __forceinline__ void fa_load_tile(Tin* dst, const View<Tin>& src, int
             const int r = idx / CH, c = (idx - (idx / CH) * CH) * 8;
             const bool ok = r < rows_valid && c < X;
             const Tin* gp = ok ? src.p + b * src.sb + (first + r) * src.st + h * src.sh + c : src.p;
-            cp_async_16_swa(dst + r * LD + c, gp, ok);
+            cp_async_16(dst + r * LD + c, gp, ok);
         }
     } else {
         for (int idx = threadIdx.x; idx < ROWS * DP; idx += kThreads) {
@@ -655,13 +574,13 @@ __global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
     const int nkb = static_cast<int>(cdiv64(hi - lo, BN));
 
     fa_load_tile<Tin, kFaRows, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
-    cp_async_commit_swa();
+    cp_async_commit();
     if (nkb > 0) {
         const int nk = static_cast<int>(min64(BN, hi - lo));
         fa_load_tile<Tin, BN, DP>(sK, p.k, sq.b, lo, hk, nk, p.D, vec);
         fa_load_tile<Tin, BN, DP>(sV, p.v, sq.b, lo, hk, nk, p.Dv, vec);
     }
-    cp_async_commit_swa();
+    cp_async_commit();
 
     float acc[OT][4];
 #pragma unroll
@@ -677,8 +596,8 @@ __global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
             fa_load_tile<Tin, BN, DP>(sK + buf * BN * LD, p.k, sq.b, j1, hk, nk1, p.D, vec);
             fa_load_tile<Tin, BN, DP>(sV + buf * BN * LD, p.v, sq.b, j1, hk, nk1, p.Dv, vec);
         }
-        cp_async_commit_swa();
-        cp_async_wait_swa<1>();
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
         const Tin* K = sK + (kb & 1) * BN * LD;
         const Tin* V = sV + (kb & 1) * BN * LD;
@@ -757,7 +676,7 @@ __global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
         }
         __syncthreads();  // the buffer is refilled two iterations later... and by the next prefetch
     }
-    cp_async_wait_swa<0>();
+    cp_async_wait<0>();
 
     l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
     l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
@@ -814,13 +733,13 @@ __global__ void __launch_bounds__(kThreads) fa2_dq_kernel(Params<Tin> p) {
 
     fa_load_tile<Tin, kFaRows, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
     fa_load_tile<Tin, kFaRows, DP>(sdO, p.dout, sq.b, i0, h, nq, p.Dv, vec);
-    cp_async_commit_swa();
+    cp_async_commit();
     if (nkb > 0) {
         const int nk = static_cast<int>(min64(BN, hi - lo));
         fa_load_tile<Tin, BN, DP>(sK, p.k, sq.b, lo, hk, nk, p.D, vec);
         fa_load_tile<Tin, BN, DP>(sV, p.v, sq.b, lo, hk, nk, p.Dv, vec);
     }
-    cp_async_commit_swa();
+    cp_async_commit();
 
     float dq[OT][4];
 #pragma unroll
@@ -835,8 +754,8 @@ __global__ void __launch_bounds__(kThreads) fa2_dq_kernel(Params<Tin> p) {
             fa_load_tile<Tin, BN, DP>(sK + buf * BN * LD, p.k, sq.b, j1, hk, nk1, p.D, vec);
             fa_load_tile<Tin, BN, DP>(sV + buf * BN * LD, p.v, sq.b, j1, hk, nk1, p.Dv, vec);
         }
-        cp_async_commit_swa();
-        cp_async_wait_swa<1>();
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
         const Tin* K = sK + (kb & 1) * BN * LD;
         const Tin* V = sV + (kb & 1) * BN * LD;
@@ -889,7 +808,7 @@ __global__ void __launch_bounds__(kThreads) fa2_dq_kernel(Params<Tin> p) {
         }
         __syncthreads();
     }
-    cp_async_wait_swa<0>();
+    cp_async_wait<0>();
 
     const int64_t D = p.D;
 #pragma unroll
@@ -937,7 +856,7 @@ __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
 
     fa_load_tile<Tin, kFaRows, DP>(sK, p.k, sq.b, j0, hk, nk, p.D, vec);
     fa_load_tile<Tin, kFaRows, DP>(sV, p.v, sq.b, j0, hk, nk, p.Dv, vec);
-    cp_async_commit_swa();
+    cp_async_commit();
 
     // query tile `it` (head hk·G + it / nqb, rows from qlo + (it % nqb)·BQ) into buffer `buf`
     auto load_q = [&](int64_t it, int buf) {
@@ -952,7 +871,7 @@ __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
         }
     };
     if (n_it > 0) load_q(0, 0);
-    cp_async_commit_swa();
+    cp_async_commit();
 
     float dk[OT][4], dv[OT][4];
 #pragma unroll
@@ -963,8 +882,8 @@ __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
     for (int64_t it = 0; it < n_it; ++it) {
         const int64_t i0 = qlo + (it % nqb) * BQ;
         if (it + 1 < n_it) load_q(it + 1, static_cast<int>((it + 1) & 1));
-        cp_async_commit_swa();
-        cp_async_wait_swa<1>();
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
         const int buf = static_cast<int>(it & 1);
         const Tin* Q = sQ + buf * BQ * LD;
@@ -1027,7 +946,7 @@ __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
         }
         __syncthreads();
     }
-    cp_async_wait_swa<0>();
+    cp_async_wait<0>();
 
     const int64_t D = p.D, Dv = p.Dv;
 #pragma unroll

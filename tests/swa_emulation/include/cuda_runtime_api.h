@@ -1,1 +1,0 @@
-#include "emu_core.h"
