@@ -205,6 +205,27 @@ def test_fa2_cu_seqlens_vs_reference_and_separate_calls(lib):
             assert torch.equal(got, want), f"{name} of sequence [{a}, {b}) differs from a separate call"
 
 
+@pytest.mark.parametrize("dtype,D,generic", [(torch.float32, 16, False), (torch.bfloat16, 16, True)],
+                         ids=["f32", "bf16-FLASHTS_SWA_GENERIC"])
+def test_generic_kernels_vs_reference(lib, dtype, D, generic, monkeypatch):
+    """The launcher's other family (float32 inputs; or forced by FLASHTS_SWA_GENERIC=1): generic kernels,
+    block_gemm products (FMA in the emulation)."""
+    if generic:
+        monkeypatch.setenv("FLASHTS_SWA_GENERIC", "1")
+    B, T, H, Hk = 1, 41, 2, 1
+    assert lib.emu_swa_family(DT[dtype], _i64(B, T, H, Hk, D, D, B, T), 1) == 0
+    gen = torch.Generator().manual_seed(11)
+    q, k, v, do = _inputs(B, T, H, Hk, D, D, dtype, False, gen)
+    got = _run(lib, q, k, v, do, (5, 2), 0.3)
+    qd, kd, vd = (x.to(F64).requires_grad_() for x in (q, k, v))
+    ro, rl = ref.sliding_window_attention(qd, kd, vd, window=(5, 2), scale=0.3, return_lse=True)
+    grads = torch.autograd.grad((ro * do.to(F64)).sum(), (qd, kd, vd))
+    tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
+    for name, a, want in zip(("o", "lse", "dq", "dk", "dv"), got, (ro, rl) + grads):
+        assert not torch.isnan(a).any(), name
+        assert _rel(a, want) < (1e-5 if name == "lse" else tol), name
+
+
 def test_fa2_results_do_not_depend_on_thread_order(lib):
     """The same call under another fiber schedule (threads of a block in a seeded shuffled order between barriers)
     gives bit-identical results: no thread reads what another wrote without a barrier in between."""
