@@ -243,6 +243,9 @@ for _k in ("fa2_fwd_kernel", "fa2_dq_kernel", "fa2_dkdv_kernel"):
     for _t in _16:
         for _dp in (64, 128):
             EXPECTED[f"swa::{_k}<{_t},{_dp}>"] = (True, False)
+for _t in _16:  # δ = rowsum(dO·O) with 16-byte loads
+    for _pl in (8, 16):
+        EXPECTED[f"swa::fa_delta_kernel<{_t},{_pl}>"] = (False, True)
 # kernels that must keep their cp.async (LDGSTS) tile loads
 EXPECTED_CP_ASYNC = {k for k in EXPECTED if k.startswith("swa::fa2_")}
 # prefix scan (Aaren / Latte): sequential-in-time FMA scans, no tensor cores, scalar loads.
@@ -318,6 +321,7 @@ def goal_grids() -> dict[str, str]:
             parts.append(f"D={D}: BT={bt}, {4 * 16 * -(-T // bt)}")
         g[f"swa::{k}_kernel"] = "B·H·⌈T/BT⌉: " + "; ".join(parts)
     g["swa::delta_kernel"] = f"⌈B·T·H/4⌉ = {-(-4 * T * 16 // 4)}"
+    g["swa::fa_delta_kernel"] = f"⌈B·T·H/(4·32/P)⌉: Dv=64: {-(-4 * T * 16 // 16)}, Dv=128: {-(-4 * T * 16 // 8)}"
     for k in ("fwd", "dq", "dkdv"):  # FA2 kernels: 64-row blocks (B·Hk·⌈T/64⌉ for dk/dv; Hk = H at the goal shapes)
         g[f"swa::fa2_{k}_kernel"] = f"B·H·⌈T/64⌉ = {4 * 16 * -(-T // 64)} (D=64 and 128)"
     for k in ("forward_kernel", "recompute_kernel", "reverse_kernel", "bidir_bwd_kernel"):
