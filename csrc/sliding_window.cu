@@ -35,7 +35,7 @@
 // Two kernel families. The kernels above are the generic ones (any head dim ≤ 256, float32 exactly). For
 // float16/bfloat16 with D, Dv ≤ 128 on sm_80+ the launchers run the FlashAttention-2 kernels instead
 // (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel, section "FA2 kernels" below: mma.sync m16n8k16 with scores
-// and accumulators in registers, ldmatrix fragments, cp.async double-buffered K/V (Q/dO) tiles, 64-row blocks);
+// and accumulators in registers, ldmatrix fragments, cp.async double-buffered K/V (Q/dO) tiles, 64- or 128-row blocks);
 // sliding_window_fa2_head_dim() says which family a call takes, FLASHTS_SWA_GENERIC=1 forces the generic one.
 #include <cstdlib>
 #include <cstring>
@@ -382,9 +382,10 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
 //
 // FlashAttention-2 kernels for float16 / bfloat16 inputs with both head dims padded to DP ∈ {64, 128}
 // (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel; the launchers use them whenever that holds, the generic
-// kernels above otherwise: float32 inputs and head dims above 128). 128 threads = 4 warps.
+// kernels above otherwise: float32 inputs and head dims above 128). 128 threads = 4 warps; a warp owns 16·MT rows
+// of its block (MT m-tiles; MT = 1 except in the D = 64 forward).
 //
-// Tile products: mma.sync.m16n8k16 (row.col, float32 accumulation) through mma16816() below. A warp owns 16 rows
+// Tile products: mma.sync.m16n8k16 (row.col, float32 accumulation) through mma16816() below. A warp owns 16-row m-tiles
 // of its block's tile and keeps its scores, probabilities and accumulators in registers, in the mma fragment
 // layouts (PTX ISA "Matrix Fragments for mma.m16n8k16", lane = 4·g + t):
 //   A 16×16 (4 regs of 2 elements): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
@@ -396,8 +397,9 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
 // k = key or query) are gathered as two 16-bit reads. The C fragments of two adjacent 8-column tiles are the A
 // fragment of the next product (scores → probabilities → P·V without a trip through shared memory).
 //
-// Forward (one block per (64 query rows, head, sequence); 64-key blocks from lo to hi as in fwd_kernel, K/V
-// double-buffered with 16-byte cp.async): per warp S = Q Kᵀ (16×64), online softmax in base 2 per row (running
+// Forward (one block per (64·MT query rows, head, sequence), MT = fa_fwd_mt: 2 at DP = 64, 1 at 128; 64-key
+// blocks from lo to hi as in fwd_kernel, K/V double-buffered with 16-byte cp.async): per warp and 16-row m-tile
+// S = Q Kᵀ (16×64), online softmax in base 2 per row (running
 // max m, lane-partial running sum l, rescale factor 2^(m_old − m_new); a row with no allowed key yet shifts by 0),
 // acc += P V (16×DP). Blocks the window edges or sequence end cut through are masked (−inf before the exp2);
 // interior blocks skip the mask. Output o = acc / l, lse = (m + log2 l)·ln 2.
@@ -570,47 +572,54 @@ __global__ void __launch_bounds__(kThreads) fa_delta_kernel(Params<Tin> p) {
     }
 }
 
+// 16-row m-tiles per warp in the forward: 2 at DP = 64 (128-row blocks: each K/V fragment feeds two products, half
+// the shared-memory reads per row), 1 at DP = 128 (the registers: acc alone is 64 floats per lane per m-tile).
+template <int DP>
+constexpr int fa_fwd_mt() {
+    return DP == 64 ? 2 : 1;
+}
+
 template <int DP>
 constexpr int fa_dkdv_bq() {
     return DP == 64 ? 64 : 32;
 }
 
-// Dynamic shared memory of each FA2 kernel (bytes).
+// Dynamic shared memory of each FA2 kernel (bytes); mt: m-tiles per warp of the forward.
 template <typename Tin, int DP>
-int64_t fa_smem_bytes(int kind) {
+int64_t fa_smem_bytes(int kind, int mt = fa_fwd_mt<DP>()) {
     const int64_t tile = int64_t(kFaRows) * (DP + 8) * int64_t(sizeof(Tin));
-    if (kind == kFwd) return 5 * tile;  // Q, K×2, V×2
+    if (kind == kFwd) return (mt + 4) * tile;  // Q (64·mt rows), K×2, V×2
     if (kind == kDq) return 6 * tile;   // Q, dO, K×2, V×2
     const int64_t qt = int64_t(fa_dkdv_bq<DP>()) * (DP + 8) * int64_t(sizeof(Tin));
     return 2 * tile + 4 * qt + 4 * fa_dkdv_bq<DP>() * int64_t(sizeof(float));  // K, V, (Q, dO)×2, (lse, δ)×2
 }
 
-template <typename Tin, int DP>
+// Forward. MT: 16-row m-tiles per warp (block of 64·MT query rows; each K/V fragment loaded once feeds MT products).
+template <typename Tin, int DP, int MT>
 __global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
-    constexpr int LD = DP + 8, BN = 64, NT = BN / 8, KS = DP / 16, OT = DP / 8;
+    constexpr int LD = DP + 8, BM = kFaRows * MT, BN = 64, NT = BN / 8, KS = DP / 16, OT = DP / 8;
     FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
     Tin* sQ = reinterpret_cast<Tin*>(fa_smem);
-    Tin* sK = sQ + kFaRows * LD;  // two buffers
+    Tin* sK = sQ + BM * LD;       // two buffers
     Tin* sV = sK + 2 * BN * LD;   // two buffers
 
     const int64_t blk = blockIdx.x, qb = blk % p.n_blocks, h = (blk / p.n_blocks) % p.H;
     const int64_t n = blk / p.n_blocks / p.H, hk = h / (p.H / p.Hk);
     const Seq sq = seq_of(p, n);
-    const int64_t i0 = sq.start + qb * kFaRows;
+    const int64_t i0 = sq.start + qb * BM;
     if (i0 >= sq.end) return;
-    const int nq = static_cast<int>(min64(kFaRows, sq.end - i0));
+    const int nq = static_cast<int>(min64(BM, sq.end - i0));
     const int64_t left = p.left, right = p.right;
     const bool vec = p.vec != 0;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int r0 = warp * 16 + g;  // this lane's rows r0 and r0 + 8 of the block
-    const int64_t ia = i0 + r0, ib = ia + 8;
+    const int wrow = warp * 16 * MT;  // first row of this warp; m-tile m: rows wrow + 16m + g and + 8
     const float c = p.scale * kLog2e;
 
     const int64_t lo = left < 0 ? sq.start : max64(sq.start, i0 - left);
     const int64_t hi = right < 0 ? sq.end : min64(sq.end, i0 + nq - 1 + right + 1);
     const int nkb = static_cast<int>(cdiv64(hi - lo, BN));
 
-    fa_load_tile<Tin, kFaRows, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
+    fa_load_tile<Tin, BM, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
     cp_async_commit();
     if (nkb > 0) {
         const int nk = static_cast<int>(min64(BN, hi - lo));
@@ -619,10 +628,15 @@ __global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
     }
     cp_async_commit();
 
-    float acc[OT][4];
+    float acc[MT][OT][4];
+    float m_run[MT][2], l_run[MT][2];  // per m-tile: rows g and g + 8
 #pragma unroll
-    for (int o = 0; o < OT; ++o) acc[o][0] = acc[o][1] = acc[o][2] = acc[o][3] = 0.f;
-    float m_a = -CUDART_INF_F, m_b = -CUDART_INF_F, l_a = 0.f, l_b = 0.f;
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int o = 0; o < OT; ++o) acc[m][o][0] = acc[m][o][1] = acc[m][o][2] = acc[m][o][3] = 0.f;
+        m_run[m][0] = m_run[m][1] = -CUDART_INF_F;
+        l_run[m][0] = l_run[m][1] = 0.f;
+    }
 
     for (int kb = 0; kb < nkb; ++kb) {
         const int64_t j0 = lo + int64_t(kb) * BN;
@@ -639,101 +653,121 @@ __global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
         const Tin* K = sK + (kb & 1) * BN * LD;
         const Tin* V = sV + (kb & 1) * BN * LD;
 
-        float s[NT][4];
+        float s[MT][NT][4];
 #pragma unroll
-        for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) s[m][j][0] = s[m][j][1] = s[m][j][2] = s[m][j][3] = 0.f;
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
-            uint32_t a[4];
-            frag_a(a, sQ, LD, warp * 16, ks * 16, lane);
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) frag_a(a[m], sQ, LD, wrow + 16 * m, ks * 16, lane);
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {
                 uint32_t b[4];
                 frag_b_t2(b, K, LD, j * 8, ks * 16, lane);
-                mma16816<Tin>(s[j], a, b);
-                mma16816<Tin>(s[j + 1], a, b + 2);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma16816<Tin>(s[m][j], a[m], b);
+                    mma16816<Tin>(s[m][j + 1], a[m], b + 2);
+                }
             }
         }
         // masked block: the window edges or the end of the key range cut through it
         const bool masked = j0 + BN > hi || (left >= 0 && j0 < i0 + nq - 1 - left) || (right >= 0 && j0 + BN - 1 > i0 + right);
-        float mx_a = -CUDART_INF_F, mx_b = -CUDART_INF_F;
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
+        for (int m = 0; m < MT; ++m) {
+            const int64_t ia = i0 + wrow + 16 * m + g, ib = ia + 8;
+            float mx_a = -CUDART_INF_F, mx_b = -CUDART_INF_F;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[j][e] * c;
-                if (masked) {
-                    const int64_t col = j0 + j * 8 + 2 * t + (e & 1);
-                    if (!(col < hi && in_window(e < 2 ? ia : ib, col, left, right))) x = -CUDART_INF_F;
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[m][j][e] * c;
+                    if (masked) {
+                        const int64_t col = j0 + j * 8 + 2 * t + (e & 1);
+                        if (!(col < hi && in_window(e < 2 ? ia : ib, col, left, right))) x = -CUDART_INF_F;
+                    }
+                    s[m][j][e] = x;
                 }
-                s[j][e] = x;
+                mx_a = fmaxf(mx_a, fmaxf(s[m][j][0], s[m][j][1]));
+                mx_b = fmaxf(mx_b, fmaxf(s[m][j][2], s[m][j][3]));
             }
-            mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
-            mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
-        }
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-        const float sh_a = mn_a == -CUDART_INF_F ? 0.f : mn_a, sh_b = mn_b == -CUDART_INF_F ? 0.f : mn_b;
-        const float al_a = exp2f(m_a - sh_a), al_b = exp2f(m_b - sh_b);  // 0 while the row saw nothing
-        m_a = mn_a;
-        m_b = mn_b;
-        float sum_a = 0.f, sum_b = 0.f;
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+            const float mn_a = fmaxf(m_run[m][0], mx_a), mn_b = fmaxf(m_run[m][1], mx_b);
+            const float sh_a = mn_a == -CUDART_INF_F ? 0.f : mn_a, sh_b = mn_b == -CUDART_INF_F ? 0.f : mn_b;
+            const float al_a = exp2f(m_run[m][0] - sh_a), al_b = exp2f(m_run[m][1] - sh_b);  // 0 while nothing seen
+            m_run[m][0] = mn_a;
+            m_run[m][1] = mn_b;
+            float sum_a = 0.f, sum_b = 0.f;
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            s[j][0] = exp2f(s[j][0] - sh_a);
-            s[j][1] = exp2f(s[j][1] - sh_a);
-            s[j][2] = exp2f(s[j][2] - sh_b);
-            s[j][3] = exp2f(s[j][3] - sh_b);
-            sum_a += s[j][0] + s[j][1];
-            sum_b += s[j][2] + s[j][3];
-        }
-        l_a = l_a * al_a + sum_a;
-        l_b = l_b * al_b + sum_b;
+            for (int j = 0; j < NT; ++j) {
+                s[m][j][0] = exp2f(s[m][j][0] - sh_a);
+                s[m][j][1] = exp2f(s[m][j][1] - sh_a);
+                s[m][j][2] = exp2f(s[m][j][2] - sh_b);
+                s[m][j][3] = exp2f(s[m][j][3] - sh_b);
+                sum_a += s[m][j][0] + s[m][j][1];
+                sum_b += s[m][j][2] + s[m][j][3];
+            }
+            l_run[m][0] = l_run[m][0] * al_a + sum_a;
+            l_run[m][1] = l_run[m][1] * al_b + sum_b;
 #pragma unroll
-        for (int o = 0; o < OT; ++o) {
-            acc[o][0] *= al_a;
-            acc[o][1] *= al_a;
-            acc[o][2] *= al_b;
-            acc[o][3] *= al_b;
+            for (int o = 0; o < OT; ++o) {
+                acc[m][o][0] *= al_a;
+                acc[m][o][1] *= al_a;
+                acc[m][o][2] *= al_b;
+                acc[m][o][3] *= al_b;
+            }
         }
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {  // acc += P V
-            uint32_t a[4];
-            frag_a_from_c<Tin>(a, s[2 * kk], s[2 * kk + 1]);
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) frag_a_from_c<Tin>(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
 #pragma unroll
             for (int o = 0; o < OT; o += 2) {
                 uint32_t b[4];
                 frag_b_n2(b, V, LD, o * 8, kk * 16, lane);
-                mma16816<Tin>(acc[o], a, b);
-                mma16816<Tin>(acc[o + 1], a, b + 2);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma16816<Tin>(acc[m][o], a[m], b);
+                    mma16816<Tin>(acc[m][o + 1], a[m], b + 2);
+                }
             }
         }
-        __syncthreads();  // the buffer is refilled two iterations later... and by the next prefetch
+        __syncthreads();  // every warp is done with this buffer before the next prefetch refills it
     }
     cp_async_wait<0>();
 
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
     const int64_t Dv = p.Dv;
 #pragma unroll
-    for (int o = 0; o < OT; ++o) {
+    for (int m = 0; m < MT; ++m) {
+        float l_a = l_run[m][0], l_b = l_run[m][1];
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+        const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+        const int r0 = wrow + 16 * m + g;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int r = r0 + (e >> 1) * 8;
-            const int64_t col = o * 8 + 2 * t + (e & 1);
-            if (r < nq && col < Dv)
-                p.out[((sq.b * p.T + i0 + r) * p.H + h) * Dv + col] = from_float<Tin>(acc[o][e] * (e < 2 ? inv_a : inv_b));
+        for (int o = 0; o < OT; ++o) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = r0 + (e >> 1) * 8;
+                const int64_t col = o * 8 + 2 * t + (e & 1);
+                if (r < nq && col < Dv)
+                    p.out[((sq.b * p.T + i0 + r) * p.H + h) * Dv + col] =
+                        from_float<Tin>(acc[m][o][e] * (e < 2 ? inv_a : inv_b));
+            }
         }
-    }
-    if (t == 0) {
-        if (r0 < nq) p.lse[(sq.b * p.H + h) * p.T + ia] = (m_a + log2f(l_a)) * kLn2;
-        if (r0 + 8 < nq) p.lse[(sq.b * p.H + h) * p.T + ib] = (m_b + log2f(l_b)) * kLn2;
+        if (t == 0) {
+            if (r0 < nq) p.lse[(sq.b * p.H + h) * p.T + i0 + r0] = (m_run[m][0] + log2f(l_a)) * kLn2;
+            if (r0 + 8 < nq) p.lse[(sq.b * p.H + h) * p.T + i0 + r0 + 8] = (m_run[m][1] + log2f(l_b)) * kLn2;
+        }
     }
 }
 
@@ -1099,12 +1133,12 @@ int fa_head_dim(const SwaSizes& sz, int kind) {
     return need <= max_smem ? DP : 0;
 }
 
-// n_seq · heads · ⌈max_len / 64⌉ blocks of 128 threads.
+// n_seq · heads · ⌈max_len / rows⌉ blocks of 128 threads (rows: 64, or 64·MT for the forward).
 template <typename Tin, int DP>
 cudaError_t fa_launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int64_t heads, int64_t max_len,
-                      cudaStream_t stream) {
-    const int64_t bytes = fa_smem_bytes<Tin, DP>(kind);
-    p.n_blocks = cdiv64(max_len, kFaRows);
+                      cudaStream_t stream, int mt = 1) {
+    const int64_t bytes = fa_smem_bytes<Tin, DP>(kind, mt);
+    p.n_blocks = cdiv64(max_len, kFaRows * mt);
     const int64_t grid = p.N * heads * p.n_blocks;
     if (grid == 0) return cudaSuccess;
     if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
@@ -1126,8 +1160,16 @@ cudaError_t fwd_typed(SwaInput q, SwaInput k, SwaInput v, SwaSizes sz, int64_t l
     if constexpr (!std::is_same<Tin, float>::value) {
         p.vec = rows_16b(q) && rows_16b(k) && rows_16b(v) && sz.D % 8 == 0 && sz.Dv % 8 == 0;
         const int DP = fa_head_dim<Tin>(sz, kFwd);
-        if (DP == 64) return fa_launch<Tin, 64>(kFwd, fa2_fwd_kernel<Tin, 64>, p, p.H, grid_len(sz), stream);
-        if (DP == 128) return fa_launch<Tin, 128>(kFwd, fa2_fwd_kernel<Tin, 128>, p, p.H, grid_len(sz), stream);
+        // FLASHTS_SWA_FWD_ROWS=64: 64-row forward blocks at DP = 64 too (one m-tile per warp; for timing both)
+        const char* rows_env = std::getenv("FLASHTS_SWA_FWD_ROWS");
+        if (DP == 64 && rows_env != nullptr && std::strcmp(rows_env, "64") == 0)
+            return fa_launch<Tin, 64>(kFwd, fa2_fwd_kernel<Tin, 64, 1>, p, p.H, grid_len(sz), stream, 1);
+        if (DP == 64)
+            return fa_launch<Tin, 64>(kFwd, fa2_fwd_kernel<Tin, 64, fa_fwd_mt<64>()>, p, p.H, grid_len(sz), stream,
+                                      fa_fwd_mt<64>());
+        if (DP == 128)
+            return fa_launch<Tin, 128>(kFwd, fa2_fwd_kernel<Tin, 128, fa_fwd_mt<128>()>, p, p.H, grid_len(sz),
+                                       stream, fa_fwd_mt<128>());
     }
     return launch<Tin>(kFwd, fwd_kernel<Tin>, p, p.H, grid_len(sz), stream);
 }

@@ -226,6 +226,20 @@ def test_generic_kernels_vs_reference(lib, dtype, D, generic, monkeypatch):
         assert _rel(a, want) < (1e-5 if name == "lse" else tol), name
 
 
+def test_fa2_forward_with_64_row_blocks(lib, monkeypatch):
+    """FLASHTS_SWA_FWD_ROWS=64: the D = 64 forward with one m-tile per warp (the default takes two, 128-row
+    blocks) gives the same results up to rounding."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v, do = _inputs(1, 83, 1, 1, 64, 64, torch.bfloat16, False, gen)
+    wide = _run(lib, q, k, v, do, (20, 3), 0.15)
+    monkeypatch.setenv("FLASHTS_SWA_FWD_ROWS", "64")
+    narrow = _run(lib, q, k, v, do, (20, 3), 0.15)
+    qd, kd, vd = (x.to(F64) for x in (q, k, v))
+    ro, rl = ref.sliding_window_attention(qd, kd, vd, window=(20, 3), scale=0.15, return_lse=True)
+    for got in (wide, narrow):
+        assert _rel(got[0], ro) < TOL[torch.bfloat16] and _rel(got[1], rl) < 1e-5
+
+
 def test_fa2_results_do_not_depend_on_thread_order(lib):
     """The same call under another fiber schedule (threads of a block in a seeded shuffled order between barriers)
     gives bit-identical results: no thread reads what another wrote without a barrier in between."""

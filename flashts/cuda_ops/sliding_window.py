@@ -5,7 +5,7 @@ Math. s_ij = scale·q_i·k_j over the allowed keys i − left ≤ j ≤ i + righ
 lse_i = log Σ_j exp(s_ij), o_i = Σ_j exp(s_ij − lse_i) v_j.
 
 Two kernel families (csrc/sliding_window.cu). float16/bfloat16 inputs with D, Dv ≤ 128 on sm_80+ run the
-FlashAttention-2 kernels: 64-row query (or key) blocks of 4 warps, tile products on tensor cores with
+FlashAttention-2 kernels: 64-row query (or key) blocks of 4 warps (128 query rows in the D ≤ 64 forward), tile products on tensor cores with
 ``mma.sync.m16n8k16`` (float32 accumulation), scores / probabilities / accumulators in registers, ldmatrix
 fragments, K/V (backward: Q/dO) tiles double-buffered with 16-byte ``cp.async``, head dims padded to 64 or 128
 with zeros. Everything else (float32, head dims up to 256) runs the generic kernels described next;
