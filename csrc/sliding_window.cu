@@ -575,12 +575,12 @@ __global__ void __launch_bounds__(kThreads) fa_delta_kernel(Params<Tin> p) {
 // 16-row m-tiles per warp in the forward: 2 at DP = 64 (128-row blocks: each K/V fragment feeds two products, half
 // the shared-memory reads per row), 1 at DP = 128 (the registers: acc alone is 64 floats per lane per m-tile).
 template <int DP>
-constexpr int fa_fwd_mt() {
+__host__ __device__ constexpr int fa_fwd_mt() {
     return DP == 64 ? 2 : 1;
 }
 
 template <int DP>
-constexpr int fa_dkdv_bq() {
+__host__ __device__ constexpr int fa_dkdv_bq() {
     return DP == 64 ? 64 : 32;
 }
 
