@@ -99,13 +99,16 @@ def test_head_dims(dtype, D, Dv):
 
 
 @cuda_ext
-@pytest.mark.parametrize("family", ["fa2", "generic"])
+@pytest.mark.parametrize("family", ["fa2", "fa2-64-row-forward", "generic"])
 @pytest.mark.parametrize("D", [64, 128])
 def test_both_kernel_families(family, D, monkeypatch):
-    """16-bit inputs with D <= 128 take the FlashAttention-2 kernels; FLASHTS_SWA_GENERIC=1 forces the generic ones.
-    Both against the reference (outputs, lse, every gradient)."""
+    """16-bit inputs with D <= 128 take the FlashAttention-2 kernels; FLASHTS_SWA_GENERIC=1 forces the generic ones,
+    FLASHTS_SWA_FWD_ROWS=64 the 64-row forward blocks at D = 64. All against the reference (outputs, lse, every
+    gradient)."""
     if family == "generic":
         monkeypatch.setenv("FLASHTS_SWA_GENERIC", "1")
+    if family == "fa2-64-row-forward":
+        monkeypatch.setenv("FLASHTS_SWA_FWD_ROWS", "64")
     q, k, v = qkv(2, 257, 4, 2, D, D)
     check_against_reference(OP, BACKEND, (q, k, v), {"window": (70, 5), "return_lse": True}, dtype=BF16)
 
