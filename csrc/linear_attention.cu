@@ -46,6 +46,17 @@
 #include "linear_attention.h"
 #include "common.cuh"
 
+// The CUDA emulation contract (common brief): launches and dynamic shared memory through these macros, which
+// csrc/common.cuh defines (host-emulation versions under FLASHTS_HOST_EMU). Fallbacks until it does.
+// TODO move to common.cuh (cudaemu): drop these once its definitions are merged.
+#ifndef FLASHTS_LAUNCH
+#define FLASHTS_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
+    kernel<<<(grid), (block), (smem_bytes), (stream)>>>(__VA_ARGS__)
+#endif
+#ifndef FLASHTS_DYNAMIC_SMEM
+#define FLASHTS_DYNAMIC_SMEM(type, name) extern __shared__ __align__(128) type name[]
+#endif
+
 namespace flashts {
 namespace linear {
 namespace {
@@ -70,6 +81,7 @@ template <typename Tin>
 struct View {  // a strided input [B, T, Hx, X]
     const Tin* p;
     int64_t sb, st, sh, sx;
+    int vec;  // 1: rows are contiguous, 16-byte aligned, X a multiple of 16 / sizeof(Tin) (16-byte loads)
     __device__ __forceinline__ float get(int64_t b, int64_t t, int64_t h, int64_t x) const {
         return to_float(p[b * sb + t * st + h * sh + x * sx]);
     }
@@ -88,6 +100,11 @@ struct Params {
     float *ws_inv, *ws_dden;
     float *dk_h, *dv_h, *dS0, *dz0;
     int C, Dp, Dvp;  // chunk, padded head dims
+    // chunk-parallel forward: workspace [B, NS, H, Ep] float32 (Ep = Dp·(Dvp + 1): S [Dp][Dvp] then z [Dp]),
+    // NS chunk slots per batch row, Dv tile BV (nBV tiles over Dvp)
+    float* ws;
+    int64_t NS, Ep;
+    int BV, nBV;
 };
 
 // Shared-memory tiles of one kernel kind (float32, row-major, leading dims ldD / ldV / ldC).
@@ -158,9 +175,32 @@ __device__ __forceinline__ float dphi(float x, int fmap) {
 }
 
 // dst[r][c] = f(src[b, t_first + r, h, c], r) for r < len, c < X; 0 elsewhere in [rows][cols].
+// With src.vec (checked on the host) each thread moves 16 bytes (16 / sizeof(Tin) elements of one row) per
+// step: one LDG.E.128; cols must then be a multiple of 16 / sizeof(Tin) (the padded dims are multiples of 16).
 template <typename Tin, typename F>
 __device__ __forceinline__ void load_tile(float* dst, int ld, int rows, int cols, const View<Tin>& src, int64_t b,
                                           int64_t t_first, int64_t h, int len, int64_t X, F f) {
+    if (src.vec) {
+        constexpr int kVE = 16 / static_cast<int>(sizeof(Tin));
+        const int groups = cols / kVE;
+        for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
+            const int r = idx / groups, c0 = (idx - (idx / groups) * groups) * kVE;
+            float vals[kVE];
+            if (r < len && c0 < X) {  // X is a multiple of kVE: the whole group is inside the row
+                const uint4 raw = *reinterpret_cast<const uint4*>(src.p + b * src.sb + (t_first + r) * src.st +
+                                                                  h * src.sh + c0);
+                const Tin* e = reinterpret_cast<const Tin*>(&raw);
+#pragma unroll
+                for (int j = 0; j < kVE; ++j) vals[j] = f(to_float(e[j]), r);
+            } else {
+#pragma unroll
+                for (int j = 0; j < kVE; ++j) vals[j] = 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < kVE; ++j) dst[r * ld + c0 + j] = vals[j];
+        }
+        return;
+    }
     for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
         const int r = idx / cols, c = idx - (idx / cols) * cols;
         float val = 0.f;
@@ -209,7 +249,7 @@ __device__ __forceinline__ void add_outer(float* S, int ldV, float* z, const flo
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
     constexpr int kTC = kGemmFor<Tin>;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kFwd, C, Dp, Dvp, smem_raw);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *As = sm.A, *Num = sm.X2, *Ss = sm.S, *zs = sm.z, *dens = sm.v1;
@@ -277,13 +317,280 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
     store_state(p.ST, p.zT, Ss, ldV, zs, state_row, p.D, p.Dv);
 }
 
+// ================================================================== chunk-parallel forward (three phases)
+//
+// The one-pass fwd_kernel above has N·H blocks; at the goal shapes (B·H = 64) that leaves most of 132 SMs idle.
+// The chunk-parallel forward (the algorithm of kernels/linear_attention.py) splits the same math in three:
+//   phase 1 chunk_state_kernel  per (batch row b, chunk slot, query head h, Dv tile):
+//             ΔS_c = K̃_cᵀ V_c [Dp, BV] (tensor cores), Δz_c = colsum K̃_c [Dp] (tile 0)   -> workspace
+//   phase 2 state_scan_kernel   per (sequence n, head h, 1024 state elements): walks the chunks of n in order,
+//             float32: causal: ws[c] <- S_0 + Σ_{c'<c} ΔS_c' (exclusive scan, in place), S_T = S_0 + Σ_c ΔS_c;
+//             non-causal: ws[first chunk of n] <- S_T = S_0 + Σ_c ΔS_c (the whole-sequence state)
+//   phase 3 chunk_out_kernel    per (b, slot, h, Dv tile), S = the state entering the chunk (causal) or the
+//             whole-sequence state (non-causal):
+//             causal:     Num = Q̃ S + tril(Q̃ K̃ᵀ) V,  den = Q̃ z + rowsum tril(Q̃ K̃ᵀ)
+//             non-causal: Num = Q̃ S,                 den = Q̃ z;       o = Num / (den + eps) or Num
+// Chunk slots: batch row b has NS slots of C steps. Without cu_seqlens slot c is steps [cC, cC + C) of sequence
+// n = b. Packed (B = 1): sequence n owns the slots from base_n = ⌊cu[n] / C⌋ + n on (base_{n+1} - base_n ≥
+// ⌈len_n / C⌉, so slots never overlap; NS = ⌊T / C⌋ + N); a slot's sequence is the largest n with base_n ≤ slot
+// (binary search); slots past a sequence's last chunk are idle blocks. GQA: phase 1 runs per QUERY head (the
+// summaries of a kv head are recomputed by each head of its group; their k/v rows come from L2), so each query
+// head's scan adds its own S_0 in place. Workspace layout: ws[((b·NS + slot)·H + h)·Ep + i], Ep = Dp·(Dvp + 1):
+// i = d·Dvp + e for S (padded entries are exact zeros), Dp·Dvp + d for z. Rows past the end of a sequence and
+// padded columns are zero in every tile, as in the one-pass kernel.
+// Tiles (float32 shared memory, leading dims padded by kPad): phase 1 K̃ [C, Dp], V [C, BV], ΔS [Dp, BV];
+// phase 3 Q̃, K̃ [C, Dp], V [C, BV], A [C, C], S [Dp, BV], Num [C, BV], z [Dp], den [C]. 256 threads.
+
+// The chunk of slot `slot` of batch row b: sequence n, first step t_first, steps len (≤ 0: an idle slot) and
+// the slot of the sequence's first chunk.
+struct SlotInfo {
+    int64_t n, t_first, len, base;
+};
+
+template <typename Tin>
+__device__ __forceinline__ SlotInfo slot_info(const Params<Tin>& p, int64_t b, int64_t slot) {
+    SlotInfo si;
+    const int64_t C = p.C;
+    if (p.cu != nullptr) {
+        int64_t lo = 0, hi = p.N;  // largest n with ⌊cu[n]/C⌋ + n ≤ slot (cu[0] = 0 gives base_0 = 0 ≤ slot)
+        while (hi - lo > 1) {
+            const int64_t mid = (lo + hi) / 2;
+            if (p.cu[mid] / C + mid <= slot) lo = mid; else hi = mid;
+        }
+        const int64_t bos = p.cu[lo], eos = p.cu[lo + 1];
+        si.n = lo;
+        si.base = bos / C + lo;
+        si.t_first = bos + (slot - si.base) * C;
+        si.len = slot < si.base ? 0 : (eos - si.t_first < C ? eos - si.t_first : C);
+    } else {
+        si.n = b;
+        si.base = 0;
+        si.t_first = slot * C;
+        si.len = p.T - si.t_first < C ? p.T - si.t_first : C;
+    }
+    return si;
+}
+
+struct ChunkTiles {
+    float *Q, *K, *V, *A, *S, *Num, *z, *den;
+    int64_t bytes;
+};
+
+// kind 0: phase 1 (K, V, S = ΔS); kind 1: phase 3 (all).
+__host__ __device__ inline ChunkTiles carve_chunk(int kind, int C, int Dp, int BV, unsigned char* base) {
+    const int ldD = Dp + kPad, ldB = BV + kPad, ldC = C + kPad;
+    SmemCarver sc(base);
+    ChunkTiles t{};
+    t.Q = kind == 1 ? sc.take<float>(int64_t(C) * ldD) : nullptr;
+    t.K = sc.take<float>(int64_t(C) * ldD);
+    t.V = sc.take<float>(int64_t(C) * ldB);
+    t.A = kind == 1 ? sc.take<float>(int64_t(C) * ldC) : nullptr;
+    t.S = sc.take<float>(int64_t(Dp) * ldB);
+    t.Num = kind == 1 ? sc.take<float>(int64_t(C) * ldB) : nullptr;
+    t.z = kind == 1 ? sc.take<float>(Dp) : nullptr;
+    t.den = kind == 1 ? sc.take<float>(C) : nullptr;
+    t.bytes = sc.offset;
+    return t;
+}
+
+// blockIdx.x -> (b, slot, h, Dv tile) with the tile fastest, then the head (neighbouring blocks share k/v rows).
+struct ChunkBlock {
+    int64_t b, slot, h;
+    int tile;
+};
+
+template <typename Tin>
+__device__ __forceinline__ ChunkBlock chunk_block(const Params<Tin>& p) {
+    ChunkBlock cb;
+    int64_t idx = blockIdx.x;
+    cb.tile = static_cast<int>(idx % p.nBV);
+    idx /= p.nBV;
+    cb.h = idx % p.H;
+    idx /= p.H;
+    cb.slot = idx % p.NS;
+    cb.b = idx / p.NS;
+    return cb;
+}
+
+// Phase 1: ΔS = K̃ᵀ V for columns [e0, e0 + BV) and (tile 0) Δz = colsum K̃, into the workspace slot.
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(Params<Tin> p) {
+    constexpr int kTC = kGemmFor<Tin>;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, BV = p.BV, ldD = Dp + kPad, ldB = BV + kPad;
+    const ChunkTiles sm = carve_chunk(0, C, Dp, BV, smem_raw);
+    const ChunkBlock cb = chunk_block(p);
+    const SlotInfo si = slot_info(p, cb.b, cb.slot);
+    if (si.len <= 0) return;  // idle slot (uniform over the block)
+    const int len = static_cast<int>(si.len);
+    const int64_t hk = cb.h / (p.H / p.Hk);
+    const int e0 = cb.tile * BV;
+    const int fmap = p.fmap;
+    auto fk = [fmap](float x, int) { return phi(x, fmap); };
+    auto raw = [](float x, int) { return x; };
+    View<Tin> vt = p.v;  // columns from e0 on (e0 is a multiple of 16: the 16-byte path stays aligned)
+    vt.p += e0 * vt.sx;
+    load_tile(sm.K, ldD, C, Dp, p.k, cb.b, si.t_first, hk, len, p.D, fk);
+    load_tile(sm.V, ldB, C, BV, vt, cb.b, si.t_first, hk, len, p.Dv - e0, raw);
+    __syncthreads();
+    block_gemm<kTC, kCol, kRow>(sm.S, ldB, sm.K, ldD, sm.V, ldB, Dp, BV, C, false);  // K̃ᵀ V
+    float* dst = p.ws + ((cb.b * p.NS + cb.slot) * p.H + cb.h) * p.Ep;
+    if (cb.tile == 0)
+        for (int d = threadIdx.x; d < Dp; d += blockDim.x) {
+            float acc = 0.f;
+            for (int r = 0; r < len; ++r) acc += sm.K[r * ldD + d];
+            dst[int64_t(Dp) * Dvp + d] = acc;
+        }
+    __syncthreads();
+    const int groups = BV / 4;  // float4 stores of the [Dp, BV] tile (columns below Dvp)
+    for (int idx = threadIdx.x; idx < Dp * groups; idx += blockDim.x) {
+        const int d = idx / groups, c = (idx - (idx / groups) * groups) * 4;
+        if (e0 + c >= Dvp) continue;
+        const float* s = sm.S + d * ldB + c;
+        *reinterpret_cast<float4*>(dst + int64_t(d) * Dvp + e0 + c) = make_float4(s[0], s[1], s[2], s[3]);
+    }
+}
+
+// Phase 2: the float32 scan of the chunk states of one (sequence, head), 4 consecutive state entries (one
+// float4: 16-byte loads and stores) per thread; see the section comment.
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) state_scan_kernel(Params<Tin> p, int64_t blocks_per_row) {
+    const int64_t row = blockIdx.x / blocks_per_row;  // n·H + h
+    const int64_t i0 = ((blockIdx.x - row * blocks_per_row) * blockDim.x + threadIdx.x) * 4;
+    if (i0 >= p.Ep) return;
+    const int64_t n = row / p.H, h = row - (row / p.H) * p.H;
+    const int Dp = p.Dp, Dvp = p.Dvp;
+    const int64_t D = p.D, Dv = p.Dv, SE = int64_t(Dp) * Dvp;
+    int64_t b, base, len;
+    if (p.cu != nullptr) {
+        b = 0;
+        len = static_cast<int64_t>(p.cu[n + 1]) - p.cu[n];
+        base = p.cu[n] / p.C + n;
+    } else {
+        b = n;
+        len = p.T;
+        base = 0;
+    }
+    // entry i of the padded state -> its index in the exact [D, Dv] / [D] layouts (-1: padding)
+    auto exact = [&](int64_t i, bool& is_z) -> int64_t {
+        is_z = i >= SE;
+        if (is_z) {
+            const int64_t d = i - SE;
+            return d < D ? row * D + d : -1;
+        }
+        const int64_t d = i / Dvp, e = i - (i / Dvp) * Dvp;
+        return (d < D && e < Dv) ? (row * D + d) * Dv + e : -1;
+    };
+    float run[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        bool is_z;
+        const int64_t x = exact(i0 + j, is_z);
+        const float* init = is_z ? p.z0 : p.S0;
+        run[j] = (x >= 0 && init != nullptr) ? init[x] : 0.f;
+    }
+    const int64_t n_chunks = cdiv64(len, p.C);
+    float* col = p.ws + ((b * p.NS + base) * p.H + h) * p.Ep + i0;
+    const int64_t step = p.H * p.Ep;  // next slot, same head
+    for (int64_t c = 0; c < n_chunks; ++c) {
+        float4* cell = reinterpret_cast<float4*>(col + c * step);
+        const float4 x = *cell;
+        if (p.causal) *cell = make_float4(run[0], run[1], run[2], run[3]);  // state entering chunk c
+        run[0] += x.x;
+        run[1] += x.y;
+        run[2] += x.z;
+        run[3] += x.w;
+    }
+    if (!p.causal && n_chunks > 0) *reinterpret_cast<float4*>(col) = make_float4(run[0], run[1], run[2], run[3]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        bool is_z;
+        const int64_t x = exact(i0 + j, is_z);
+        float* fin = is_z ? p.zT : p.ST;
+        if (x >= 0 && fin != nullptr) fin[x] = run[j];
+    }
+}
+
+// Phase 3: the outputs of one chunk, columns [e0, e0 + BV).
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) chunk_out_kernel(Params<Tin> p) {
+    constexpr int kTC = kGemmFor<Tin>;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, BV = p.BV, ldD = Dp + kPad, ldB = BV + kPad, ldC = C + kPad;
+    const ChunkTiles sm = carve_chunk(1, C, Dp, BV, smem_raw);
+    const ChunkBlock cb = chunk_block(p);
+    const SlotInfo si = slot_info(p, cb.b, cb.slot);
+    if (si.len <= 0) return;  // idle slot (uniform over the block)
+    const int len = static_cast<int>(si.len);
+    const int64_t hk = cb.h / (p.H / p.Hk);
+    const int e0 = cb.tile * BV;
+    const bool causal = p.causal != 0;
+    const int fmap = p.fmap;
+    const float scale = p.scale;
+    auto fq = [fmap, scale](float x, int) { return scale * phi(x, fmap); };
+    auto fk = [fmap](float x, int) { return phi(x, fmap); };
+    auto raw = [](float x, int) { return x; };
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+
+    load_tile(sm.Q, ldD, C, Dp, p.q, cb.b, si.t_first, cb.h, len, p.D, fq);
+    if (causal) {
+        View<Tin> vt = p.v;
+        vt.p += e0 * vt.sx;
+        load_tile(sm.K, ldD, C, Dp, p.k, cb.b, si.t_first, hk, len, p.D, fk);
+        load_tile(sm.V, ldB, C, BV, vt, cb.b, si.t_first, hk, len, p.Dv - e0, raw);
+    }
+    // the state: entering this chunk (causal) or the whole sequence's (non-causal: the sequence's first slot)
+    const float* src = p.ws + ((cb.b * p.NS + (causal ? cb.slot : si.base)) * p.H + cb.h) * p.Ep;
+    const int groups = BV / 4;
+    for (int idx = threadIdx.x; idx < Dp * groups; idx += blockDim.x) {
+        const int d = idx / groups, c = (idx - (idx / groups) * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (e0 + c < Dvp) x = *reinterpret_cast<const float4*>(src + int64_t(d) * Dvp + e0 + c);
+        float* s = sm.S + d * ldB + c;
+        s[0] = x.x;
+        s[1] = x.y;
+        s[2] = x.z;
+        s[3] = x.w;
+    }
+    for (int d = threadIdx.x; d < Dp; d += blockDim.x) sm.z[d] = src[int64_t(Dp) * Dvp + d];
+    __syncthreads();
+    block_gemm<kTC, kRow, kRow>(sm.Num, ldB, sm.Q, ldD, sm.S, ldB, C, BV, Dp, false);  // Q̃ S
+    if (causal) block_gemm<kTC, kRow, kCol>(sm.A, ldC, sm.Q, ldD, sm.K, ldD, C, C, Dp, false);  // Q̃ K̃ᵀ
+    __syncthreads();
+    if (causal) {
+        for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+            const int t = idx / C, s = idx - (idx / C) * C;
+            if (s > t) sm.A[t * ldC + s] = 0.f;
+        }
+        __syncthreads();
+        block_gemm<kTC, kRow, kRow>(sm.Num, ldB, sm.A, ldC, sm.V, ldB, C, BV, C, true);  // += tril(A) V
+    }
+    if (p.normalize)  // den_t = q̃_t·z + Σ_{s≤t} A_ts: one warp per row (A is read-only now)
+        for (int t = warp; t < C; t += n_warps) {
+            float den = 0.f;
+            for (int d = lane; d < Dp; d += 32) den = fmaf(sm.Q[t * ldD + d], sm.z[d], den);
+            if (causal)
+                for (int s = lane; s <= t; s += 32) den += sm.A[t * ldC + s];
+            den = warp_sum(den);
+            if (lane == 0) sm.den[t] = den;
+        }
+    __syncthreads();
+    const int64_t cols = (p.Dv - e0) < BV ? (p.Dv - e0) : BV;
+    for (int64_t idx = threadIdx.x; idx < int64_t(len) * cols; idx += blockDim.x) {
+        const int t = static_cast<int>(idx / cols), e = static_cast<int>(idx - (idx / cols) * cols);
+        float val = sm.Num[t * ldB + e];
+        if (p.normalize) val = val / (sm.den[t] + p.eps);
+        p.out[((cb.b * p.T + si.t_first + t) * p.H + cb.h) * p.Dv + e0 + e] = from_float<Tin>(val);
+    }
+}
+
 // ============================================================================================== backward
 
 // Forward-order sweep: den, inv, dden (-> workspace) and dq.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
     constexpr int kTC = kGemmFor<Tin>;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kBwdDq, C, Dp, Dvp, smem_raw);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *dOs = sm.dO, *As = sm.A, *Ms = sm.M, *G = sm.X1, *Ss = sm.S,
@@ -387,7 +694,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
     constexpr int kTC = kGemmFor<Tin>;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     const Tiles sm = carve(kBwdDkv, C, Dp, Dvp, smem_raw);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *dOs = sm.dO, *As = sm.A, *Ms = sm.M, *dK = sm.X1, *dV = sm.X2,
@@ -495,9 +802,14 @@ Params<Tin> make_params(const LinSizes& sz, const LinOptions& opt) {
     return p;
 }
 
+// X: the row length (D or Dv). vec = 1 when every row is contiguous and 16-byte aligned and X is a multiple of
+// 16 / sizeof(Tin) (then load_tile moves 16 bytes per thread and step).
 template <typename Tin>
-View<Tin> view(const LinInput& x) {
-    return View<Tin>{static_cast<const Tin*>(x.data), x.stride_b, x.stride_t, x.stride_h, x.stride_x};
+View<Tin> view(const LinInput& x, int64_t X) {
+    constexpr int64_t kVE = 16 / static_cast<int64_t>(sizeof(Tin));
+    const bool vec = x.stride_x == 1 && X % kVE == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+                     x.stride_b % kVE == 0 && x.stride_t % kVE == 0 && x.stride_h % kVE == 0;
+    return View<Tin>{static_cast<const Tin*>(x.data), x.stride_b, x.stride_t, x.stride_h, x.stride_x, vec ? 1 : 0};
 }
 
 cudaError_t check_sizes(const LinSizes& sz) {
@@ -507,15 +819,24 @@ cudaError_t check_sizes(const LinSizes& sz) {
     return cudaSuccess;
 }
 
-// Picks the largest chunk whose tiles fit, sets the shared-memory limit and launches one block per (n, h).
-template <typename Tin>
-cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, cudaStream_t stream) {
-    if (p.N * p.H == 0) return cudaSuccess;
-    int dev = 0, max_smem = 0;
+// The device facts of the plan: opt's, or the current device's where opt has 0.
+cudaError_t device_facts(const LinOptions& opt, int* sms, int* max_smem) {
+    *sms = opt.sm_count;
+    *max_smem = opt.max_smem;
+    if (*sms > 0 && *max_smem > 0) return cudaSuccess;
+    int dev = 0;
     cudaError_t err = cudaGetDevice(&dev);
     if (err != cudaSuccess) return err;
-    err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (err != cudaSuccess) return err;
+    if (*max_smem <= 0) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err == cudaSuccess && *sms <= 0) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+    return err;
+}
+
+// Picks the largest chunk whose tiles fit, sets the shared-memory limit and launches one block per (n, h).
+template <typename Tin>
+cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int max_smem, cudaStream_t stream) {
+    if (p.N * p.H == 0) return cudaSuccess;
+    cudaError_t err = cudaSuccess;
     int64_t bytes = 0;
     p.C = 0;
     for (int C : kChunks) {
@@ -528,23 +849,118 @@ cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, cudaStr
     if (p.C == 0) return cudaErrorInvalidConfiguration;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(p.N * p.H), kThreads, static_cast<size_t>(bytes), stream>>>(p);
+    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(p.N * p.H), kThreads, static_cast<size_t>(bytes), stream, p);
     return cudaGetLastError();
+}
+
+constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
+
+// The occupancy rule (kernels/occupancy.py `choose`, applied to these kernels); see FwdPlan in the header.
+cudaError_t make_plan(const LinSizes& sz, const LinOptions& opt, FwdPlan* plan) {
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(opt, &sms, &max_smem);
+    if (err != cudaSuccess) return err;
+    const int Dp = round_up(static_cast<int>(sz.D), 16), Dvp = round_up(static_cast<int>(sz.Dv), 16);
+    int c_one = 0, c_chunk = 0;
+    const int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
+    for (int C : kChunks) {
+        if (c_one == 0 && carve(kFwd, C, Dp, Dvp, nullptr).bytes <= max_smem) c_one = C;
+        if (c_chunk == 0 && carve_chunk(1, C, Dp, bv0, nullptr).bytes <= max_smem &&
+            carve_chunk(0, C, Dp, bv0, nullptr).bytes <= max_smem)
+            c_chunk = C;
+    }
+    const int64_t seq = sz.N * sz.H;
+    auto slots = [&](int C) -> int64_t {
+        if (C == 0) return 0;
+        return sz.cu_seqlens != nullptr ? sz.T / C + sz.N : cdiv64(sz.T, C);
+    };
+    const int64_t NS = slots(c_chunk);
+    auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
+    FwdMode mode = opt.fwd_mode;
+    if (mode == FwdMode::Auto) {
+        if (c_chunk == 0 || seq >= 2 * int64_t(sms)) mode = FwdMode::OnePass;
+        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq) mode = FwdMode::Chunked;
+        else mode = seq >= chunk_blocks(16) ? FwdMode::OnePass : FwdMode::Chunked;
+        if (c_one == 0) mode = FwdMode::Chunked;
+    }
+    int bv = bv0;
+    if (mode == FwdMode::Chunked)
+        while (chunk_blocks(bv) < sms && bv > 16) bv = round_up(bv / 2, 16);
+    plan->mode = mode;
+    plan->C = mode == FwdMode::OnePass ? c_one : c_chunk;
+    plan->BV = bv;
+    plan->NS = mode == FwdMode::Chunked ? NS : 0;
+    plan->seq_blocks = seq;
+    plan->chunk_blocks = chunk_blocks(bv);
+    plan->workspace_bytes = mode == FwdMode::Chunked ? sz.B * NS * sz.H * int64_t(Dp) * (Dvp + 1) * 4 : 0;
+    return plan->C == 0 ? cudaErrorInvalidConfiguration : cudaSuccess;
+}
+
+// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_state_kernel).
+template <typename Tin>
+cudaError_t launch_chunked(Params<Tin> p, const FwdPlan& plan, void* workspace, int64_t workspace_bytes,
+                           cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    p.C = plan.C;
+    p.BV = plan.BV;
+    p.nBV = static_cast<int>(cdiv64(p.Dvp, plan.BV));
+    p.NS = plan.NS;
+    p.Ep = int64_t(p.Dp) * (p.Dvp + 1);
+    p.ws = static_cast<float*>(workspace);
+    const int64_t blocks = p.B * p.NS * p.H * p.nBV;
+    const int64_t scan_per_row = cdiv64(p.Ep / 4, kThreads);
+    if (blocks > 0x7fffffffLL || p.N * p.H * scan_per_row > 0x7fffffffLL) return cudaErrorInvalidValue;
+    const int64_t bytes1 = carve_chunk(0, p.C, p.Dp, p.BV, nullptr).bytes;
+    const int64_t bytes3 = carve_chunk(1, p.C, p.Dp, p.BV, nullptr).bytes;
+    cudaError_t err = cudaFuncSetAttribute(chunk_state_kernel<Tin>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes1));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(chunk_out_kernel<Tin>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(bytes3));
+    if (err != cudaSuccess) return err;
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(chunk_state_kernel<Tin>, static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes1),
+                       stream, p);
+        err = cudaGetLastError();
+        if (err != cudaSuccess) return err;
+    }
+    if (p.N * p.H > 0) {
+        FLASHTS_LAUNCH(state_scan_kernel<Tin>, static_cast<unsigned>(p.N * p.H * scan_per_row), kThreads, 0, stream,
+                       p, scan_per_row);
+        err = cudaGetLastError();
+        if (err != cudaSuccess) return err;
+    }
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(chunk_out_kernel<Tin>, static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes3),
+                       stream, p);
+        err = cudaGetLastError();
+    }
+    return err;
 }
 
 template <typename Tin>
 cudaError_t fwd_typed(LinInput q, LinInput k, LinInput v, LinSizes sz, LinOptions opt, const float* S0,
-                      const float* z0, void* o, float* S_T, float* z_T, cudaStream_t stream) {
+                      const float* z0, void* o, float* S_T, float* z_T, void* workspace, int64_t workspace_bytes,
+                      cudaStream_t stream) {
     Params<Tin> p = make_params<Tin>(sz, opt);
-    p.q = view<Tin>(q);
-    p.k = view<Tin>(k);
-    p.v = view<Tin>(v);
+    p.q = view<Tin>(q, sz.D);
+    p.k = view<Tin>(k, sz.D);
+    p.v = view<Tin>(v, sz.Dv);
     p.S0 = S0;
     p.z0 = z0;
     p.out = static_cast<Tin*>(o);
     p.ST = S_T;
     p.zT = z_T;
-    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, stream);
+    FwdPlan plan{};
+    cudaError_t err = make_plan(sz, opt, &plan);
+    if (err != cudaSuccess) return err;
+    if (plan.mode == FwdMode::Chunked) return launch_chunked<Tin>(p, plan, workspace, workspace_bytes, stream);
+    int sms = 0, max_smem = 0;
+    err = device_facts(opt, &sms, &max_smem);
+    if (err != cudaSuccess) return err;
+    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, stream);
 }
 
 template <typename Tin>
@@ -554,11 +970,11 @@ cudaError_t bwd_typed(LinInput dout, LinInput q, LinInput k, LinInput v, LinInpu
                       cudaStream_t stream) {
     if (opt.normalize && (ws_inv == nullptr || ws_dden == nullptr)) return cudaErrorInvalidValue;
     Params<Tin> p = make_params<Tin>(sz, opt);
-    p.q = view<Tin>(q);
-    p.k = view<Tin>(k);
-    p.v = view<Tin>(v);
-    p.dout = view<Tin>(dout);
-    p.o = view<Tin>(o);
+    p.q = view<Tin>(q, sz.D);
+    p.k = view<Tin>(k, sz.D);
+    p.v = view<Tin>(v, sz.Dv);
+    p.dout = view<Tin>(dout, sz.Dv);
+    p.o = view<Tin>(o, sz.Dv);
     p.S0 = S0;
     p.z0 = z0;
     p.dST = dS_T;
@@ -570,25 +986,35 @@ cudaError_t bwd_typed(LinInput dout, LinInput q, LinInput k, LinInput v, LinInpu
     p.dv_h = dv_heads;
     p.dS0 = dS0;
     p.dz0 = dz0;
-    cudaError_t err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, stream);
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, stream);
+    err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, stream);
+    if (err != cudaSuccess) return err;
+    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, max_smem, stream);
 }
 
 }  // namespace
 
+cudaError_t linear_attention_fwd_plan(DType, LinSizes sz, LinOptions opt, FwdPlan* plan) {
+    const cudaError_t err = check_sizes(sz);
+    if (err != cudaSuccess) return err;
+    return make_plan(sz, opt, plan);
+}
+
 cudaError_t linear_attention_fwd(DType dtype, LinInput q, LinInput k, LinInput v, LinSizes sz, LinOptions opt,
                                  const float* S0, const float* z0, void* o, float* S_T, float* z_T,
-                                 cudaStream_t stream) {
+                                 void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     const cudaError_t err = check_sizes(sz);
     if (err != cudaSuccess) return err;
     switch (dtype) {
         case DType::F32:
-            return fwd_typed<float>(q, k, v, sz, opt, S0, z0, o, S_T, z_T, stream);
+            return fwd_typed<float>(q, k, v, sz, opt, S0, z0, o, S_T, z_T, workspace, workspace_bytes, stream);
         case DType::F16:
-            return fwd_typed<__half>(q, k, v, sz, opt, S0, z0, o, S_T, z_T, stream);
+            return fwd_typed<__half>(q, k, v, sz, opt, S0, z0, o, S_T, z_T, workspace, workspace_bytes, stream);
         case DType::BF16:
-            return fwd_typed<__nv_bfloat16>(q, k, v, sz, opt, S0, z0, o, S_T, z_T, stream);
+            return fwd_typed<__nv_bfloat16>(q, k, v, sz, opt, S0, z0, o, S_T, z_T, workspace, workspace_bytes,
+                                            stream);
     }
     return cudaErrorInvalidValue;
 }
