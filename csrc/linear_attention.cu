@@ -6,7 +6,13 @@
 //   num_t = q̃_tᵀ S_t,  den_t = q̃_t·z_t,   o_t = num_t / (den_t + eps)  (normalize)  or  num_t.
 // The final state (S_T, z_T) is written per sequence (float32).
 //
-// Chunking (causal). One thread block per (sequence, query head) walks its sequence in chunks of C steps
+// Forward modes (FwdPlan in linear_attention.h; the occupancy rule of kernels/occupancy.py with the SM count the
+// binding passes): the CHUNK-PARALLEL forward (three kernels, see "chunk-parallel forward" below: chunk
+// summaries, a float32 scan of the chunk states, every chunk's outputs in parallel; B·NS·H·⌈Dv/BV⌉ blocks) unless
+// N·H ≥ 2·SMs, when the ONE-PASS fwd_kernel (N·H blocks, no state round trip through memory) fills the GPU alone.
+// The backward is the two sequential kernels below (N·H blocks each; not yet chunk-parallel).
+//
+// Chunking of the one-pass and backward kernels (causal). One thread block per (sequence, query head) walks its sequence in chunks of C steps
 // (C ∈ {64, 32, 16}, the largest whose tiles fit in shared memory) with the float32 state (S, z) resident in
 // shared memory. For chunk c (rows of Q̃, K̃, V; S, z = the state entering the chunk):
 //   A   = tril(Q̃ K̃ᵀ)                       [C, C]
