@@ -111,6 +111,11 @@ struct Params {
     float* ws;
     int64_t NS, Ep;
     int BV, nBV;
+    // chunk-parallel backward: par = 1 runs bwd_dq / bwd_dkv on ONE chunk per block (the state entering it from
+    // ws, the state cotangent leaving it from ws2 [B, NS, H, Ep]); dstate = 1 makes chunk_state_kernel write the
+    // chunk cotangent summaries Q̃ᵀ dO', Q̃ᵀ dden into ws2 instead of K̃ᵀ V, colsum K̃ into ws.
+    int par, dstate;
+    float* ws2;
 };
 
 // Shared-memory tiles of one kernel kind (float32, row-major, leading dims ldD / ldV / ldC).
@@ -419,6 +424,8 @@ __device__ __forceinline__ ChunkBlock chunk_block(const Params<Tin>& p) {
 }
 
 // Phase 1: ΔS = K̃ᵀ V for columns [e0, e0 + BV) and (tile 0) Δz = colsum K̃, into the workspace slot.
+// Backward (p.dstate): ΔdS = Q̃ᵀ dO' (dO'_t = inv_t·do_t, or do_t) and Δdz = Q̃ᵀ dden into ws2, the same tiles
+// with (K̃, V, 1) replaced by (Q̃ of head h, dO' of head h, dden) — inv, dden from the bwd_dq_kernel workspaces.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Params<Tin> p) {
     constexpr int kTC = kGemmFor<Tin>;
@@ -432,19 +439,34 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Params<Tin> p) {
     const int64_t hk = cb.h / (p.H / p.Hk);
     const int e0 = cb.tile * BV;
     const int fmap = p.fmap;
+    const float scale = p.scale;
     auto fk = [fmap](float x, int) { return phi(x, fmap); };
+    auto fq = [fmap, scale](float x, int) { return scale * phi(x, fmap); };
     auto raw = [](float x, int) { return x; };
-    View<Tin> vt = p.v;  // columns from e0 on (e0 is a multiple of 16: the 16-byte path stays aligned)
+    const bool dstate = p.dstate != 0, normalize = p.normalize != 0;
+    const int64_t wrow = (cb.b * p.T + si.t_first) * p.H + cb.h;  // ws_inv / ws_dden of the chunk's first row
+    const float *ws_inv = p.ws_inv, *ws_dden = p.ws_dden;
+    const int64_t H = p.H;
+    View<Tin> vt = dstate ? p.dout : p.v;  // columns from e0 on (e0 is a multiple of 16: 16-byte loads stay aligned)
     vt.p += e0 * vt.sx;
-    load_tile(sm.K, ldD, C, Dp, p.k, cb.b, si.t_first, hk, len, p.D, fk);
-    load_tile(sm.V, ldB, C, BV, vt, cb.b, si.t_first, hk, len, p.Dv - e0, raw);
+    if (dstate) {
+        auto fdo = [=](float x, int r) { return normalize ? x * ws_inv[wrow + r * H] : x; };
+        load_tile(sm.K, ldD, C, Dp, p.q, cb.b, si.t_first, cb.h, len, p.D, fq);
+        load_tile(sm.V, ldB, C, BV, vt, cb.b, si.t_first, cb.h, len, p.Dv - e0, fdo);
+    } else {
+        load_tile(sm.K, ldD, C, Dp, p.k, cb.b, si.t_first, hk, len, p.D, fk);
+        load_tile(sm.V, ldB, C, BV, vt, cb.b, si.t_first, hk, len, p.Dv - e0, raw);
+    }
     __syncthreads();
-    block_gemm<kTC, kCol, kRow>(sm.S, ldB, sm.K, ldD, sm.V, ldB, Dp, BV, C, false);  // K̃ᵀ V
-    float* dst = p.ws + ((cb.b * p.NS + cb.slot) * p.H + cb.h) * p.Ep;
+    block_gemm<kTC, kCol, kRow>(sm.S, ldB, sm.K, ldD, sm.V, ldB, Dp, BV, C, false);  // K̃ᵀ V  (Q̃ᵀ dO')
+    float* dst = (dstate ? p.ws2 : p.ws) + ((cb.b * p.NS + cb.slot) * p.H + cb.h) * p.Ep;
     if (cb.tile == 0)
         for (int d = threadIdx.x; d < Dp; d += blockDim.x) {
             float acc = 0.f;
-            for (int r = 0; r < len; ++r) acc += sm.K[r * ldD + d];
+            if (!dstate)
+                for (int r = 0; r < len; ++r) acc += sm.K[r * ldD + d];
+            else if (normalize)
+                for (int r = 0; r < len; ++r) acc = fmaf(sm.K[r * ldD + d], ws_dden[wrow + r * H], acc);
             dst[int64_t(Dp) * Dvp + d] = acc;
         }
     __syncthreads();
@@ -459,8 +481,18 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Params<Tin> p) {
 
 // Phase 2: the float32 scan of the chunk states of one (sequence, head), 4 consecutive state entries (one
 // float4: 16-byte loads and stores) per thread; see the section comment.
+// Scan arguments: the workspace scanned in place, the initial value (nullptr = 0) and the total's destination
+// (nullptr = none). reverse: walk the chunks from last to first (the backward's state cotangents: the value
+// stored for chunk c is the cotangent of the state LEAVING it, dS_T + Σ_{c' > c} ΔdS_c').
+struct ScanArgs {
+    float* ws;
+    const float *S_init, *z_init;
+    float *S_fin, *z_fin;
+    int reverse;
+};
+
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) state_scan_kernel(Params<Tin> p, int64_t blocks_per_row) {
+__global__ void __launch_bounds__(kThreads) state_scan_kernel(Params<Tin> p, int64_t blocks_per_row, ScanArgs a) {
     const int64_t row = blockIdx.x / blocks_per_row;  // n·H + h
     const int64_t i0 = ((blockIdx.x - row * blocks_per_row) * blockDim.x + threadIdx.x) * 4;
     if (i0 >= p.Ep) return;
@@ -492,13 +524,14 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Params<Tin> p, int
     for (int j = 0; j < 4; ++j) {
         bool is_z;
         const int64_t x = exact(i0 + j, is_z);
-        const float* init = is_z ? p.z0 : p.S0;
+        const float* init = is_z ? a.z_init : a.S_init;
         run[j] = (x >= 0 && init != nullptr) ? init[x] : 0.f;
     }
     const int64_t n_chunks = cdiv64(len, p.C);
-    float* col = p.ws + ((b * p.NS + base) * p.H + h) * p.Ep + i0;
+    float* col = a.ws + ((b * p.NS + base) * p.H + h) * p.Ep + i0;
     const int64_t step = p.H * p.Ep;  // next slot, same head
-    for (int64_t c = 0; c < n_chunks; ++c) {
+    for (int64_t i = 0; i < n_chunks; ++i) {
+        const int64_t c = a.reverse ? n_chunks - 1 - i : i;
         float4* cell = reinterpret_cast<float4*>(col + c * step);
         const float4 x = *cell;
         if (p.causal) *cell = make_float4(run[0], run[1], run[2], run[3]);  // state entering chunk c
@@ -512,7 +545,7 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Params<Tin> p, int
     for (int j = 0; j < 4; ++j) {
         bool is_z;
         const int64_t x = exact(i0 + j, is_z);
-        float* fin = is_z ? p.zT : p.ST;
+        float* fin = is_z ? a.z_fin : a.S_fin;
         if (x >= 0 && fin != nullptr) fin[x] = run[j];
     }
 }
@@ -590,6 +623,33 @@ __global__ void __launch_bounds__(kThreads) chunk_out_kernel(Params<Tin> p) {
     }
 }
 
+// Chunk-parallel backward (p.par): block -> its one chunk. Fills ri like row_info (the whole sequence), the
+// chunk index c within the sequence and the workspace slot holding its state (causal: the chunk's own slot;
+// non-causal: the sequence's first slot, which holds the whole-sequence sum). false: an idle slot.
+template <typename Tin>
+__device__ __forceinline__ bool par_chunk(const Params<Tin>& p, RowInfo& r, int64_t& c, int64_t& cell) {
+    const ChunkBlock cb = chunk_block(p);
+    const SlotInfo si = slot_info(p, cb.b, cb.slot);
+    r.n = si.n;
+    r.h = cb.h;
+    r.hk = cb.h / (p.H / p.Hk);
+    r.b = cb.b;
+    r.t0 = p.cu != nullptr ? static_cast<int64_t>(p.cu[si.n]) : 0;
+    r.len = p.cu != nullptr ? static_cast<int64_t>(p.cu[si.n + 1]) - r.t0 : p.T;
+    c = (si.t_first - r.t0) / p.C;
+    cell = ((cb.b * p.NS + (p.causal ? cb.slot : si.base)) * p.H + cb.h) * p.Ep;
+    return si.len > 0;
+}
+
+// state[d][e] = ws cell (padded layout [Dp][Dvp] then z [Dp]).
+__device__ __forceinline__ void init_state_ws(float* S, int ldV, float* z, const float* cell, int Dp, int Dvp) {
+    for (int idx = threadIdx.x; idx < Dp * Dvp; idx += blockDim.x) {
+        const int d = idx / Dvp, e = idx - (idx / Dvp) * Dvp;
+        S[d * ldV + e] = cell[idx];
+    }
+    for (int d = threadIdx.x; d < Dp; d += blockDim.x) z[d] = cell[int64_t(Dp) * Dvp + d];
+}
+
 // ============================================================================================== backward
 
 // Forward-order sweep: den, inv, dden (-> workspace) and dq.
@@ -601,8 +661,15 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
     const Tiles sm = carve(kBwdDq, C, Dp, Dvp, smem_raw);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *dOs = sm.dO, *As = sm.A, *Ms = sm.M, *G = sm.X1, *Ss = sm.S,
           *zs = sm.z, *invs = sm.v1, *ddens = sm.v2;
-    const RowInfo ri = row_info(p);
-    const int64_t state_row = ri.n * p.H + ri.h;
+    RowInfo ri;
+    int64_t c_par = 0, cell = 0;
+    if (p.par) {
+        if (!par_chunk(p, ri, c_par, cell)) return;  // uniform over the block
+        init_state_ws(Ss, ldV, zs, p.ws + cell, Dp, Dvp);
+    } else {
+        ri = row_info(p);
+        init_state(Ss, ldV, zs, p.S0, p.z0, ri.n * p.H + ri.h, p.D, p.Dv, Dp, Dvp);
+    }
     const int fmap = p.fmap;
     const float scale = p.scale;
     auto fq = [fmap, scale](float x, int) { return scale * phi(x, fmap); };
@@ -610,10 +677,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
     auto raw = [](float x, int) { return x; };
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
 
-    init_state(Ss, ldV, zs, p.S0, p.z0, state_row, p.D, p.Dv, Dp, Dvp);
     __syncthreads();
     const int64_t n_chunks = cdiv64(ri.len, C);
-    if (!p.causal) {
+    const int64_t c_lo = p.par ? c_par : 0, c_hi = p.par ? c_par + 1 : n_chunks;
+    if (!p.causal && !p.par) {
         for (int64_t c = 0; c < n_chunks; ++c) {
             const int64_t t_first = ri.t0 + c * C;
             const int len = chunk_len(ri.len, c, C);
@@ -624,7 +691,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
             __syncthreads();
         }
     }
-    for (int64_t c = 0; c < n_chunks; ++c) {
+    for (int64_t c = c_lo; c < c_hi; ++c) {
         const int64_t t_first = ri.t0 + c * C;
         const int len = chunk_len(ri.len, c, C);
         load_tile(Qs, ldD, C, Dp, p.q, ri.b, t_first, ri.h, len, p.D, fq);
@@ -691,7 +758,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
             p.out[((ri.b * p.T + t_first + t) * p.H + ri.h) * p.D + d] =
                 from_float<Tin>(scale * dphi(x, fmap) * G[t * ldD + d]);
         }
-        if (p.causal) add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
+        if (p.causal && !p.par) add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
         __syncthreads();
     }
 }
@@ -705,7 +772,15 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
     const Tiles sm = carve(kBwdDkv, C, Dp, Dvp, smem_raw);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *dOs = sm.dO, *As = sm.A, *Ms = sm.M, *dK = sm.X1, *dV = sm.X2,
           *dS = sm.S, *dz = sm.z, *ddens = sm.v2;
-    const RowInfo ri = row_info(p);
+    RowInfo ri;
+    int64_t c_par = 0, cell = 0;
+    if (p.par) {
+        if (!par_chunk(p, ri, c_par, cell)) return;  // uniform over the block
+        init_state_ws(dS, ldV, dz, p.ws2 + cell, Dp, Dvp);  // the cotangent of the state leaving the chunk
+    } else {
+        ri = row_info(p);
+        init_state(dS, ldV, dz, p.dST, p.dzT, ri.n * p.H + ri.h, p.D, p.Dv, Dp, Dvp);
+    }
     const int64_t state_row = ri.n * p.H + ri.h;
     const int fmap = p.fmap;
     const float scale = p.scale;
@@ -716,9 +791,9 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
     auto fk = [fmap](float x, int) { return phi(x, fmap); };
     auto raw = [](float x, int) { return x; };
 
-    init_state(dS, ldV, dz, p.dST, p.dzT, state_row, p.D, p.Dv, Dp, Dvp);
     __syncthreads();
     const int64_t n_chunks = cdiv64(ri.len, C);
+    const int64_t c_lo = p.par ? c_par : 0, c_hi = p.par ? c_par + 1 : n_chunks;
     // dO'_t = inv_t·do_t (rows of the chunk starting at t_first); dden_t into ddens
     auto load_dout = [&](int64_t t_first, int len) {
         auto f = [=](float x, int t) { return normalize ? x * ws_inv[(b * T + t_first + t) * H + h] : x; };
@@ -726,7 +801,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
         for (int t = threadIdx.x; t < C; t += blockDim.x)
             ddens[t] = (normalize && t < len) ? p.ws_dden[(b * T + t_first + t) * H + h] : 0.f;
     };
-    if (!p.causal) {  // sweep 1: dS = dS_T + Σ_t q̃_t dO'_tᵀ over the whole sequence
+    if (!p.causal && !p.par) {  // sweep 1: dS = dS_T + Σ_t q̃_t dO'_tᵀ over the whole sequence
         for (int64_t c = 0; c < n_chunks; ++c) {
             const int64_t t_first = ri.t0 + c * C;
             const int len = chunk_len(ri.len, c, C);
@@ -737,7 +812,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
             __syncthreads();
         }
     }
-    for (int64_t c = n_chunks - 1; c >= 0; --c) {
+    for (int64_t c = c_hi - 1; c >= c_lo; --c) {
         const int64_t t_first = ri.t0 + c * C;
         const int len = chunk_len(ri.len, c, C);
         load_tile(Ks, ldD, C, Dp, p.k, b, t_first, ri.hk, len, p.D, fk);
@@ -779,10 +854,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
             const int t = static_cast<int>(idx / p.Dv), e = static_cast<int>(idx - (idx / p.Dv) * p.Dv);
             p.dv_h[((b * T + t_first + t) * H + h) * p.Dv + e] = dV[t * ldV + e];
         }
-        if (p.causal) add_outer<kTC>(dS, ldV, dz, Qs, ldD, dOs, ddens, C, Dp, Dvp);  // dS += Q̃ᵀ dO'
+        if (p.causal && !p.par) add_outer<kTC>(dS, ldV, dz, Qs, ldD, dOs, ddens, C, Dp, Dvp);  // dS += Q̃ᵀ dO'
         __syncthreads();
     }
-    store_state(p.dS0, p.dz0, dS, ldV, dz, state_row, p.D, p.Dv);
+    if (!p.par) store_state(p.dS0, p.dz0, dS, ldV, dz, state_row, p.D, p.Dv);
 }
 
 // ============================================================================================== launchers
@@ -862,7 +937,9 @@ cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int max
 constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
 
 // The occupancy rule (kernels/occupancy.py `choose`, applied to these kernels); see FwdPlan in the header.
-cudaError_t make_plan(const LinSizes& sz, const LinOptions& opt, FwdPlan* plan) {
+// backward: the plan of linear_attention_bwd — one C for every kernel of the chunk-parallel backward (its
+// bwd_dq / bwd_dkv tiles and the summaries' tiles must fit), main grid B·NS·H (no Dv tiles), two workspaces.
+cudaError_t make_plan(const LinSizes& sz, const LinOptions& opt, FwdPlan* plan, bool backward = false) {
     int sms = 0, max_smem = 0;
     cudaError_t err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
@@ -870,10 +947,13 @@ cudaError_t make_plan(const LinSizes& sz, const LinOptions& opt, FwdPlan* plan) 
     int c_one = 0, c_chunk = 0;
     const int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
     for (int C : kChunks) {
-        if (c_one == 0 && carve(kFwd, C, Dp, Dvp, nullptr).bytes <= max_smem) c_one = C;
-        if (c_chunk == 0 && carve_chunk(1, C, Dp, bv0, nullptr).bytes <= max_smem &&
-            carve_chunk(0, C, Dp, bv0, nullptr).bytes <= max_smem)
-            c_chunk = C;
+        const bool bwd_fits = carve(kBwdDq, C, Dp, Dvp, nullptr).bytes <= max_smem &&
+                              carve(kBwdDkv, C, Dp, Dvp, nullptr).bytes <= max_smem;
+        const bool one_fits = backward ? bwd_fits : carve(kFwd, C, Dp, Dvp, nullptr).bytes <= max_smem;
+        const bool chunk_fits = carve_chunk(0, C, Dp, bv0, nullptr).bytes <= max_smem &&
+                                (backward ? bwd_fits : carve_chunk(1, C, Dp, bv0, nullptr).bytes <= max_smem);
+        if (c_one == 0 && one_fits) c_one = C;
+        if (c_chunk == 0 && chunk_fits) c_chunk = C;
     }
     const int64_t seq = sz.N * sz.H;
     auto slots = [&](int C) -> int64_t {
@@ -882,11 +962,12 @@ cudaError_t make_plan(const LinSizes& sz, const LinOptions& opt, FwdPlan* plan) 
     };
     const int64_t NS = slots(c_chunk);
     auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
+    auto main_blocks = [&](int bv) { return backward ? sz.B * NS * sz.H : chunk_blocks(bv); };
     FwdMode mode = opt.fwd_mode;
     if (mode == FwdMode::Auto) {
         if (c_chunk == 0 || seq >= 2 * int64_t(sms)) mode = FwdMode::OnePass;
-        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq) mode = FwdMode::Chunked;
-        else mode = seq >= chunk_blocks(16) ? FwdMode::OnePass : FwdMode::Chunked;
+        else if (main_blocks(bv0) >= sms && main_blocks(bv0) > seq) mode = FwdMode::Chunked;
+        else mode = seq >= main_blocks(16) ? FwdMode::OnePass : FwdMode::Chunked;
         if (c_one == 0) mode = FwdMode::Chunked;
     }
     int bv = bv0;
@@ -897,8 +978,9 @@ cudaError_t make_plan(const LinSizes& sz, const LinOptions& opt, FwdPlan* plan) 
     plan->BV = bv;
     plan->NS = mode == FwdMode::Chunked ? NS : 0;
     plan->seq_blocks = seq;
-    plan->chunk_blocks = chunk_blocks(bv);
-    plan->workspace_bytes = mode == FwdMode::Chunked ? sz.B * NS * sz.H * int64_t(Dp) * (Dvp + 1) * 4 : 0;
+    plan->chunk_blocks = main_blocks(bv);
+    plan->workspace_bytes =
+        mode == FwdMode::Chunked ? (backward ? 2 : 1) * sz.B * NS * sz.H * int64_t(Dp) * (Dvp + 1) * 4 : 0;
     return plan->C == 0 ? cudaErrorInvalidConfiguration : cudaSuccess;
 }
 
@@ -933,8 +1015,9 @@ cudaError_t launch_chunked(Params<Tin> p, const FwdPlan& plan, void* workspace, 
         if (err != cudaSuccess) return err;
     }
     if (p.N * p.H > 0) {
+        const ScanArgs a{p.ws, p.S0, p.z0, p.ST, p.zT, 0};
         FLASHTS_LAUNCH(state_scan_kernel<Tin>, static_cast<unsigned>(p.N * p.H * scan_per_row), kThreads, 0, stream,
-                       p, scan_per_row);
+                       p, scan_per_row, a);
         err = cudaGetLastError();
         if (err != cudaSuccess) return err;
     }
@@ -969,11 +1052,82 @@ cudaError_t fwd_typed(LinInput q, LinInput k, LinInput v, LinSizes sz, LinOption
     return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, stream);
 }
 
+// The chunk-parallel backward (B·NS·H blocks per main kernel), six launches on `stream`:
+//   1. chunk_state_kernel: K̃ᵀ V, colsum K̃ per chunk -> ws;   2. state_scan_kernel: the state entering each chunk
+//   (non-causal: the whole-sequence state) in ws;   3. bwd_dq_kernel (par): den, inv, dden (-> ws_inv, ws_dden)
+//   and dq per chunk;   4. chunk_state_kernel (dstate): Q̃ᵀ dO', Q̃ᵀ dden per chunk -> ws2;   5. state_scan_kernel
+//   (reverse, from dS_T): the cotangent of the state leaving each chunk (non-causal: the whole sum) in ws2 and
+//   dS_0 = dS_T + Σ;   6. bwd_dkv_kernel (par): dk, dv per chunk.
+template <typename Tin>
+cudaError_t launch_chunked_bwd(Params<Tin> p, const FwdPlan& plan, void* workspace, int64_t workspace_bytes,
+                               cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    p.C = plan.C;
+    p.BV = plan.BV;
+    p.nBV = static_cast<int>(cdiv64(p.Dvp, plan.BV));
+    p.NS = plan.NS;
+    p.Ep = int64_t(p.Dp) * (p.Dvp + 1);
+    p.ws = static_cast<float*>(workspace);
+    p.ws2 = p.ws + p.B * p.NS * p.H * p.Ep;
+    const int64_t rows = p.B * p.NS * p.H, sum_blocks = rows * p.nBV;
+    const int64_t scan_per_row = cdiv64(p.Ep / 4, kThreads);
+    if (sum_blocks > 0x7fffffffLL || p.N * p.H * scan_per_row > 0x7fffffffLL) return cudaErrorInvalidValue;
+    const int64_t bytes_sum = carve_chunk(0, p.C, p.Dp, p.BV, nullptr).bytes;
+    const int64_t bytes_dq = carve(kBwdDq, p.C, p.Dp, p.Dvp, nullptr).bytes;
+    const int64_t bytes_dkv = carve(kBwdDkv, p.C, p.Dp, p.Dvp, nullptr).bytes;
+    cudaError_t err = cudaFuncSetAttribute(chunk_state_kernel<Tin>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes_sum));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(bwd_dq_kernel<Tin>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(bytes_dq));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(bwd_dkv_kernel<Tin>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(bytes_dkv));
+    if (err != cudaSuccess) return err;
+    Params<Tin> pp = p;  // the per-chunk kernels: one block per (b, slot, h)
+    pp.par = 1;
+    pp.nBV = 1;
+    Params<Tin> pd = p;  // the cotangent summaries
+    pd.dstate = 1;
+    const unsigned scan_blocks = static_cast<unsigned>(p.N * p.H * scan_per_row);
+    if (sum_blocks > 0) {
+        FLASHTS_LAUNCH(chunk_state_kernel<Tin>, static_cast<unsigned>(sum_blocks), kThreads,
+                       static_cast<size_t>(bytes_sum), stream, p);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (scan_blocks > 0) {
+        const ScanArgs a{p.ws, p.S0, p.z0, nullptr, nullptr, 0};
+        FLASHTS_LAUNCH(state_scan_kernel<Tin>, scan_blocks, kThreads, 0, stream, p, scan_per_row, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (rows > 0) {
+        FLASHTS_LAUNCH(bwd_dq_kernel<Tin>, static_cast<unsigned>(rows), kThreads, static_cast<size_t>(bytes_dq),
+                       stream, pp);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+        FLASHTS_LAUNCH(chunk_state_kernel<Tin>, static_cast<unsigned>(sum_blocks), kThreads,
+                       static_cast<size_t>(bytes_sum), stream, pd);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (scan_blocks > 0) {
+        const ScanArgs a{p.ws2, p.dST, p.dzT, p.dS0, p.dz0, 1};
+        FLASHTS_LAUNCH(state_scan_kernel<Tin>, scan_blocks, kThreads, 0, stream, p, scan_per_row, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (rows > 0) {
+        FLASHTS_LAUNCH(bwd_dkv_kernel<Tin>, static_cast<unsigned>(rows), kThreads, static_cast<size_t>(bytes_dkv),
+                       stream, pp);
+        err = cudaGetLastError();
+    }
+    return err;
+}
+
 template <typename Tin>
 cudaError_t bwd_typed(LinInput dout, LinInput q, LinInput k, LinInput v, LinInput o, LinSizes sz, LinOptions opt,
                       const float* S0, const float* z0, const float* dS_T, const float* dz_T, float* ws_inv,
                       float* ws_dden, void* dq, float* dk_heads, float* dv_heads, float* dS0, float* dz0,
-                      cudaStream_t stream) {
+                      void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     if (opt.normalize && (ws_inv == nullptr || ws_dden == nullptr)) return cudaErrorInvalidValue;
     Params<Tin> p = make_params<Tin>(sz, opt);
     p.q = view<Tin>(q, sz.D);
@@ -992,8 +1146,12 @@ cudaError_t bwd_typed(LinInput dout, LinInput q, LinInput k, LinInput v, LinInpu
     p.dv_h = dv_heads;
     p.dS0 = dS0;
     p.dz0 = dz0;
+    FwdPlan plan{};
+    cudaError_t err = make_plan(sz, opt, &plan, true);
+    if (err != cudaSuccess) return err;
+    if (plan.mode == FwdMode::Chunked) return launch_chunked_bwd<Tin>(p, plan, workspace, workspace_bytes, stream);
     int sms = 0, max_smem = 0;
-    cudaError_t err = device_facts(opt, &sms, &max_smem);
+    err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
     err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, stream);
     if (err != cudaSuccess) return err;
@@ -1006,6 +1164,12 @@ cudaError_t linear_attention_fwd_plan(DType, LinSizes sz, LinOptions opt, FwdPla
     const cudaError_t err = check_sizes(sz);
     if (err != cudaSuccess) return err;
     return make_plan(sz, opt, plan);
+}
+
+cudaError_t linear_attention_bwd_plan(DType, LinSizes sz, LinOptions opt, FwdPlan* plan) {
+    const cudaError_t err = check_sizes(sz);
+    if (err != cudaSuccess) return err;
+    return make_plan(sz, opt, plan, true);
 }
 
 cudaError_t linear_attention_fwd(DType dtype, LinInput q, LinInput k, LinInput v, LinSizes sz, LinOptions opt,
@@ -1028,19 +1192,20 @@ cudaError_t linear_attention_fwd(DType dtype, LinInput q, LinInput k, LinInput v
 cudaError_t linear_attention_bwd(DType dtype, LinInput dout, LinInput q, LinInput k, LinInput v, LinInput o,
                                  LinSizes sz, LinOptions opt, const float* S0, const float* z0, const float* dS_T,
                                  const float* dz_T, float* ws_inv, float* ws_dden, void* dq, float* dk_heads,
-                                 float* dv_heads, float* dS0, float* dz0, cudaStream_t stream) {
+                                 float* dv_heads, float* dS0, float* dz0, void* workspace,
+                                 int64_t workspace_bytes, cudaStream_t stream) {
     const cudaError_t err = check_sizes(sz);
     if (err != cudaSuccess) return err;
     switch (dtype) {
         case DType::F32:
             return bwd_typed<float>(dout, q, k, v, o, sz, opt, S0, z0, dS_T, dz_T, ws_inv, ws_dden, dq, dk_heads,
-                                    dv_heads, dS0, dz0, stream);
+                                    dv_heads, dS0, dz0, workspace, workspace_bytes, stream);
         case DType::F16:
             return bwd_typed<__half>(dout, q, k, v, o, sz, opt, S0, z0, dS_T, dz_T, ws_inv, ws_dden, dq, dk_heads,
-                                     dv_heads, dS0, dz0, stream);
+                                     dv_heads, dS0, dz0, workspace, workspace_bytes, stream);
         case DType::BF16:
             return bwd_typed<__nv_bfloat16>(dout, q, k, v, o, sz, opt, S0, z0, dS_T, dz_T, ws_inv, ws_dden, dq,
-                                            dk_heads, dv_heads, dS0, dz0, stream);
+                                            dk_heads, dv_heads, dS0, dz0, workspace, workspace_bytes, stream);
     }
     return cudaErrorInvalidValue;
 }

@@ -83,13 +83,20 @@ cudaError_t linear_attention_fwd(DType dtype, LinInput q, LinInput k, LinInput v
                                  const float* S0, const float* z0, void* o, float* S_T, float* z_T,
                                  void* workspace, int64_t workspace_bytes, cudaStream_t stream);
 
+// The backward's plan (the same rule and FwdPlan fields; opt.fwd_mode selects the backward's mode too): the
+// chunk-parallel backward runs its per-chunk kernels on B·NS·H blocks with one C for all of them and needs two
+// chunk-state workspaces (workspace_bytes = 2·B·NS·H·Dp·(Dvp+1)·4); one pass: N·H blocks, no workspace.
+cudaError_t linear_attention_bwd_plan(DType dtype, LinSizes sz, LinOptions opt, FwdPlan* plan);
+
 // Backward. dS_T / dz_T: cotangents of the final state (nullptr = 0). Workspaces ws_inv / ws_dden: float32
 // [B, T, H] each, used only when opt.normalize (may be nullptr otherwise). dS0 / dz0 (float32 [N,H,D,Dv] /
 // [N,H,D]) are written when non-null. dq: [B,T,H,D] input type; dk_heads / dv_heads: see the file comment.
+// workspace: at least linear_attention_bwd_plan(...).workspace_bytes, 16-byte aligned.
 cudaError_t linear_attention_bwd(DType dtype, LinInput dout, LinInput q, LinInput k, LinInput v, LinInput o,
                                  LinSizes sz, LinOptions opt, const float* S0, const float* z0, const float* dS_T,
                                  const float* dz_T, float* ws_inv, float* ws_dden, void* dq, float* dk_heads,
-                                 float* dv_heads, float* dS0, float* dz0, cudaStream_t stream);
+                                 float* dv_heads, float* dS0, float* dz0, void* workspace, int64_t workspace_bytes,
+                                 cudaStream_t stream);
 
 }  // namespace linear
 }  // namespace flashts

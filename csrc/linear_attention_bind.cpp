@@ -167,8 +167,9 @@ void linear_attention_bwd(const at::Tensor& dout, const std::optional<at::Tensor
                           bool causal, const std::string& feature_map, bool normalize, double scale, double eps,
                           const std::optional<at::Tensor>& ws_inv, const std::optional<at::Tensor>& ws_dden,
                           const at::Tensor& dq, const at::Tensor& dk_heads, const at::Tensor& dv_heads,
-                          const std::optional<at::Tensor>& dS0, const std::optional<at::Tensor>& dz0) {
-    const Common c = common(q, k, v, cu_seqlens, causal, feature_map, normalize, scale, eps);
+                          const std::optional<at::Tensor>& dS0, const std::optional<at::Tensor>& dz0,
+                          const std::string& fwd_mode) {
+    Common c = common(q, k, v, cu_seqlens, causal, feature_map, normalize, scale, eps);
     const la::LinSizes& sz = c.sz;
     check_input(dout, "do", q, sz.B, sz.T);
     check_input(o, "o", q, sz.B, sz.T);
@@ -188,9 +189,19 @@ void linear_attention_bwd(const at::Tensor& dout, const std::optional<at::Tensor
     check_output(dq, "dq", {sz.B, sz.T, sz.H, sz.D}, q.scalar_type(), q);
     check_output(dk_heads, "dk_heads", {sz.B, sz.T, sz.H, sz.D}, at::kFloat, q);
     check_output(dv_heads, "dv_heads", {sz.B, sz.T, sz.H, sz.Dv}, at::kFloat, q);
+    const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+    c.opt.sm_count = props->multiProcessorCount;
+    c.opt.max_smem = static_cast<int>(props->sharedMemPerBlockOptin);
+    c.opt.fwd_mode = fwd_mode_of(fwd_mode);
+    la::FwdPlan plan{};
+    cudaError_t perr = la::linear_attention_bwd_plan(kernel_dtype(q), sz, c.opt, &plan);
+    TORCH_CHECK(perr == cudaSuccess, "linear_attention_bwd (cuda): no launch plan: ", cudaGetErrorString(perr));
+    at::Tensor workspace;
+    if (plan.workspace_bytes > 0) workspace = at::empty({plan.workspace_bytes}, q.options().dtype(at::kByte));
     const cudaError_t err = la::linear_attention_bwd(
         kernel_dtype(q), input_of(dout), input_of(q), input_of(k), input_of(v), input_of(o), sz, c.opt, s0, zz0,
         ds_t, dz_t, w_inv, w_dden, dq.data_ptr(), dk_heads.data_ptr<float>(), dv_heads.data_ptr<float>(), ds0, dzz0,
+        plan.workspace_bytes > 0 ? workspace.data_ptr() : nullptr, plan.workspace_bytes,
         at::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "linear_attention_bwd (cuda) failed: ", cudaGetErrorString(err));
 }
@@ -211,5 +222,6 @@ void register_linear_attention(pybind11::module_& m) {
           py::arg("do"), py::arg("dS_T"), py::arg("dz_T"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"),
           py::arg("S0"), py::arg("z0"), py::arg("cu_seqlens"), py::arg("causal"), py::arg("feature_map"),
           py::arg("normalize"), py::arg("scale"), py::arg("eps"), py::arg("ws_inv"), py::arg("ws_dden"),
-          py::arg("dq"), py::arg("dk_heads"), py::arg("dv_heads"), py::arg("dS0"), py::arg("dz0"));
+          py::arg("dq"), py::arg("dk_heads"), py::arg("dv_heads"), py::arg("dS0"), py::arg("dz0"),
+          py::arg("fwd_mode") = std::string("auto"));
 }

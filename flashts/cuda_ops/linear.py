@@ -38,7 +38,7 @@ from . import decode, extension
 _F32 = torch.float32
 # Largest D and Dv the kernels take (csrc/linear_attention.h, kMaxHeadDim).
 MAX_HEAD_DIM = 128
-# Forward launch mode: "auto" (the occupancy rule of csrc/linear_attention.h FwdPlan: one pass only when N·H
+# Forward and backward launch mode: "auto" (the occupancy rule of csrc/linear_attention.h FwdPlan: one pass only when N·H
 # fills 2 blocks per SM, else the chunk-parallel three-phase forward), or a fixed "one_pass" / "chunked"
 # (tests set it to cover both).
 FWD_MODE = "auto"
@@ -113,7 +113,7 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
     dz0 = new_empty((N, H, D), dtype=_F32, device=dev) if S0 is not None else None
     ext.linear_attention_bwd(do, _f32(dS_T), _f32(dz_T), q, k, v, o, _f32(S0), _f32(z0), _cu(cu_seqlens),
                              bool(causal), feature_map, bool(normalize), float(scale), float(eps), ws_inv, ws_dden,
-                             dq, dk_heads, dv_heads, dS0, dz0)
+                             dq, dk_heads, dv_heads, dS0, dz0, FWD_MODE)
     dk = _group_sum(dk_heads, Hk, k.dtype)
     dv = _group_sum(dv_heads, Hk, v.dtype)
     if S0 is None:
