@@ -52,16 +52,6 @@
 #include "linear_attention.h"
 #include "common.cuh"
 
-// The CUDA emulation contract (common brief): launches and dynamic shared memory through these macros, which
-// csrc/common.cuh defines (host-emulation versions under FLASHTS_HOST_EMU). Fallbacks until it does.
-// TODO move to common.cuh (cudaemu): drop these once its definitions are merged.
-#ifndef FLASHTS_LAUNCH
-#define FLASHTS_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
-    kernel<<<(grid), (block), (smem_bytes), (stream)>>>(__VA_ARGS__)
-#endif
-#ifndef FLASHTS_DYNAMIC_SMEM
-#define FLASHTS_DYNAMIC_SMEM(type, name) extern __shared__ __align__(128) type name[]
-#endif
 
 namespace flashts {
 namespace linear {
@@ -915,12 +905,14 @@ cudaError_t device_facts(const LinOptions& opt, int* sms, int* max_smem) {
 
 // Picks the largest chunk whose tiles fit, sets the shared-memory limit and launches one block per (n, h).
 template <typename Tin>
-cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int max_smem, cudaStream_t stream) {
+cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int max_smem, int force_chunk,
+                   cudaStream_t stream) {
     if (p.N * p.H == 0) return cudaSuccess;
     cudaError_t err = cudaSuccess;
     int64_t bytes = 0;
     p.C = 0;
     for (int C : kChunks) {
+        if (force_chunk > 0 && C != force_chunk) continue;
         bytes = carve(kind, C, p.Dp, p.Dvp, nullptr).bytes;
         if (bytes <= max_smem) {
             p.C = C;
@@ -947,6 +939,7 @@ cudaError_t make_plan(const LinSizes& sz, const LinOptions& opt, FwdPlan* plan, 
     int c_one = 0, c_chunk = 0;
     const int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
     for (int C : kChunks) {
+        if (opt.chunk > 0 && C != opt.chunk) continue;  // a forced chunk size (tests)
         const bool bwd_fits = carve(kBwdDq, C, Dp, Dvp, nullptr).bytes <= max_smem &&
                               carve(kBwdDkv, C, Dp, Dvp, nullptr).bytes <= max_smem;
         const bool one_fits = backward ? bwd_fits : carve(kFwd, C, Dp, Dvp, nullptr).bytes <= max_smem;
@@ -1049,7 +1042,7 @@ cudaError_t fwd_typed(LinInput q, LinInput k, LinInput v, LinSizes sz, LinOption
     int sms = 0, max_smem = 0;
     err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, stream);
+    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, opt.chunk, stream);
 }
 
 // The chunk-parallel backward (B·NS·H blocks per main kernel), six launches on `stream`:
@@ -1153,9 +1146,9 @@ cudaError_t bwd_typed(LinInput dout, LinInput q, LinInput k, LinInput v, LinInpu
     int sms = 0, max_smem = 0;
     err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, stream);
+    err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, opt.chunk, stream);
     if (err != cudaSuccess) return err;
-    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, max_smem, stream);
+    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, max_smem, opt.chunk, stream);
 }
 
 }  // namespace

@@ -55,6 +55,7 @@ struct LinOptions {
     int sm_count;
     int max_smem;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
     FwdMode fwd_mode;
+    int chunk;  // 0: the largest chunk that fits (64, 32, 16); else that chunk size (tests use it)
 };
 
 // The forward's launch plan (linear_attention_fwd_plan): the occupancy rule of kernels/occupancy.py applied to
