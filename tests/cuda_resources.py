@@ -307,6 +307,8 @@ def goal_grids() -> dict[str, str]:
         g[f"linear::{k}_kernel"] = f"B·H = {lin} (D=64 and 128)"
     # chunk-parallel forward (the plan at the goal shapes: C = 64, BV = 64; tests/test_linear_chunk_port.py)
     g["linear::fwd_kernel"] += " (one-pass mode; not picked at the goal shapes)"
+    for k in ("bwd_dq", "bwd_dkv"):  # chunk-parallel backward at the goal shapes: C = 64 (D=64), 32 (D=128)
+        g[f"linear::{k}_kernel"] = "chunk-parallel B·⌈T/C⌉·H: D=64: 8192; D=128: 16384 (one-pass mode: B·H = 64)"
     g["linear::chunk_state_kernel"] = "B·⌈T/C⌉·H·⌈Dv/BV⌉: D=64: 8192; D=128: 16384"
     g["linear::chunk_out_kernel"] = "B·⌈T/C⌉·H·⌈Dv/BV⌉: D=64: 8192; D=128: 16384"
     g["linear::state_scan_kernel"] = "B·H·⌈Dp(Dvp+1)/1024⌉: D=64: 320; D=128: 1088"

@@ -290,3 +290,18 @@ def test_backward_packed_sequences(lib, causal):
     _, grads = reference(q, k, v, S0, z0, cu, causal, "elu", True, 1.0, 1e-6, cot=(do, dST, dzT))
     for name, x, r in zip(("dq", "dk", "dv", "dS0", "dz0"), got[:5], grads):
         assert rel(x, r) < 1e-4, name
+
+
+@pytest.mark.parametrize("mode", ["chunked", "one_pass"])
+def test_backward_bfloat16_tensor_cores(lib, mode):
+    """bf16 inputs: every chunk product of both backward kernels through the emulated mma.sync TF32 wrapper."""
+    B, T, H, Hk, D, Dv = 1, 40, 2, 1, 24, 16
+    (q, k, v), (S0, z0) = make(B, T, H, Hk, D, Dv, BF16, seed=21)
+    g = torch.Generator().manual_seed(3)
+    do = torch.randn(B, T, H, Dv, generator=g).to(BF16)
+    dST, dzT = torch.randn(B, H, D, Dv, generator=g), torch.randn(B, H, D, generator=g)
+    o, _, _, _ = run_fwd(lib, q, k, v, S0, z0, None, True, "elu", True, 1.0, 1e-6, mode, 16)
+    got = run_bwd(lib, do, dST, dzT, q, k, v, o, S0, z0, None, True, "elu", True, 1.0, 1e-6, mode, 16)
+    _, grads = reference(q, k, v, S0, z0, None, True, "elu", True, 1.0, 1e-6, cot=(do, dST, dzT))
+    for name, x, r in zip(("dq", "dk", "dv", "dS0", "dz0"), got[:5], grads):
+        assert rel(x, r) < TOL[BF16], name
