@@ -305,3 +305,19 @@ def test_backward_bfloat16_tensor_cores(lib, mode):
     _, grads = reference(q, k, v, S0, z0, None, True, "elu", True, 1.0, 1e-6, cot=(do, dST, dzT))
     for name, x, r in zip(("dq", "dk", "dv", "dS0", "dz0"), got[:5], grads):
         assert rel(x, r) < TOL[BF16], name
+
+
+@pytest.mark.parametrize("T,D,Dv,chunk,mode,picked", [(1, 7, 3, 0, "auto", "one_pass"),
+                                                      (20, 128, 128, 16, "chunked", "chunked"),
+                                                      (0, 4, 4, 0, "chunked", "chunked"),
+                                                      (65, 32, 32, 0, "auto", "chunked")])
+def test_forward_edge_sizes(lib, T, D, Dv, chunk, mode, picked):
+    """T = 1 and T = 0 (only the state passes through), the largest head dims, and the automatic choices (below
+    one wave the rule takes the mode with more blocks at BV = 16; a tie goes to the one pass)."""
+    (q, k, v), (S0, z0) = make(1, T, 2, 2, D, Dv, F32, seed=T + 1)
+    o, ST, zT, pl = run_fwd(lib, q, k, v, S0, z0, None, True, "elu", True, 1.0, 1e-6, mode, chunk)
+    assert pl["mode"] == MODE[picked] and pl["C"] == (chunk or 64)
+    o_r, S_r, z_r = reference(q, k, v, S0, z0, None, True, "elu", True, 1.0, 1e-6)
+    assert rel(ST, S_r) < TOL[F32] and rel(zT, z_r) < TOL[F32]
+    if T:
+        assert rel(o, o_r) < TOL[F32]

@@ -19,7 +19,10 @@ FMA for float32 inputs. Non-causal: a first sweep sums the whole state, a second
 Backward: a forward-order kernel recomputes den, stores inv = 1/(den+eps) and dden = −inv·(do·o) per position
 (two float32 [B, T, H] workspaces) and writes dq; a reverse-order kernel carries the state cotangent
 (dS, dz) from (dS_T, dz_T) to (dS_0, dz_0) and writes dk, dv for each QUERY head in float32; this module sums
-the H/Hk query heads of each GQA group and casts (torch glue).
+the H/Hk query heads of each GQA group and casts (torch glue). In the chunk-parallel mode (same rule) both
+kernels run one block per chunk: the chunk states come from the forward's summaries + scan, the state cotangent
+leaving each chunk from a reverse scan of the chunk summaries Q̃ᵀ dO' (two float32 workspaces of the forward's
+size).
 
 Supported: float32/float16/bfloat16 inputs with any strides, D ≤ 128 and Dv ≤ 128 (``MAX_HEAD_DIM``; larger
 head dims raise RuntimeError so callers can use backend="triton" or "torch"), every option of the op, GQA,
