@@ -66,7 +66,9 @@ def lib():
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-4000:]
         os.replace(tmp, out)
-    return ctypes.CDLL(out)
+    dll = ctypes.CDLL(out)
+    dll.flashts_emu_last_error.restype = ctypes.c_char_p
+    return dll
 
 
 def _p(x):
@@ -109,7 +111,7 @@ def run_fwd(lib, q, k, v, S0, z0, cu, causal, fmap, normalize, scale, eps, mode,
     err = lib.emu_linear_fwd(DT[q.dtype], _p(q), _strides(q), _p(k), _strides(k), _p(v), _strides(v),
                              _sizes(B, T, H, Hk, D, Dv, N), _p(cu), opt, ctypes.c_float(scale), ctypes.c_float(eps),
                              _p(S0), _p(z0), _p(o), _p(ST), _p(zT), _p(ws), ctypes.c_int64(pl["workspace_bytes"]))
-    assert err == 0, lib.flashts_emu_last_error
+    assert err == 0, lib.flashts_emu_last_error()
     return o, ST, zT, pl
 
 
@@ -128,7 +130,7 @@ def run_bwd(lib, do, dST, dzT, q, k, v, o, S0, z0, cu, causal, fmap, normalize, 
                              ctypes.c_float(scale), ctypes.c_float(eps), _p(S0), _p(z0), _p(dST), _p(dzT),
                              _p(ws_inv), _p(ws_dden), _p(dq), _p(dk_h), _p(dv_h), _p(dS0), _p(dz0), _p(ws),
                              ctypes.c_int64(pl["workspace_bytes"]))
-    assert err == 0
+    assert err == 0, lib.flashts_emu_last_error()
     G = H // Hk
     dk = dk_h.view(B, T, Hk, G, D).sum(3)
     dv = dv_h.view(B, T, Hk, G, Dv).sum(3)
