@@ -15,6 +15,7 @@ Skips when g++ or the CUDA headers are missing (the build takes ~30 s once per s
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import shutil
@@ -59,13 +60,16 @@ def lib():
         with open(s, "rb") as f:
             h.update(f.read())
     out = os.path.join(tempfile.gettempdir(), f"flashts_linear_emu_{h.hexdigest()[:16]}.so")
-    if not os.path.exists(out):
-        tmp = out + f".{os.getpid()}.tmp"
-        cmd = [gxx, "-x", "c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-DFLASHTS_HOST_EMU", f"-I{inc}",
-               f"-I{os.path.join(ROOT, 'csrc')}", f"-I{os.path.join(ROOT, 'tests', 'emulation')}", ENTRY, "-o", tmp]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr[-4000:]
-        os.replace(tmp, out)
+    with open(out + ".lock", "w") as lock:                         # pytest-xdist workers: one build
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(out):
+            tmp = out + f".{os.getpid()}.tmp"
+            cmd = [gxx, "-x", "c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-DFLASHTS_HOST_EMU", f"-I{inc}",
+                   f"-I{os.path.join(ROOT, 'csrc')}", f"-I{os.path.join(ROOT, 'tests', 'emulation')}", ENTRY,
+                   "-o", tmp]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr[-4000:]
+            os.replace(tmp, out)
     dll = ctypes.CDLL(out)
     dll.flashts_emu_last_error.restype = ctypes.c_char_p
     return dll
