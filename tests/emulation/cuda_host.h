@@ -43,6 +43,7 @@
 // The real cuda_runtime.h / mma.h are device-side headers: keep them out (their guards), use the plain C API.
 #define __CUDA_RUNTIME_H__
 #include <cuda_runtime_api.h>
+#include <vector_functions.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
