@@ -444,43 +444,16 @@ __device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
 #endif
 }
 
-// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 (TODO move to common.cuh next to the mma / cp.async wrappers): four 8×8
-// matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8 (16-byte aligned) and gets
-// register i of matrix i: without .trans the elements (row l / 4, columns 2·(l % 4), +1), with .trans the
-// elements (rows 2·(l % 4), +1, column l / 4). The host branch models exactly that (addresses exchanged with
-// warp shuffles), so the emulation checks the lanes' row addresses too.
+// ldmatrix.x4 (common.cuh's wrappers): four 8×8 matrices of 16-bit elements; lane l gives the address of row
+// l % 8 of matrix l / 8 (16-byte aligned) and gets register i of matrix i: without .trans the elements
+// (row l / 4, columns 2·(l % 4), +1), with .trans the elements (rows 2·(l % 4), +1, column l / 4).
 template <bool kTrans, typename T>
 __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const T* row) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
     if constexpr (kTrans) {
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
+        ldmatrix_x4_trans(r, row);
     } else {
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
+        ldmatrix_x4(r, row);
     }
-#else
-    const int lane = threadIdx.x & 31;
-    const uint64_t mine = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(row));
-    const uint32_t lo = static_cast<uint32_t>(mine), hi = static_cast<uint32_t>(mine >> 32);
-    auto addr_of = [&](int src) {
-        const uint64_t l = __shfl_sync(0xffffffffu, lo, src), h = __shfl_sync(0xffffffffu, hi, src);
-        return reinterpret_cast<const uint16_t*>(static_cast<uintptr_t>(l | (h << 32)));
-    };
-    for (int i = 0; i < 4; ++i) {
-        if (kTrans) {
-            const uint16_t* ra = addr_of(8 * i + 2 * (lane & 3));
-            const uint16_t* rb = addr_of(8 * i + 2 * (lane & 3) + 1);
-            r[i] = static_cast<uint32_t>(ra[lane >> 2]) | (static_cast<uint32_t>(rb[lane >> 2]) << 16);
-        } else {
-            const uint16_t* ra = addr_of(8 * i + (lane >> 2));
-            r[i] = static_cast<uint32_t>(ra[2 * (lane & 3)]) | (static_cast<uint32_t>(ra[2 * (lane & 3) + 1]) << 16);
-        }
-    }
-#endif
 }
 
 // A fragment (16×16 at rows r0.., columns k0..) of a row-major shared tile: matrices (rows +0/+8, columns +0/+8)

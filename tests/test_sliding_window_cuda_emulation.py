@@ -1,6 +1,7 @@
 """Sliding-window FlashAttention-2 CUDA kernels (csrc/sliding_window.cu, ``fa2_*_kernel``) run WITHOUT a GPU.
 
-The real kernel source is compiled as host C++ against the CUDA emulation harness (one fiber per CUDA thread,
+The real kernel source is compiled as host C++ (tests/emulation/sliding_window_host.cpp, built and cached by
+tests/emulation/emu_build.py) against the CUDA emulation harness (one fiber per CUDA thread,
 warp shuffles, ``__syncthreads``; mma.sync / ldmatrix / cp.async through the wrappers' host branches, which
 model the PTX ISA fragment layouts) and called through its plain C++ launchers (``sliding_window_fwd`` /
 ``sliding_window_bwd``), on tiny shapes. Outputs, lse and dq/dk/dv are compared with ``flashts.reference`` in
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,73 +29,15 @@ F64 = torch.float64
 DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 TOL = {torch.bfloat16: 1.5e-2, torch.float16: 2e-3}
 
-_SHIM = r'''
-#include "cuda_host.h"
-
-#include "sliding_window.cu"
-using namespace flashts::swa;
-extern "C" {
-// st: element strides [4] of q, k, v, do, o (20 numbers)
-int emu_swa_fwd(int dtype, const void* q, const void* k, const void* v, const int64_t* st, const int64_t* dims,
-                const int32_t* cu, int64_t left, int64_t right, float scale, void* o, float* lse) {
-    SwaSizes sz{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], cu, dims[7]};
-    SwaInput iq{q, st[0], st[1], st[2], st[3]}, ik{k, st[4], st[5], st[6], st[7]}, iv{v, st[8], st[9], st[10], st[11]};
-    return sliding_window_fwd(DType(dtype), iq, ik, iv, sz, left, right, scale, o, lse, nullptr);
-}
-int emu_swa_bwd(int dtype, const void* dout, const void* q, const void* k, const void* v, const void* o,
-                const int64_t* st, const int64_t* dims, const int32_t* cu, const float* lse, const float* dlse,
-                int64_t left, int64_t right, float scale, float* delta, void* dq, void* dk, void* dv) {
-    SwaSizes sz{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], cu, dims[7]};
-    SwaInput iq{q, st[0], st[1], st[2], st[3]}, ik{k, st[4], st[5], st[6], st[7]}, iv{v, st[8], st[9], st[10], st[11]};
-    SwaInput ido{dout, st[12], st[13], st[14], st[15]}, io{o, st[16], st[17], st[18], st[19]};
-    return sliding_window_bwd(DType(dtype), ido, iq, ik, iv, io, lse, dlse, sz, left, right, scale, delta, dq, dk,
-                              dv, nullptr);
-}
-int emu_swa_family(int dtype, const int64_t* dims, int backward) {
-    SwaSizes sz{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], nullptr, dims[7]};
-    return sliding_window_fa2_head_dim(DType(dtype), sz, backward);
-}
-}
-'''
-
-
-def _cuda_include() -> str | None:
-    """The CUDA toolkit's include folder (cuda_fp16.h, cuda_bf16.h, cuda_runtime_api.h), or None."""
-    cands = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        cands.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    for c in cands:
-        if c and os.path.isfile(os.path.join(c, "include", "cuda_fp16.h")):
-            return os.path.join(c, "include")
-    return None
-
-
-def _harness_build(cxx: str, cuda_inc: str, out_dir: str) -> str:
-    """Compiles csrc/sliding_window.cu + the shim above as host C++ against tests/emulation/cuda_host.h."""
-    shim = os.path.join(out_dir, "swa_shim.cpp")
-    with open(shim, "w") as f:
-        f.write(_SHIM)
-    so = os.path.join(out_dir, "swa_emu.so")
-    cmd = [cxx, "-x", "c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-DFLASHTS_HOST_EMU",
-           "-I", os.path.join(ROOT, "tests", "emulation"), "-I", cuda_inc, "-I", os.path.join(ROOT, "csrc"), shim,
-           "-o", so]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return so
+sys.path.insert(0, os.path.join(ROOT, "tests", "emulation"))
+import emu_build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory):
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler")
-    cuda_inc = _cuda_include()
-    if cuda_inc is None:
-        pytest.skip("CUDA headers (cuda_fp16.h) not found")
-    so = ctypes.CDLL(_harness_build(cxx, cuda_inc, str(tmp_path_factory.mktemp("swa_emu"))))
-    so.flashts_emu_last_error.restype = ctypes.c_char_p
-    return so
+def lib():
+    if emu_build.compiler() is None or emu_build.cuda_include() is None:
+        pytest.skip("no host C++ compiler or no CUDA headers (cuda_fp16.h)")
+    return emu_build.load({"sliding_window": os.path.join(emu_build.EMU, "sliding_window_host.cpp")})["sliding_window"]
 
 
 def _ptr(t):
@@ -128,14 +70,14 @@ def _run(lib, q, k, v, do, window, scale, cu=None, dlse=None):
     left, right = (ctypes.c_int64(w) for w in window)
     rc = lib.emu_swa_fwd(DT[dtype], _ptr(q), _ptr(k), _ptr(v), st, dims, _ptr(cu), left, right,
                          ctypes.c_float(scale), _ptr(o), _ptr(lse))
-    assert rc == 0, f"sliding_window_fwd returned {rc}: {lib.flashts_emu_last_error().decode()}"
+    assert rc == 0, f"sliding_window_fwd returned {rc}: {emu_build.last_error(lib)}"
     delta = torch.full((B, H, T), float("nan"))
     dq = torch.full(q.shape, float("nan"), dtype=dtype)
     dk = torch.full(k.shape, float("nan"), dtype=dtype)
     dv = torch.full(v.shape, float("nan"), dtype=dtype)
     rc = lib.emu_swa_bwd(DT[dtype], _ptr(do), _ptr(q), _ptr(k), _ptr(v), _ptr(o), st, dims, _ptr(cu), _ptr(lse),
                          _ptr(dlse), left, right, ctypes.c_float(scale), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv))
-    assert rc == 0, f"sliding_window_bwd returned {rc}: {lib.flashts_emu_last_error().decode()}"
+    assert rc == 0, f"sliding_window_bwd returned {rc}: {emu_build.last_error(lib)}"
     return o, lse, dq, dk, dv
 
 
