@@ -385,24 +385,25 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
 // kernels above otherwise: float32 inputs and head dims above 128). 128 threads = 4 warps; a warp owns 16·MT rows
 // of its block (MT m-tiles; MT = 1 except in the D = 64 forward).
 //
-// Tile products: mma.sync.m16n8k16 (row.col, float32 accumulation) through mma16816() below. A warp owns 16-row m-tiles
-// of its block's tile and keeps its scores, probabilities and accumulators in registers, in the mma fragment
-// layouts (PTX ISA "Matrix Fragments for mma.m16n8k16", lane = 4·g + t):
+// Tile products: mma.sync.m16n8k16 (row.col, float32 accumulation) through mma16816() below. Each warp keeps the
+// scores, probabilities and accumulators of its m-tiles in registers, in the mma fragment layouts (PTX ISA
+// "Matrix Fragments for mma.m16n8k16", lane = 4·g + t):
 //   A 16×16 (4 regs of 2 elements): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
 //   B 16×8  (2 regs):               b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
 //   C 16×8  (4 floats):             c0,c1 = C[g][2t, 2t+1],  c2,c3 = C[g+8][2t, 2t+1]
-// (low 16 bits = the lower index). Shared tiles are row-major [rows][DP + 8] (the 8-element pad puts the 8 rows
-// g of a fragment load on different banks). A operand rows and B operands whose k index runs along a tile row
-// (Q·Kᵀ: k = head dim) are read as 32-bit words; B operands whose k runs down the rows (P·V, dS·K, Pᵀ·dO, dSᵀ·Q:
-// k = key or query) are gathered as two 16-bit reads. The C fragments of two adjacent 8-column tiles are the A
+// (low 16 bits = the lower index). Shared tiles are row-major [rows][DP + 8] (the 16-byte pad puts the 8 row
+// addresses of an ldmatrix on different banks). Fragments come from ldmatrix.x4 (common.cuh): A operands and
+// B operands whose k index runs along a tile row (Q·Kᵀ, dO·Vᵀ, K·Qᵀ, V·dOᵀ: k = head dim) without .trans, B
+// operands whose k runs down the rows (P·V, dS·K, Pᵀ·dO, dSᵀ·Q: k = key or query) with .trans; one x4 load
+// gives the B fragments of two adjacent 8-column tiles. The C fragments of two adjacent 8-column tiles are the A
 // fragment of the next product (scores → probabilities → P·V without a trip through shared memory).
 //
 // Forward (one block per (64·MT query rows, head, sequence), MT = fa_fwd_mt: 2 at DP = 64, 1 at 128; 64-key
 // blocks from lo to hi as in fwd_kernel, K/V double-buffered with 16-byte cp.async): per warp and 16-row m-tile
-// S = Q Kᵀ (16×64), online softmax in base 2 per row (running
-// max m, lane-partial running sum l, rescale factor 2^(m_old − m_new); a row with no allowed key yet shifts by 0),
-// acc += P V (16×DP). Blocks the window edges or sequence end cut through are masked (−inf before the exp2);
-// interior blocks skip the mask. Output o = acc / l, lse = (m + log2 l)·ln 2.
+// S = Q Kᵀ (16×64), online softmax in base 2 per row (running max m, lane-partial running sum l, rescale factor
+// 2^(m_old − m_new); a row with no allowed key yet shifts by 0), acc += P V (16×DP). Blocks the window edges or
+// the sequence end cut through are masked (−inf before the exp2); interior blocks skip the mask. Output
+// o = acc / l, lse = (m + log2 l)·ln 2.
 // dq (per 64 query rows): S = Q Kᵀ, P = 2^(S·scale·log2e − lse·log2e), dP = dO Vᵀ, dS = P (dP − δ),
 // dq += dS K; dq·scale at the end.
 // dk/dv (per 64 keys and KV head; loops over the G query heads of the group and the query tiles of BQ rows that
