@@ -273,3 +273,28 @@ def test_compiled_step_one_graph():
         for i, (a, b) in enumerate(zip(got_g, want_g)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, msg=f"grad of input {i}, B={B}")
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+# ------------------------------------------------------------------------------------------ bench.decode
+
+def test_decode_bench_cpu_variants(tmp_path):
+    """python -m bench.decode on CPU: every variant of issue 19 (public function fast and general, step
+    functions, in place, hand-written, nn layers) checked and timed, with its ratio to the baseline."""
+    import json
+    import os
+
+    from bench import decode
+
+    rc = decode.main(["--device", "cpu", "--B", "3", "--H", "2", "--D", "6", "--L", "5", "--iters", "1",
+                      "--rounds", "3", "--out", str(tmp_path), "--tag", "t", "--quiet"])
+    assert rc == 0
+    files = sorted(os.listdir(tmp_path))
+    assert files == [f for f in files if f.startswith("decode_") and "_t." in f] and len(files) == 2
+    data = json.load(open(tmp_path / files[0]))
+    got = {(r["op"], r["backend"]) for r in data["rows"]}
+    assert got == {(op, v) for op in decode.OPS for v in decode.CPU_VARIANTS}
+    for r in data["rows"]:
+        assert r["error"] is None and r["rel_err"] < 1e-4, r
+        assert r["eager_us"] > 0 and r["vs_base"] > 0 and len(r["us_rounds"]) == 3, r
+    md = (tmp_path / files[1]).read_text()
+    assert "| aaren_attention | torch |" in md and "(nn-hand)" in md and "load average" in md
