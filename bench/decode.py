@@ -19,7 +19,8 @@ Output: ``decode_<device>_<date>.json`` and ``.md`` in ``--out`` (default ``./fl
 
 On CPU (without ``--backends``) each op gets the peers of issue 19, timed INTERLEAVED (``--rounds`` rounds; in
 each round every variant runs ``--iters`` calls in turn) so that a shared machine's load drifts over all of them
-alike; the table gives the median µs per call and its ratio to the hand-written update (ratio of medians):
+alike; the table gives the median wall-clock µs per call and its ratio to the hand-written update (ratio of
+medians), and the same for this thread's CPU time (``time.thread_time``: without the waits for a core):
 
 * ``torch`` — the public function with T = 1 (its eager fast path, :mod:`flashts.ops._fast_step`);
 * ``torch-general`` — the same call through the general path (full validation + custom op): the cost before;
@@ -247,7 +248,7 @@ def cpu_compare(op: str, q, k, v, state, kw, ref_o, ref_state, args) -> list[dic
         row = dict(op=op, backend=name, B=args.B, H=args.H, D=args.D, Dv=args.D,
                    L=args.L if op == "latte_attention" else None, dtype=args.dtype, eager_us=None, graph_us=None,
                    rel_err=None, error=None, baseline=BASELINE[name], vs_base=None, vs_base_rounds=None,
-                   min_us=None, vs_base_min=None)
+                   min_us=None, vs_base_min=None, cpu_us=None, vs_base_cpu=None)
         rows[name] = row
         try:
             with torch.no_grad():
@@ -263,26 +264,35 @@ def cpu_compare(op: str, q, k, v, state, kw, ref_o, ref_state, args) -> list[dic
             calls[name] = (lambda fn=fn, st=st: fn(q, k, v, st))
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    times = {name: [] for name in calls}
+    times = {name: [] for name in calls}   # wall clock, µs per call, one entry per round
+    cpu = {name: [] for name in calls}     # this thread's CPU time (not counting time descheduled by other load)
     with torch.no_grad():
         for fn in calls.values():
             fn()
         for _ in range(args.rounds):
             for name, fn in calls.items():
-                t = time.perf_counter()
+                c, t = time.thread_time(), time.perf_counter()
                 for _ in range(args.iters):
                     fn()
                 times[name].append((time.perf_counter() - t) * 1e6 / args.iters)
-    med = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+                cpu[name].append((time.thread_time() - c) * 1e6 / args.iters)
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+    med = {name: median(ts) for name, ts in times.items()}
+    med_cpu = {name: median(ts) for name, ts in cpu.items()}
     for name, row in rows.items():
         if name not in med:
             continue
         row["eager_us"] = med[name]
+        row["cpu_us"] = med_cpu[name]
         row["min_us"] = min(times[name])
         row["us_rounds"] = times[name]
+        row["cpu_us_rounds"] = cpu[name]
         base = row["baseline"]
         if base in med:
             row["vs_base"] = med[name] / med[base]
+            row["vs_base_cpu"] = med_cpu[name] / med_cpu[base]
             row["vs_base_min"] = row["min_us"] / min(times[base])
             ratios = sorted(a / b for a, b in zip(times[name], times[base]))
             row["vs_base_rounds"] = ratios[len(ratios) // 2]
@@ -357,7 +367,8 @@ def _fmt(x):
 
 
 def _line(r: dict) -> str:
-    vs = f", {r['vs_base']:.2f}× {r['baseline']}" if r.get("vs_base") is not None else ""
+    vs = (f", {r['vs_base']:.2f}× {r['baseline']} (CPU time {r['vs_base_cpu']:.2f}×)" if r.get("vs_base") is not None
+          else "")
     return (f"[decode] {r['op']:<17} {r['backend']:<15} eager {_fmt(r['eager_us'])} µs{vs}, graph "
             f"{_fmt(r['graph_us'])} µs, floor {_fmt(r['floor_us'])} µs, rel err {_fmt(r['rel_err'])}"
             + (f"  ({r['error']})" if r["error"] else ""))
@@ -379,13 +390,14 @@ def markdown(data: dict) -> str:
         f"{data['hbm_gbps']:g} GB/s. rel err = max relative error of o and the new state vs the float64 torch step"
         + (" (nn rows: of y and the new state vs the layer's float64 forward)" if cpu else "") + "."]
     if cpu:
-        lines += ["", f"CPU variants timed interleaved: {data.get('rounds')} rounds × {data.get('iters')} calls each, "
-                  "median µs per call; `× base` = median / the baseline's median (`hand` for op-level rows, "
-                  "`nn-hand` for layer rows), `× base, per round` = median over rounds of the same-round ratio, "
-                  "`min` = the fastest round (on a loaded machine the least disturbed one) and its ratio."]
-    if cpu:
-        lines += ["", "| op | backend | median µs | × base | × base, per round | min µs | × base (min) | rel err "
-                  "| note |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"CPU variants timed interleaved: {data.get('rounds')} rounds × {data.get('iters')} calls each. "
+                  "`wall µs` = median over rounds of the wall-clock time per call; `× base` = its ratio to the "
+                  "baseline's median (`hand` for op-level rows, `nn-hand` for layer rows); `per round` = median "
+                  "over rounds of the same-round ratio; `CPU µs` / `× base (CPU)` = the same with this thread's "
+                  "CPU time (`time.thread_time`), which leaves out the time the thread waited for a core on a "
+                  "shared machine."]
+        lines += ["", "| op | variant | wall µs | × base | per round | CPU µs | × base (CPU) | rel err | note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     else:
         lines += ["", "| op | backend | eager µs | graph µs | floor µs | bytes | rel err | note |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -395,8 +407,8 @@ def markdown(data: dict) -> str:
     for r in data["rows"]:
         if cpu:
             lines.append(f"| {r['op']} | {r['backend']} | {_fmt(r['eager_us'])} | {ratio(r.get('vs_base'))} "
-                         f"({r.get('baseline')}) | {ratio(r.get('vs_base_rounds'))} | {_fmt(r.get('min_us'))} | "
-                         f"{ratio(r.get('vs_base_min'))} | {_fmt(r['rel_err'])} | {r['error'] or ''} |")
+                         f"({r.get('baseline')}) | {ratio(r.get('vs_base_rounds'))} | {_fmt(r.get('cpu_us'))} | "
+                         f"{ratio(r.get('vs_base_cpu'))} | {_fmt(r['rel_err'])} | {r['error'] or ''} |")
         else:
             lines.append(f"| {r['op']} | {r['backend']} | {_fmt(r['eager_us'])} | {_fmt(r['graph_us'])} | "
                          f"{_fmt(r['floor_us'])} | {r['bytes']} | {_fmt(r['rel_err'])} | {r['error'] or ''} |")

@@ -296,5 +296,6 @@ def test_decode_bench_cpu_variants(tmp_path):
     for r in data["rows"]:
         assert r["error"] is None and r["rel_err"] < 1e-4, r
         assert r["eager_us"] > 0 and r["vs_base"] > 0 and len(r["us_rounds"]) == 3, r
+        assert r["cpu_us"] > 0 and r["vs_base_cpu"] > 0 and len(r["cpu_us_rounds"]) == 3, r
     md = (tmp_path / files[1]).read_text()
     assert "| aaren_attention | torch |" in md and "(nn-hand)" in md and "load average" in md

@@ -22,6 +22,7 @@ inputs and never has error messages of its own: every bad input gets exactly the
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -30,70 +31,63 @@ from ..torch_ops import step as _step
 
 ENABLED = True
 
-_Tensor = torch.Tensor
 _PLAIN = (torch.Tensor, torch.nn.Parameter)   # no subclasses with their own dispatch (they take the general path)
+_SEQ = (tuple, list)
 _FEATURE_MAPS = ("elu", "relu", "identity")
+_TORCH_DEFAULTS = ("", "auto", "torch")
 
 
-def _eager_cpu_torch(op: str, backend) -> bool:
-    """Autocast off on the CPU, and ``backend`` resolves to ``torch`` for CPU tensors."""
-    if torch.is_autocast_enabled("cpu"):
-        return False
-    if backend == "torch":
-        return True
-    # "auto" on CPU tensors is the torch backend unless FLASHTS_BACKEND names another one (the general path
-    # resolves that, and raises for a bad value)
-    if backend != "auto":
-        return False
-    try:
-        default = _backend.default_backend()
-    except ValueError:   # a bad FLASHTS_BACKEND: the general path raises it
-        return False
-    return default in ("auto", "torch") and "torch" in _backend.implemented(op)
+def _torch_backend(backend) -> bool:
+    """``backend`` resolves to ``torch`` for CPU tensors, and autocast is off on the CPU. ``"auto"`` does unless
+    FLASHTS_BACKEND names another backend (the general path resolves that, and raises for a bad value)."""
+    if backend != "torch":
+        if backend != "auto":
+            return False
+        env = os.environ.get(_backend.ENV_VAR)
+        if env is not None and env.strip().lower() not in _TORCH_DEFAULTS:
+            return False
+    return not torch.is_autocast_enabled("cpu")
 
 
-def _plain_cpu(x, dtype) -> bool:
-    return type(x) in _PLAIN and x.is_cpu and x.dtype == dtype
+def _plain_cpu3(q, k, v) -> bool:
+    """q, k, v plain tensors on the CPU with one floating dtype."""
+    dt = k.dtype
+    return (type(q) in _PLAIN and type(k) in _PLAIN and type(v) in _PLAIN and k.is_cpu and q.is_cpu and v.is_cpu
+            and q.dtype == dt and v.dtype == dt and dt.is_floating_point)
 
 
 def _finite_scale(scale) -> bool:
     return scale is None or (type(scale) is float and math.isfinite(scale))
 
 
-def _state_ok(state, n: int, shapes, dtype_ok) -> bool:
-    if type(state) not in (tuple, list) or len(state) != n:
+def _state_ok(state, shapes) -> bool:
+    """``state``: a tuple/list of plain floating CPU tensors of exactly ``shapes``."""
+    if type(state) not in _SEQ or len(state) != len(shapes):
         return False
     for part, shape in zip(state, shapes):
-        if type(part) not in _PLAIN or not part.is_cpu or part.shape != shape or not dtype_ok(part.dtype):
+        if type(part) not in _PLAIN or not part.is_cpu or part.shape != shape or not part.dtype.is_floating_point:
             return False
     return True
-
-
-def _float(dt) -> bool:
-    return dt.is_floating_point
 
 
 def linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_state, output_final_state, cu_seqlens,
            backend):
     """The step of :func:`flashts.linear_attention`, or None (take the general path)."""
-    if (not ENABLED or cu_seqlens is not None or causal is not True or type(q) not in _PLAIN or not q.is_cpu
-            or not q.dtype.is_floating_point or q.dim() != 4 or q.shape[1] != 1):
+    if not ENABLED or cu_seqlens is not None or causal is not True or not _plain_cpu3(q, k, v):
         return None
-    dt = q.dtype
-    if not (_plain_cpu(k, dt) and _plain_cpu(v, dt) and k.dim() == 4 and v.dim() == 4):
+    qs, ks, vs = q.shape, k.shape, v.shape
+    if len(qs) != 4 or qs[1] != 1 or len(ks) != 4 or len(vs) != 4:
         return None
-    B, _, H, D = q.shape
-    _, _, Hk, Dv = v.shape
-    if (k.shape != (B, 1, Hk, D) or v.shape[:3] != (B, 1, Hk) or B < 1 or D < 1 or Dv < 1 or Hk < 1
-            or H % Hk != 0):
-        return None
-    if (type(feature_map) is not str or feature_map not in _FEATURE_MAPS or type(normalize) is not bool
+    B, _, H, D = qs
+    Hk, Dv = vs[2], vs[3]
+    if (ks != (B, 1, Hk, D) or vs[:3] != (B, 1, Hk) or B < 1 or D < 1 or Dv < 1 or Hk < 1 or H % Hk != 0
+            or type(feature_map) is not str or feature_map not in _FEATURE_MAPS or type(normalize) is not bool
             or type(output_final_state) is not bool or not _finite_scale(scale)
             or type(eps) is not float or not 0.0 <= eps < math.inf):
         return None
-    if initial_state is not None and not _state_ok(initial_state, 2, ((B, H, D, Dv), (B, H, D)), _float):
+    if initial_state is not None and not _state_ok(initial_state, ((B, H, D, Dv), (B, H, D))):
         return None
-    if not _eager_cpu_torch("linear_attention", backend):
+    if not _torch_backend(backend):
         return None
     if scale is None:
         scale = 1.0 if normalize else D ** -0.5
@@ -106,21 +100,19 @@ def linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_state, o
 
 def aaren(q, k, v, scale, initial_state, output_final_state, cu_seqlens, backend):
     """The step of :func:`flashts.aaren_attention`, or None (take the general path)."""
-    if (not ENABLED or cu_seqlens is not None or type(k) not in _PLAIN or not k.is_cpu
-            or not k.dtype.is_floating_point or k.dim() != 4 or k.shape[1] != 1):
+    if not ENABLED or cu_seqlens is not None or not _plain_cpu3(q, k, v):
         return None
-    dt = k.dtype
-    if not (_plain_cpu(q, dt) and _plain_cpu(v, dt) and v.dim() == 4):
+    qs, ks, vs = q.shape, k.shape, v.shape
+    if len(ks) != 4 or ks[1] != 1 or len(vs) != 4:
         return None
-    B, _, H, D = k.shape
-    Dv = v.shape[3]
-    qs = q.shape
-    if (v.shape[:3] != (B, 1, H) or not (qs == (H, D) or qs == (B, H, D)) or B < 1 or H < 1 or D < 1
+    B, _, H, D = ks
+    Dv = vs[3]
+    if (vs[:3] != (B, 1, H) or not (qs == (H, D) or qs == (B, H, D)) or B < 1 or H < 1 or D < 1
             or Dv < 1 or type(output_final_state) is not bool or not _finite_scale(scale)):
         return None
-    if initial_state is not None and not _state_ok(initial_state, 3, ((B, H), (B, H), (B, H, Dv)), _float):
+    if initial_state is not None and not _state_ok(initial_state, ((B, H), (B, H), (B, H, Dv))):
         return None
-    if not _eager_cpu_torch("aaren_attention", backend):
+    if not _torch_backend(backend):
         return None
     st = None if initial_state is None else tuple(initial_state)
     o, st = _step.aaren_step(q, k.select(1, 0), v.select(1, 0), st, scale=D ** -0.5 if scale is None else scale)
@@ -130,21 +122,19 @@ def aaren(q, k, v, scale, initial_state, output_final_state, cu_seqlens, backend
 
 def latte(q, k, v, causal, initial_state, output_final_state, cu_seqlens, backend):
     """The step of :func:`flashts.latte_attention` (causal), or None (take the general path)."""
-    if (not ENABLED or cu_seqlens is not None or causal is not True or type(q) not in _PLAIN or not q.is_cpu
-            or not q.dtype.is_floating_point or q.dim() != 4 or q.shape[1] != 1):
+    if not ENABLED or cu_seqlens is not None or causal is not True or not _plain_cpu3(q, k, v):
         return None
-    dt = q.dtype
-    if not (_plain_cpu(k, dt) and _plain_cpu(v, dt) and v.dim() == 4):
+    qs, vs = q.shape, v.shape
+    if len(qs) != 4 or qs[1] != 1 or len(vs) != 4:
         return None
-    B, _, H, L = q.shape
-    Dv = v.shape[3]
-    if (k.shape != q.shape or v.shape[:3] != (B, 1, H) or B < 1 or H < 1 or L < 1 or Dv < 1
+    B, _, H, L = qs
+    Dv = vs[3]
+    if (k.shape != qs or vs[:3] != (B, 1, H) or B < 1 or H < 1 or L < 1 or Dv < 1
             or type(output_final_state) is not bool):
         return None
-    if initial_state is not None and not _state_ok(initial_state, 3, ((B, H, L), (B, H, L), (B, H, L, Dv)),
-                                                   _float):
+    if initial_state is not None and not _state_ok(initial_state, ((B, H, L), (B, H, L), (B, H, L, Dv))):
         return None
-    if not _eager_cpu_torch("latte_attention", backend):
+    if not _torch_backend(backend):
         return None
     st = None if initial_state is None else tuple(initial_state)
     o, st = _step.latte_step(q.select(1, 0), k.select(1, 0), v.select(1, 0), st)
