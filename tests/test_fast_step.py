@@ -2,6 +2,7 @@
 
 * it is taken (the general validation is never called) and equals the reference in float64: outputs, new
   state and every gradient, odd sizes, GQA, every feature map, q shared or per batch, with and without a state;
+  Latte Macchiato with a partly filled, full and empty (left = 0) window cache;
 * it equals the general path (custom op) exactly, including the gradient of a user-given running max;
 * every bad input still raises the general path's error: same class, same message;
 * torch.compile keeps one graph for the T = 1 step over batch sizes (dynamic=True), forward and backward,
@@ -25,7 +26,7 @@ def fast_only(monkeypatch):
     """Fail if any public call under test reaches the general validation (i.e. the fast path was not taken)."""
     def boom(*a, **k):
         raise AssertionError("the general path ran: the T = 1 fast path was not taken")
-    for name in ("check_linear", "check_aaren", "check_latte"):
+    for name in ("check_linear", "check_aaren", "check_latte", "check_macchiato"):
         monkeypatch.setattr(_validate, name, boom)
 
 
@@ -143,6 +144,61 @@ def test_inplace_state_survives_fast_path():
     assert o.shape == (2, 1, 3, 4) and o.is_contiguous()
 
 
+def _macchiato_case(B, H, D, Dv, L, W, n_win, garbage=False):
+    """T = 1 inputs and a state whose cache holds n_win[b] keys (right-aligned; the other slots zero, or
+    garbage: they must never be read)."""
+    args = (torch.randn(B, 1, H, D), torch.randn(B, 1, H, D), torch.randn(B, 1, H, Dv), torch.randn(B, 1, H, L + 1),
+            torch.randn(B, 1, H, L))
+    kw, vw = torch.randn(B, W, H, D), torch.randn(B, W, H, Dv)
+    for b, n in enumerate(n_win):
+        kw[b, :W - n] = 100.0 if garbage else 0.0
+        vw[b, :W - n] = -50.0 if garbage else 0.0
+    st = (kw, vw, torch.tensor(n_win, dtype=torch.int32), 2 * torch.randn(B, H, L), torch.rand(B, H, L) + 0.5,
+          torch.randn(B, H, L, Dv))
+    return args, st
+
+
+MACCHIATO_CASES = {"partial": (4, [0, 2, 4]), "full": (3, [3, 3, 3]), "no window": (0, [0, 0, 0])}
+
+
+@pytest.mark.parametrize("case", sorted(MACCHIATO_CASES))
+def test_macchiato_fast_equals_reference(fast_only, case):
+    W, n_win = MACCHIATO_CASES[case]
+    args, st = _macchiato_case(3, 2, 5, 7, 3, W, n_win)
+    check_against_reference("latte_macchiato_attention", "torch", args,
+                            dict(window=(W, 0), initial_state=st, output_final_state=True), dtype=F64,
+                            skip_grad_inputs=("initial_state[3]",), skip_grad_outputs=("[1][3]",))
+
+
+@pytest.mark.parametrize("garbage", [False, True], ids=["zero slots", "garbage slots"])
+def test_macchiato_fast_equals_general_path(garbage):
+    """Outputs, the whole new state (stale cache slots zero) and every gradient equal the custom op's."""
+    W = 4
+    args, st = _macchiato_case(3, 2, 5, 7, 3, W, [1, 0, 4], garbage)
+
+    def run(fast):
+        leaves = [a.double().requires_grad_() for a in args]
+        sl = [s.double().requires_grad_() if s.is_floating_point() else s for s in st]
+        old = _fast_step.ENABLED
+        _fast_step.ENABLED = fast
+        try:
+            o, new = flashts.latte_macchiato_attention(*leaves, window=(W, 0), initial_state=tuple(sl),
+                                                       output_final_state=True, backend="torch")
+        finally:
+            _fast_step.ENABLED = old
+        e = new[3].exp()
+        loss = ((o * o.sin()).sum() + new[0].sin().sum() + (new[1] ** 2).sum() + (new[4] * e).sum()
+                + (new[5].sin() * e.unsqueeze(-1)).sum())
+        grads = torch.autograd.grad(loss, leaves + [s for s in sl if s.requires_grad], allow_unused=True)
+        return [o, *new, *grads]
+    fast, slow = run(True), run(False)
+    for i, (a, b) in enumerate(zip(fast, slow)):
+        assert (a is None) == (b is None), i
+        if a is not None:
+            assert a.dtype == b.dtype and a.shape == b.shape, i
+            assert rel_err(a, b) <= 1e-12 if b.is_floating_point() else torch.equal(a, b), (i, rel_err(a, b))
+
+
 # ------------------------------------------------------------------------------------------- bad inputs
 
 def _bad_cases():
@@ -154,6 +210,15 @@ def _bad_cases():
     ast = (x(2, 3), x(2, 3), x(2, 3, 5))
     lst = (x(2, 3, 4), x(2, 3, 4), x(2, 3, 4, 5))
     q, k, v = x(2, 1, 3, 4), x(2, 1, 3, 4), x(2, 1, 3, 5)
+
+    def mst(W=3, n=(0, 2)):   # Macchiato state, window left = 3, L = 3
+        n_win = torch.tensor(n, dtype=torch.float32 if isinstance(n[0], float) else torch.int32)
+        return (x(2, W, 3, 4), x(2, W, 3, 5), n_win, x(2, 3, 3), x(2, 3, 3), x(2, 3, 3, 5))
+
+    def mac(st, window=(3, 0), mix=None, scale=None):
+        return flashts.latte_macchiato_attention(q, k, v, x(2, 1, 3, 4) if mix is None else mix, x(2, 1, 3, 3),
+                                                 window=window, scale=scale, initial_state=st,
+                                                 output_final_state=True)
     return {
         "lin state shape": lambda: lin(q, k, v, initial_state=(x(2, 3, 4, 4), z), output_final_state=True),
         "lin state len": lambda: lin(q, k, v, initial_state=(S,), output_final_state=True),
@@ -205,6 +270,19 @@ def _bad_cases():
         "lat dtype": lambda: lat(q, k, v.half(), initial_state=lst),
         "lat output_final_state": lambda: lat(q, k, v, initial_state=lst, output_final_state=None),
         "lat backend": lambda: lat(q, k, v, initial_state=lst, backend="fast"),
+        "mac n_win range": lambda: mac(mst(n=[0, 4])),
+        "mac n_win negative": lambda: mac(mst(n=[-1, 0])),
+        "mac n_win float": lambda: mac(mst(n=[0.0, 1.0])),
+        "mac n_win shape": lambda: mac(mst(n=[0, 1, 2])),
+        "mac cache shape": lambda: mac(mst(W=2)),
+        "mac window right": lambda: mac(mst(), window=(3, 1)),
+        "mac window neg": lambda: mac(mst(), window=(-1, 0)),
+        "mac window type": lambda: mac(mst(), window=3),
+        "mac window bool": lambda: mac(mst(), window=(True, 0)),
+        "mac mix size": lambda: mac(mst(), mix=x(2, 1, 3, 3)),
+        "mac state len": lambda: mac(mst()[:5]),
+        "mac scale": lambda: mac(mst(), scale=float("inf")),
+        "mac dtype": lambda: mac(mst(), mix=x(2, 1, 3, 4).double()),
     }
 
 

@@ -140,3 +140,44 @@ def latte(q, k, v, causal, initial_state, output_final_state, cu_seqlens, backen
     o, st = _step.latte_step(q.select(1, 0), k.select(1, 0), v.select(1, 0), st)
     o = o.unsqueeze(1)
     return (o, st) if output_final_state else o
+
+
+_INT_DTYPES = (torch.int32, torch.int64)
+
+
+def macchiato(q, k, v, mix, latent_k, window, scale, initial_state, output_final_state, cu_seqlens, backend):
+    """The step of :func:`flashts.latte_macchiato_attention` with a state, or None (take the general path).
+    Besides shapes it reads two numbers, the range of ``n_win`` (the general path checks it too; on the CPU a
+    read, not a device sync)."""
+    if (not ENABLED or cu_seqlens is not None or initial_state is None or not _plain_cpu3(q, k, v)
+            or not _plain_cpu3(mix, latent_k, k) or type(window) not in _SEQ or len(window) != 2):
+        return None
+    left, right = window
+    if type(left) is not int or type(right) is not int or right != 0 or left < 0:
+        return None
+    qs, vs, ms, ls = q.shape, v.shape, mix.shape, latent_k.shape
+    if len(qs) != 4 or qs[1] != 1 or len(vs) != 4 or len(ls) != 4:
+        return None
+    B, _, H, D = qs
+    Dv, L = vs[3], ls[3]
+    if (k.shape != qs or vs[:3] != (B, 1, H) or ls[:3] != (B, 1, H) or ms != (B, 1, H, L + 1) or B < 1 or H < 1
+            or D < 1 or Dv < 1 or L < 1 or type(output_final_state) is not bool or not _finite_scale(scale)):
+        return None
+    if type(initial_state) not in _SEQ or len(initial_state) != 6:
+        return None
+    n_win = initial_state[2]
+    W = left
+    if (type(n_win) not in _PLAIN or not n_win.is_cpu or n_win.dtype not in _INT_DTYPES or n_win.shape != (B,)
+            or not _state_ok(tuple(initial_state[i] for i in (0, 1, 3, 4, 5)),
+                             ((B, W, H, D), (B, W, H, Dv), (B, H, L), (B, H, L), (B, H, L, Dv)))):
+        return None
+    if not _torch_backend(backend):
+        return None
+    lo, hi = torch.aminmax(n_win)
+    if lo < 0 or hi > W:   # the general path raises its error
+        return None
+    o, st = _step.macchiato_step(q.select(1, 0), k.select(1, 0), v.select(1, 0), mix.select(1, 0),
+                                 latent_k.select(1, 0), tuple(initial_state), left=W,
+                                 scale=D ** -0.5 if scale is None else scale)
+    o = o.unsqueeze(1)
+    return (o, st) if output_final_state else o

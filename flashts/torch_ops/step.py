@@ -169,3 +169,41 @@ def latte_step(q: Tensor, k: Tensor, v: Tensor, state: Optional[tuple], *, inpla
         S = torch.addcmul(_cast(S0, cd) * f0.unsqueeze(-1), fk.unsqueeze(-1), vv.unsqueeze(-2))
     o = ((p / a).unsqueeze(-2) @ S).squeeze(-2)
     return _cast(o, v.dtype), (m, a, S)
+
+
+def macchiato_step(q: Tensor, k: Tensor, v: Tensor, mix: Tensor, latent_k: Tensor, state: tuple, *, left: int,
+                   scale: Optional[float] = None):
+    """One Latte Macchiato step with a state (SPEC §7): ``q, k [B,H,D]``, ``v [B,H,Dv]``, ``mix [B,H,L+1]``,
+    ``latent_k [B,H,L]``, state ``(k_win [B,W,H,D], v_win [B,W,H,Dv], n_win [B] int, m [B,H,L], alpha [B,H,L],
+    S [B,H,L,Dv])`` with W = ``left`` >= 0 and n_win in [0, W] -> ``(o [B,H,Dv], new state)`` (same layout,
+    n_win int32, caches in the compute dtype).
+
+    Local part: softmax attention of q over the n_win valid (right-aligned) cached keys and k itself; latent
+    part: :func:`latte_step` with Latte's q = mix[..., 1:] (its running max held fixed and, as in the op, given
+    no gradient); mixed by :func:`flashts.torch_ops.macchiato.mix_forward`. The new cache drops the oldest slot
+    and appends (k, v) on the right.
+    """
+    from .macchiato import mix_forward
+    cd = compute_dtype(q.dtype)
+    k_win, v_win, n_win, m0, a0, S0 = state
+    W = k_win.shape[1]
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    qq, kk, vv = _cast(q, cd) * scale, _cast(k, cd), _cast(v, cd)
+    kc, vc = _cast(k_win, cd), _cast(v_win, cd)
+    s_cache = torch.einsum("bhd,bwhd->bhw", qq, kc)                           # [B, H, W]
+    empty = torch.arange(W, device=q.device) < (W - n_win).unsqueeze(-1)      # [B, W]: slots not holding a key
+    s_cache = s_cache.masked_fill(empty.unsqueeze(1), _NEG_INF)
+    s_self = torch.linalg.vecdot(qq, kk).unsqueeze(-1)                         # [B, H, 1]
+    p = torch.softmax(torch.cat([s_cache, s_self], dim=-1), dim=-1)           # the self score is finite
+    A = torch.einsum("bhw,bwhe->bhe", p[..., :W], vc) + p[..., W:] * vv
+    Y, (m, a, S) = latte_step(mix[..., 1:], latent_k, v, (m0.detach(), a0, S0))
+    o = mix_forward(mix, A, Y, q.dtype)
+    n_new = (n_win + 1).clamp_max(W).to(torch.int32)
+    if W == 0:
+        return o, (kc.clone(), vc.clone(), n_new, m, a, S)
+    # shift left by one slot, append the new key on the right; slots without a key are zero (as the op writes)
+    stale = (torch.arange(W, device=q.device) < (W - n_new).unsqueeze(-1))[:, :, None, None]   # [B, W, 1, 1]
+    k_new = torch.cat([kc[:, 1:], kk.unsqueeze(1)], dim=1).masked_fill(stale, 0.0)
+    v_new = torch.cat([vc[:, 1:], vv.unsqueeze(1)], dim=1).masked_fill(stale, 0.0)
+    return o, (k_new, v_new, n_new, m, a, S)
