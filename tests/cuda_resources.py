@@ -231,9 +231,11 @@ def _expand(template: str, hmma_types=(), ldg_types=()) -> dict[str, tuple[bool,
 
 
 EXPECTED: dict[str, tuple[bool, bool]] = {}
-# linear attention: wmma TF32 tensor cores for 16-bit inputs, FMA for float32; scalar strided loads.
-for _k in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkv_kernel"):
-    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_16))
+# linear attention: mma.sync TF32 tensor cores for 16-bit inputs, FMA for float32; 16-byte loads of contiguous rows
+# (scalar fallback for strided ones); the chunk-parallel forward (chunk_state / state_scan / chunk_out).
+for _k in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkv_kernel", "chunk_state_kernel", "chunk_out_kernel"):
+    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_16, ldg_types=_ALL))
+EXPECTED.update(_expand("linear::state_scan_kernel<{T}>", ldg_types=_ALL))
 # sliding window: wmma f16/bf16 tensor cores in the tile kernels, FMA for float32; delta is a row reduction.
 for _k in ("fwd_kernel", "dq_kernel", "dkdv_kernel"):
     EXPECTED.update(_expand("swa::%s<{T}>" % _k, hmma_types=_16))
@@ -260,7 +262,7 @@ for _t in _ALL:
 
 # Matrix kernels: those whose math is a tile product (should use tensor cores; issue 15). The rest are scans,
 # elementwise or reductions.
-MATRIX_KERNELS = re.compile(r"^(linear::(fwd|bwd_dq|bwd_dkv)|swa::(fwd|dq|dkdv))_kernel")
+MATRIX_KERNELS = re.compile(r"^(linear::(fwd|bwd_dq|bwd_dkv|chunk_state|chunk_out)|swa::(fwd|dq|dkdv))_kernel")
 
 
 # ------------------------------------------------------------------------------------------------ grids
@@ -303,6 +305,13 @@ def goal_grids() -> dict[str, str]:
     lin = 4 * 16
     for k in ("fwd", "bwd_dq", "bwd_dkv"):
         g[f"linear::{k}_kernel"] = f"B·H = {lin} (D=64 and 128)"
+    # chunk-parallel forward (the plan at the goal shapes: C = 64, BV = 64; tests/test_linear_chunk_port.py)
+    g["linear::fwd_kernel"] += " (one-pass mode; not picked at the goal shapes)"
+    for k in ("bwd_dq", "bwd_dkv"):  # chunk-parallel backward at the goal shapes: C = 64 (D=64), 32 (D=128)
+        g[f"linear::{k}_kernel"] = "chunk-parallel B·⌈T/C⌉·H: D=64: 8192; D=128: 16384 (one-pass mode: B·H = 64)"
+    g["linear::chunk_state_kernel"] = "B·⌈T/C⌉·H·⌈Dv/BV⌉: D=64: 8192; D=128: 16384"
+    g["linear::chunk_out_kernel"] = "B·⌈T/C⌉·H·⌈Dv/BV⌉: D=64: 8192; D=128: 16384"
+    g["linear::state_scan_kernel"] = "B·H·⌈Dp(Dvp+1)/1024⌉: D=64: 320; D=128: 1088"
     T = 8192
     for k in ("fwd", "dq", "dkdv"):
         parts = []
