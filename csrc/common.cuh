@@ -15,8 +15,9 @@
 //     kernel: take its address into a variable first, `auto kernel = my_kernel<T, 4>;`, the macro splits at commas);
 //   * declare dynamic shared memory with FLASHTS_DYNAMIC_SMEM(type, name); (128-byte aligned); static __shared__
 //     arrays work as they are;
-//   * tensor cores and async copies only through mma_m16n8k8_tf32 / mma_m16n8k16_bf16 / mma_m16n8k16_f16 and
-//     cp_async_16 / cp_async_commit / cp_async_wait<N> below (no other inline asm); warp shuffles, ballots,
+//   * tensor cores and async copies only through mma_m16n8k8_tf32 / mma_m16n8k16_bf16 / mma_m16n8k16_f16,
+//     ldmatrix_x4 / _x4_trans / _x2 / _x2_trans and cp_async_16 / cp_async_commit / cp_async_wait<N> below (no
+//     other inline asm); warp shuffles, ballots,
 //     __syncwarp, __syncthreads and atomics are emulated as they are.
 //
 // Online-softmax state (SPEC §4/§5 and the row softmax of sliding-window attention):
@@ -341,6 +342,84 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float c[4], const uint32_t a[4]
         [&](int e) { return emu_detail::half_of<__half>(b[e >> 1], e & 1); });
 #else
     (void)c, (void)a, (void)b;
+#endif
+}
+
+// ldmatrix (sm_75+): 8×8 matrices of 16-bit elements from shared memory, one row of 16 bytes per address. Lane l
+// passes `row` = the address of row l % 8 of matrix l / 8 (.x4: lanes 0..31, four matrices; .x2: lanes 0..15 are
+// used, two matrices; every address 16-byte aligned). Register i of lane l receives matrix i's elements
+// (row l / 4, cols 2·(l % 4), 2·(l % 4) + 1), the lower column in bits 0..15 — with .trans, (rows 2·(l % 4),
+// 2·(l % 4) + 1, col l / 4), i.e. the transposed matrix. For m16n8k16: A (row-major [16][ld] tile at `a`) is
+// ldmatrix_x4(r, a + (l % 16)·ld + (l / 16)·8); B stored [k][n] row-major is ldmatrix_x2_trans(r, b + (l % 16)·ld);
+// B stored [n][k] is ldmatrix_x2(r, b + (l % 8)·ld + ((l / 8) % 2)·8). Every lane of the warp calls it.
+#if defined(FLASHTS_HOST_EMU)
+namespace emu_detail {
+template <int kMatrices, bool kTrans>
+__device__ __forceinline__ void ldmatrix_host(uint32_t* r, const void* row) {
+    const void** rows = static_cast<const void**>(::flashts_emu::warp_scratch());
+    const int lane = lane_id();
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0 && lane < 8 * kMatrices)
+        ::flashts_emu::fail_in_fiber("ldmatrix: a row address is not 16-byte aligned");
+    rows[lane] = row;
+    __syncwarp();
+    for (int i = 0; i < kMatrices; ++i) {
+        unsigned short h[2];
+        for (int j = 0; j < 2; ++j) {
+            const int rr = kTrans ? 2 * (lane & 3) + j : lane >> 2, cc = kTrans ? lane >> 2 : 2 * (lane & 3) + j;
+            h[j] = static_cast<const unsigned short*>(rows[8 * i + rr])[cc];
+        }
+        r[i] = pack2_bits(h[0], h[1]);
+    }
+    __syncwarp();
+}
+}  // namespace emu_detail
+#endif
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<4, false>(r, row);
+#else
+    (void)r, (void)row;
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<4, true>(r, row);
+#else
+    (void)r, (void)row;
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<2, false>(r, row);
+#else
+    (void)r, (void)row;
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<2, true>(r, row);
+#else
+    (void)r, (void)row;
 #endif
 }
 

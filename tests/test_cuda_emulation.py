@@ -11,19 +11,14 @@ Also here: the harness itself (warp functions, faults it must catch, cp.async vi
 ``csrc/common.cuh`` against this file's own copy of the PTX ISA fragment tables, and (with nvcc) that the device
 branches of those wrappers compile to HMMA / LDGSTS for sm_90.
 
-The shared libraries are built once per source hash into ``$TMPDIR/flashts-emu-<hash>/`` (about 20 s of CPU on a
-cold cache, in parallel; reused by later sessions and by the other pytest-xdist workers).
+The shared libraries are built once per source hash into ``$TMPDIR/flashts-emu/`` by ``tests/emulation/emu_build.py``
+(about 20 s of CPU on a cold cache, in parallel; reused by later sessions and by the other pytest-xdist workers).
 """
 import ctypes
-import fcntl
-import glob
-import hashlib
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -31,9 +26,10 @@ import torch
 
 from flashts import reference as ref
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "csrc")
-EMU = os.path.join(ROOT, "tests", "emulation")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "emulation"))
+import emu_build  # noqa: E402
+
+CSRC, EMU = emu_build.CSRC, emu_build.EMU
 F64 = torch.float64
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 LAUNCH_FAILURE, INVALID_VALUE, INVALID_CONFIGURATION = 719, 1, 9
@@ -45,76 +41,19 @@ LIBS = {
     "decode_step": os.path.join(EMU, "decode_step_host.cpp"),
     "auto_correlation": os.path.join(EMU, "auto_correlation_host.cpp"),
 }
-FLAGS = ["-x", "c++", "-std=c++17", "-O1", "-g0", "-shared", "-fPIC", "-fvisibility=hidden", "-Wl,-Bsymbolic",
-         "-DFLASHTS_HOST_EMU", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"]
 
 
 # ---------------------------------------------------------------------------------------------------- build
 
-def _cuda_include():
-    """A directory with cuda_runtime_api.h, cuda_fp16.h and cuda_bf16.h: the CUDA toolkit's, else Triton's copy."""
-    cands = []
-    if os.environ.get("CUDA_HOME"):
-        cands.append(os.path.join(os.environ["CUDA_HOME"], "include"))
-    cands += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
-    try:
-        import triton
-        cands.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "include"))
-    except ImportError:
-        pass
-    for d in cands:
-        if all(os.path.isfile(os.path.join(d, h)) for h in ("cuda_runtime_api.h", "cuda_fp16.h", "cuda_bf16.h")):
-            return d
-    return None
-
-
-def _compiler():
-    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
-
-
-def _cache_dir(cxx, inc):
-    h = hashlib.sha256()
-    h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
-    h.update(" ".join(FLAGS + [inc]).encode())
-    for path in sorted(glob.glob(os.path.join(CSRC, "*")) + glob.glob(os.path.join(EMU, "*"))):
-        if os.path.isfile(path):
-            h.update(path.encode())
-            with open(path, "rb") as f:
-                h.update(f.read())
-    return os.path.join(tempfile.gettempdir(), f"flashts-emu-{h.hexdigest()[:16]}")
-
-
 @pytest.fixture(scope="session")
 def libs():
-    """name -> ctypes.CDLL of every emulated library (built in parallel, cached by source hash)."""
-    cxx, inc = _compiler(), _cuda_include()
-    if cxx is None:
+    """name -> ctypes.CDLL of every emulated library (tests/emulation/emu_build.py: built in parallel, cached)."""
+    if emu_build.compiler() is None:
         pytest.skip("no g++")
-    if inc is None:
-        pytest.fail("no CUDA headers (cuda_fp16.h): neither a CUDA toolkit nor Triton's bundled copy was found")
-    out_dir = _cache_dir(cxx, inc)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (pytest-xdist workers share the cache)
-        procs = {}
-        for name, src in LIBS.items():
-            so = os.path.join(out_dir, name + ".so")
-            if not os.path.exists(so):
-                tmp = so + f".tmp{os.getpid()}"
-                cmd = [cxx, *FLAGS, "-include", os.path.join(EMU, "cuda_host.h"), f"-I{inc}", f"-I{CSRC}",
-                       f"-I{EMU}", src, "-o", tmp]
-                procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-                               tmp, so)
-        for name, (p, tmp, so) in procs.items():
-            log = p.communicate()[0]
-            assert p.returncode == 0, f"building the emulation of {name} failed:\n{log[-6000:]}"
-            os.replace(tmp, so)
-    out = {}
-    for name in LIBS:
-        lib = ctypes.CDLL(os.path.join(out_dir, name + ".so"))
-        lib.flashts_emu_last_error.restype = ctypes.c_char_p
-        out[name] = lib
-    return out
+    try:
+        return emu_build.load(LIBS)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture
@@ -132,8 +71,7 @@ def schedule(libs):
         lib.flashts_emu_set_schedule(0)
 
 
-def _last_error(lib):
-    return lib.flashts_emu_last_error().decode()
+_last_error = emu_build.last_error
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -328,6 +266,28 @@ def test_mma_tf32_rounds_operands(libs):
     assert np.abs(unrounded - want).max() > 1e-4  # the check can tell rounded from unrounded operands
 
 
+def test_ldmatrix_wrappers(libs):
+    """ldmatrix_x4 / _x4_trans / _x2 / _x2_trans with common.cuh's recipes give the ISA's mma fragments."""
+    lib = libs["selftest"]
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(16, 16, generator=g).to(torch.bfloat16)
+    B = torch.randn(16, 16, generator=g).to(torch.bfloat16)  # [k][n]
+    Bt = B[:, :8].T.contiguous()  # [n][k] of n-tile 0
+    ra, rb = np.zeros((32, 4), np.uint32), np.zeros((32, 4), np.uint32)
+    rb2, rbt = np.zeros((32, 2), np.uint32), np.zeros((32, 2), np.uint32)
+    assert lib.st_ldmatrix(_ptr(A), _ptr(B), _ptr(Bt), _np_ptr(ra), _np_ptr(rb), _np_ptr(rb2), _np_ptr(rbt)) == 0, \
+        _last_error(lib)
+    Af, Bf = A.float().numpy(), B.float().numpy()
+    zero_c = np.zeros((16, 8))
+    want_a, want_b0, _ = _fragments("bf16", Af, Bf[:, :8], zero_c)
+    _, want_b1, _ = _fragments("bf16", Af, Bf[:, 8:], zero_c)
+    np.testing.assert_array_equal(ra, want_a)
+    np.testing.assert_array_equal(rb[:, :2], want_b0)
+    np.testing.assert_array_equal(rb[:, 2:], want_b1)
+    np.testing.assert_array_equal(rb2, want_b0)
+    np.testing.assert_array_equal(rbt, want_b0)
+
+
 @pytest.mark.parametrize("order", [0, 1, 5])
 def test_tiled_gemm_example(libs, schedule, order):
     """gemm_bf16_kernel (cp.async double buffer + MmaM16n8k16 gathers + mma_m16n8k16_bf16), two warps."""
@@ -415,7 +375,8 @@ def test_cp_async_completes_at_the_wait(libs):
 
 
 def test_device_branches_compile_to_tensor_core_and_cp_async_sass(tmp_path):
-    """nvcc, sm_90: the mma probes hold HMMA, the tiled GEMM HMMA and LDGSTS (cp.async), and nothing spills."""
+    """nvcc, sm_90: the mma probes hold HMMA, the ldmatrix probe LDSM, the tiled GEMM HMMA and LDGSTS (cp.async),
+    and nothing spills."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import cuda_resources as cr
     if cr.find_tool("nvcc") is None:
@@ -445,6 +406,8 @@ def test_device_branches_compile_to_tensor_core_and_cp_async_sass(tmp_path):
         assert probe["hmma"] > 0
     (gemm,) = find("gemm_bf16_kernel")
     assert gemm["hmma"] > 0 and gemm["ldgsts"] > 0
+    ldsm = [block for block in sass.split("Function : ")[1:] if "ldmatrix_probe" in block.split("\n")[0]]
+    assert len(ldsm) == 1 and ldsm[0].count("LDSM") >= 4
 
 
 # ------------------------------------------------------------------------------------------- Aaren / Latte

@@ -1,8 +1,9 @@
 // Self-test kernels of the CUDA emulation harness (tests/test_cuda_emulation.py). Compiled twice:
 //   * as host C++ (g++ -x c++ -DFLASHTS_HOST_EMU -include cuda_host.h): the tests launch them through the
 //     extern "C" functions at the bottom and compare with models written in Python;
-//   * with nvcc for sm_90 (-cubin): the SASS of the mma probes must hold HMMA and the tiled GEMM LDGSTS
-//     (cp.async), i.e. the device branches of csrc/common.cuh's wrappers are the instructions they claim.
+//   * with nvcc for sm_90 (-cubin): the SASS of the mma probes must hold HMMA, the ldmatrix probe LDSM and the
+//     tiled GEMM LDGSTS (cp.async), i.e. the device branches of csrc/common.cuh's wrappers are the instructions
+//     they claim.
 // The tiled GEMM (gemm_bf16_kernel) doubles as an example of a kernel written against the emulation contract.
 #include "common.cuh"
 
@@ -34,6 +35,38 @@ __global__ void mma_probe_kernel(const uint32_t* __restrict__ a, const uint32_t*
         }
     }
     for (int i = 0; i < 4; ++i) d[lane * 4 + i] = acc[i];
+}
+
+// ------------------------------------------------------------------------------------ ldmatrix probe
+// One warp. Global A [16][16], B [16][16] (k × n), Bt [8][16] (n × k), bf16 row-major, are copied to padded
+// shared tiles; the lanes load with the recipes of common.cuh's ldmatrix comment:
+//   ra  [32][4] = ldmatrix_x4(A)          — the m16n8k16 A fragment
+//   rb  [32][4] = ldmatrix_x4_trans(B)    — the B fragments of the n-tiles 0..7 (r0, r1) and 8..15 (r2, r3)
+//   rb2 [32][2] = ldmatrix_x2_trans(B)    — the B fragment of n-tile 0
+//   rbt [32][2] = ldmatrix_x2(Bt)         — the same fragment from the [n][k] layout
+constexpr int kLdTile = 24;  // padded row pitch (elements; 48 bytes keeps rows 16-byte aligned)
+
+__global__ void ldmatrix_probe_kernel(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+                                      const __nv_bfloat16* __restrict__ Bt, uint32_t* __restrict__ ra,
+                                      uint32_t* __restrict__ rb, uint32_t* __restrict__ rb2,
+                                      uint32_t* __restrict__ rbt) {
+    __shared__ __align__(16) __nv_bfloat16 sa[16 * kLdTile], sb[16 * kLdTile], sbt[8 * kLdTile];
+    const int l = threadIdx.x;
+    for (int i = l; i < 16 * 16; i += 32) {
+        sa[(i / 16) * kLdTile + i % 16] = A[i];
+        sb[(i / 16) * kLdTile + i % 16] = B[i];
+    }
+    for (int i = l; i < 8 * 16; i += 32) sbt[(i / 16) * kLdTile + i % 16] = Bt[i];
+    __syncwarp();
+    uint32_t r4[4], r2[2];
+    ldmatrix_x4(r4, sa + (l % 16) * kLdTile + (l / 16) * 8);
+    for (int i = 0; i < 4; ++i) ra[l * 4 + i] = r4[i];
+    ldmatrix_x4_trans(r4, sb + (l % 16) * kLdTile + (l / 16) * 8);
+    for (int i = 0; i < 4; ++i) rb[l * 4 + i] = r4[i];
+    ldmatrix_x2_trans(r2, sb + (l % 16) * kLdTile);
+    for (int i = 0; i < 2; ++i) rb2[l * 2 + i] = r2[i];
+    ldmatrix_x2(r2, sbt + (l % 8) * kLdTile + ((l / 8) % 2) * 8);
+    for (int i = 0; i < 2; ++i) rbt[l * 2 + i] = r2[i];
 }
 
 // ------------------------------------------------------------------------------------ tiled GEMM example
@@ -177,6 +210,12 @@ SELFTEST_API int st_mma_probe(int kind, const uint32_t* a, const uint32_t* b, co
     if (kind == 0) FLASHTS_LAUNCH(mma_probe_kernel<0>, 1, 32, 0, nullptr, a, b, c, d, reps);
     else if (kind == 1) FLASHTS_LAUNCH(mma_probe_kernel<1>, 1, 32, 0, nullptr, a, b, c, d, reps);
     else FLASHTS_LAUNCH(mma_probe_kernel<2>, 1, 32, 0, nullptr, a, b, c, d, reps);
+    return static_cast<int>(cudaGetLastError());
+}
+
+SELFTEST_API int st_ldmatrix(const __nv_bfloat16* A, const __nv_bfloat16* B, const __nv_bfloat16* Bt, uint32_t* ra,
+                             uint32_t* rb, uint32_t* rb2, uint32_t* rbt) {
+    FLASHTS_LAUNCH(ldmatrix_probe_kernel, 1, 32, 0, nullptr, A, B, Bt, ra, rb, rb2, rbt);
     return static_cast<int>(cudaGetLastError());
 }
 
