@@ -29,6 +29,11 @@
 // A SIGSEGV during a launch (out-of-bounds access, fiber stack overflow) prints the kernel, block and thread
 // before the process dies.
 //
+// Not emulated: a thread that spins on memory written by another thread (no barrier between) never yields, so
+// such a kernel hangs; memory ordering is sequential (one OS thread); static __shared__ arrays are not poisoned
+// (they keep the previous block's values); global-memory bounds are not checked (the tests surround outputs
+// with NaN canaries).
+//
 // Runtime: the few cudart calls the launchers use are stubs of an H200 (132 SMs, 227 KB opt-in shared memory,
 // compute capability 9.0); streams are ignored and every launch is synchronous. cp_async_16 copies complete at
 // cp_async_wait (the destination holds 0xFF bytes until then), which catches reads before the wait.
@@ -253,9 +258,11 @@ inline void segv_handler(int sig, siginfo_t* info, void*) {
 
 inline void ensure_fibers(int n) {
     Ctx& c = ctx();
-    if (const char* kb = getenv("FLASHTS_EMU_STACK_KB")) c.stack_bytes = static_cast<size_t>(atol(kb)) * 1024;
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    c.stack_bytes = (c.stack_bytes + page - 1) / page * page;
+    if (c.fibers.empty()) {  // the stack size is fixed when the first fiber is made
+        if (const char* kb = getenv("FLASHTS_EMU_STACK_KB")) c.stack_bytes = static_cast<size_t>(atol(kb)) * 1024;
+        c.stack_bytes = (c.stack_bytes + page - 1) / page * page;
+    }
     while (static_cast<int>(c.fibers.size()) < n) {
         c.fibers.emplace_back();
         Fiber& f = c.fibers.back();
@@ -1040,6 +1047,17 @@ __attribute__((weak)) cudaError_t cudaStreamSynchronize(cudaStream_t) { return c
 __attribute__((weak)) cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 }  // extern "C"
 
+template <typename T>
+inline cudaError_t cudaMemcpyToSymbol(const T& symbol, const void* src, size_t count, size_t offset = 0,
+                                      enum cudaMemcpyKind = cudaMemcpyHostToDevice) {
+    std::memcpy(reinterpret_cast<unsigned char*>(const_cast<T*>(&symbol)) + offset, src, count);
+    return cudaSuccess;
+}
+template <typename T>
+inline cudaError_t cudaMemcpyToSymbolAsync(const T& symbol, const void* src, size_t count, size_t offset = 0,
+                                           enum cudaMemcpyKind kind = cudaMemcpyHostToDevice, cudaStream_t = 0) {
+    return cudaMemcpyToSymbol(symbol, src, count, offset, kind);
+}
 template <typename T>
 inline cudaError_t cudaFuncSetAttribute(T* func, enum cudaFuncAttribute attr, int value) {
     return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
