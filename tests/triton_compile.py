@@ -190,9 +190,11 @@ def _scenarios():
                                                 normalize=kw.get("normalize", True), initial_state=st,
                                                 output_final_state=True, cu_seqlens=cs, backend="triton")
             out.append((f"linear {label} {n}", {}, fb(linear_case)))
-        out.append((f"linear two-pass forward {n}", {"flashts.kernels.linear_attention.FWD_MODE": "two_pass"},
-                    fb(lambda dt=dt: flashts.linear_attention(rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt),
-                                                              rnd(2, 150, 4, 64, dtype=dt), backend="triton"))))
+        for D in (64, 128):  # (the goal shapes run two passes at both head dims)
+            out.append((f"linear two-pass forward {n} D={D}", {"flashts.kernels.linear_attention.FWD_MODE": "two_pass"},
+                        fb(lambda dt=dt, D=D: flashts.linear_attention(
+                            rnd(2, 150, 4, D, dtype=dt), rnd(2, 150, 4, D, dtype=dt), rnd(2, 150, 4, D, dtype=dt),
+                            backend="triton"))))
         if dt != torch.float32:
             for D in (64, 128):
                 out.append((f"linear input-dtype operands {n} D={D}",
