@@ -70,9 +70,13 @@ default. (The interpreter ignores input_precision: CPU tests compute exact float
 
 Blocking. BK = next power of two ≥ max(D, 16) holds the whole head dim in one tile (masked); Dv is tiled by
 BV = next power of two ≥ max(Dv, 16), capped at BV_MAX (64; 32 when BK ≥ 128) to bound the [BK, BV] state
-tile. C = CHUNK_SIZE (64) for BK ≤ 64, halved per doubling of BK beyond (32 at BK = 128, 16 from 256 on) so
-the [C, BK] tiles and their shared-memory staging fit. num_warps 8 when BK or BV ≥ 64, else 4; NUM_STAGES (2)
-pipelining stages, retried with 1 if a GPU reports too little shared memory. Grids are 1-D (B·H can exceed
+tile. C = CHUNK_SIZE (64; float32 inputs: FP32_CHUNK_SIZE, 32) for BK ≤ 64, halved per doubling of BK beyond
+(32 / 16 at BK = 128, 16 from 256 on) so the [C, BK] tiles and their shared-memory staging fit. Each launch
+kind has a small config set (``_tune_set``: Dv tile ≤ BV, warps, pipelining stages, and for the gradient kernel
+one launch or three) per dtype class and BK, chosen so that sm_90 compiles do not spill (README, "Register
+spills"); the default is the first, the others are timed on the user's GPU at the first call of a shape bucket
+(kernels/autotune.py). Sequential grids split their config's Dv tile further by the occupancy rule. A launch
+that runs out of shared memory is retried without pipelining. Grids are 1-D (B·H can exceed
 the 65535 limit of the other grid axes, e.g. channel-independent models folding variables into the batch).
 Inputs may have any strides as long as the last dim is contiguous (otherwise the launcher copies that
 tensor); the small state tensors and cu_seqlens are made contiguous. Offsets that can exceed 2³¹ are
@@ -80,7 +84,7 @@ computed in int64.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -88,12 +92,15 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from torch import Tensor
 
-from flashts.kernels import occupancy
+from flashts.kernels import autotune, occupancy
 from flashts.ops import _common
 from flashts.ops._common import new_empty, state_dtype
 
 # Steps per chunk for head dims ≤ 64 (the masked QKᵀ blocks are C × C; a power of two ≥ 16).
 CHUNK_SIZE = 64
+# Cap of the chunk for float32 inputs: their "tf32x3" products split every operand in two (three times the operand
+# registers), so [64, 64] float32 tiles spilled 0.5–2 KB per thread on sm_90; 32-step chunks remove most of it.
+FP32_CHUNK_SIZE = 32
 # Largest Dv tile (power of two ≥ 16); halved when the head dim tile is ≥ 128.
 BV_MAX = 64
 # tl.dot precision for float32 inputs and for float16/bfloat16 inputs ("ieee", "tf32" or "tf32x3").
@@ -104,25 +111,92 @@ HALF_DOT_PRECISION = "tf32"
 # half the registers, about 2⁻⁸ relative rounding of the states in the products, as flash-linear-attention does).
 # Under the Triton interpreter bfloat16 products stay float32 (its bf16 tl.dot is not exact).
 HALF_DOT_OPERANDS = "float32"
-# Software-pipelining depth of the chunk loops on GPU.
-NUM_STAGES = 2
-# Head-dim tile (BK) from which the backward's ``_grads_kernel`` runs as three launches (dq; dk; dv; dq and dk
-# each recompute the [C, C] block A, dv the masked QKᵀ), instead of one that holds every tile at once (that one spilled ~1 KB per
-# thread at head dim 128 in bf16 and ~3 KB in float32 on sm_90).
-# sm_90 compiles (Triton 3.9, stack bytes per thread, dq / dk / dv launches): bf16 head dim 128: 976 B in one
-# launch → 0 / 112 / 0; float32 head dim 64: 1720 → 816 / 776 / 256 (head dim 128: 48 / 184 / 1416, the dv
-# launch at 4 warps; at 8 warps ptxas gave it 32 registers and 6.5 KB of stack). bf16 head dim 64 stays one
-# launch (96 B; split 0 / 8 / 0 but three times the reads of q, do, v and the states).
-SPLIT_GRADS_MIN_BK = 128
-SPLIT_GRADS_MIN_BK_FP32 = 64
-SPLIT_GRADS_LAUNCH = {"dq": {"num_stages": 1}, "dk": {"num_stages": 1}, "dv": {"num_stages": 1}}
-SPLIT_GRADS_LAUNCH_FP32 = {"dq": {"num_stages": 1}, "dk": {"num_stages": 1}, "dv": {"num_warps": 4, "num_stages": 2}}
+# Software-pipelining depth of the chunk loops: None (default) = each launch's config (``_tune_set``); an int
+# overrides every launch's stages (``python -m bench.tune`` sweeps it).
+NUM_STAGES: Optional[int] = None
+# Launch configurations forced per kind ({kind: _Tiles}, e.g. {"grads": _Tiles(16, 8, 1, True)}), bypassing the
+# sets and autotuning (tests: every config of every set runs once under the interpreter). None: the sets.
+TILES: Optional[dict] = None
 # Causal forward: "one_pass" (``_fwd_causal_kernel``, the state in registers) or "two_pass" (the state entering
 # every chunk written by ``_chunk_state_kernel``, then ``_causal_out_kernel`` over all chunks in parallel).
 # "auto" (default): the occupancy rule of kernels/occupancy.py (one pass when N·H·⌈Dv/BV⌉ ≥ 2 programs per SM).
 FWD_MODE = "auto"
 
 _FEATURE = {"identity": 0, "elu": 1, "relu": 2}
+
+
+# --------------------------------------------------------------------------- launch configurations
+
+
+class _Tiles(NamedTuple):
+    """One launch configuration. ``BV``: the Dv tile, an upper bound (clamped to the call's Dv tile: BV_MAX and
+    the padded Dv; for the sequential kernels also to the occupancy rule's split); ``split`` (``_grads_kernel``
+    only): dq, dk and dv as three launches (each recomputes its [C, C] block) instead of one holding every tile."""
+    BV: int
+    num_warps: int
+    num_stages: int
+    split: bool = False
+
+
+# Config sets per dtype class ("half": bfloat16/float16; "fp32"), head-dim tile (64: BK ≤ 64; 128; 256: BK ≥ 256)
+# and launch kind; the first of each set is the default (the interpreter's and FLASHTS_AUTOTUNE=0's), the others
+# are what autotuning on the user's GPU times against it (kernels/autotune.py). Every config compiles for sm_90
+# (Triton 3.9, tests/triton_compile.py) with the stack bytes of README's "Register spills" table (0 unless
+# stated there). Kinds: "fwd_causal" (one pass), "chunk_state", "decode", "dstate" (sequential grids, N·H·⌈Dv/BV⌉
+# programs); "causal_out", "apply", "norm", "grads" (chunk-parallel grids that loop over the Dv tiles).
+_T = _Tiles
+_TUNE = {
+    "half": {
+        64: {"fwd_causal": [_T(32, 8, 2), _T(32, 8, 1), _T(16, 8, 2)],
+             "chunk_state": [_T(64, 8, 2), _T(32, 4, 2), _T(32, 8, 1)],
+             "dstate": [_T(64, 8, 2), _T(32, 4, 2), _T(32, 8, 1)],
+             "decode": [_T(64, 4, 1), _T(64, 8, 1)],
+             "causal_out": [_T(64, 8, 2), _T(32, 4, 2), _T(64, 4, 2)],
+             "apply": [_T(64, 8, 2), _T(64, 4, 2), _T(32, 4, 2)],
+             "norm": [_T(64, 8, 2), _T(64, 4, 2), _T(32, 4, 2)],
+             "grads": [_T(32, 8, 1), _T(32, 8, 2), _T(16, 8, 1), _T(16, 8, 2)]},
+        128: {"fwd_causal": [_T(32, 8, 2), _T(32, 8, 1), _T(16, 8, 2)],
+              "chunk_state": [_T(32, 8, 2), _T(16, 8, 2), _T(32, 4, 1)],
+              "dstate": [_T(32, 8, 2), _T(16, 8, 2), _T(32, 4, 1)],
+              "decode": [_T(32, 4, 1), _T(32, 8, 1)],
+              "causal_out": [_T(32, 8, 2), _T(16, 8, 2), _T(32, 4, 2)],
+              "apply": [_T(32, 8, 2), _T(32, 4, 2), _T(16, 8, 2)],
+              "norm": [_T(32, 8, 2), _T(32, 4, 2), _T(16, 8, 2)],
+              "grads": [_T(16, 8, 1, True), _T(16, 4, 1, True)]},
+        256: {kind: [_T(16, 8, 1, kind == "grads")] for kind in ("fwd_causal", "chunk_state", "dstate", "decode",
+                                                                  "causal_out", "apply", "norm", "grads")},
+    },
+    "fp32": {  # (chunks of 32 at BK ≤ 64, 16 at BK = 128: FP32_CHUNK_SIZE)
+        64: {"fwd_causal": [_T(16, 8, 1), _T(32, 8, 1)],
+             "chunk_state": [_T(64, 8, 2), _T(32, 8, 2), _T(16, 8, 1)],
+             "dstate": [_T(64, 8, 2), _T(32, 8, 2), _T(16, 8, 1)],
+             "decode": [_T(64, 4, 1), _T(32, 4, 1)],
+             "causal_out": [_T(32, 8, 2), _T(64, 8, 2), _T(16, 8, 2)],
+             "apply": [_T(64, 8, 2), _T(32, 8, 2), _T(16, 8, 1)],
+             "norm": [_T(64, 8, 2), _T(32, 8, 2)],
+             "grads": [_T(16, 8, 1, True), _T(16, 8, 2, True)]},
+        128: {"fwd_causal": [_T(16, 8, 1), _T(32, 8, 1)],
+              "chunk_state": [_T(32, 8, 2), _T(16, 8, 2), _T(16, 8, 1)],
+              "dstate": [_T(16, 8, 2), _T(32, 8, 2), _T(16, 8, 1)],
+              "decode": [_T(32, 4, 1), _T(16, 4, 1)],
+              "causal_out": [_T(32, 8, 2), _T(16, 8, 1), _T(16, 4, 1)],
+              "apply": [_T(32, 8, 2), _T(16, 8, 2)],
+              "norm": [_T(32, 8, 2), _T(16, 8, 2)],
+              "grads": [_T(16, 8, 1, True), _T(16, 8, 2, True)]},
+    },
+}
+_TUNE["fp32"][256] = _TUNE["half"][256]
+del _T
+
+
+def _tune_set(kind: str, BK: int, dtype: torch.dtype) -> list:
+    """The launch configurations of ``kind`` at head-dim tile ``BK`` for ``dtype`` (default first), see ``_TUNE``.
+
+    >>> _tune_set("grads", 128, torch.bfloat16)[0]
+    _Tiles(BV=16, num_warps=8, num_stages=1, split=True)
+    """
+    table = _TUNE["fp32" if dtype.itemsize >= 4 else "half"]
+    return list(table[64 if BK <= 64 else 128 if BK <= 128 else 256][kind])
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -568,7 +642,7 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
                   WRITE_DV: tl.constexpr):
     """dq (each query head of the group), dk, dv (summed over the group) of one chunk of one kv head, from the
     stored states entering the chunk and cotangents leaving it (see the module docstring for the formulas).
-    WRITE_DQ / WRITE_DK / WRITE_DV select the outputs: all in one launch, or (wide heads, SPLIT_GRADS_MIN_BK)
+    WRITE_DQ / WRITE_DK / WRITE_DV select the outputs: all in one launch, or (configs with ``split``, _TUNE)
     one launch each (dq and dk each recompute the [C, C] block A), so fewer tiles are live per kernel."""
     i_bhk = tl.program_id(0) // NS
     p = tl.program_id(0) % NS
@@ -589,8 +663,8 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
     _, kt = _load_features(k_ptr, offs_t, mask_t, skt, offs_k, mask_k, FEATURE)
     dk_acc = tl.zeros([C, BK], dtype=tl.float32)
     # dq per query head of the group; dk accumulated over the group. (q is loaded only after the Dv loop and
-    # the raw inputs are reloaded for φ', to keep fewer [C, BK] tiles live at once.)
-    for gi in range(0, G):
+    # the raw inputs are reloaded for φ', to keep fewer [C, BK] tiles live at once; a dv-only launch skips it.)
+    for gi in range(0, G if WRITE_DQ or WRITE_DK else 0):
         h = hk * G + gi
         if CAUSAL:
             srow = (i_b.to(tl.int64) * NS + p) * H + h
@@ -667,8 +741,9 @@ def _grads_kernel(q, k, v, do, r_in, g_in, S_states, z_states, dS_states, dz_sta
                 if NORMALIZE:
                     r = tl.load(r_in + (i_b.to(tl.int64) * T + offs_t) * H + h, mask=mask_t, other=0.0)
                     dnum = dnum * r[:, None]
-                qk = tl.where(causal, _dot(qt, tl.trans(kt), PREC, DOT_OPS), 0.0)
-                dv_acc += _dot(tl.trans(qk), dnum, PREC, DOT_OPS)  # (M∘QKᵀ)ᵀ (do·r)
+                # (M∘QKᵀ)ᵀ = Mᵀ∘(K Qᵀ), formed directly: K stays in the one operand layout of K dS_c
+                kq = tl.where(offs_c[:, None] <= offs_c[None, :], _dot(kt, tl.trans(qt), PREC, DOT_OPS), 0.0)
+                dv_acc += _dot(kq, dnum, PREC, DOT_OPS)  # (M∘QKᵀ)ᵀ (do·r)
         tl.store(dv + i_b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_t[:, None] * sdvt + offs_v[None, :],
                  dv_acc.to(dv.dtype.element_ty), mask=mask_t[:, None] & mask_v[None, :])
 
@@ -709,27 +784,32 @@ class _Config:
         self.B, self.T, self.H, self.D = q.shape
         self.Hk, self.Dv = k.shape[2], v.shape[3]
         self.G = self.H // self.Hk
+        self.dtype = q.dtype
+        self.device = q.device
         self.varlen = cu_seqlens is not None
         self.N = self.B if cu_seqlens is None else cu_seqlens.shape[0] - 1
         self.BK = max(16, triton.next_power_of_2(self.D))
         # smaller chunks for wide heads, so the [C, BK] tiles (and their shared-memory staging) stay bounded
-        self.C = max(16, min(CHUNK_SIZE, CHUNK_SIZE * 64 // self.BK))
+        chunk = min(CHUNK_SIZE, FP32_CHUNK_SIZE) if q.dtype.itemsize >= 4 else CHUNK_SIZE
+        self.C = max(16, min(chunk, chunk * 64 // self.BK))
         # chunk slots per batch row: ⌈T/C⌉, or T // C + N for packed sequences (see the module docstring)
         self.NS = triton.cdiv(self.T, self.C) if cu_seqlens is None else self.T // self.C + self.N
         self.log_n = (self.N - 1).bit_length() if self.varlen else 0
+        # the call's Dv tile: every launch's config tile is clamped to it
         bv_max = BV_MAX if self.BK < 128 else max(16, BV_MAX // 2)
         self.BV = max(16, min(triton.next_power_of_2(self.Dv), bv_max))
-        # the occupancy rule (kernels/occupancy.py): causal forward one pass or two passes; the sequential
-        # kernels (one pass, chunk states, state cotangents, decode) get a Dv tile BV_seq split until their
-        # N·H·⌈Dv/BV_seq⌉ programs fill the SMs; the chunk-parallel kernels keep BV (they loop over Dv tiles)
-        sms = occupancy.sm_count(q.device)
-        self.launch = occupancy.choose(self.N * self.H, self.B * self.H * self.NS, self.Dv, self.BV, sms,
+        # the occupancy rule (kernels/occupancy.py) at the one pass's default tile: causal forward one pass or two
+        # passes; the sequential kernels (one pass, chunk states, state cotangents, decode) get a Dv tile BV_seq
+        # split until their N·H·⌈Dv/BV_seq⌉ programs fill the SMs (their configs' tiles are clamped to it); the
+        # chunk-parallel kernels keep BV (they loop over Dv tiles)
+        sms = self.sms = occupancy.sm_count(q.device)
+        seq_bv = min(self.BV, self.tune_set("fwd_causal")[0].BV)
+        self.launch = occupancy.choose(self.N * self.H, self.B * self.H * self.NS, self.Dv, seq_bv, sms,
                                        chunk_dv_tiles=False,
                                        mode={"two_pass": "chunked"}.get(FWD_MODE, FWD_MODE))
         self.fwd_mode = "two_pass" if self.launch.mode == "chunked" else "one_pass"
-        self.BV_seq = occupancy.split_dv(self.N * self.H, self.Dv, self.BV, sms)
-        self.NV = triton.cdiv(self.Dv, self.BV_seq)   # Dv tiles of the sequential grids
-        self.num_warps = 8 if max(self.BK, self.BV) >= 64 else 4
+        self.BV_seq = occupancy.split_dv(self.N * self.H, self.Dv, seq_bv, sms)
+        self.NV = triton.cdiv(self.Dv, self.BV_seq)   # Dv tiles of the one-pass grid (default config)
         self.feature = _FEATURE[feature_map]
         self.prec = FP32_DOT_PRECISION if q.dtype == torch.float32 else HALF_DOT_PRECISION
         self.dot_ops = 0
@@ -742,14 +822,34 @@ class _Config:
         # offsets read by the kernels (contiguous); q is a placeholder pointer when not packed
         self.cu = cu_seqlens.contiguous() if cu_seqlens is not None else q
 
-    def meta(self, chunked: bool = True, sequential: bool = False) -> dict:
-        """Keyword arguments common to the launches (constexprs and launch options); ``sequential``: a grid of
-        N·H·NV programs (Dv tile BV_seq)."""
-        out = dict(BK=self.BK, BV=self.BV_seq if sequential else self.BV, FEATURE=self.feature,
-                   num_warps=self.num_warps, num_stages=NUM_STAGES)
+    def tune_set(self, kind: str) -> list:
+        """The configs of launch ``kind`` for this call (TILES[kind] alone when forced)."""
+        if TILES is not None and kind in TILES:
+            return [TILES[kind]]
+        return _tune_set(kind, self.BK, self.dtype)
+
+    def bv(self, tiles: _Tiles, sequential: bool) -> int:
+        """The Dv tile of a launch with config ``tiles``: clamped to the call's tile BV and, for a sequential
+        grid, split by the occupancy rule until its N·H·⌈Dv/BV⌉ programs fill the SMs."""
+        bv = max(16, min(tiles.BV, self.BV))
+        return occupancy.split_dv(self.N * self.H, self.Dv, bv, self.sms) if sequential else bv
+
+    def meta(self, tiles: _Tiles, chunked: bool = True, sequential: bool = False) -> dict:
+        """Keyword arguments common to the launches (constexprs and launch options) for config ``tiles``;
+        ``sequential``: a grid of N·H·⌈Dv/BV⌉ programs (BV split by the occupancy rule)."""
+        out = dict(BK=self.BK, BV=self.bv(tiles, sequential), FEATURE=self.feature, num_warps=tiles.num_warps,
+                   num_stages=tiles.num_stages if NUM_STAGES is None else NUM_STAGES)
         if chunked:
             out.update(C=self.C, VARLEN=self.varlen, PREC=self.prec, DOT_OPS=self.dot_ops)
         return out
+
+    def tuned(self, kind: str, run, **flags) -> _Tiles:
+        """``run(tiles)`` with the autotuned config of ``kind`` (kernels/autotune.py: the default under the
+        interpreter, with FLASHTS_AUTOTUNE=0 and in CUDA-graph capture). Key: the kind, head-dim and Dv tiles,
+        chunk size, dtype, the launch's flags, and the buckets (next powers of two) of T and of N·H."""
+        key = ("linear_attention", kind, self.BK, self.BV, self.C, str(self.dtype), self.dot_ops, self.varlen,
+               tuple(sorted(flags.items())), autotune.bucket(self.T), autotune.bucket(self.N * self.H))
+        return autotune.launch(key, self.tune_set(kind), run, self.device)
 
 
 def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], z0: Optional[Tensor],
@@ -768,37 +868,53 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
     S_T = new_empty((N, H, D, Dv), dtype=cfg.sdt, device=q.device)
     z_T = new_empty((N, H, D), dtype=cfg.sdt, device=q.device)
     S0p, z0p = (S0, z0) if has_s0 else (S_T, z_T)  # placeholders, not read without HAS_S0
+
+    def seq_grid(t: _Tiles, rows: int) -> tuple:
+        return (triton.cdiv(Dv, cfg.bv(t, True)) * rows,)
+
     if T == 1 and cu_seqlens is None:  # decoding step (causal or not: one token sees itself)
-        _launch(_decode_kernel, (cfg.NV * B * H,),
-                q, k, v, o, S0p, z0p, S_T, z_T, sq[0], sq[2], sk[0], sk[2], sv[0], sv[2], so[0], so[2],
-                H, G, D, Dv, scale, eps,
-                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(chunked=False, sequential=True))
+        cfg.tuned("decode", lambda t: _launch(
+            _decode_kernel, seq_grid(t, B * H),
+            q, k, v, o, S0p, z0p, S_T, z_T, sq[0], sq[2], sk[0], sk[2], sv[0], sv[2], so[0], so[2],
+            H, G, D, Dv, scale, eps,
+            NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(t, chunked=False, sequential=True)),
+            normalize=normalize, has_s0=has_s0)
     elif causal and cfg.fwd_mode == "two_pass":
         S_states = new_empty((B, cfg.NS, H, D, Dv), dtype=torch.float32, device=q.device)
         z_states = new_empty((B, cfg.NS, H, D), dtype=torch.float32, device=q.device)
-        _launch(_chunk_state_kernel, (cfg.NV * N * H,),
-                k, v, S0p, z0p, S_states, z_states, S_T, z_T, cfg.cu, *sk, *sv,
-                T, H, G, D, Dv, cfg.NS,
-                HAS_S0=has_s0, STORE_CHUNKS=True, STORE_FINAL=True, **cfg.meta(sequential=True))
+        cfg.tuned("chunk_state", lambda t: _launch(
+            _chunk_state_kernel, seq_grid(t, N * H),
+            k, v, S0p, z0p, S_states, z_states, S_T, z_T, cfg.cu, *sk, *sv,
+            T, H, G, D, Dv, cfg.NS,
+            HAS_S0=has_s0, STORE_CHUNKS=True, STORE_FINAL=True, **cfg.meta(t, sequential=True)),
+            has_s0=has_s0, chunks=True, final=True)
         if cfg.NS > 0:
-            _launch(_causal_out_kernel, (cfg.NS * B * H,),
-                    q, k, v, o, S_states, z_states, cfg.cu, *sq, *sk, *sv, *so,
-                    T, H, G, N, D, Dv, cfg.NS, scale, eps,
-                    NORMALIZE=normalize, LOG_N=cfg.log_n, **cfg.meta())
+            cfg.tuned("causal_out", lambda t: _launch(
+                _causal_out_kernel, (cfg.NS * B * H,),
+                q, k, v, o, S_states, z_states, cfg.cu, *sq, *sk, *sv, *so,
+                T, H, G, N, D, Dv, cfg.NS, scale, eps,
+                NORMALIZE=normalize, LOG_N=cfg.log_n, **cfg.meta(t)),
+                normalize=normalize)
     elif causal:
-        _launch(_fwd_causal_kernel, (cfg.NV * N * H,),
-                q, k, v, o, S0p, z0p, S_T, z_T, cfg.cu, *sq, *sk, *sv, *so,
-                T, H, G, D, Dv, scale, eps,
-                NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(sequential=True))
+        cfg.tuned("fwd_causal", lambda t: _launch(
+            _fwd_causal_kernel, seq_grid(t, N * H),
+            q, k, v, o, S0p, z0p, S_T, z_T, cfg.cu, *sq, *sk, *sv, *so,
+            T, H, G, D, Dv, scale, eps,
+            NORMALIZE=normalize, HAS_S0=has_s0, **cfg.meta(t, sequential=True)),
+            normalize=normalize, has_s0=has_s0)
     else:
-        _launch(_chunk_state_kernel, (cfg.NV * N * H,),
-                k, v, S0p, z0p, S_T, z_T, S_T, z_T, cfg.cu, *sk, *sv,
-                T, H, G, D, Dv, cfg.NS,
-                HAS_S0=has_s0, STORE_CHUNKS=False, STORE_FINAL=True, **cfg.meta(sequential=True))
-        _launch(_apply_kernel, (cfg.NS * B * H,),
-                q, o, S_T, z_T, cfg.cu, *sq, *so,
-                T, H, N, D, Dv, cfg.NS, scale, eps,
-                NORMALIZE=normalize, LOG_N=cfg.log_n, **cfg.meta())
+        cfg.tuned("chunk_state", lambda t: _launch(
+            _chunk_state_kernel, seq_grid(t, N * H),
+            k, v, S0p, z0p, S_T, z_T, S_T, z_T, cfg.cu, *sk, *sv,
+            T, H, G, D, Dv, cfg.NS,
+            HAS_S0=has_s0, STORE_CHUNKS=False, STORE_FINAL=True, **cfg.meta(t, sequential=True)),
+            has_s0=has_s0, chunks=False, final=True)
+        cfg.tuned("apply", lambda t: _launch(
+            _apply_kernel, (cfg.NS * B * H,),
+            q, o, S_T, z_T, cfg.cu, *sq, *so,
+            T, H, N, D, Dv, cfg.NS, scale, eps,
+            NORMALIZE=normalize, LOG_N=cfg.log_n, **cfg.meta(t)),
+            normalize=normalize)
     return o, S_T, z_T
 
 
@@ -821,23 +937,30 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
     # chunk states: per chunk slot (causal) or one per sequence (non-causal)
     state_rows = (B, NS, H) if causal else (N, H)
 
+    def seq_grid(t: _Tiles) -> tuple:
+        return (triton.cdiv(Dv, cfg.bv(t, True)) * N * H,)
+
     # 1. the state entering every chunk (causal) or the whole-sequence state (non-causal)
     S_states = new_empty(state_rows + (D, Dv), dtype=f32, device=dev)
     z_states = new_empty(state_rows + (D,), dtype=f32, device=dev)
-    _launch(_chunk_state_kernel, (cfg.NV * N * H,),
-            k, v, S0 if has_s0 else S_states, z0 if has_s0 else z_states, S_states, z_states, S_states,
-            z_states, cfg.cu, *sk, *sv,
-            T, H, G, D, Dv, NS,
-            HAS_S0=has_s0, STORE_CHUNKS=causal, STORE_FINAL=not causal, **cfg.meta(sequential=True))
+    cfg.tuned("chunk_state", lambda t: _launch(
+        _chunk_state_kernel, seq_grid(t),
+        k, v, S0 if has_s0 else S_states, z0 if has_s0 else z_states, S_states, z_states, S_states,
+        z_states, cfg.cu, *sk, *sv,
+        T, H, G, D, Dv, NS,
+        HAS_S0=has_s0, STORE_CHUNKS=causal, STORE_FINAL=not causal, **cfg.meta(t, sequential=True)),
+        has_s0=has_s0, chunks=causal, final=not causal)
 
     # 2. r = 1/(den + eps), g = −(do·o)·r per step and head
     if normalize:
         r = new_empty((B, T, H), dtype=f32, device=dev)
         g = new_empty((B, T, H), dtype=f32, device=dev)
-        _launch(_norm_kernel, (NS * B * H,),
-                q, k, o, do, z_states, r, g, cfg.cu, *sq, *sk, *so, *sd,
-                T, H, G, N, D, Dv, NS, scale, eps,
-                CAUSAL=causal, LOG_N=cfg.log_n, **cfg.meta())
+        cfg.tuned("norm", lambda t: _launch(
+            _norm_kernel, (NS * B * H,),
+            q, k, o, do, z_states, r, g, cfg.cu, *sq, *sk, *so, *sd,
+            T, H, G, N, D, Dv, NS, scale, eps,
+            CAUSAL=causal, LOG_N=cfg.log_n, **cfg.meta(t)),
+            causal=causal)
     else:
         r = g = do  # placeholders, not read without NORMALIZE
 
@@ -849,27 +972,29 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
         dS0 = new_empty(S0.shape, dtype=S0.dtype, device=dev)
         dz0 = new_empty(z0.shape, dtype=z0.dtype, device=dev)
     dS_final, dz_final = (dS_states, dz_states) if not causal else (dS0, dz0) if has_s0 else (dS_states, dz_states)
-    _launch(_dstate_kernel, (cfg.NV * N * H,),
-            q, do, r, g, dS_T if dS_T is not None else dS_states, dz_T if dz_T is not None else dz_states,
-            dS_states, dz_states, dS_final, dz_final, cfg.cu, *sq, *sd,
-            T, H, D, Dv, NS, scale,
-            NORMALIZE=normalize, HAS_DS=dS_T is not None, HAS_DZ=dz_T is not None, CAUSAL=causal,
-            STORE_FINAL=has_s0 or not causal, **cfg.meta(sequential=True))
+    cfg.tuned("dstate", lambda t: _launch(
+        _dstate_kernel, seq_grid(t),
+        q, do, r, g, dS_T if dS_T is not None else dS_states, dz_T if dz_T is not None else dz_states,
+        dS_states, dz_states, dS_final, dz_final, cfg.cu, *sq, *sd,
+        T, H, D, Dv, NS, scale,
+        NORMALIZE=normalize, HAS_DS=dS_T is not None, HAS_DZ=dz_T is not None, CAUSAL=causal,
+        STORE_FINAL=has_s0 or not causal, **cfg.meta(t, sequential=True)),
+        normalize=normalize, has_ds=dS_T is not None, has_dz=dz_T is not None, causal=causal, has_s0=has_s0)
 
-    # 4. dq, dk, dv per chunk (dk, dv summed over each GQA group)
+    # 4. dq, dk, dv per chunk (dk, dv summed over each GQA group): one launch, or dq; dk; dv (config ``split``)
     dq = new_empty((B, T, H, D), dtype=q.dtype, device=dev)
     dk = new_empty((B, T, Hk, D), dtype=k.dtype, device=dev)
     dv = new_empty((B, T, Hk, Dv), dtype=v.dtype, device=dev)
-    fp32 = q.dtype == torch.float32
-    split = cfg.BK >= (SPLIT_GRADS_MIN_BK_FP32 if fp32 else SPLIT_GRADS_MIN_BK)
-    parts = [(True, False, False), (False, True, False), (False, False, True)] if split else [(True, True, True)]
-    for write_dq, write_dk, write_dv in parts:
-        part = "dq" if write_dq else "dk" if write_dk else "dv"
-        options = (SPLIT_GRADS_LAUNCH_FP32 if fp32 else SPLIT_GRADS_LAUNCH)[part] if split else {}
-        _launch(_grads_kernel, (NS * B * Hk,),
-                q, k, v, do, r, g, S_states, z_states, dS_states, dz_states, dq, dk, dv, cfg.cu,
-                *sq, *sk, *sv, *sd, *_bth_strides(dq), *_bth_strides(dk), *_bth_strides(dv),
-                T, H, Hk, G, N, D, Dv, NS, scale,
-                NORMALIZE=normalize, CAUSAL=causal, LOG_N=cfg.log_n, WRITE_DQ=write_dq, WRITE_DK=write_dk, WRITE_DV=write_dv,
-                **dict(cfg.meta(), **options))
+
+    def grads(t: _Tiles) -> None:
+        parts = [(True, False, False), (False, True, False), (False, False, True)] if t.split else [(True,) * 3]
+        for write_dq, write_dk, write_dv in parts:
+            _launch(_grads_kernel, (NS * B * Hk,),
+                    q, k, v, do, r, g, S_states, z_states, dS_states, dz_states, dq, dk, dv, cfg.cu,
+                    *sq, *sk, *sv, *sd, *_bth_strides(dq), *_bth_strides(dk), *_bth_strides(dv),
+                    T, H, Hk, G, N, D, Dv, NS, scale,
+                    NORMALIZE=normalize, CAUSAL=causal, LOG_N=cfg.log_n, WRITE_DQ=write_dq, WRITE_DK=write_dk,
+                    WRITE_DV=write_dv, **cfg.meta(t))
+
+    cfg.tuned("grads", grads, normalize=normalize, causal=causal)
     return dq, dk, dv, dS0, dz0

@@ -15,12 +15,14 @@ The rule (one function, :func:`choose`, used by both launchers when their mode c
 1. Mode (:func:`choose`). "one_pass" when the sequential grid (default Dv tile) has at least
    ``ONE_PASS_PROGRAMS_PER_SM`` (2) programs per SM (every SM holds ≥ 2 resident scans, enough to cover the
    load latency of a memory-bound scan, and no chunk state goes through memory), otherwise the chunk-parallel
-   mode when its grid fills the SMs and is larger; when no grid fills the SMs (a tiny call), the mode with
-   more programs once Dv is split to 16-column tiles.
+   mode when its grid fills the SMs and is larger; otherwise (no grid fills the SMs — a tiny call — or the
+   chunk-parallel grid is no larger), the mode with more programs once Dv is split to 16-column tiles.
 2. Dv split. While the chosen mode's grid has fewer programs than the GPU has SMs and BV > 16, halve BV (more,
    narrower Dv tiles). Linear attention also splits the Dv tile of its light sequential state passes
    (forward two-pass and backward) with :func:`split_dv` until they have ≥ SMs programs: their Dv tiles cost
-   only re-reads of q/k rows (no per-tile partials).
+   only re-reads of q/k rows (no per-tile partials). Linear attention's rule runs at the one pass's default
+   tile (its launch config set, ``_tune_set`` in kernels/linear_attention.py); every sequential launch, whatever
+   its (default or autotuned) config's tile, is split by :func:`split_dv` the same way.
 
 So at every shape the programs of the chosen mode's main grid are ≥ the SM count whenever
 B·H·⌈T/C⌉·⌈Dv/16⌉ ≥ SMs (the most parallelism the kernels can expose); below that the whole call is a few
@@ -145,15 +147,18 @@ def launches(op: str, B: int, H: int, T: int, D: int, Dv: int | None = None, *, 
     if op == "linear_attention":
         from flashts.kernels import linear_attention as la
         cfg = la._Config(_meta(B, T, H, D), _meta(B, T, H, D), _meta(B, T, H, Dv), None, "elu")
-        rows = cfg.N * H
+
+        def seq(kind):  # a sequential grid at its default config's (split) Dv tile
+            return cfg.N * H * triton.cdiv(Dv, cfg.bv(cfg.tune_set(kind)[0], True))
         out = {}
         if cfg.fwd_mode == "two_pass":
-            out["_chunk_state_kernel (fwd)"] = rows * cfg.NV
+            out["_chunk_state_kernel (fwd)"] = seq("chunk_state")
             out["_causal_out_kernel"] = cfg.NS * B * H
         else:
-            out["_fwd_causal_kernel"] = rows * cfg.NV
-        out.update({"_chunk_state_kernel (bwd)": rows * cfg.NV, "_norm_kernel": cfg.NS * B * H,
-                    "_dstate_kernel": rows * cfg.NV, "_grads_kernel": cfg.NS * B * H})
+            out["_fwd_causal_kernel"] = seq("fwd_causal")
+        grads = "_grads_kernel ×3" if cfg.tune_set("grads")[0].split else "_grads_kernel"
+        out.update({"_chunk_state_kernel (bwd)": seq("chunk_state"), "_norm_kernel": cfg.NS * B * H,
+                    "_dstate_kernel": seq("dstate"), grads: cfg.NS * B * H})
         return out
     if op in ("latte_attention", "aaren_attention"):
         from flashts.kernels import prefix_scan as ps

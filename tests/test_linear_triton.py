@@ -134,7 +134,7 @@ def test_default_blocking():
     256-wide tile, chunks cut to 16, Dv tiles of 32), normalised and not."""
     for normalize, (T, D, Dv) in ((True, (70, 8, 8)), (False, (70, 8, 8)), (True, (20, 130, 40))):
         cfg = K._Config(*inputs(1, T, 2, D, Dv), None, "elu")
-        assert (cfg.C, cfg.BV) == ((64, 16) if D == 8 else (16, 32))
+        assert (cfg.C, cfg.BV) == ((K.FP32_CHUNK_SIZE, 16) if D == 8 else (16, 32))  # (float32 inputs)
         q, k, v = inputs(1, T, 2, D, Dv)
         kw = dict(normalize=normalize, output_final_state=True, initial_state=state(1, 2, D, Dv))
         check_against_reference(OP, BACKEND, (q, k, v), kw, dtype=F32)
@@ -153,6 +153,59 @@ def test_half_precision(dtype, causal, operands, small_chunks, monkeypatch):
     if causal:
         kw["initial_state"] = state(1, 2, 8, 8)
     check_against_reference(OP, BACKEND, (q, k, v), kw, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- launch configurations
+
+KINDS = ("fwd_causal", "chunk_state", "decode", "dstate", "causal_out", "apply", "norm", "grads")
+
+
+def test_tune_sets():
+    """Every launch kind has a small set of distinct configs per dtype class and head-dim tile (the default first;
+    README "Register spills" lists their sm_90 compiles); only the gradient kernel splits."""
+    for dtype in (F32, F16, BF16):
+        for BK in (16, 64, 128, 256):
+            for kind in KINDS:
+                configs = K._tune_set(kind, BK, dtype)
+                assert 1 <= len(configs) <= 4 and len(set(configs)) == len(configs), (kind, BK, dtype)
+                assert len(configs) >= 2 or BK >= 256, (kind, BK, dtype)
+                for c in configs:
+                    assert c.BV in (16, 32, 64) and c.num_warps in (1, 2, 4, 8) and c.num_stages in (1, 2, 3)
+                    assert kind == "grads" or not c.split
+    assert K._tune_set("grads", 128, BF16)[0].split and not K._tune_set("grads", 64, BF16)[0].split
+    assert K._tune_set("grads", 64, F32)[0].split
+
+
+@pytest.mark.parametrize("dtype,D", [(F32, 24), (F32, 72), (BF16, 24), (BF16, 72)])
+def test_every_tune_config(dtype, D, monkeypatch):
+    """Every config of every launch set at both head-dim tiles (D=24 → BK 32, the ≤ 64 sets; D=72 → BK 128) runs
+    once against the reference: config i of every kind at once (the last when a set is shorter), counting configs
+    that differ only in warps or stages once (the interpreter ignores them; the sm_90 compile checks them). With
+    1 SM assumed, the sequential kernels keep their configs' Dv tiles; Dv = 40 spans several tiles of 16 and 32.
+    Per config: causal one pass (outputs, all gradients, states), two passes and non-causal (outputs), decode."""
+    from flashts.kernels import occupancy
+    monkeypatch.setattr(occupancy, "INTERPRETER_SMS", 1)
+    B, T, H, Dv = 1, 35, 1, 40
+    q, k, v = inputs(B, T, H, D, Dv)
+    cfg = K._Config(q.to(dtype), k.to(dtype), v.to(dtype), None, "elu")
+    distinct = {}
+    for kind in KINDS:
+        seq = kind in ("fwd_causal", "chunk_state", "decode", "dstate")
+        seen = {}
+        for t in K._tune_set(kind, cfg.BK, dtype):
+            seen.setdefault((cfg.bv(t, seq), t.split), t)
+        distinct[kind] = list(seen.values())
+    rounds = max(len(c) for c in distinct.values())
+    assert rounds >= 2  # the sets differ in what the interpreter sees (Dv tiles or split launches)
+    for i in range(rounds):
+        monkeypatch.setattr(K, "TILES", {kind: c[min(i, len(c) - 1)] for kind, c in distinct.items()})
+        kw = dict(output_final_state=True, initial_state=state(B, H, D, Dv))
+        monkeypatch.setattr(K, "FWD_MODE", "one_pass")
+        check_against_reference(OP, BACKEND, (q, k, v), kw, dtype=dtype)
+        monkeypatch.setattr(K, "FWD_MODE", "two_pass")
+        check_against_reference(OP, BACKEND, (q, k, v), kw, dtype=dtype, grad=False)
+        check_against_reference(OP, BACKEND, (q, k, v), dict(causal=False), dtype=dtype, grad=False)
+        check_against_reference(OP, BACKEND, (q[:, :1], k[:, :1], v[:, :1]), kw, dtype=dtype, grad=False)
 
 
 # --------------------------------------------------------------------------- GQA

@@ -46,10 +46,13 @@ def test_linear_fills_the_gpu(B, H, T, D):
         assert chunk_grid >= SMS or seq_grid >= SMS
     else:  # the whole call is less work than one program per SM: the mode with the most programs
         assert main == max(chunk_grid, seq_grid) and cfg.BV_seq == 16
-    # the sequential passes: split Dv until they fill, or down to 16-column tiles
+    # the sequential passes: split Dv until they fill, or down to 16-column tiles (each at its default config)
     assert seq_grid >= SMS or cfg.BV_seq == 16
-    if cfg.fwd_mode == "one_pass":
-        assert seq_grid >= occ.ONE_PASS_PROGRAMS_PER_SM * SMS or best < SMS
+    for kind in ("fwd_causal", "chunk_state", "dstate"):
+        bv = cfg.bv(cfg.tune_set(kind)[0], True)
+        assert B * H * triton.cdiv(D, bv) >= SMS or bv == 16, (kind, bv)
+    if cfg.fwd_mode == "one_pass":  # ≥ 2 programs per SM, or the chunk-parallel grid is not larger
+        assert seq_grid >= occ.ONE_PASS_PROGRAMS_PER_SM * SMS or best < SMS or chunk_grid <= seq_grid
 
 
 @pytest.mark.parametrize("op", ["latte_attention", "aaren_attention"])
@@ -107,7 +110,8 @@ def test_auto_modes_match_the_reference(sms, monkeypatch):
     g = torch.Generator().manual_seed(sms)
     x = [torch.randn(B, T, H, n, generator=g, dtype=torch.float64) for n in (6, 6, 20)]
     cfg = la._Config(*x, None, "elu")
-    assert cfg.fwd_mode == ("one_pass" if sms == 1 else "two_pass") and cfg.BV_seq == (32 if sms == 1 else 16)
+    one_pass_bv = min(32, la._tune_set("fwd_causal", cfg.BK, torch.float64)[0].BV)  # Dv = 20: a 32 tile at most
+    assert cfg.fwd_mode == ("one_pass" if sms == 1 else "two_pass") and cfg.BV_seq == (one_pass_bv if sms == 1 else 16)
     check_against_reference("linear_attention", "triton", tuple(x), dict(output_final_state=True))
     lat = [torch.randn(B, T, H, n, generator=g, dtype=torch.float64) for n in (5, 5, 20)]
     pcfg = ps._Config(lat[1], lat[2], 5, 5, None, aaren=False)
@@ -118,10 +122,10 @@ def test_auto_modes_match_the_reference(sms, monkeypatch):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_linear_split_gradient_launches(causal, monkeypatch):
-    """The backward's dq / dk / dv launches of ``_grads_kernel`` (wide heads on a GPU) forced at a small head
-    dim, with GQA (the group sums of dk and dv) and several Dv tiles: all gradients against the reference."""
-    monkeypatch.setattr(la, "SPLIT_GRADS_MIN_BK", 16)
-    monkeypatch.setattr(la, "SPLIT_GRADS_MIN_BK_FP32", 16)
+    """The backward's dq / dk / dv launches of ``_grads_kernel`` (a config with ``split``: wide heads, float32)
+    forced at a small head dim, with GQA (the group sums of dk and dv) and several Dv tiles: all gradients
+    against the reference."""
+    monkeypatch.setattr(la, "TILES", {"grads": la._Tiles(16, 8, 1, split=True)})
     monkeypatch.setattr(la, "CHUNK_SIZE", 16)
     monkeypatch.setattr(la, "BV_MAX", 16)
     g = torch.Generator().manual_seed(7)
