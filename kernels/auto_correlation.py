@@ -29,7 +29,7 @@ Backward (indices carry no gradient; autograd is off inside the custom op)
     q̂, k̂; then dq = irfft(·, n=L), dk = irfft(·, n=L) mapped back to S steps (first S rows if S < L; zero
     rows after L if S > L).
 
-Blocking / launch (plain fixed configs, no autotune — the kernels are memory-bound and simple):
+Blocking / launch (the defaults; small autotune sets beside ``_tune_set``, the in-place spectrum kernel untuned):
 * ``_cross_spectrum_kernel``: program per (F tile of BLOCK_F = 16, b); loops over the C channels in tiles of
   BLOCK_C = next_pow2(C) clamped to [16, 64], accumulating [BLOCK_F, BLOCK_C] float32 real/imag partial
   products in registers, then reduces the channel axis once (fixed order: deterministic).
@@ -40,7 +40,7 @@ Blocking / launch (plain fixed configs, no autotune — the kernels are memory-b
   into just enough chunks to give ≈ 4 programs per SM (the ``do`` tile is re-read per delay from L1/L2);
   under the interpreter one chunk (cost there is per program and per loop step, not per byte).
 * ``_spectrum_grad_kernel``: elementwise, program per (F tile of 16, channel tile of ≤ 64, b).
-num_warps = 4 everywhere.
+num_warps = 4 everywhere by default.
 
 Precision: the FFTs and every accumulation in float32 (inputs of any dtype are upcast before the FFTs and in
 the loads); o, dq, dk, dv are cast to their input's dtype; weights float32 [B, K]; delays int64 [B, K].
@@ -62,6 +62,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from flashts.kernels import autotune
 from flashts.ops._common import new_empty
 
 BLOCK_T = 32      # time rows per program (aggregation and delay dots)
@@ -78,6 +79,38 @@ FFT_BLOCK_ELEMENTS = 1 << 24
 
 def _pow2_tile(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(n)))
+
+
+# Autotune sets (kernels/autotune.py), the default first. Every tuned kernel here is memory-bound (a few
+# flops per loaded element), so the levers are the bytes in flight per SM and the grid, not the math:
+# * aggregation and delay dots ([BLOCK_T, BLOCK_N] float32 tile, a loop over the K delays or (h, d) tiles):
+#   64 time rows at 8 warps (the same 32 accumulators per thread, half the programs and per-program delay /
+#   weight loads), and 4 pipeline stages at the default tile (more shifted-row loads in flight across the
+#   loop; the stage buffers are 16 KB each, far below 227 KB).
+# * cross-spectrum ([BLOCK_F, BLOCK_C] complex partials, a loop over channel tiles): 32 frequencies per program
+#   (longer contiguous reads of the spectra, half the programs; B·F/32 is still > 10 waves at the goal shapes),
+#   and 8 warps at the default tile (more loads in flight).
+# The in-place ``_spectrum_grad_kernel`` is not tuned (a tuning run repeats the launch). No config spills on
+# sm_90 (tests/triton_compile.py).
+def _tune_set(kind: str, block_a: int, block_b: int) -> list:
+    """Configs of ``kind`` ("rows": aggregation / delay dots, blocks (BLOCK_T, BLOCK_N); "spectrum":
+    cross-spectrum, blocks (BLOCK_F, BLOCK_C)); configs[0] = the fixed tiles above."""
+    C = autotune.Config
+    if kind == "rows":
+        return autotune.distinct([C(BLOCK_T=block_a, BLOCK_N=block_b, num_warps=NUM_WARPS),
+                                  C(BLOCK_T=2 * block_a, BLOCK_N=block_b, num_warps=8),
+                                  C(BLOCK_T=block_a, BLOCK_N=block_b, num_warps=NUM_WARPS, num_stages=4)])
+    return autotune.distinct([C(BLOCK_F=block_a, BLOCK_C=block_b, num_warps=NUM_WARPS),
+                              C(BLOCK_F=2 * block_a, BLOCK_C=block_b, num_warps=NUM_WARPS),
+                              C(BLOCK_F=block_a, BLOCK_C=block_b, num_warps=8)])
+
+
+def _launch(kind: str, key: tuple, blocks: tuple, run, device) -> None:
+    """``run(config)`` with the tuned config (GPU) or configs[0] (interpreter)."""
+    configs = _tune_set(kind, *blocks)
+    if not autotune.sets_active(device):
+        configs = configs[:1]
+    autotune.launch(("auto_correlation." + key[0],) + key[1:], configs, run, device)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -266,11 +299,11 @@ def _cross_spectrum_block(qf: Tensor, kf: Tensor, inv_c: float) -> Tensor:
     qr, kr = torch.view_as_real(qf), torch.view_as_real(kf)
     x = new_empty((B, F, 2), dtype=torch.float32, device=qf.device)
     block_c = _pow2_tile(C, 16, BLOCK_C_MAX)
-    grid = (triton.cdiv(F, BLOCK_F), B)
-    _cross_spectrum_kernel[grid](qr, kr, x, F, C, inv_c,
-                                 qr.stride(0), qr.stride(1), qr.stride(2), kr.stride(0), kr.stride(1), kr.stride(2),
-                                 x.stride(0), x.stride(1),
-                                 BLOCK_F=BLOCK_F, BLOCK_C=block_c, num_warps=NUM_WARPS)
+    _launch("spectrum", ("cross_spectrum", block_c, autotune.bucket(F), autotune.bucket(B)), (BLOCK_F, block_c),
+            lambda c: _cross_spectrum_kernel[(triton.cdiv(F, c.BLOCK_F), B)](
+                qr, kr, x, F, C, inv_c,
+                qr.stride(0), qr.stride(1), qr.stride(2), kr.stride(0), kr.stride(1), kr.stride(2),
+                x.stride(0), x.stride(1), BLOCK_F=c.BLOCK_F, BLOCK_C=c.BLOCK_C, **c.options), qf.device)
     return x
 
 
@@ -284,11 +317,13 @@ def _aggregate(x: Tensor, weights: Tensor, delays: Tensor, L: int, out_rows: int
     out = new_empty((B, out_rows, H, D), dtype=out_dtype, device=x.device)
     oc = out.view(B, out_rows, N)
     block_n = _pow2_tile(N, 16, BLOCK_N_MAX)
-    grid = (triton.cdiv(out_rows, BLOCK_T), triton.cdiv(N, block_n), B)
-    _aggregate_kernel[grid](xc, weights, delays, oc, L, x_rows, out_rows, N, K,
-                            xc.stride(0), xc.stride(1), xc.stride(2), weights.stride(0), weights.stride(1),
-                            delays.stride(0), delays.stride(1), oc.stride(0), oc.stride(1), oc.stride(2),
-                            SIGN=sign, BLOCK_T=BLOCK_T, BLOCK_N=block_n, num_warps=NUM_WARPS)
+    key = ("aggregate", str(x.dtype), sign, block_n, autotune.bucket(out_rows), autotune.bucket(B), K)
+    _launch("rows", key, (BLOCK_T, block_n), lambda c: _aggregate_kernel[
+        (triton.cdiv(out_rows, c.BLOCK_T), triton.cdiv(N, c.BLOCK_N), B)](
+            xc, weights, delays, oc, L, x_rows, out_rows, N, K,
+            xc.stride(0), xc.stride(1), xc.stride(2), weights.stride(0), weights.stride(1),
+            delays.stride(0), delays.stride(1), oc.stride(0), oc.stride(1), oc.stride(2),
+            SIGN=sign, BLOCK_T=c.BLOCK_T, BLOCK_N=c.BLOCK_N, **c.options), x.device)
     return out
 
 
@@ -308,18 +343,23 @@ def _delay_dots(do: Tensor, v: Tensor, delays: Tensor, L: int) -> Tensor:
     N = H * D
     K = delays.shape[1]
     doc, vc = _channels(do), _channels(v)
-    n_tiles = triton.cdiv(L, BLOCK_T)
-    k_chunks = _delay_chunks(K, B * n_tiles, do.device)
-    k_per_program = triton.cdiv(K, k_chunks)
-    k_chunks = triton.cdiv(K, k_per_program)
-    part = new_empty((B, K, n_tiles), dtype=torch.float32, device=do.device)
     block_n = _pow2_tile(N, 16, BLOCK_N_MAX)
-    grid = (k_chunks * n_tiles, B)
-    _delay_dots_kernel[grid](doc, vc, delays, part, L, v.shape[1], N, K, n_tiles, k_chunks, k_per_program,
-                             doc.stride(0), doc.stride(1), doc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
-                             delays.stride(0), delays.stride(1),
-                             BLOCK_T=BLOCK_T, BLOCK_N=block_n, num_warps=NUM_WARPS)
-    return part.sum(dim=-1)
+    parts: list = []
+
+    def run(c):  # the time tile sets the grid and the shape of the per-tile partial sums
+        n_tiles = triton.cdiv(L, c.BLOCK_T)
+        k_chunks = _delay_chunks(K, B * n_tiles, do.device)
+        k_per_program = triton.cdiv(K, k_chunks)
+        k_chunks = triton.cdiv(K, k_per_program)
+        part = new_empty((B, K, n_tiles), dtype=torch.float32, device=do.device)
+        _delay_dots_kernel[(k_chunks * n_tiles, B)](
+            doc, vc, delays, part, L, v.shape[1], N, K, n_tiles, k_chunks, k_per_program,
+            doc.stride(0), doc.stride(1), doc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
+            delays.stride(0), delays.stride(1), BLOCK_T=c.BLOCK_T, BLOCK_N=c.BLOCK_N, **c.options)
+        parts[:] = [part]
+    key = ("delay_dots", str(do.dtype), block_n, autotune.bucket(L), autotune.bucket(B), K)
+    _launch("rows", key, (BLOCK_T, block_n), run, do.device)
+    return parts[0].sum(dim=-1)
 
 
 def _spectrum_grads_(qf: Tensor, kf: Tensor, drf: Tensor, inv_c: float) -> None:

@@ -37,8 +37,8 @@ a fused backward would save little and cost a kernel that no longer reuses the t
 Tiles: C = BLOCK_T (GPU) / 16 (interpreter) query rows per program (a power of two ≥ 16: the [C, C] products
 of the latent part); BN = BLOCK_N keys per window tile; BD = next power of two ≥ max(16, D); BL, BV as in
 ``kernels/prefix_scan.py`` (``_Config``). Float32 arithmetic throughout (every load upcast, so bf16/fp16 run
-the same under the interpreter); tl.dot precision "ieee" for float32 inputs, "tf32" for half inputs. Not yet
-compiled or timed on a GPU (none was available when it was written).
+the same under the interpreter); tl.dot precision "ieee" for float32 inputs, "tf32" for half inputs. Compiled
+for sm_90 in CI (tests/triton_compile.py, every config of ``_tune_set``); not yet timed on a GPU.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from flashts.kernels import autotune
 from flashts.kernels import prefix_scan as _ps
 from flashts.kernels.linear_attention import _chunk_of_slot
 from flashts.ops import _common
@@ -58,6 +59,20 @@ from flashts.ops._common import new_empty
 BLOCK_T = 32
 # Keys per window tile on a GPU; the interpreter uses 16.
 BLOCK_N = 32
+
+
+def _tune_set(bn: int, warps: int, window: int) -> list:
+    """Autotune set of the fused forward (kernels/autotune.py), the default first. The chunk length C is fixed
+    by the chunk states the prefix scan computes before this launch, so the levers are the window tile and
+    the launch shape: BN = 2·BLOCK_N halves the key-tile steps of wide windows (only offered when the window
+    spans ≥ 2 default tiles); the other warp count (the [C, BN] scores and [C, BV] accumulators are small at 4
+    warps, but the latent products want 8 at large BL·BV); 2 stages (fewer buffered key/value tiles in shared
+    memory next to the latent tiles)."""
+    C = autotune.Config
+    alts = [C(BN=bn, num_warps=12 - warps), C(BN=bn, num_warps=warps, num_stages=2)]
+    if window >= 2 * bn:
+        alts.insert(0, C(BN=2 * bn, num_warps=8))
+    return autotune.distinct([C(BN=bn, num_warps=warps)] + alts)
 
 
 @triton.jit
@@ -185,10 +200,16 @@ def latte_macchiato_fused_fwd(q: Tensor, k: Tensor, v: Tensor, mix: Tensor, late
     lse = new_empty((B, H, T), dtype=torch.float32, device=dev)
     so = (o.stride(0), o.stride(1), o.stride(2))
     if cfg.NS > 0:
-        _fwd_kernel[(B * H * cfg.NS, cfg.NV)](
+        bd = max(16, triton.next_power_of_2(D))
+        window = T if left < 0 else left + 1
+        configs = _tune_set(BLOCK_N if autotune.sets_active(dev) else 16, cfg.num_warps, window)
+        if not autotune.sets_active(dev):
+            configs = configs[:1]
+        key = ("macchiato.fwd", str(q.dtype), bd, cfg.BL, cfg.BV, cfg.C, left < 0, autotune.bucket(window),
+               autotune.bucket(T))
+        autotune.launch(key, configs, lambda c: _fwd_kernel[(B * H * cfg.NS, cfg.NV)](
             q, k, v, mix, lk, o, A, Y, lse, m_ch, u_ch, w_ch, cfg.cu,
             *sq, *sk, *sv, *sm, *sl, *so, T, H, L, D, Dv, N, cfg.NS, max(left, 0), scale,
-            C=cfg.C, BN=BLOCK_N if gpu else 16, BD=max(16, triton.next_power_of_2(D)), BL=cfg.BL,
-            BE=triton.next_power_of_2(L + 1), BV=cfg.BV, PREC=cfg.prec, RISE_LIMIT=_ps.RISE_LIMIT,
-            UNBOUNDED=left < 0, VARLEN=cfg.varlen, LOG_N=cfg.log_n, num_warps=cfg.num_warps)
+            C=cfg.C, BN=c.BN, BD=bd, BL=cfg.BL, BE=triton.next_power_of_2(L + 1), BV=cfg.BV, PREC=cfg.prec,
+            RISE_LIMIT=_ps.RISE_LIMIT, UNBOUNDED=left < 0, VARLEN=cfg.varlen, LOG_N=cfg.log_n, **c.options), dev)
     return o, A, Y, lse, m_T, u_T, w_T

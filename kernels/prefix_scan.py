@@ -90,7 +90,9 @@ STATE_TILE_MAX / BL (the [BL, BV] state tiles live in registers; more latents �
 4, or 8 when BL·BV ≥ 1024; the backward kernels of Latte use 8. These were chosen from sm_90 compiles of every
 kernel variant (triton.compile for GPUTarget("cuda", 90, 32) works without a GPU; cuobjdump -res-usage):
 C = 32 or 4 warps made the backward spill (255 registers); with the choices above nothing spills except
-≤ 24 bytes in the float32 ("ieee") backward at L ≥ 64. Not tuned for speed (no GPU was available).
+≤ 24 bytes in the float32 ("ieee") backward at L ≥ 64. These are the defaults; on a GPU the launches
+of the one pass, its backward and the chunk-parallel kernels are autotuned over small sets (``_TUNE``, with
+the reasoning; the in-place state and cotangent scans are not tuned).
 q/k/v/do may have any strides with a unit last-dim stride (otherwise the launcher copies); states and Aaren's
 q are made contiguous.
 """
@@ -105,7 +107,7 @@ from torch import Tensor
 
 import warnings
 
-from flashts.kernels import occupancy
+from flashts.kernels import autotune, occupancy
 from flashts.kernels.linear_attention import _chunk_of_slot
 from flashts.ops import _common
 from flashts.ops._common import new_empty
@@ -769,13 +771,16 @@ def _chunk_cot_kernel(q, k, v, do, m_ch, u_ch, w_ch, dw_ch, du_ch, f_ch, cu,
 @triton.jit
 def _cot_scan_kernel(du_T, dw_T, dw_ch, du_ch, f_ch, du0_p, dw0, cu,
                      B, T, H, L, Dv, NS, N,
-                     C: tl.constexpr, BL: tl.constexpr, BV: tl.constexpr, HAS_STATE: tl.constexpr,
-                     HAS_DU: tl.constexpr, HAS_DW: tl.constexpr, VARLEN: tl.constexpr):
-    """SCAN_MODE "chunked", backward step 2 (grid (⌈Dv/BV⌉, N·H)): the reverse scan of the chunks' affine maps
-    from the final-state cotangent; writes the cotangent LEAVING every chunk over (G, g) in dw_ch / du_ch (each
-    program reads its own slot columns before writing them) and the initial-state cotangent (du0_p per tile,
-    dw0)."""
+                     C: tl.constexpr, BL: tl.constexpr, BV: tl.constexpr, SUB: tl.constexpr,
+                     HAS_STATE: tl.constexpr, HAS_DU: tl.constexpr, HAS_DW: tl.constexpr, VARLEN: tl.constexpr):
+    """SCAN_MODE "chunked", backward step 2 (grid (⌈Dv/(SUB·BV)⌉·SUB, N·H)): the reverse scan of the chunks'
+    affine maps from the final-state cotangent; writes the cotangent LEAVING every chunk over (G, g) in dw_ch /
+    du_ch (each program reads its own slot columns before writing them) and the initial-state cotangent (du0_p
+    per tile, dw0). The Dv tiles of the chunk kernels (SUB·BV columns; du_ch / du0_p hold one partial per such
+    tile) are split into SUB programs of BV columns (occupancy rule: the grid fills the SMs); the dα part of the
+    scan (independent of the columns) is done by the first sub-tile of each tile only."""
     i_v = tl.program_id(0)
+    i_t = i_v // SUB                    # the chunk kernels' Dv tile (index of the du partials)
     i_nh = tl.program_id(1)
     i_n = i_nh // H
     h = i_nh % H
@@ -786,27 +791,28 @@ def _cot_scan_kernel(du_T, dw_T, dw_ch, du_ch, f_ch, du0_p, dw0, cu,
     mask_v = offs_v < Dv
     mask_lv = mask_l[:, None] & mask_v[None, :]
     srow = i_nh.to(tl.int64) * L + offs_l
+    mask_u = mask_l & (offs_l * 0 + i_v % SUB == 0)    # the dα part: first sub-tile only (no racing reads)
     if HAS_DW:
         dw = tl.load(dw_T + srow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0).to(tl.float32)
     else:
         dw = tl.zeros([BL, BV], dtype=tl.float32)
     if HAS_DU:
-        du = tl.load(du_T + srow, mask=mask_l & (offs_l * 0 + i_v == 0), other=0.0).to(tl.float32)
+        du = tl.load(du_T + srow, mask=mask_u & (offs_l * 0 + i_t == 0), other=0.0).to(tl.float32)
     else:
         du = tl.zeros([BL], dtype=tl.float32)
-    du_tile = du_ch + i_v.to(tl.int64) * B * NS * H * L
+    du_tile = du_ch + i_t.to(tl.int64) * B * NS * H * L
     n_chunks = (eos - bos + C - 1) // C
     for it in range(0, n_chunks):
         i = n_chunks - 1 - it
         crow = ((i_b.to(tl.int64) * NS + first_slot + i) * H + h) * L + offs_l
         G = tl.load(dw_ch + crow[:, None] * Dv + offs_v[None, :], mask=mask_lv, other=0.0)
-        g = tl.load(du_tile + crow, mask=mask_l, other=0.0)
+        g = tl.load(du_tile + crow, mask=mask_u, other=0.0)
         f = tl.load(f_ch + crow, mask=mask_l, other=0.0)
         tl.store(dw_ch + crow[:, None] * Dv + offs_v[None, :], dw, mask=mask_lv)
-        tl.store(du_tile + crow, du, mask=mask_l)
+        tl.store(du_tile + crow, du, mask=mask_u)
         dw = f[:, None] * dw + G
         du = f * du + g
-    tl.store(du0_p + (i_v * N + i_n).to(tl.int64) * H * L + h * L + offs_l, du, mask=mask_l)
+    tl.store(du0_p + (i_t * N + i_n).to(tl.int64) * H * L + h * L + offs_l, du, mask=mask_u)
     if HAS_STATE:
         tl.store(dw0 + srow[:, None] * Dv + offs_v[None, :], dw, mask=mask_lv)
 
@@ -987,9 +993,55 @@ class _Config:
         self.num_warps = 8 if self.BL * self.BV >= 1024 else 4
         self.bwd_warps = 8 if self.BL >= 16 else 4
         self.prec = FP32_DOT_PRECISION if k.dtype == torch.float32 else HALF_DOT_PRECISION
+        self.dtype = k.dtype
         self.cu = cu_seqlens.to(torch.int32).contiguous() if self.varlen else k  # placeholder when not packed
         self.log_n = (self.N - 1).bit_length() if self.varlen else 0           # binary-search steps over cu
         self.chunked = self.launch.mode == "chunked"
+
+
+# Autotune sets (kernels/autotune.py) of the tuned launches; the first config is the default (the offline
+# choice above: C = CHUNK, num_warps from _Config, Triton's default 3 stages). Reasoning:
+# * "fwd" (the forward one pass, ``_scan_fwd_kernel`` writing y): a sequential loop over chunks whose speed is
+#   the latency of one chunk step, so the levers are fewer, longer steps (C = 2·CHUNK: half the steps, [2C, 2C]
+#   intra-chunk products — it writes only y and the final state, so its chunk length is its own) and the
+#   warps per step; 8 warps at C = 2·CHUNK give the larger tiles the threads they need.
+# * "recompute" (the backward's pass storing the entering states) and "bwd" (``_scan_bwd_kernel``): their
+#   chunks are the chunk slots of the states, so C stays; the levers are warps (the backward's tiles are
+#   larger: 4 warps spilled at L ≥ 16 in the first compiles, hence 8 by default, so the backward only tries
+#   the pipelining depth: 2 stages, fewer buffered loads, more registers left for the state tiles).
+# * "chunk_*" (SCAN_MODE "chunked", one chunk per program, no loop to pipeline): warps only.
+# Configs that spill on sm_90 are dropped from the sets (tests/triton_compile.py; see the README's allowance):
+# "recompute" at 8 warps where the default has 4 (Aaren, 8 B); float32 "fwd" at 8 warps and CHUNK steps where the
+# default has 4 (Aaren, 8 B).
+_TUNE = {
+    "fwd": lambda C, w: [(C, w, 3), (2 * C, 8, 3), (C, 12 - w, 3)],
+    "recompute": lambda C, w: [(C, w, 3), (C, 4, 3) if w == 8 else (C, w, 2)],
+    "bwd": lambda C, w: [(C, w, 3), (C, w, 2)],
+    "chunk_sum": lambda C, w: [(C, w, 3), (C, 12 - w, 3)],
+    "chunk_out": lambda C, w: [(C, w, 3), (C, 12 - w, 3)],
+    "chunk_cot": lambda C, w: [(C, w, 3), (C, 12 - w, 3)],
+    "chunk_grads": lambda C, w: [(C, w, 3), (C, 12 - w, 3)],
+}
+_BWD_ROLES = ("bwd", "chunk_cot", "chunk_grads")
+
+
+def _tune_set(role: str, cfg: "_Config") -> list:
+    """The configs of a tuned launch (``role`` in _TUNE): autotune.Config(C, num_warps, num_stages)."""
+    w = cfg.bwd_warps if role in _BWD_ROLES else cfg.num_warps
+    out = [autotune.Config(C=c, num_warps=nw, num_stages=st) for c, nw, st in _TUNE[role](cfg.C, w)]
+    if role == "fwd" and cfg.dtype == torch.float32 and w == 4:
+        out = [c for c in out if not (c.C == cfg.C and c.num_warps == 8)]   # spills (see above)
+    return autotune.distinct(out)
+
+
+def _tuned(role: str, cfg: "_Config", run, device) -> None:
+    """``run(config)`` with the tuned config of ``role`` (GPU), or the default (interpreter: pinned)."""
+    configs = _tune_set(role, cfg)
+    if not autotune.sets_active(device):
+        configs = configs[:1]
+    key = ("prefix_scan." + role, str(cfg.dtype), cfg.aaren, cfg.varlen, cfg.C, cfg.BL, cfg.BK, cfg.BV,
+           autotune.bucket(cfg.T), autotune.bucket(cfg.N * cfg.H))
+    autotune.launch(key, configs, run, device)
 
 
 def _state(x: Optional[Tensor], shape) -> Optional[Tensor]:
@@ -1018,17 +1070,18 @@ def _scan_forward(cfg: _Config, q, sq, k, v, m0, u0, w0, scale):
         m_ch, u_ch, w_ch = _entering_states(cfg, q, sq, k, sk, v, sv, m0, u0, w0, has_state, scale,
                                             final=(m_T, u_T, w_T))
         if cfg.NS > 0:
-            _chunk_out_kernel[(B * H * cfg.NS, cfg.NV)](
+            _tuned("chunk_out", cfg, lambda c: _chunk_out_kernel[(B * H * cfg.NS, cfg.NV)](
                 q, k, v, o, m_ch, u_ch, w_ch, cfg.cu, *sq, *sk, *sv, *so, T, H, L, cfg.D, Dv, N, cfg.NS, scale,
                 C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
-                RISE_LIMIT=RISE_LIMIT, VARLEN=cfg.varlen, LOG_N=cfg.log_n, num_warps=cfg.num_warps)
+                RISE_LIMIT=RISE_LIMIT, VARLEN=cfg.varlen, LOG_N=cfg.log_n, **c.options), dev)
     else:
-        _scan_fwd_kernel[(cfg.NV, N * H)](
+        # the one pass writes y and the final state only, so its chunk length is the config's own (c.C)
+        _tuned("fwd", cfg, lambda c: _scan_fwd_kernel[(cfg.NV, N * H)](
             q, k, v, o, m0, u0, w0, m_T, u_T, w_T, m_T, u_T, w_T, cfg.cu, *sq, *sk, *sv, *so,
-            T, H, L, cfg.D, Dv, cfg.NS, scale,
-            C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
+            T, H, L, cfg.D, Dv, triton.cdiv(T, c.C), scale,
+            C=c.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
             RISE_LIMIT=RISE_LIMIT, HAS_STATE=has_state, VARLEN=cfg.varlen, STORE_OUT=True, STORE_CHUNKS=False,
-            STORE_FINAL=True, num_warps=cfg.num_warps)
+            STORE_FINAL=True, **c.options), dev)
     return o, m_T, u_T, w_T
 
 
@@ -1043,10 +1096,10 @@ def _entering_states(cfg: _Config, q, sq, k, sk, v, sv, m0, u0, w0, has_state: b
     m_s = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
     u_s = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
     if NS > 0:
-        _chunk_sum_kernel[(B * H * NS, cfg.NV)](
+        _tuned("chunk_sum", cfg, lambda c: _chunk_sum_kernel[(B * H * NS, cfg.NV)](
             q, k, v, m_s, u_s, w_ch, cfg.cu, *sq, *sk, *sv, T, H, L, cfg.D, Dv, N, NS, scale,
             C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot, PREC=cfg.prec,
-            VARLEN=cfg.varlen, LOG_N=cfg.log_n, num_warps=cfg.num_warps)
+            VARLEN=cfg.varlen, LOG_N=cfg.log_n, **c.options), dev)
     m_T, u_T, w_T = final if final is not None else (m_ch, u_ch, w_ch)
     # the light sequential scan gets its own Dv tile, split until its (⌈Dv/BV⌉, N·H) grid fills the SMs
     bv_scan = occupancy.split_dv(N * H, Dv, cfg.BV, occupancy.sm_count(k.device))
@@ -1079,11 +1132,11 @@ def _scan_backward(cfg: _Config, q, sq, k, v, do, m0, u0, w0, du_T, dw_T, scale)
         m_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
         u_ch = new_empty((B, NS, H, L), dtype=torch.float32, device=dev)
         w_ch = new_empty((B, NS, H, L, Dv), dtype=torch.float32, device=dev)
-        _scan_fwd_kernel[(NV, N * H)](
+        _tuned("recompute", cfg, lambda c: _scan_fwd_kernel[(NV, N * H)](
             q, k, v, k, m0 if has_state else m_ch, u0 if has_state else u_ch, w0 if has_state else w_ch,
             m_ch, u_ch, w_ch, m_ch, u_ch, w_ch, cfg.cu, *sq, *sk, *sv, 0, 0, 0,
             T, H, L, cfg.D, Dv, NS, scale, STORE_OUT=False, STORE_CHUNKS=True, STORE_FINAL=False,
-            num_warps=cfg.num_warps, **common)
+            **c.options, **common), dev)
     # 2. reverse pass
     dv = new_empty((B, T, H, Dv), dtype=v_dtype, device=dev)
     da_p = new_empty((NV, B, T, H, L), dtype=torch.float32, device=dev)
@@ -1098,28 +1151,32 @@ def _scan_backward(cfg: _Config, q, sq, k, v, do, m0, u0, w0, du_T, dw_T, scale)
         slot_args = (q, k, v, do, m_ch, u_ch, w_ch)
         strides = (*sq, *sk, *sv, *sd)
         chunk_meta = dict(C=cfg.C, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, AAREN=cfg.aaren, USE_DOT=cfg.use_dot,
-                          PREC=cfg.prec, RISE_LIMIT=RISE_LIMIT, VARLEN=cfg.varlen, LOG_N=cfg.log_n,
-                          num_warps=cfg.bwd_warps)
+                          PREC=cfg.prec, RISE_LIMIT=RISE_LIMIT, VARLEN=cfg.varlen, LOG_N=cfg.log_n)
         if NS > 0:
-            _chunk_cot_kernel[(B * H * NS, NV)](*slot_args, dw_ch, du_ch, f_ch, cfg.cu, *strides,
-                                                B, T, H, L, cfg.D, Dv, N, NS, scale, **chunk_meta)
-        _cot_scan_kernel[(NV, N * H)](
+            _tuned("chunk_cot", cfg, lambda c: _chunk_cot_kernel[(B * H * NS, NV)](
+                *slot_args, dw_ch, du_ch, f_ch, cfg.cu, *strides, B, T, H, L, cfg.D, Dv, N, NS, scale,
+                **chunk_meta, **c.options), dev)
+        # the light reverse scan: the chunk kernels' Dv tiles split until its grid fills the SMs (occupancy rule)
+        bv_scan = occupancy.split_dv(N * H * NV, cfg.BV, cfg.BV, occupancy.sm_count(dev))
+        sub = cfg.BV // bv_scan
+        _cot_scan_kernel[(NV * sub, N * H)](
             du_T if du_T is not None else du0_p, dw_T if dw_T is not None else dw_ch, dw_ch, du_ch, f_ch, du0_p,
             dw0 if dw0 is not None else dw_ch, cfg.cu, B, T, H, L, Dv, NS, N,
-            C=cfg.C, BL=cfg.BL, BV=cfg.BV, HAS_STATE=has_state, HAS_DU=du_T is not None, HAS_DW=dw_T is not None,
-            VARLEN=cfg.varlen, num_warps=cfg.num_warps)
+            C=cfg.C, BL=cfg.BL, BV=bv_scan, SUB=sub, HAS_STATE=has_state, HAS_DU=du_T is not None,
+            HAS_DW=dw_T is not None, VARLEN=cfg.varlen, num_warps=cfg.num_warps)
         if NS > 0:
-            _chunk_grads_kernel[(B * H * NS, NV)](
+            _tuned("chunk_grads", cfg, lambda c: _chunk_grads_kernel[(B * H * NS, NV)](
                 *slot_args, dw_ch, du_ch, dv, da_p, dp_p if dp_p is not None else da_p, cfg.cu, *strides,
-                dv.stride(0), dv.stride(1), dv.stride(2), B, T, H, L, cfg.D, Dv, N, NS, scale, **chunk_meta)
+                dv.stride(0), dv.stride(1), dv.stride(2), B, T, H, L, cfg.D, Dv, N, NS, scale,
+                **chunk_meta, **c.options), dev)
         du0 = du0_p.sum(0) if has_state else None
         return dv, da_p, dp_p, du0, dw0
-    _scan_bwd_kernel[(NV, N * H)](
+    _tuned("bwd", cfg, lambda c: _scan_bwd_kernel[(NV, N * H)](
         q, k, v, do, m_ch, u_ch, w_ch, du_T if du_T is not None else du0_p, dw_T if dw_T is not None else w_ch,
         dv, da_p, dp_p if dp_p is not None else da_p, du0_p, dw0 if dw0 is not None else w_ch, cfg.cu,
         *sq, *sk, *sv, *sd, dv.stride(0), dv.stride(1), dv.stride(2),
         B, T, H, L, cfg.D, Dv, NS, N, scale, HAS_DU=du_T is not None, HAS_DW=dw_T is not None,
-        num_warps=cfg.bwd_warps, **common)
+        **c.options, **common), dev)
     du0 = du0_p.sum(0) if has_state else None
     return dv, da_p, dp_p, du0, dw0
 

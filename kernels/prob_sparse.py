@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from flashts.kernels import autotune
 from flashts.ops import _common
 from flashts.ops._common import new_empty
 
@@ -407,7 +408,7 @@ class _Problem:
         if BLOCKS is not None:
             self.block_m, self.block_n, self.block_t = BLOCKS[0], BLOCKS[1], BLOCKS[0]
             self.dkdv_m, self.warps = BLOCKS[0], 4
-        elif not gpu:
+        elif not autotune.sets_active(q.device):  # the interpreter (unless a test forces a GPU config)
             self.block_m, self.block_n, self.block_t, self.dkdv_m, self.warps = 16, 16, 16, 16, 4
         elif q.dtype == torch.float32:  # "ieee" FMA products hold whole tiles in registers: small tiles, 8 warps
             self.block_m = min(32, max(16, triton.next_power_of_2(max(u, 1))))
@@ -418,6 +419,52 @@ class _Problem:
             self.block_n, self.block_t, self.dkdv_m = 64, 64, 32
             self.warps = 4 if max(self.BD, self.BDV) <= 64 else 8
         self.n_act = triton.cdiv(u, self.block_m)
+        self.dtype = q.dtype
+        self.device = q.device
+        self.pinned = BLOCKS is not None or not autotune.sets_active(q.device)
+
+    def tune_set(self, kind: str) -> list:
+        """The configs of launch ``kind`` ("sample", "fwd", "bwd_rows", "bwd_dkdv"), the default first; one
+        pinned config under the interpreter / with ``BLOCKS``. Autotune sets (kernels/autotune.py), reasoning:
+        * sample (a gather of U random key rows per query, memory-latency bound): 32 query rows, twice the
+          programs (B·H·L_Q/64 is below a wave for short series or few heads);
+        * fwd / bwd_rows: u ≈ 5·ln L active rows (~45 at L = 8192) make ONE 64-row block per (b, h), so at
+          B·H = 64 the active programs are half a wave: half the rows per block doubles them; the forward also
+          tries 128-key blocks at 8 warps (half the steps of the key loop it spends its time in);
+        * bwd_dkdv ([keys, rows] tiles, loops over the G heads' active rows): 32 keys × 32 rows at 4 warps
+          (twice the programs) and, up to head dim 64, 128 keys at 8 warps (half the re-reads of the active
+          q/dO rows); float32: 16 × 16 at 4 warps, or the default keys with 16 rows at 4 warps.
+        Dropped for spilling on sm_90 (Triton 3.9, tests/triton_compile.py): float32 fwd/rows at 4 warps (8–400
+        B), bf16 rows with 128 keys (16 B at head dim 64), bf16 dK/dV with 128 keys at head dim 128 (8 B)."""
+        if kind == "sample":
+            default = autotune.Config(BLOCK_M=64 if not self.pinned else 16, num_warps=4)
+        elif kind == "bwd_dkdv":
+            default = autotune.Config(BLOCK_N=self.block_n, BLOCK_M=self.dkdv_m, num_warps=self.warps)
+        else:
+            default = autotune.Config(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_T=self.block_t,
+                                      num_warps=self.warps)
+        if self.pinned:
+            return [default]
+        half = self.dtype != torch.float32
+        bm, bn, bt, w = self.block_m, self.block_n, self.block_t, self.warps
+        C = autotune.Config
+        if kind == "sample":
+            alts = [C(BLOCK_M=32, num_warps=4)]
+        elif kind == "bwd_dkdv":
+            alts = ([C(BLOCK_N=32, BLOCK_M=32, num_warps=4)]
+                    + ([C(BLOCK_N=128, BLOCK_M=32, num_warps=8)] if max(self.BD, self.BDV) <= 64 else [])
+                    if half else [C(BLOCK_N=16, BLOCK_M=16, num_warps=4), C(BLOCK_N=bn, BLOCK_M=16, num_warps=4)])
+        else:
+            alts = [C(BLOCK_M=max(16, bm // 2), BLOCK_N=bn, BLOCK_T=bt, num_warps=w)]
+            if half and kind == "fwd":
+                alts.append(C(BLOCK_M=bm, BLOCK_N=128, BLOCK_T=bt, num_warps=8))
+        return autotune.distinct([default] + alts)
+
+    def launch(self, kind: str, run) -> None:
+        """``run(config)`` with the tuned config of ``kind`` (see ``tune_set``)."""
+        key = ("prob_sparse." + kind, str(self.dtype), self.BD, self.BDV, self.causal, self.G,
+               autotune.bucket(self.u), autotune.bucket(self.L_Q), autotune.bucket(self.L_K))
+        autotune.launch(key, self.tune_set(kind), run, self.device)
 
     def flags(self) -> dict:
         return dict(D=self.D, DV=self.Dv, BLOCK_D=self.BD, BLOCK_DV=self.BDV, CAUSAL=self.causal, PREC=self.prec,
@@ -442,10 +489,12 @@ def prob_sparse_attention_fwd(q: Tensor, k: Tensor, v: Tensor, sample_index: Ten
         U = sample_index.shape[1]
         si = sample_index.to(device=dev, dtype=torch.int64).contiguous()
         M = torch.empty((p.B, p.H, p.L_Q), dtype=torch.float32, device=dev)
-        sample_block = 16 if not _common.compiles_for_gpu(dev) else 64
-        nb = triton.cdiv(p.L_Q, sample_block)
-        _ps_sample_kernel[(nb * p.B * p.H,)](q, k, si, M, *sq, *sk, p.L_Q, p.L_K, U, p.H, p.G, nb,
-                                            D=p.D, BLOCK_M=sample_block, BLOCK_D=p.BD, num_warps=4)
+
+        def sample(c):
+            nb = triton.cdiv(p.L_Q, c.BLOCK_M)
+            _ps_sample_kernel[(nb * p.B * p.H,)](q, k, si, M, *sq, *sk, p.L_Q, p.L_K, U, p.H, p.G, nb,
+                                                D=p.D, BLOCK_M=c.BLOCK_M, BLOCK_D=p.BD, **c.options)
+        p.launch("sample", sample)
         index = M.topk(u, dim=-1).indices.sort(dim=-1).values.contiguous()
     else:
         index = torch.empty((p.B, p.H, 0), dtype=torch.int64, device=dev)
@@ -453,11 +502,15 @@ def prob_sparse_attention_fwd(q: Tensor, k: Tensor, v: Tensor, sample_index: Ten
     o = new_empty((p.B, p.L_Q, p.H, p.Dv), dtype=q.dtype, device=dev)
     lse = new_empty((p.B, p.H, u), dtype=torch.float32, device=dev)
     so = (o.stride(0), o.stride(1), o.stride(2))
-    n_act_total = p.n_act * p.B * p.H
-    _ps_fwd_kernel[(n_act_total + p.B * p.Hk,)](
-        q, k, v, o, lse, index, flag, *sq, *sk, *sv, *so, p.L_Q, p.L_K, u, p.H, p.Hk, p.G, max(p.n_act, 1),
-        n_act_total, p.qk_scale, BLOCK_M=p.block_m, BLOCK_N=p.block_n, BLOCK_T=p.block_t, num_warps=p.warps,
-        **p.flags())
+
+    def fwd(c):  # the active-row block sets the number of active programs
+        n_act = triton.cdiv(u, c.BLOCK_M)
+        n_act_total = n_act * p.B * p.H
+        _ps_fwd_kernel[(n_act_total + p.B * p.Hk,)](
+            q, k, v, o, lse, index, flag, *sq, *sk, *sv, *so, p.L_Q, p.L_K, u, p.H, p.Hk, p.G, max(n_act, 1),
+            n_act_total, p.qk_scale, BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_T=c.BLOCK_T, **c.options,
+            **p.flags())
+    p.launch("fwd", fwd)
     return o, index, lse
 
 
@@ -483,14 +536,21 @@ def prob_sparse_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Te
     sdq = (dq.stride(0), dq.stride(1), dq.stride(2))
     sdk = (dk.stride(0), dk.stride(1), dk.stride(2))
     sdv = (dv.stride(0), dv.stride(1), dv.stride(2))
-    n_act_total = p.n_act * p.B * p.H
-    _ps_bwd_rows_kernel[(n_act_total + p.B * p.Hk,)](
-        q, k, v, o, do, lse, index, delta, dq, flag, lazy, *sq, *sk, *sv, *so, *sd, *sdq,
-        p.L_Q, p.L_K, u, p.H, p.Hk, p.G, max(p.n_act, 1), n_act_total, p.qk_scale, p.scale,
-        BLOCK_M=p.block_m, BLOCK_N=p.block_n, BLOCK_T=p.block_t, num_warps=p.warps, **p.flags())
-    nb = triton.cdiv(p.L_K, p.block_n)
-    _ps_bwd_dkdv_kernel[(nb * p.B * p.Hk,)](
-        q, k, v, do, lse, index, delta, lazy, dk, dv, *sq, *sk, *sv, *sd, *sdk, *sdv,
-        p.L_K, u, p.H, p.Hk, p.G, nb, p.qk_scale, p.scale,
-        BLOCK_N=p.block_n, BLOCK_M=p.dkdv_m, num_warps=p.warps, **p.flags())
+
+    def rows(c):
+        n_act = triton.cdiv(u, c.BLOCK_M)
+        n_act_total = n_act * p.B * p.H
+        _ps_bwd_rows_kernel[(n_act_total + p.B * p.Hk,)](
+            q, k, v, o, do, lse, index, delta, dq, flag, lazy, *sq, *sk, *sv, *so, *sd, *sdq,
+            p.L_Q, p.L_K, u, p.H, p.Hk, p.G, max(n_act, 1), n_act_total, p.qk_scale, p.scale,
+            BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_T=c.BLOCK_T, **c.options, **p.flags())
+    p.launch("bwd_rows", rows)
+
+    def dkdv(c):
+        nb = triton.cdiv(p.L_K, c.BLOCK_N)
+        _ps_bwd_dkdv_kernel[(nb * p.B * p.Hk,)](
+            q, k, v, do, lse, index, delta, lazy, dk, dv, *sq, *sk, *sv, *sd, *sdk, *sdv,
+            p.L_K, u, p.H, p.Hk, p.G, nb, p.qk_scale, p.scale,
+            BLOCK_N=c.BLOCK_N, BLOCK_M=c.BLOCK_M, **c.options, **p.flags())
+    p.launch("bwd_dkdv", dkdv)
     return dq, dk, dv

@@ -546,3 +546,14 @@ def test_aaren_gpu_launch_warns_once_until_verified(monkeypatch):
         warnings.simplefilter("error")
         kernels._warn_unverified_aaren(torch.device("cuda"))  # second time: silent
         kernels._warn_unverified_aaren(torch.device("cpu"))   # the interpreter: silent
+
+
+def test_latte_small_device_splits_the_scans(monkeypatch):
+    """On a device of 8 SMs (the rule's view), the chunked backward's cotangent scan splits the chunk kernels'
+    Dv tiles into sub-tiles (SUB = 2 here: tiles of 32 columns, scan programs of 16), with the dα part done by
+    the first sub-tile only; every gradient, the state's included, still matches the reference."""
+    from flashts.kernels import occupancy
+    monkeypatch.setattr(occupancy, "INTERPRETER_SMS", 8)
+    q, k, v = latte_inputs(1, 40, 2, 5, 40)
+    check_against_reference(LATTE, BE, (q, k, v), dict(initial_state=make_state("finite", (1, 2, 5), 40),
+                                                        output_final_state=True), dtype=F32, **SKIP_MAX)

@@ -17,8 +17,15 @@ then ptxas, which ships with Triton), so this module does it in two steps:
    shared memory with ``cuobjdump -res-usage``; prints one JSON line per spec and exits 1 if any failed.
 
 Autotuned launches (``kernels/autotune.py``) are recorded with their default config; with
-``FLASHTS_COMPILE_ALL_CONFIGS=1`` every config of their sets is recorded (and so compiled) too — opt-in, since
-CI's compile test is already the longest test.
+``FLASHTS_COMPILE_ALL_CONFIGS=1`` (or ``capture(all_configs=True)``) every config of their sets is recorded too,
+each spec tagged with the index of its config in the set (``"tune"``). :func:`representatives` keeps what CI
+compiles: every default-config spec, and each non-default config in ONE scenario per (kernel, input dtypes,
+config, padded head dims :data:`HEAD_DIMS`) — the scenario flags (states, packing, modes) do not multiply the
+non-default configs.
+
+Spills: :data:`SPILL_ALLOWANCE` is the most stack bytes per thread (register spills) each kernel may have on
+sm_90 with CI's Triton; ``tests/test_triton_compile.py`` fails when a compiled variant exceeds it, and checks
+that the README's table ("Spill allowance") states the same numbers.
 
 ``tests/test_triton_compile.py`` runs both; the two steps also work by hand, e.g. with another Triton version
 first on ``PYTHONPATH`` for step 2 (the H100 machine has Triton 3.6, CI has 3.9).
@@ -38,6 +45,25 @@ import tempfile
 import warnings
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+# constexprs holding padded head / value / latent dims: a non-default autotune config is compiled once per
+# (kernel, input dtype, config, these values) (see representatives()); among a group's scenarios the one with
+# the widest value tile TILE_DIM (the prefix scan's Dv tile, chosen by the occupancy rule) is kept: the most
+# registers
+HEAD_DIMS = ("BD", "BDV", "BLOCK_D", "BLOCK_DV", "BK", "BL")
+TILE_DIM = "BV"
+# Most stack bytes per thread (register spills) allowed on sm_90 with Triton 3.9, per "module.kernel"
+# (absent: 0). The README's "Spill allowance" table states the same numbers (checked by the test).
+SPILL_ALLOWANCE = {
+    "auto_correlation._delay_dots_kernel": 8,
+    "linear_attention._causal_out_kernel": 176,
+    "linear_attention._fwd_causal_kernel": 112,
+    "linear_attention._grads_kernel": 592,
+    "prob_sparse._ps_bwd_rows_kernel": 8,
+    "prob_sparse._ps_fwd_kernel": 8,
+    "sliding_window_attention._bwd_dkdv_kernel": 8,
+    "sliding_window_attention._bwd_dq_kernel": 192,
+    "sliding_window_attention._fwd_kernel": 432,
+}
 _DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32",
            "int64": "i64", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "u1"}
 
@@ -90,7 +116,7 @@ def _spec(fn, args, kwargs) -> dict:
 
 
 @contextlib.contextmanager
-def recording(specs: list):
+def recording(specs: list, all_configs: bool | None = None):
     """Inside: Triton launches are recorded into ``specs`` instead of run, and launchers pick GPU configurations."""
     from triton.runtime import interpreter
 
@@ -99,16 +125,22 @@ def recording(specs: list):
         raise RuntimeError("capture() needs TRITON_INTERPRET=1 set before triton is imported")
     original_run, original_gpu = interpreter.InterpretedFunction.run, _common.compiles_for_gpu
 
+    from flashts.kernels import autotune
+
     def run(self, *args, grid, warmup, **kwargs):
         if not warmup:
-            specs.append(_spec(self.fn, args, kwargs))
+            spec = _spec(self.fn, args, kwargs)
+            if autotune.CURRENT is not None:
+                spec["tune"] = autotune.CURRENT[1]
+                c = autotune.CURRENT[2]
+                spec["tune_config"] = repr(sorted(vars(c).items())) if hasattr(c, "__dict__") else repr(c)
+            specs.append(spec)
 
-    from flashts.kernels import autotune
     original_all = autotune.CAPTURE_ALL
     interpreter.InterpretedFunction.run = run
     _common.compiles_for_gpu = lambda device: True
     # every config of the autotune sets (FLASHTS_COMPILE_ALL_CONFIGS=1), else the defaults only
-    autotune.CAPTURE_ALL = all_configs()
+    autotune.CAPTURE_ALL = globals()["all_configs"]() if all_configs is None else all_configs
     try:
         yield specs
     finally:
@@ -244,6 +276,10 @@ def _scenarios():
                     lambda dt=dt, causal=causal, L_K=L_K, D=D: flashts.prob_sparse_attention(
                         rnd(2, 300, 4, D, dtype=dt), rnd(2, L_K, 2, D, dtype=dt), rnd(2, L_K, 2, D, dtype=dt),
                         causal=causal, backend="triton"))))
+        for left in (31, -1):  # Latte Macchiato (fused forward; its backward is the window and Latte kernels')
+            out.append((f"macchiato left={left} {n}", {}, fb(lambda dt=dt, left=left: flashts.latte_macchiato_attention(
+                rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt), rnd(2, 150, 4, 64, dtype=dt),
+                rnd(2, 150, 4, 17, dtype=dt), rnd(2, 150, 4, 16, dtype=dt), window=(left, 0), backend="triton"))))
         out.append((f"aaren decode {n}", {}, fb(lambda dt=dt: flashts.aaren_attention(
             rnd(4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt), rnd(2, 1, 4, 64, dtype=dt),
             initial_state=(torch.randn(2, 4), torch.rand(2, 4) + 0.5, torch.randn(2, 4, 64)), output_final_state=True,
@@ -255,13 +291,14 @@ def _scenarios():
     return out
 
 
-def capture(verbose: bool = False, only: str | None = None) -> list[dict]:
+def capture(verbose: bool = False, only: str | None = None, all_configs: bool | None = None) -> list[dict]:
     """Distinct GPU launch specs of every scenario (see the module doc); ``only``: a regular expression that
-    the scenario labels must match (e.g. ``"linear causal bfloat16 D=128"``)."""
+    the scenario labels must match (e.g. ``"linear causal bfloat16 D=128"``); ``all_configs``: record every
+    config of the autotune sets (default: env FLASHTS_COMPILE_ALL_CONFIGS)."""
     from bench.tune import knobs as set_knobs  # the knob setter of the tuning tool (restores on exit)
     specs: list = []
     errors = []
-    with recording(specs), warnings.catch_warnings():
+    with recording(specs, all_configs), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. the unverified-on-GPU warning of the Aaren kernels
         for label, knobs, thunk in _scenarios():
             if only is not None and not re.search(only, label):
@@ -279,13 +316,47 @@ def capture(verbose: bool = False, only: str | None = None) -> list[dict]:
                     print(f"[capture] {label}: {len(specs) - before} launches", file=sys.stderr)
     if errors:
         raise RuntimeError("capture failed:\n" + "\n".join(errors))
-    unique, seen = [], set()
+    unique, seen = [], {}
     for s in specs:
-        key = json.dumps(s, sort_keys=True)
+        key = json.dumps({k: v for k, v in s.items() if k not in ("tune", "tune_config")}, sort_keys=True)
         if key not in seen:
-            seen.add(key)
+            seen[key] = s
             unique.append(s)
+        elif not s.get("tune"):  # a launch that is also a default somewhere stays a default
+            seen[key]["tune"] = 0
     return unique
+
+
+def _group(spec: dict) -> str:
+    """What a non-default config is compiled once per: kernel, input dtype (its first pointer argument's),
+    the config and the padded head dims."""
+    dtype = next((t for t in spec["signature"].values() if t.startswith("*")), "")
+    return json.dumps([spec["module"], spec["kernel"], dtype, spec.get("tune_config", spec["options"]),
+                       {k: v for k, v in spec["constexprs"].items() if k in HEAD_DIMS}], sort_keys=True)
+
+
+def representatives(specs: list[dict]) -> list[dict]:
+    """The specs CI compiles (see the module doc): every spec of a default config (``tune`` absent or 0),
+    then one spec of each group of non-default ones (:func:`_group`), the one with the widest TILE_DIM."""
+    out = [s for s in specs if not s.get("tune")]
+    best: dict = {}
+    for s in specs:
+        if s.get("tune"):
+            g = _group(s)
+            if g not in best or s["constexprs"].get(TILE_DIM, 0) > best[g]["constexprs"].get(TILE_DIM, 0):
+                best[g] = s
+    return out + list(best.values())
+
+
+def spill_excess(results: list[dict]) -> list[str]:
+    """Compiled variants whose stack bytes exceed SPILL_ALLOWANCE (as readable lines)."""
+    out = []
+    for r in results:
+        name = f"{r.get('module', '?').rsplit('.', 1)[-1]}.{r['kernel']}"
+        if r.get("stack", 0) > SPILL_ALLOWANCE.get(name, 0):
+            out.append(f"{name} {r['options']} {r.get('constexprs', {})}: {r['stack']} B > allowed "
+                       f"{SPILL_ALLOWANCE.get(name, 0)} B")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- step 2: compile
@@ -314,7 +385,8 @@ def compile_spec(spec: dict, arch: int) -> dict:
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in spec["aligned"]}
     src = ASTSource(fn=kernel, signature=spec["signature"], constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(spec["options"]))
-    out = {"kernel": spec["kernel"], "options": spec["options"]}
+    out = {"module": spec["module"], "kernel": spec["kernel"], "options": spec["options"],
+           "constexprs": spec["constexprs"], "signature": spec["signature"], "tune": spec.get("tune", 0)}
     out.update(_resources(compiled.asm["cubin"]))
     out["metadata_shared"] = compiled.metadata.shared
     return out
@@ -325,7 +397,8 @@ def _compile_one(job):
     try:
         return compile_spec(spec, arch)
     except Exception as e:
-        return {"kernel": spec["kernel"], "options": spec["options"], "constexprs": spec["constexprs"],
+        return {"module": spec["module"], "kernel": spec["kernel"], "options": spec["options"],
+                "constexprs": spec["constexprs"], "tune": spec.get("tune", 0),
                 "error": f"{type(e).__name__}: {str(e)[-2000:]}"}
 
 
@@ -341,16 +414,18 @@ def main(argv=None) -> int:
     with open(args.specs) as f:
         specs = json.load(f)
     jobs = [(s, args.arch) for s in specs]
-    if args.jobs > 1:
-        import multiprocessing as mp
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            results = pool.map(_compile_one, jobs, chunksize=1)
-    else:
-        results = [_compile_one(j) for j in jobs]
-    failed = 0
-    for r in results:
-        failed += "error" in r
-        print(json.dumps(r, sort_keys=True))
+    results = []
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1:
+            import multiprocessing as mp
+            pool = stack.enter_context(mp.get_context("spawn").Pool(args.jobs))
+            stream = pool.imap(_compile_one, jobs, chunksize=1)
+        else:
+            stream = map(_compile_one, jobs)
+        for r in stream:  # printed as they come (a run cut short keeps what it compiled)
+            results.append(r)
+            print(json.dumps(r, sort_keys=True), flush=True)
+    failed = sum("error" in r for r in results)
     import triton
     print(f"# triton {triton.__version__}, sm_{args.arch}: {len(results)} kernel variants, {failed} failed, "
           f"{sum(1 for r in results if r.get('stack'))} with spills", file=sys.stderr)
