@@ -206,7 +206,7 @@ def test_layer_step_inplace_equals_forward(make):
 
 # ------------------------------------------------------------------------------------------- both causal paths
 
-@pytest.mark.parametrize("path", ["fast-small-chunks", "exact-tiles"])
+@pytest.mark.parametrize("path", ["fast-small-chunks", "small-blocks", "exact-tiles"])
 @pytest.mark.parametrize("op", ["aaren_attention", "latte_attention"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_causal_paths_match_reference(monkeypatch, path, op, dtype):
@@ -215,6 +215,11 @@ def test_causal_paths_match_reference(monkeypatch, path, op, dtype):
     gradients including the initial state's, against the reference."""
     if path == "fast-small-chunks":
         monkeypatch.setattr(ps, "FAST_CHUNK", 3)
+    elif path == "small-blocks":   # Aaren: blocks of 3 chunks of 5 steps (T = 203: a last block of 1.6 chunks)
+        monkeypatch.setattr(ps, "FAST_CHUNK", 5)
+        monkeypatch.setattr(ps, "AAREN_CHUNK", 5)
+        monkeypatch.setattr(ps, "AAREN_BLOCK_ELEMENTS", 2 * 3 * 6 * 5 * 3)
+        monkeypatch.setattr(ps, "LATTE_BLOCK_CHUNKS", 3, raising=False)
     else:
         monkeypatch.setattr(ps, "FAST", False)
         monkeypatch.setattr(ps, "CHUNK", 4)

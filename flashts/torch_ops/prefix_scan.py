@@ -542,16 +542,54 @@ def _aaren_logits(q: Tensor, k: Tensor, scale: float, cd: torch.dtype):
     return qb, kh, (scale * (kh @ qb.unsqueeze(-1)))
 
 
+# Steps per chunk of the within-chunk prefix sums of the Aaren path (a [C, C] triangular ones matrix times the
+# chunk's [C, H·Dv] values: 2·C flops per number, far cheaper on CPU than ``cumsum`` along time of a
+# [B, T, H, Dv] tensor), and the numbers per block of steps (time-major [B, steps, H, Dv] working set).
+AAREN_CHUNK = 16
+AAREN_BLOCK_ELEMENTS = 1 << 18
+
+
+def _block_scan(X: Tensor, carry: Tensor, tri: Tensor, reverse: bool):
+    """Prefix sums along time of ``X [B, L, F]`` started from ``carry [B, F]``: inclusive Σ_{i≤t} (or, with
+    ``reverse``, the suffix Σ_{i≥t}, ``tri`` then upper triangular). Within chunks of C = ``tri``'s size steps a
+    matmul by the triangular ones matrix, across chunks a cumsum of the chunk totals. Returns (sums ``[B, L, F]``,
+    the carry for the next block: the total including ``carry``)."""
+    B, L, Fd = X.shape
+    C = tri.shape[0]
+    n = -(-L // C)
+    if n * C != L:
+        X = F.pad(X, (0, 0, 0, n * C - L))
+    Y = torch.matmul(tri, X.view(B, n, C, Fd))                               # within-chunk sums [B, n, C, F]
+    offs = torch.empty((B, n, Fd), dtype=X.dtype, device=X.device)            # what enters each chunk
+    if not reverse:
+        tot = Y[:, :, -1]
+        offs[:, 0] = carry
+        if n > 1:
+            offs[:, 1:] = tot[:, :-1].cumsum(1).add_(carry.unsqueeze(1))
+        new_carry = offs[:, -1] + tot[:, -1]
+    else:
+        tot = Y[:, :, 0]
+        offs[:, -1] = carry
+        if n > 1:
+            offs[:, :-1] = tot[:, 1:].flip(1).cumsum(1).flip(1).add_(carry.unsqueeze(1))
+        new_carry = offs[:, 0] + tot[:, 0]
+    Y += offs.unsqueeze(2)
+    return Y.view(B, n * C, Fd)[:, :L], new_carry
+
+
 class _AarenGlobal:
-    """Aaren with ONE reference max per sequence (no chunks), in the time-major layout of the inputs: with
-    s_t = scale·q·k_t, r = max(m0, max_t s_t), E_t = e^{s_t − r}, κ = e^{m0 − r}::
+    """Aaren with ONE reference max per sequence, in the time-major layout of the inputs: with s_t = scale·q·k_t,
+    r = max(m0, max_t s_t), E_t = e^{s_t − r}, κ = e^{m0 − r}::
 
         N_t = Σ_{i≤t} E_i v_i + κ w0,   D_t = Σ_{i≤t} E_i + κ u0,   o_t = N_t / D_t,   final state (r, D_T, N_T)
 
-    two cumulative sums over time (the cost of the textbook parallel form, exact where it underflows: taken only
-    when D_t cannot underflow, i.e. r − max(m0, s_0) ≤ FAST_SPREAD[dtype]; otherwise None and the chunked path).
-    Backward (r fixed): g_t = dN_t = dy_t / D_t, h_t = dD_t = −(dy_t·o_t)/D_t (plus dw_T, du_T at the last step),
-    Ĝ, Ĥ = suffix sums of g, h; dv_s = E_s Ĝ_s, ds_s = E_s (v_s·Ĝ_s + Ĥ_s), dw0 = κ Ĝ_0, du0 = κ Ĥ_0."""
+    (the cost of the textbook parallel form, exact where it underflows: taken only when D_t cannot underflow, i.e.
+    r − max(m0, s_0) ≤ FAST_SPREAD[dtype]; otherwise None and the chunked path). The [B, T, H, Dv] prefix sums run
+    block by block (:func:`_block_scan`, carrying the running sum), so no whole-sequence [B, T, H, Dv] temporary
+    exists besides the output. Backward (r fixed): g_t = dN_t = dy_t / D_t, h_t = dD_t = −(g_t·N_t)/D_t (plus dw_T, du_T
+    at the last step: the initial carries of the suffix sums), Ĝ, Ĥ = suffix sums of g, h; dv_s = E_s Ĝ_s,
+    ds_s = E_s (v_s·Ĝ_s + Ĥ_s), dw0 = κ Ĝ_0, du0 = κ Ĥ_0. It runs over the blocks from the last to the first,
+    h_t = −dy_t·o_t/D_t from the saved output o (N is not recomputed)."""
 
     @classmethod
     def make(cls, q, k, v, m0, u0, w0, scale):
@@ -561,9 +599,16 @@ class _AarenGlobal:
             return None
         f = cls()
         f.cd = cd
-        f.qb = q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)           # [B|1, H, D]
-        f.kc = k.to(cd)
-        s = torch.einsum("bthd,bhd->bth", f.kc, f.qb.expand(k.shape[0], -1, -1)) * scale   # [B, T, H]
+        B, T, H, D = k.shape
+        Dv = v.shape[-1]
+        f.qb = (q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)).expand(B, H, D)      # [B, H, D]
+        C = min(AAREN_CHUNK, T)
+        f.block = C * max(1, AAREN_BLOCK_ELEMENTS // (B * H * max(D, Dv) * C))
+        s = new_empty((B, T, H), dtype=cd, device=k.device)
+        for a in range(0, T, f.block):       # s_t = scale·q·k_t, block by block (no [B, T, H, D] temporary)
+            b = min(T, a + f.block)
+            torch.sum(k[:, a:b].to(cd) * f.qb.unsqueeze(1), -1, out=s[:, a:b])
+        s *= scale
         r = s.amax(dim=1)
         first = s[:, 0]
         if m0 is not None:
@@ -573,48 +618,64 @@ class _AarenGlobal:
         if not bool(((r - first) <= thr).all()):
             return None
         f.r = r
-        f.E = torch.exp(s - r.unsqueeze(1))                                   # [B, T, H]
-        f.v = v.to(cd)
+        f.E = s.sub_(r.unsqueeze(1)).exp_()                                   # [B, T, H]
         f.kappa = _exp_diff(m0.to(cd), r) if m0 is not None else None
+        f.D = torch.cumsum(f.E, dim=1)                                         # [B, T, H]
+        f.N0 = k.new_zeros((B, H, Dv), dtype=cd)
+        if f.kappa is not None:
+            f.D += (f.kappa * u0.to(cd)).unsqueeze(1)
+            f.N0 = f.N0 + f.kappa.unsqueeze(-1) * w0.to(cd)
+        f.tri = torch.ones(C, C, dtype=cd, device=k.device).tril_()
         return f
 
-    def forward(self, u0, w0, out_dtype):
-        E, v = self.E, self.v
-        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
-        D = torch.cumsum(E, dim=1)
-        if self.kappa is not None:
-            N += (self.kappa.unsqueeze(-1) * w0.to(self.cd)).unsqueeze(1)
-            D += (self.kappa * u0.to(self.cd)).unsqueeze(1)
-        sd = state_dtype(out_dtype)
-        o = (N / D.unsqueeze(-1)).to(out_dtype)
-        return o, self.r.to(sd), D[:, -1].to(sd, copy=True), N[:, -1].to(sd, copy=True)   # own storage
+    def _weighted_values(self, v: Tensor, a: int, b: int) -> Tensor:
+        """E_t v_t for the steps [a, b) as ``[B, b − a, H·Dv]`` (compute dtype)."""
+        B, _, H, Dv = v.shape
+        return (self.E[:, a:b].unsqueeze(-1) * v[:, a:b]).to(self.cd).view(B, b - a, H * Dv)
 
-    def backward(self, do, du_T, dw_T, o, u0, w0, q, scale):
-        E, v, cd = self.E, self.v, self.cd
-        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
-        D = torch.cumsum(E, dim=1)
-        if self.kappa is not None:
-            N += (self.kappa.unsqueeze(-1) * w0.to(cd)).unsqueeze(1)
-            D += (self.kappa * u0.to(cd)).unsqueeze(1)
-        dy = do.to(cd)
-        g = dy / D.unsqueeze(-1)                                             # dN_t
-        h = -(g * N).sum(-1) / D                                              # dD_t = −dy·o/D with o = N/D
-        if dw_T is not None:
-            g[:, -1] += dw_T.to(cd)
-        if du_T is not None:
-            h[:, -1] += du_T.to(cd)
-        G = g.flip(1).cumsum(1).flip(1)
-        Hs = h.flip(1).cumsum(1).flip(1)
-        dv = E.unsqueeze(-1) * G
-        ds = E * ((v * G).sum(-1) + Hs) * scale                               # d(scale·q·k)
-        dq = torch.einsum("bth,bthd->bhd", ds, self.kc)
+    def forward(self, v, out_dtype):
+        B, T, H, Dv = v.shape
+        o = new_empty((B, T, H, Dv), dtype=out_dtype, device=v.device)
+        carry = self.N0.reshape(B, H * Dv)
+        for a in range(0, T, self.block):
+            b = min(T, a + self.block)
+            N, carry = _block_scan(self._weighted_values(v, a, b), carry, self.tri, reverse=False)
+            o[:, a:b] = N.view(B, b - a, H, Dv) / self.D[:, a:b].unsqueeze(-1)
+        sd = state_dtype(out_dtype)
+        return o, self.r.to(sd), self.D[:, -1].to(sd, copy=True), carry.view(B, H, Dv).to(sd, copy=True)
+
+    def backward(self, do, du_T, dw_T, o, v, k, q, scale):
+        B, T, H, Dv = v.shape
+        D = k.shape[-1]
+        cd = self.cd
+        # from the last block to the first, carrying the suffix sums Ĝ and Ĥ of everything after
+        cG = dw_T.to(cd).reshape(B, H * Dv) if dw_T is not None else k.new_zeros((B, H * Dv), dtype=cd)
+        cH = du_T.to(cd) if du_T is not None else k.new_zeros((B, H), dtype=cd)
+        triu = self.tri.t().contiguous()
+        dk = new_empty((B, T, H, D), dtype=k.dtype, device=k.device)
+        dv = new_empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
+        dq = k.new_zeros((B, H, D), dtype=cd)
+        for a in reversed(range(0, T, self.block)):
+            b = min(T, a + self.block)
+            L = b - a
+            Eb, Db = self.E[:, a:b], self.D[:, a:b]
+            dy = do[:, a:b].to(cd)
+            h = (dy * o[:, a:b]).sum(-1).div_(Db).neg_()                          # dD_t = −dy·o/D
+            Hs = h.flip(1).cumsum(1).flip(1).add_(cH.unsqueeze(1))                 # Ĥ [B, L, H]
+            g = (dy / Db.unsqueeze(-1)).view(B, L, H * Dv)                         # dN_t = dy/D
+            G, cG = _block_scan(g, cG, triu, reverse=True)                         # Ĝ [B, L, H·Dv]
+            cH = Hs[:, 0]
+            G = G.view(B, L, H, Dv)
+            dv[:, a:b] = Eb.unsqueeze(-1) * G
+            ds = (v[:, a:b] * G).sum(-1).add_(Hs).mul_(Eb).mul_(scale)           # d(scale·q·k_t) [B, L, H]
+            dq += torch.einsum("blh,blhd->bhd", ds, k[:, a:b].to(cd))
+            dk[:, a:b] = ds.unsqueeze(-1) * self.qb.unsqueeze(1)
         if q.dim() == 2:
             dq = dq.sum(0)
-        dk = ds.unsqueeze(-1) * self.qb.unsqueeze(1)
         du0 = dw0 = None
         if self.kappa is not None:
-            du0 = (self.kappa * Hs[:, 0]).to(u0.dtype)
-            dw0 = (self.kappa.unsqueeze(-1) * G[:, 0]).to(w0.dtype)
+            du0 = self.kappa * cH
+            dw0 = self.kappa.unsqueeze(-1) * cG.view(B, H, Dv)
         return dq.to(q.dtype), dk, dv, du0, dw0
 
 
@@ -626,7 +687,7 @@ def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
     if cu_seqlens is None:
         fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
         if fast is not None:
-            return fast.forward(u0, w0, k.dtype)
+            return fast.forward(v, k.dtype)
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
@@ -642,8 +703,10 @@ def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scal
     if cu_seqlens is None:
         fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
         if fast is not None:
-            dq, dk, dv, du0, dw0 = fast.backward(do, du_T, dw_T, o, u0, w0, q, scale)
-            return dq, dk.to(k.dtype), dv.to(v.dtype), du0, dw0
+            dq, dk, dv, du0, dw0 = fast.backward(do, du_T, dw_T, o, v, k, q, scale)
+            if du0 is not None:
+                du0, dw0 = du0.to(u0.dtype), dw0.to(w0.dtype)
+            return dq, dk, dv, du0, dw0
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
