@@ -367,7 +367,72 @@ def _suffix_scan_linear(mu: Tensor, Qh: Tensor, Qr: Tensor):
 
 # ------------------------------------------------------------------------------------------------ causal core
 
+# Long sequences run as consecutive segments, the state leaving one the initial state of the next, so every
+# intermediate of the cores is O(segment) (no whole-sequence temporaries: on CPU each is a fresh, page-faulting
+# allocation and a trip through memory; this kept the time linear in T). The maxima of the state are constants
+# of the backward (see the module docstring), so chaining the segments' backwards through (du, dw) is exact.
+# A segment holds LATTE_BLOCK_CHUNKS chunks of FAST_CHUNK steps, or (None) about SCAN_BLOCK_ELEMENTS numbers per
+# [rows, steps, max(L, Dv, C)] tensor.
+SCAN_BLOCK_ELEMENTS = 1 << 20
+LATTE_BLOCK_CHUNKS: Optional[int] = None
+
+
+def _segment_steps(G: int, L: int, Dv: int) -> int:
+    C = FAST_CHUNK
+    chunks = LATTE_BLOCK_CHUNKS or max(1, SCAN_BLOCK_ELEMENTS // (G * C * max(L, Dv, C)))
+    return chunks * C
+
+
+def _summary_combine(a: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+    """The state after the steps ``a [G, S, L]``, ``v [G, S, Dv]`` from (m0, u0, w0): the segment's
+    (max, Σe^{a−max}, Σe^{a−max}v) combined with the entering state (:func:`_combine`)."""
+    m = a.amax(dim=1)
+    e = _exp_diff(a, m.unsqueeze(1))
+    return _combine(m0, u0, w0, m, e.sum(dim=1), e.transpose(1, 2) @ v)
+
+
 def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+    """y_t = Σ_l p_{t,l} · (prefix softmax mean of v under logits a_{·,l}, started from state (m0, u0, w0)).
+
+    ``a, p [G, T, L]``, ``v [G, T, Dv]``, ``m0, u0 [G, L]``, ``w0 [G, L, Dv]`` (T ≥ 1, one dtype).
+    Returns ``y [G, T, Dv]`` and the final state ``(m [G, L], u [G, L], w [G, L, Dv])``."""
+    G, T, L = a.shape
+    S = _segment_steps(G, L, v.shape[-1])
+    if T <= S:
+        return _causal_scan_fwd_run(a, p, v, m0, u0, w0)
+    y = a.new_empty((G, T, v.shape[-1]))
+    state = (m0, u0, w0)
+    for t0 in range(0, T, S):
+        t1 = min(T, t0 + S)
+        y[:, t0:t1], state = _causal_scan_fwd_run(a[:, t0:t1], p[:, t0:t1], v[:, t0:t1], *state)
+    return y, state
+
+
+def causal_scan_bwd(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], a: Tensor, p: Tensor, v: Tensor,
+                    m0: Tensor, u0: Tensor, w0: Tensor):
+    """Backward of :func:`causal_scan_fwd` with the maxima held fixed.
+
+    ``du_T [G, L]`` / ``dw_T [G, L, Dv]``: cotangents of the final state (None = 0).
+    Returns ``(da [G, T, L], dp [G, T, L], dv [G, T, Dv], du0 [G, L], dw0 [G, L, Dv])``."""
+    G, T, L = a.shape
+    S = _segment_steps(G, L, v.shape[-1])
+    if T <= S:
+        return _causal_scan_bwd_run(dy, du_T, dw_T, a, p, v, m0, u0, w0)
+    starts = list(range(0, T, S))
+    entering, state = [], (m0, u0, w0)
+    for t0 in starts:                         # the state entering each segment (a reduction per segment)
+        entering.append(state)
+        if t0 + S < T:
+            state = _summary_combine(a[:, t0:t0 + S], v[:, t0:t0 + S], *state)
+    da, dp, dv = torch.empty_like(a), torch.empty_like(p), torch.empty_like(v)
+    for t0, st in zip(reversed(starts), reversed(entering)):
+        t1 = min(T, t0 + S)
+        da[:, t0:t1], dp[:, t0:t1], dv[:, t0:t1], du_T, dw_T = _causal_scan_bwd_run(
+            dy[:, t0:t1], du_T, dw_T, a[:, t0:t1], p[:, t0:t1], v[:, t0:t1], *st)
+    return da, dp, dv, du_T, dw_T
+
+
+def _causal_scan_fwd_run(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
     """y_t = Σ_l p_{t,l} · (prefix softmax mean of v under logits a_{·,l}, started from state (m0, u0, w0)).
 
     ``a, p [G, T, L]``, ``v [G, T, Dv]``, ``m0, u0 [G, L]``, ``w0 [G, L, Dv]`` (T ≥ 1, one dtype).
@@ -387,7 +452,7 @@ def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0:
     return y, (ch.m[:, n].clone(), ch.u[:, n].clone(), ch.w[:, n].clone())
 
 
-def causal_scan_bwd(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], a: Tensor, p: Tensor, v: Tensor,
+def _causal_scan_bwd_run(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], a: Tensor, p: Tensor, v: Tensor,
                     m0: Tensor, u0: Tensor, w0: Tensor):
     """Backward of :func:`causal_scan_fwd` with the maxima held fixed.
 
