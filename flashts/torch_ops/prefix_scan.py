@@ -793,6 +793,90 @@ def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scal
 
 # ------------------------------------------------------------------------------------------------ Latte
 
+
+def _latte_block(x: Tensor, bs: slice, t0: int, t1: int, cd: torch.dtype) -> Tensor:
+    """``x[bs, t0:t1]`` (``[b, ·, H, X]``) as a contiguous heads-major ``[b·H, t1 − t0, X]`` in ``cd``."""
+    b, H = bs.stop - bs.start, x.shape[2]
+    return _heads_major(x[bs, t0:t1], cd).reshape(b * H, t1 - t0, x.shape[-1])
+
+
+def _latte_causal_forward(q, k, v, m0, u0, w0, cu_seqlens):
+    """Causal Latte from the time-major inputs, block by block over time (the state carried across blocks):
+    only O(block) heads-major copies exist. Returns o ``[B, T, H, Dv]`` and the final states (state dtype)."""
+    B, T, H, L = q.shape
+    Dv = v.shape[-1]
+    N = m0.shape[0]
+    cd = m0.dtype
+    sd = state_dtype(q.dtype)
+    o = new_empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
+    mT = new_empty((N, H, L), dtype=sd, device=q.device)
+    uT = new_empty((N, H, L), dtype=sd, device=q.device)
+    wT = new_empty((N, H, L, Dv), dtype=sd, device=q.device)
+    for bs, ts, ss in _segments(B, T, cu_seqlens):
+        b = bs.stop - bs.start
+        S = _segment_steps(b * H, L, Dv)
+        state = (m0[ss].reshape(b * H, L), u0[ss].reshape(b * H, L), w0[ss].reshape(b * H, L, Dv))
+        for t0 in range(ts.start, ts.stop, S):
+            t1 = min(ts.stop, t0 + S)
+            p = torch.softmax(_latte_block(q, bs, t0, t1, cd), dim=-1)
+            y, state = _causal_scan_fwd_run(_latte_block(k, bs, t0, t1, cd), p, _latte_block(v, bs, t0, t1, cd),
+                                            *state)
+            o[bs, t0:t1] = y.view(b, H, t1 - t0, Dv).transpose(1, 2)
+        mT[ss], uT[ss], wT[ss] = state[0].view(b, H, L), state[1].view(b, H, L), state[2].view(b, H, L, Dv)
+    return o, mT, uT, wT
+
+
+def _latte_causal_backward(do, da_T, dS_T, q, k, v, m0, u0, w0, cu_seqlens):
+    """Backward of :func:`_latte_causal_forward`: a forward pass of per-block state summaries, then the blocks
+    from the last to the first, each writing its dq, dk, dv. Returns (dq, dk, dv, du0, dw0) (compute dtype for
+    the state cotangents)."""
+    B, T, H, L = q.shape
+    Dv = v.shape[-1]
+    N = m0.shape[0]
+    cd = m0.dtype
+    dq = new_empty((B, T, H, L), dtype=q.dtype, device=q.device)
+    dk = new_empty((B, T, H, L), dtype=k.dtype, device=q.device)
+    dv = new_empty((B, T, H, Dv), dtype=v.dtype, device=q.device)
+    du0 = new_empty((N, H, L), dtype=cd, device=q.device)
+    dw0 = new_empty((N, H, L, Dv), dtype=cd, device=q.device)
+    for bs, ts, ss in _segments(B, T, cu_seqlens):
+        b = bs.stop - bs.start
+        g = b * H
+        S = _segment_steps(g, L, Dv)
+        du = da_T[ss].to(cd).reshape(g, L) if da_T is not None else None
+        dw = dS_T[ss].to(cd).reshape(g, L, Dv) if dS_T is not None else None
+        starts = list(range(ts.start, ts.stop, S))
+        entering, state = [], (m0[ss].reshape(g, L), u0[ss].reshape(g, L), w0[ss].reshape(g, L, Dv))
+        for t0 in starts:
+            entering.append(state)
+            t1 = min(ts.stop, t0 + S)
+            if t1 < ts.stop:
+                state = _summary_combine(_latte_block(k, bs, t0, t1, cd), _latte_block(v, bs, t0, t1, cd), *state)
+        for t0, st in zip(reversed(starts), reversed(entering)):
+            t1 = min(ts.stop, t0 + S)
+            p = torch.softmax(_latte_block(q, bs, t0, t1, cd), dim=-1)
+            da, dp, dvb, du, dw = _causal_scan_bwd_run(
+                _latte_block(do, bs, t0, t1, cd), du, dw, _latte_block(k, bs, t0, t1, cd), p,
+                _latte_block(v, bs, t0, t1, cd), *st)
+            shape = (b, H, t1 - t0, -1)
+            dk[bs, t0:t1] = da.view(shape).transpose(1, 2)
+            dv[bs, t0:t1] = dvb.view(shape).transpose(1, 2)
+            dq[bs, t0:t1] = _softmax_backward(p, dp).view(shape).transpose(1, 2)
+        if du is None:   # zero-length sequence without a final-state cotangent: the final state is the initial one
+            du = torch.zeros((g, L), dtype=cd, device=q.device)
+        if dw is None:
+            dw = torch.zeros((g, L, Dv), dtype=cd, device=q.device)
+        du0[ss], dw0[ss] = du.view(b, H, L), dw.view(b, H, L, Dv)
+    return dq, dk, dv, du0, dw0
+
+
+def _softmax_backward(p: Tensor, dp: Tensor) -> Tensor:
+    """p = softmax_l(q): dq = p ⊙ (dp − Σ_l p dp). dp is first shifted by dp_{·,0} (the result is unchanged as
+    Σ_l p = 1): a common part of dp then cancels exactly instead of leaving rounding noise (e.g. T = 1)."""
+    dp = dp - dp[..., :1]
+    return p * (dp - (p * dp).sum(dim=-1, keepdim=True))
+
+
 def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     B, T, H, L = q.shape
     if T == 1 and causal and cu_seqlens is None:                # the decoding step
@@ -801,11 +885,11 @@ def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(q.dtype)
-    p = torch.softmax(_heads_major(q, cd), dim=-1)
-    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
     if causal:
         s0 = _initial(m0, a0, S0, N, H, L, Dv, cd, q.device)
-        return _causal_forward(kh, p, vh, *s0, cu_seqlens, q.dtype)
+        return _latte_causal_forward(q, k, v, *s0, cu_seqlens)
+    p = torch.softmax(_heads_major(q, cd), dim=-1)
+    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
     o = new_empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
     for bs, ts, _ in _segments(B, T, cu_seqlens):
         b, Tn = bs.stop - bs.start, ts.stop - ts.start
@@ -822,33 +906,27 @@ def latte_attention_bwd(do, da_T, dS_T, q, k, v, o, m0, a0, S0, cu_seqlens, caus
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(q.dtype)
-    p = torch.softmax(_heads_major(q, cd), dim=-1)
-    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
-    da0 = dS0 = None
     if causal:
         s0 = _initial(m0, a0, S0, N, H, L, Dv, cd, q.device)
-        dk, dp, dv, da0, dS0 = _causal_backward(do, da_T, dS_T, kh, p, vh, *s0, cu_seqlens)
+        dq, dk, dv, da0, dS0 = _latte_causal_backward(do, da_T, dS_T, q, k, v, *s0, cu_seqlens)
         if m0 is None:
-            da0 = dS0 = None
-        else:
-            da0, dS0 = da0.to(a0.dtype), dS0.to(S0.dtype)
-    else:
-        dy = _heads_major(do, cd)
-        dk = new_empty((B, H, T, L), dtype=cd, device=q.device)
-        dp = new_empty((B, H, T, L), dtype=cd, device=q.device)
-        dv = new_empty((B, H, T, Dv), dtype=cd, device=q.device)
-        for bs, ts, _ in _segments(B, T, cu_seqlens):
-            b, Tn = bs.stop - bs.start, ts.stop - ts.start
-            if Tn == 0:
-                continue
-            g = b * H
-            dk_s, dp_s, dv_s = _bidir_bwd(dy[bs, :, ts].reshape(g, Tn, Dv), kh[bs, :, ts].reshape(g, Tn, L),
-                                          p[bs, :, ts].reshape(g, Tn, L), vh[bs, :, ts].reshape(g, Tn, Dv))
-            dk[bs, :, ts] = dk_s.view(b, H, Tn, L)
-            dp[bs, :, ts] = dp_s.view(b, H, Tn, L)
-            dv[bs, :, ts] = dv_s.view(b, H, Tn, Dv)
-    # p = softmax_l(q): dq = p ⊙ (dp − Σ_l p dp). dp is first shifted by dp_{·,0} (the result is unchanged as
-    # Σ_l p = 1): a common part of dp then cancels exactly instead of leaving rounding noise (e.g. T = 1).
-    dp = dp - dp[..., :1]
-    dq = p * (dp - (p * dp).sum(dim=-1, keepdim=True))
-    return _time_major(dq, q.dtype), _time_major(dk, k.dtype), _time_major(dv, v.dtype), da0, dS0
+            return dq, dk, dv, None, None
+        return dq, dk, dv, da0.to(a0.dtype), dS0.to(S0.dtype)
+    p = torch.softmax(_heads_major(q, cd), dim=-1)
+    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
+    dy = _heads_major(do, cd)
+    dk = new_empty((B, H, T, L), dtype=cd, device=q.device)
+    dp = new_empty((B, H, T, L), dtype=cd, device=q.device)
+    dv = new_empty((B, H, T, Dv), dtype=cd, device=q.device)
+    for bs, ts, _ in _segments(B, T, cu_seqlens):
+        b, Tn = bs.stop - bs.start, ts.stop - ts.start
+        if Tn == 0:
+            continue
+        g = b * H
+        dk_s, dp_s, dv_s = _bidir_bwd(dy[bs, :, ts].reshape(g, Tn, Dv), kh[bs, :, ts].reshape(g, Tn, L),
+                                      p[bs, :, ts].reshape(g, Tn, L), vh[bs, :, ts].reshape(g, Tn, Dv))
+        dk[bs, :, ts] = dk_s.view(b, H, Tn, L)
+        dp[bs, :, ts] = dp_s.view(b, H, Tn, L)
+        dv[bs, :, ts] = dv_s.view(b, H, Tn, Dv)
+    dq = _softmax_backward(p, dp)
+    return _time_major(dq, q.dtype), _time_major(dk, k.dtype), _time_major(dv, v.dtype), None, None
