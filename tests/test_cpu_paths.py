@@ -244,3 +244,22 @@ def test_fast_path_declines_wide_spreads(monkeypatch):
                          torch.zeros(H, L, Dv, dtype=torch.float64)) is None
     check_against_reference("latte_attention", "torch", (torch.randn(B, T, H, L), k, torch.randn(B, T, H, Dv)),
                             {}, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------- sliding-window band
+
+@pytest.mark.parametrize("window,bq", [((13, 0), 8), ((5, 9), 4), ((0, 0), 16), ((60, 3), 8)])
+def test_sliding_window_band_forward(monkeypatch, window, bq):
+    """The one-matmul band forward (narrow window, query blocks of bq rows, one key block each; groups of a few
+    blocks per matmul) on odd T with GQA, windows wider than the sequence and with no right part: outputs and
+    gradients against the reference, and the band really taken."""
+    from flashts.torch_ops import sliding_window as sw
+    monkeypatch.setattr(sw, "NARROW_BLOCK_Q", bq)
+    monkeypatch.setattr(sw, "BAND_GROUP_ELEMENTS", 2 * 2 * bq * 2 * (bq + sum(window)) * 3)   # 3 blocks a group
+    calls = []
+    band = sw._band_forward
+    monkeypatch.setattr(sw, "_band_forward", lambda *a: calls.append(1) or band(*a))
+    B, T, H, Hk, D, Dv = 2, 53, 4, 2, 8, 6
+    args = (torch.randn(B, T, H, D), torch.randn(B, T, Hk, D), torch.randn(B, T, Hk, Dv))
+    check_against_reference("sliding_window_attention", "torch", args, dict(window=window), dtype=torch.float64)
+    assert calls

@@ -99,6 +99,64 @@ def _scores(q_rows: Tensor, k_blk: Tensor, banned: Optional[Tensor]) -> Tensor:
     return s
 
 
+# Band forward (a narrow bounded window, no cu_seqlens): query block i (rows i·bq … i·bq + bq − 1) sees exactly the
+# bk = bq + left + right keys i·bq − left … i·bq + bq − 1 + right, so the key blocks of all query blocks are one
+# strided view of the (padded) keys and a group of BAND_GROUP_ELEMENTS score elements takes ONE batched matmul and a
+# plain (single-pass) softmax: no online rescaling, and the window mask is the same [bq, bk] band for every block
+# (row r may see columns r … r + left + right), with the keys outside the sequence masked only in the first and
+# last blocks. Memory O(group) besides the outputs.
+BAND_GROUP_ELEMENTS = 1 << 20
+
+
+def _band_forward(q_h: Tensor, k_h: Tensor, v_h: Tensor, left: int, right: int, bq: int, o: Tensor, lse: Tensor):
+    """Writes o ``[B, T, H, Dv]`` and lse ``[B, H, T]`` from pre-scaled ``q_h [B, Hk, T, G, D]``, ``k_h [B, Hk, T, D]``,
+    ``v_h [B, Hk, T, Dv]`` (compute dtype)."""
+    B, Hk, T, G, D = q_h.shape
+    Dv = v_h.shape[-1]
+    nq = -(-T // bq)
+    bk = bq + left + right
+    Tk = nq * bq + left + right
+    dev, cdt = q_h.device, q_h.dtype
+    pad_keys = (0, 0, left, Tk - left - T)
+    k_p = torch.nn.functional.pad(k_h, pad_keys)
+    v_p = torch.nn.functional.pad(v_h, pad_keys)
+
+    def band(x: Tensor) -> Tensor:   # [B, Hk, Tk, F] -> [B, Hk, nq, bk, F], block i = rows i·bq … i·bq + bk − 1
+        sB, sH, sT, sF = x.stride()
+        return x.as_strided((B, Hk, nq, bk, x.shape[-1]), (sB, sH, bq * sT, sT, sF))
+
+    k_b, v_b = band(k_p), band(v_p)
+    q_p = torch.nn.functional.pad(q_h, (0, 0, 0, 0, 0, nq * bq - T)) if nq * bq != T else q_h
+    q_b = q_p.reshape(B, Hk, nq, bq * G, D)                              # rows ordered (time, group)
+    r = torch.arange(bq, device=dev).unsqueeze(1)
+    c = torch.arange(bk, device=dev).unsqueeze(0)
+    banned = ((c < r) | (c > r + left + right)).repeat_interleave(G, dim=0)   # [bq·G, bk]
+    o_v = o.view(B, T, Hk, G, Dv)
+    lse_v = lse.view(B, Hk, G, T)
+    per_block = B * Hk * bq * G * bk
+    step = max(1, BAND_GROUP_ELEMENTS // per_block)
+    for i0 in range(0, nq, step):
+        i1 = min(nq, i0 + step)
+        s = q_b[:, :, i0:i1] @ k_b[:, :, i0:i1].transpose(-1, -2)      # [B, Hk, n, bq·G, bk]
+        s.masked_fill_(banned, float("-inf"))
+        for i in range(i0, i1):   # keys outside [0, T): only in the first and last blocks
+            lo, hi = left - i * bq, T - i * bq + left                   # allowed columns [lo, hi)
+            if lo > 0:
+                s[:, :, i - i0, :, :lo] = float("-inf")
+            if hi < bk:
+                s[:, :, i - i0, :, max(hi, 0):] = float("-inf")
+        m = s.amax(dim=-1, keepdim=True)
+        m.masked_fill_(torch.isneginf(m), 0.0)                          # padded rows that see no key: no NaN
+        p = s.sub_(m).exp_()
+        row_sum = p.sum(dim=-1)
+        out = (p @ v_b[:, :, i0:i1]).div_(row_sum.unsqueeze(-1))        # [B, Hk, n, bq·G, Dv]
+        t0, t1 = i0 * bq, min(T, i1 * bq)
+        rows = (i1 - i0) * bq
+        o_v[:, t0:t1] = out.view(B, Hk, rows, G, Dv)[:, :, :t1 - t0].permute(0, 2, 1, 3, 4)
+        lse_blk = (m.squeeze(-1) + torch.log(row_sum)).view(B, Hk, rows, G)[:, :, :t1 - t0]
+        lse_v[:, :, :, t0:t1] = lse_blk.permute(0, 1, 3, 2)
+
+
 def sliding_window_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], left: int,
                                  right: int, scale: float) -> tuple[Tensor, Tensor]:
     B, T, H, D = q.shape
@@ -112,6 +170,9 @@ def sliding_window_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Op
     o = new_empty((B, T, H, Dv), dtype=q.dtype, device=dev)
     lse = new_empty((B, H, T), dtype=cdt, device=dev)
     bq_max, bk_max = _block_sizes(left, right)
+    if cu_seqlens is None and left >= 0 and right >= 0 and bk_max == bq_max + left + right and T > 0:
+        _band_forward(q_h, k_h, v_h, left, right, bq_max, o, lse)
+        return o, lse
 
     for t0, t1 in _seq_bounds(cu_seqlens, T):
         for i0 in range(t0, t1, bq_max):
