@@ -190,103 +190,124 @@ def _store_block(dst: Tensor, t0: int, t1: int, x: Tensor, kv_heads: int) -> Non
     dst[:, t0:t1].copy_(x.transpose(1, 2))
 
 
-def _chunk_states_before(chunk_kv: Tensor, state: Tensor) -> Tensor:
-    """State entering each chunk of a block: ``state + exclusive cumsum`` of ``chunk_kv [B, H, n, D, E]``."""
-    S = torch.empty_like(chunk_kv)
-    S[:, :, 0] = state
-    if chunk_kv.shape[2] > 1:
-        S[:, :, 1:] = chunk_kv[:, :, :-1].cumsum(2).add_(state.unsqueeze(2))
-    return S
+def _exclusive_prefix(x: Tensor, start: Tensor) -> Tensor:
+    """``start + Σ_{c' < c} x_{c'}`` along dim 2 of ``x [B, H, n, ...]`` (what enters each chunk of a block)."""
+    out = torch.empty_like(x)
+    out[:, :, 0] = start
+    if x.shape[2] > 1:
+        out[:, :, 1:] = x[:, :, :-1].cumsum(2).add_(start.unsqueeze(2))
+    return out
+
+
+def _exclusive_suffix(x: Tensor, end: Tensor) -> Tensor:
+    """``end + Σ_{c' > c} x_{c'}`` along dim 2 of ``x [B, H, n, ...]`` (the cotangent leaving each chunk)."""
+    out = torch.empty_like(x)
+    out[:, :, -1] = end
+    if x.shape[2] > 1:
+        out[:, :, :-1] = x[:, :, 1:].flip(2).cumsum(2).flip(2).add_(end.unsqueeze(2))
+    return out
 
 
 def _causal_forward_blocked(q: Tensor, k: Tensor, v: Tensor, t0: int, t1: int, init: Optional[Tensor], o: Tensor,
                             feature_map: str, normalize: bool, scale: float, eps: float, cdt: torch.dtype) -> Tensor:
     """Causal forward of the steps [t0, t1) of ``q [B, T, H, D]``, ``k, v [B, T, Hk, ·]``: writes ``o[:, t0:t1]``
-    and returns the final state S'_L ``[B, H, D, Dv + 1]`` (in ``cdt``)."""
+    and returns the final state S'_L = [S | z] ``[B, H, D, Dv + 1]`` (in ``cdt``). S and z are carried apart
+    (matmuls Dv wide, not Dv + 1: an odd width costs ~20 % in the CPU BLAS); den = q̃·z_before + Σ_s tril(Q Kᵀ)."""
     B, _, H, D = q.shape
     Hk, Dv = k.shape[2], v.shape[3]
     G = H // Hk
-    E = Dv + 1
     L = t1 - t0
-    state = init.clone() if init is not None else q.new_zeros((B, H, D, E), dtype=cdt)
-    C, block = _chunking(B, H, L, D, E)
+    S = init[..., :Dv].clone() if init is not None else q.new_zeros((B, H, D, Dv), dtype=cdt)
+    z = init[..., Dv].clone() if init is not None else q.new_zeros((B, H, D), dtype=cdt)
+    C, block = _chunking(B, H, L, D, Dv + 1)
     for a in range(t0, t1, block):
         b = min(t1, a + block)
         Q = _load_block(q, a, b, 1, C, cdt, feature_map)
         if scale != 1.0:
             Q.mul_(scale)
         K = _load_block(k, a, b, G, C, cdt, feature_map)
-        V = _load_block(v, a, b, G, C, cdt, ones_column=True)
-        n = Q.shape[2]
-        chunk_kv = K.transpose(-1, -2) @ V                                  # K_cᵀ V'_c [B, H, n, D, E]
-        S_before = _chunk_states_before(chunk_kv, state)
-        state = S_before[:, :, -1] + chunk_kv[:, :, -1]
+        V = _load_block(v, a, b, G, C, cdt)
+        chunk_kv = K.transpose(-1, -2) @ V                                  # K_cᵀ V_c [B, H, n, D, Dv]
+        chunk_k = K.sum(-2)                                                 # Σ k̃ per chunk [B, H, n, D]
+        S_before = _exclusive_prefix(chunk_kv, S)
+        z_before = _exclusive_prefix(chunk_k, z)
+        S = S_before[:, :, -1] + chunk_kv[:, :, -1]
+        z = z_before[:, :, -1] + chunk_k[:, :, -1]
         intra = (Q @ K.transpose(-1, -2)).tril_()                           # tril(Q_c K_cᵀ) [B, H, n, C, C]
-        out = Q @ S_before                                                  # [B, H, n, C, E]
-        out.view(-1, C, E).baddbmm_(intra.view(-1, C, C), V.view(-1, C, E))
-        num = out[..., :Dv]
-        _store_block(o, a, b, num / out[..., Dv:].add_(eps) if normalize else num, H)
-    return state
+        num = Q @ S_before                                                  # [B, H, n, C, Dv]
+        num.view(-1, C, Dv).baddbmm_(intra.view(-1, C, C), V.view(-1, C, Dv))
+        if normalize:
+            den = (Q @ z_before.unsqueeze(-1)).squeeze(-1).add_(intra.sum(-1)).add_(eps)
+            num.div_(den.unsqueeze(-1))
+        _store_block(o, a, b, num, H)
+    return torch.cat([S, z.unsqueeze(-1)], dim=-1)
 
 
 def _causal_backward_blocked(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, t0: int, t1: int,
                              init: Optional[Tensor], dfinal: Optional[Tensor], feature_map: str, normalize: bool,
                              scale: float, eps: float, cdt: torch.dtype, dq: Tensor, dk: Tensor, dv: Tensor) -> Tensor:
-    """Causal backward of the steps [t0, t1): writes ``dq, dk, dv[:, t0:t1]``, returns dS'_0 ``[B, H, D, E]``."""
+    """Causal backward of the steps [t0, t1): writes ``dq, dk, dv[:, t0:t1]``, returns dS'_0 ``[B, H, D, Dv + 1]``.
+    With dO' = [dnum | dden] split as the state is: dQ = dnum S_beforeᵀ + dden ⊗ z_before + tril(dO'V'ᵀ) K with
+    tril(dO'V'ᵀ) = tril(dnum Vᵀ + dden 1ᵀ); dK = V dSᵀ + 1 ⊗ dz + tril(dO'V'ᵀ)ᵀ Q; dV = K dS + tril(Q Kᵀ)ᵀ dnum."""
     B, _, H, D = q.shape
     Hk, Dv = k.shape[2], v.shape[3]
     G = H // Hk
-    E = Dv + 1
     L = t1 - t0
-    dS = dfinal.clone() if dfinal is not None else q.new_zeros((B, H, D, E), dtype=cdt)
-    C, block = _chunking(B, H, L, D, E)
+    dS = dfinal[..., :Dv].clone() if dfinal is not None else q.new_zeros((B, H, D, Dv), dtype=cdt)
+    dz = dfinal[..., Dv].clone() if dfinal is not None else q.new_zeros((B, H, D), dtype=cdt)
+    C, block = _chunking(B, H, L, D, Dv + 1)
     starts = list(range(t0, t1, block))
-    # Pass 1 (forward): the state entering each block (K_bᵀ V'_b per block, no chunking needed).
+    # Pass 1 (forward): the state entering each block (K_bᵀ V_b and Σ k̃ per block, no chunking needed).
     block_states = []
-    state = init if init is not None else q.new_zeros((B, H, D, E), dtype=cdt)
+    S = init[..., :Dv] if init is not None else q.new_zeros((B, H, D, Dv), dtype=cdt)
+    z = init[..., Dv] if init is not None else q.new_zeros((B, H, D), dtype=cdt)
     for a in starts:
-        block_states.append(state)
+        block_states.append((S, z))
         b = min(t1, a + block)
-        K = _load_block(k, a, b, G, b - a, cdt, feature_map).squeeze(2)
-        V = _load_block(v, a, b, G, b - a, cdt, ones_column=True).squeeze(2)
-        state = torch.baddbmm(state.view(-1, D, E), K.view(-1, b - a, D).transpose(-1, -2),
-                              V.view(-1, b - a, E)).view(B, H, D, E)
-    # Pass 2 (reverse): dS is the cotangent of the state leaving the current block.
-    for a, S_in in zip(reversed(starts), reversed(block_states)):
+        if b < t1:
+            K = _load_block(k, a, b, G, b - a, cdt, feature_map).view(B * H, b - a, D)
+            V = _load_block(v, a, b, G, b - a, cdt).view(B * H, b - a, Dv)
+            S = torch.baddbmm(S.reshape(-1, D, Dv), K.transpose(-1, -2), V).view(B, H, D, Dv)
+            z = z + K.sum(-2).view(B, H, D)
+    # Pass 2 (reverse): (dS, dz) is the cotangent of the state leaving the current block.
+    for a, (S_in, z_in) in zip(reversed(starts), reversed(block_states)):
         b = min(t1, a + block)
         fq = _load_block(q, a, b, 1, C, cdt, feature_map)
         Q = fq * scale if scale != 1.0 else fq
         K = _load_block(k, a, b, G, C, cdt, feature_map)
-        V = _load_block(v, a, b, G, C, cdt, ones_column=True)
-        n = Q.shape[2]
-        chunk_kv = K.transpose(-1, -2) @ V
-        S_before = _chunk_states_before(chunk_kv, S_in)
+        V = _load_block(v, a, b, G, C, cdt)
+        S_before = _exclusive_prefix(K.transpose(-1, -2) @ V, S_in)
         intra = (Q @ K.transpose(-1, -2)).tril_()
-        # dO' = [dnum | dden] (see the module docstring), built in one buffer
-        dO = _load_block(do, a, b, 1, C, cdt, ones_column=True)                 # [do | 1], padded rows 0
+        dnum = _load_block(do, a, b, 1, C, cdt)                                  # padded rows 0
+        dden = None
+        z_before = None
         if normalize:
-            # den_t = q̃_t·z_t: the last column of the forward output, only what the normalisation needs
-            den = (Q @ S_before[..., Dv:]).squeeze(-1).add_(intra.sum(-1)).add_(eps)     # [B, H, n, C]
+            z_before = _exclusive_prefix(K.sum(-2), z_in)
+            den = (Q @ z_before.unsqueeze(-1)).squeeze(-1).add_(intra.sum(-1)).add_(eps)   # [B, H, n, C]
             ob = _load_block(o, a, b, 1, C, cdt)
-            dden = (dO[..., :Dv] * ob).sum(-1).neg_()
-            dO[..., :Dv] /= den.unsqueeze(-1)
-            dO[..., Dv] = dden.div_(den)
+            dden = (dnum * ob).sum(-1).neg_().div_(den)                         # −(do·o)/den
+            dnum.div_(den.unsqueeze(-1))
+        q_dnum = Q.transpose(-1, -2) @ dnum                                     # Q_cᵀ dnum_c [B, H, n, D, Dv]
+        dS_after = _exclusive_suffix(q_dnum, dS)
+        dO_V = dnum @ V.transpose(-1, -2)                                        # [B, H, n, C, C]
+        if dden is not None:
+            q_dden = (dden.unsqueeze(-2) @ Q).squeeze(-2)                         # Q_cᵀ dden_c [B, H, n, D]
+            dz_after = _exclusive_suffix(q_dden, dz)
+            dO_V.add_(dden.unsqueeze(-1))
         else:
-            dO[..., Dv] = 0.0
-        q_do = Q.transpose(-1, -2) @ dO                                      # Q_cᵀ dO'_c [B, H, n, D, E]
-        # cotangent of the state leaving chunk c: dS + Σ_{c' > c} q_do_{c'} (a reverse exclusive cumsum)
-        dS_after = torch.empty_like(q_do)
-        dS_after[:, :, -1] = dS
-        if n > 1:
-            dS_after[:, :, :-1] = q_do[:, :, 1:].flip(2).cumsum(2).flip(2).add_(dS.unsqueeze(2))
-        dO_V = (dO @ V.transpose(-1, -2)).tril_()                            # tril(dO'_c V'_cᵀ) [B, H, n, C, C]
-        dQ = dO @ S_before.transpose(-1, -2)
+            dz_after = dz.unsqueeze(2)
+        dO_V.tril_()
+        dQ = dnum @ S_before.transpose(-1, -2)
+        if dden is not None:
+            dQ.add_(dden.unsqueeze(-1) * z_before.unsqueeze(-2))
         dQ.view(-1, C, D).baddbmm_(dO_V.view(-1, C, C), K.view(-1, C, D))
         dK = V @ dS_after.transpose(-1, -2)
+        dK.add_(dz_after.unsqueeze(-2))
         dK.view(-1, C, D).baddbmm_(dO_V.view(-1, C, C).transpose(-1, -2), Q.view(-1, C, D))
-        dV = K @ dS_after[..., :Dv]
-        dV.view(-1, C, Dv).baddbmm_(intra.view(-1, C, C).transpose(-1, -2), dO[..., :Dv].reshape(-1, C, Dv))
-        dS = dS_after[:, :, 0] + q_do[:, :, 0]
+        dV = K @ dS_after
+        dV.view(-1, C, Dv).baddbmm_(intra.view(-1, C, C).transpose(-1, -2), dnum.view(-1, C, Dv))
+        dS = dS_after[:, :, 0] + q_dnum[:, :, 0]
+        dz = dz_after[:, :, 0] + q_dden[:, :, 0] if dden is not None else dz
         # through the scale and the feature maps: dq = scale·φ'(q)·dq̃, dk = φ'(k)·dk̃
         if feature_map == "elu":   # φ' = 1 for x > 0 (φ > 1), eˣ = φ for x ≤ 0: φ' = min(φ, 1)
             dQ.mul_(fq.clamp_(max=1))
@@ -299,7 +320,7 @@ def _causal_backward_blocked(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Ten
         _store_block(dq, a, b, dQ, H)
         _store_block(dk, a, b, dK, Hk)
         _store_block(dv, a, b, dV, Hk)
-    return dS
+    return torch.cat([dS, dz.unsqueeze(-1)], dim=-1)
 
 
 # --------------------------------------------------------------------------- non-causal cores on one run
