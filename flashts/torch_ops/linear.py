@@ -190,22 +190,25 @@ def _store_block(dst: Tensor, t0: int, t1: int, x: Tensor, kv_heads: int) -> Non
     dst[:, t0:t1].copy_(x.transpose(1, 2))
 
 
+def _strict_triangle(n: int, like: Tensor, upper: bool) -> Tensor:
+    """``[n, n]`` ones strictly below (``upper``: above) the diagonal, in ``like``'s dtype."""
+    ones = torch.ones((n, n), dtype=like.dtype, device=like.device)
+    return ones.triu_(1) if upper else ones.tril_(-1)
+
+
 def _exclusive_prefix(x: Tensor, start: Tensor) -> Tensor:
-    """``start + Σ_{c' < c} x_{c'}`` along dim 2 of ``x [B, H, n, ...]`` (what enters each chunk of a block)."""
-    out = torch.empty_like(x)
-    out[:, :, 0] = start
-    if x.shape[2] > 1:
-        out[:, :, 1:] = x[:, :, :-1].cumsum(2).add_(start.unsqueeze(2))
-    return out
+    """``start + Σ_{c' < c} x_{c'}`` along dim 2 of ``x [B, H, n, ...]`` (what enters each chunk of a block), as a
+    matmul by a strictly lower triangular ones matrix (``cumsum`` along a middle dim is slow on CPU)."""
+    B, H, n = x.shape[:3]
+    out = torch.matmul(_strict_triangle(n, x, upper=False), x.reshape(B, H, n, -1)).view(x.shape)
+    return out.add_(start.unsqueeze(2))
 
 
 def _exclusive_suffix(x: Tensor, end: Tensor) -> Tensor:
     """``end + Σ_{c' > c} x_{c'}`` along dim 2 of ``x [B, H, n, ...]`` (the cotangent leaving each chunk)."""
-    out = torch.empty_like(x)
-    out[:, :, -1] = end
-    if x.shape[2] > 1:
-        out[:, :, :-1] = x[:, :, 1:].flip(2).cumsum(2).flip(2).add_(end.unsqueeze(2))
-    return out
+    B, H, n = x.shape[:3]
+    out = torch.matmul(_strict_triangle(n, x, upper=True), x.reshape(B, H, n, -1)).view(x.shape)
+    return out.add_(end.unsqueeze(2))
 
 
 def _causal_forward_blocked(q: Tensor, k: Tensor, v: Tensor, t0: int, t1: int, init: Optional[Tensor], o: Tensor,
