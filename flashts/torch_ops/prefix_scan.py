@@ -669,11 +669,16 @@ class _AarenGlobal:
         f.qb = (q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)).expand(B, H, D)      # [B, H, D]
         C = min(AAREN_CHUNK, T)
         f.block = C * max(1, AAREN_BLOCK_ELEMENTS // (B * H * max(D, Dv) * C))
-        s = new_empty((B, T, H), dtype=cd, device=k.device)
-        for a in range(0, T, f.block):       # s_t = scale·q·k_t, block by block (no [B, T, H, D] temporary)
-            b = min(T, a + f.block)
-            torch.sum(k[:, a:b].to(cd) * f.qb.unsqueeze(1), -1, out=s[:, a:b])
-        s *= scale
+        # s_t = scale·q·k_t for all heads as ONE matmul of the time-major k [B, T, H·D] by the block-diagonal
+        # [B, H·D, H] matrix holding scale·q_h in column h (block by block: no [B, T, H, D] temporary)
+        q_diag = torch.diag_embed(f.qb.transpose(1, 2) * scale).transpose(1, 2).reshape(B, H * D, H)
+        if T <= f.block:
+            s = torch.matmul(k.to(cd).reshape(B, T, H * D), q_diag)
+        else:
+            s = new_empty((B, T, H), dtype=cd, device=k.device)
+            for a in range(0, T, f.block):
+                b = min(T, a + f.block)
+                s[:, a:b] = torch.matmul(k[:, a:b].to(cd).reshape(B, b - a, H * D), q_diag)
         r = s.amax(dim=1)
         first = s[:, 0]
         if m0 is not None:
@@ -705,7 +710,10 @@ class _AarenGlobal:
         for a in range(0, T, self.block):
             b = min(T, a + self.block)
             N, carry = _block_scan(self._weighted_values(v, a, b), carry, self.tri, reverse=False)
-            o[:, a:b] = N.view(B, b - a, H, Dv) / self.D[:, a:b].unsqueeze(-1)
+            if o.dtype == self.cd and o.is_contiguous():
+                torch.div(N.view(B, b - a, H, Dv), self.D[:, a:b].unsqueeze(-1), out=o[:, a:b])
+            else:
+                o[:, a:b] = N.view(B, b - a, H, Dv) / self.D[:, a:b].unsqueeze(-1)
         sd = state_dtype(out_dtype)
         return o, self.r.to(sd), self.D[:, -1].to(sd, copy=True), carry.view(B, H, Dv).to(sd, copy=True)
 
