@@ -15,9 +15,16 @@ S_{c-1} the state entering it::
     O_c = Q_c S_{c-1} + tril(Q_c K_cᵀ) V_c          S_c = S_{c-1} + K_cᵀ V_c
 
 Chunks are processed in blocks of several chunks at a time (a Python loop over blocks, everything inside a
-block batched): the states entering the chunks of a block are the carried state plus an exclusive cumsum of
-the K_cᵀ V_c over the block. A block holds at most ~BLOCK_ELEMENTS numbers of intermediates, so memory is
-O(T·(D + Dv)) for inputs and outputs plus a constant; no T×T tensor exists, only C×C per chunk.
+block batched): the states entering the chunks of a block are the carried state plus an exclusive prefix sum
+of the K_cᵀ V_c over the block (a matmul by a strictly triangular ones matrix). A block holds at most
+~BLOCK_ELEMENTS numbers of intermediates, so memory is O(T·(D + Dv)) for inputs and outputs plus a constant;
+no T×T tensor exists, only C×C per chunk.
+
+CPU layout (causal path). The inputs stay ``[B, T, H, ·]``: each block's steps are copied into small
+heads-first buffers (the feature map applied in place, padding rows zero) and its results written straight
+into the time-major outputs, so no whole-sequence temporary exists (a fresh ≥ 32 MB CPU allocation page-faults
+on every call, besides the memory traffic). S and z = [S | z]'s columns are carried apart inside (Dv-wide
+matmuls: an odd Dv + 1 width costs ~20 % in the CPU BLAS); den = q̃·z_before + Σ_s tril(Q Kᵀ)_{·s}.
 
 Non-causal: S' = S'_0 + Σ_s k̃_s v'_sᵀ over the whole sequence, O = Q S' (no chunking needed).
 
@@ -36,7 +43,9 @@ Backward (by hand; autograd is off inside the custom op). With do the output cot
       dS_{c-1} = dS_c + Q_cᵀ dO'_c
 
   The states entering each block are recomputed by a cheap forward pass (K_bᵀ V'_b per block), the chunk
-  states inside a block as in the forward; the cotangent left at the start is [dS_0 | dz_0].
+  states inside a block as in the forward; the cotangent left at the start is [dS_0 | dz_0]. With dO', S' and
+  V' split into their Dv and last columns, the products above are evaluated as Dv-wide matmuls plus rank-one
+  terms (see :func:`_causal_backward_blocked`).
 * feature map and scale: dq = scale·φ'(q)·dq̃, dk = φ'(k)·dk̃ with φ' = 1 if x > 0 else eˣ (elu+1; the
   exponent is clamped to ≤ 0 before exp), [x > 0] (relu), 1 (identity); dv = the first Dv columns of dV'.
 * GQA: k, v are expanded to the H query heads (head h reads kv head h // (H // Hk)) and dk, dv are summed
@@ -152,19 +161,18 @@ def _output_cotangent(do: Tensor, o: Tensor, den: Tensor, normalize: bool, eps: 
 # temporary exists (on CPU those cost a fresh, page-faulting allocation each, besides the memory traffic).
 
 
-def _load_block(x: Tensor, t0: int, t1: int, group: int, C: int, dtype: torch.dtype, feature_map: Optional[str] = None,
-                ones_column: bool = False) -> Tensor:
-    """``x[:, t0:t1]`` (``[B, ·, Hx, F]``) -> new contiguous ``[B, Hx·group, n, C, F(+1)]`` in ``dtype`` with the
-    feature map applied, zero rows after the L = t1 − t0 real steps (n = ⌈L/C⌉) and, with ``ones_column``, an
-    extra column that is 1 on the real rows (v' = [v | 1])."""
+def _load_block(x: Tensor, t0: int, t1: int, group: int, C: int, dtype: torch.dtype,
+                feature_map: Optional[str] = None) -> Tensor:
+    """``x[:, t0:t1]`` (``[B, ·, Hx, F]``) -> new contiguous ``[B, Hx·group, n, C, F]`` in ``dtype`` with the
+    feature map applied and zero rows after the L = t1 − t0 real steps (n = ⌈L/C⌉)."""
     B, _, Hx, Fd = x.shape
     L = t1 - t0
     n = -(-L // C)
     H = Hx * group
-    buf = torch.empty((B, H, n * C, Fd + ones_column), dtype=dtype, device=x.device)
+    buf = torch.empty((B, H, n * C, Fd), dtype=dtype, device=x.device)
     if n * C != L:
         buf[:, :, L:].zero_()
-    body = buf[:, :, :L, :Fd]
+    body = buf[:, :, :L]
     src = x[:, t0:t1].transpose(1, 2)
     if group > 1:
         body.unflatten(1, (Hx, group)).copy_(src.unsqueeze(2))
@@ -175,9 +183,7 @@ def _load_block(x: Tensor, t0: int, t1: int, group: int, C: int, dtype: torch.dt
         body.clamp_(min=0).add_(neg)
     elif feature_map == "relu":
         body.clamp_(min=0)
-    if ones_column:
-        buf[:, :, :L, Fd] = 1.0
-    return buf.view(B, H, n, C, Fd + ones_column)
+    return buf.view(B, H, n, C, Fd)
 
 
 def _store_block(dst: Tensor, t0: int, t1: int, x: Tensor, kv_heads: int) -> None:
