@@ -17,13 +17,23 @@ Output: ``decode_<device>_<date>.json`` and ``.md`` in ``--out`` (default ``./fl
     python -m bench.decode                          # CUDA when available: B=64, H=8, D=Dv=64, L=64 latents
     python -m bench.decode --device cpu --B 4       # CPU (eager only)
 
-On CPU each op also gets the peers of issue 19: ``hand`` (the update written by hand in plain PyTorch, no checks),
-``step-fn`` / ``step-fn-inplace`` (:mod:`flashts.torch_ops.step` called directly, as the ``flashts.nn`` layers'
-``step`` does), next to ``torch`` (the public function with T = 1: validation + custom op + the same step).
+On CPU (without ``--backends``) each op gets the peers of issue 19, timed INTERLEAVED (``--rounds`` rounds; in
+each round every variant runs ``--iters`` calls in turn) so that a shared machine's load drifts over all of them
+alike; the table gives the median wall-clock µs per call and its ratio to the hand-written update (ratio of
+medians), and the same for this thread's CPU time (``time.thread_time``: without the waits for a core):
+
+* ``torch`` — the public function with T = 1 (its eager fast path, :mod:`flashts.ops._fast_step`);
+* ``torch-general`` — the same call through the general path (full validation + custom op): the cost before;
+* ``step-fn`` / ``step-fn-inplace`` — :mod:`flashts.torch_ops.step` called directly (``inplace=True``: the
+  state is updated in the caller's tensors, nothing reallocated);
+* ``hand`` — the update written by hand in plain PyTorch, no checks (the baseline);
+* ``nn-step`` / ``nn-step-inplace`` — the ``flashts.nn`` layer's ``step(x_t, state)`` (d_model = H·D), against
+  ``nn-hand`` — the same layer's projections around the hand-written update (the layer baseline).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -34,7 +44,7 @@ import torch
 import flashts
 from flashts import _backend
 
-from .runner import metadata, slug
+from .runner import load_average, metadata, slug
 
 OPS = ("linear_attention", "aaren_attention", "latte_attention")
 
@@ -167,9 +177,130 @@ def _step_fn(op: str, inplace: bool):
 
 CPU_PEERS = {"hand": lambda op: (lambda q, k, v, st: hand_step(op, q, k, v, st)),
              "step-fn": lambda op: _step_fn(op, False), "step-fn-inplace": lambda op: _step_fn(op, True)}
+# every CPU variant, in the order of the table; the ratio column divides by BASELINE[variant]
+CPU_VARIANTS = ("torch", "torch-general", "step-fn", "step-fn-inplace", "hand", "nn-step", "nn-step-inplace",
+                "nn-hand")
+BASELINE = {v: ("nn-hand" if v.startswith("nn-") else "hand") for v in CPU_VARIANTS}
+
+
+def _layer(op: str, H: int, D: int, L: int):
+    """The flashts.nn layer of ``op`` with d_model = H·D (head dim D), torch backend, float32, eval mode."""
+    import flashts.nn as fnn
+    if op == "linear_attention":
+        layer = fnn.LinearAttention(H * D, H, backend="torch")
+    elif op == "aaren_attention":
+        layer = fnn.Aaren(H * D, H, backend="torch")
+    else:
+        layer = fnn.Latte(H * D, H, n_latents=L, backend="torch")
+    return layer.eval()
+
+
+def nn_hand_step(op: str, layer, x_t, state):
+    """A user's step around the same projections: project, the hand-written update, out_proj."""
+    B, H = x_t.shape[0], layer.n_heads
+    if op == "aaren_attention":
+        q = layer.query
+    else:
+        q = layer.q_proj(x_t).view(B, 1, H, -1)
+    k = layer.k_proj(x_t).view(B, 1, H, -1)
+    v = layer.v_proj(x_t).view(B, 1, H, -1)
+    o, new = hand_step(op, q, k, v, state)
+    return layer.out_proj(o.reshape(B, -1)), new
+
+
+def _cpu_variants(op: str, q, k, v, state, kw, layer, x_t):
+    """name -> (fn returning (out, new_state), in_place). In-place variants get their own state copy."""
+    from flashts.ops import _fast_step
+    fn_op = getattr(flashts, op)
+
+    def general(q, k, v, st):
+        _fast_step.ENABLED = False
+        try:
+            return fn_op(q, k, v, **kw, initial_state=st, output_final_state=True, backend="torch")
+        finally:
+            _fast_step.ENABLED = True
+    return {
+        "torch": (lambda q, k, v, st: fn_op(q, k, v, **kw, initial_state=st, output_final_state=True,
+                                            backend="torch"), False),
+        "torch-general": (general, False),
+        "step-fn": (_step_fn(op, False), False),
+        "step-fn-inplace": (_step_fn(op, True), True),
+        "hand": (lambda q, k, v, st: hand_step(op, q, k, v, st), False),
+        "nn-step": (lambda q, k, v, st: layer.step(x_t, st), False),
+        "nn-step-inplace": (lambda q, k, v, st: layer.step(x_t, st, inplace=True), True),
+        "nn-hand": (lambda q, k, v, st: nn_hand_step(op, layer, x_t, st), False),
+    }
+
+
+def cpu_compare(op: str, q, k, v, state, kw, ref_o, ref_state, args) -> list[dict]:
+    """The CPU variants of one op: checked (the op-level ones against the float64 torch step, the layer ones
+    against the layer's float64 forward), then timed interleaved. Rows with median µs and the ratio to the
+    baseline (``vs_base``: ratio of medians; ``vs_base_rounds``: median of the per-round ratios)."""
+    layer = _layer(op, args.H, args.D, args.L)
+    x_t = torch.randn(args.B, args.H * args.D, generator=torch.Generator().manual_seed(1))
+    ref_layer = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        y_ref, st_ref = ref_layer(x_t.double().unsqueeze(1), tuple(s.double() for s in state),
+                                  output_final_state=True)
+    variants = _cpu_variants(op, q, k, v, state, kw, layer, x_t)
+    rows, calls = {}, {}
+    for name, (fn, inplace) in variants.items():
+        row = dict(op=op, backend=name, B=args.B, H=args.H, D=args.D, Dv=args.D,
+                   L=args.L if op == "latte_attention" else None, dtype=args.dtype, eager_us=None, graph_us=None,
+                   rel_err=None, error=None, baseline=BASELINE[name], vs_base=None, vs_base_rounds=None,
+                   min_us=None, vs_base_min=None, cpu_us=None, vs_base_cpu=None)
+        rows[name] = row
+        try:
+            with torch.no_grad():
+                o, new = fn(q, k, v, tuple(x.clone() for x in state))
+            if name.startswith("nn-"):
+                err = max([_rel(o, y_ref[:, 0])] + [_rel(a, b) for a, b in zip(new, st_ref)])
+            else:
+                err = max([_rel(o, ref_o)] + [_rel(a, b) for a, b in zip(new, ref_state)])
+            row["rel_err"] = err
+            if not err <= 1e-4:
+                raise RuntimeError(f"wrong output: relative error {err:.3g} > 1e-4")
+            st = tuple(x.clone() for x in state) if inplace else state   # in place: values drift, cost does not
+            calls[name] = (lambda fn=fn, st=st: fn(q, k, v, st))
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    times = {name: [] for name in calls}   # wall clock, µs per call, one entry per round
+    cpu = {name: [] for name in calls}     # this thread's CPU time (not counting time descheduled by other load)
+    with torch.no_grad():
+        for fn in calls.values():
+            fn()
+        for _ in range(args.rounds):
+            for name, fn in calls.items():
+                c, t = time.thread_time(), time.perf_counter()
+                for _ in range(args.iters):
+                    fn()
+                times[name].append((time.perf_counter() - t) * 1e6 / args.iters)
+                cpu[name].append((time.thread_time() - c) * 1e6 / args.iters)
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+    med = {name: median(ts) for name, ts in times.items()}
+    med_cpu = {name: median(ts) for name, ts in cpu.items()}
+    for name, row in rows.items():
+        if name not in med:
+            continue
+        row["eager_us"] = med[name]
+        row["cpu_us"] = med_cpu[name]
+        row["min_us"] = min(times[name])
+        row["us_rounds"] = times[name]
+        row["cpu_us_rounds"] = cpu[name]
+        base = row["baseline"]
+        if base in med:
+            row["vs_base"] = med[name] / med[base]
+            row["vs_base_cpu"] = med_cpu[name] / med_cpu[base]
+            row["vs_base_min"] = row["min_us"] / min(times[base])
+            ratios = sorted(a / b for a, b in zip(times[name], times[base]))
+            row["vs_base_rounds"] = ratios[len(ratios) // 2]
+    return list(rows.values())
 
 
 def run(args) -> dict:
+    load_start = (load_average() or (None,))[0]
     device = torch.device(args.device)
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     gen = torch.Generator().manual_seed(0)
@@ -181,11 +312,17 @@ def run(args) -> dict:
         # the float64 torch-backend step is the oracle
         ref_o, ref_state = fn_op(*(x.cpu().double() for x in (q, k, v)), **kw, backend="torch",
                                  initial_state=tuple(s.cpu().double() for s in state), output_final_state=True)
+        nbytes = step_bytes(op, args.B, args.H, args.D, args.D, args.L, q.element_size())
+        if device.type == "cpu" and not args.backends and dtype == torch.float32:
+            # issue 19's comparison: every CPU variant, timed interleaved
+            for row in cpu_compare(op, q, k, v, state, kw, ref_o, ref_state, args):
+                row.update(bytes=nbytes, floor_us=nbytes / (args.hbm_gbps * 1e3))
+                rows.append(row)
+                if not args.quiet:
+                    print(_line(row), file=sys.stderr)
+            continue
         backends = args.backends or [b for b in ("torch", "triton", "cuda")
                                      if b in _backend.implemented(op) and _backend.available(b, device)]
-        if device.type == "cpu" and not args.backends:
-            backends = backends + list(CPU_PEERS)   # the hand-written step and the direct step functions
-        nbytes = step_bytes(op, args.B, args.H, args.D, args.D, args.L, q.element_size())
         for be in backends:
             row = dict(op=op, backend=be, B=args.B, H=args.H, D=args.D, Dv=args.D,
                        L=args.L if op == "latte_attention" else None, dtype=args.dtype, bytes=nbytes,
@@ -220,8 +357,9 @@ def run(args) -> dict:
             rows.append(row)
             if not args.quiet:
                 print(_line(row), file=sys.stderr)
-    return dict(metadata(device, ["python", "-m", "bench.decode"] + list(args.argv)), hbm_gbps=args.hbm_gbps,
-                rows=rows)
+    meta = metadata(device, ["python", "-m", "bench.decode"] + list(args.argv))
+    return dict(meta, load_average=load_start, load_average_end=meta["load_average"], hbm_gbps=args.hbm_gbps,
+                rounds=args.rounds, iters=args.iters, rows=rows)
 
 
 def _fmt(x):
@@ -229,25 +367,51 @@ def _fmt(x):
 
 
 def _line(r: dict) -> str:
-    return (f"[decode] {r['op']:<17} {r['backend']:<6} eager {_fmt(r['eager_us'])} µs, graph {_fmt(r['graph_us'])} µs,"
-            f" floor {_fmt(r['floor_us'])} µs, rel err {_fmt(r['rel_err'])}" + (f"  ({r['error']})" if r["error"] else ""))
+    vs = (f", {r['vs_base']:.2f}× {r['baseline']} (CPU time {r['vs_base_cpu']:.2f}×)" if r.get("vs_base") is not None
+          else "")
+    return (f"[decode] {r['op']:<17} {r['backend']:<15} eager {_fmt(r['eager_us'])} µs{vs}, graph "
+            f"{_fmt(r['graph_us'])} µs, floor {_fmt(r['floor_us'])} µs, rel err {_fmt(r['rel_err'])}"
+            + (f"  ({r['error']})" if r["error"] else ""))
 
 
 def markdown(data: dict) -> str:
     r0 = data["rows"][0] if data["rows"] else {}
+    cpu = any(r.get("baseline") for r in data["rows"])
     lines = [
         "# flashts decode step (T = 1 with a carried state)", "",
         f"device **{data['device']}**, torch {data['torch']}, triton {data['triton']}, CUDA {data['cuda']}, "
-        f"commit `{(data['commit'] or '?')[:12]}`, date {data['date']}.", "",
-        f"Command: `{' '.join(data['command'])}`", "",
+        f"commit `{(data['commit'] or '?')[:12]}`, date {data['date']}, {data.get('torch_threads')} torch "
+        f"thread(s), load average {data.get('load_average')} at the start"
+        + (f", {data['load_average_end']} at the end" if data.get("load_average_end") is not None else "") + ".",
+        "", f"Command: `{' '.join(data['command'])}`", "",
         f"B={r0.get('B')} H={r0.get('H')} D=Dv={r0.get('D')} (Latte: L={data['rows'][-1].get('L') if data['rows'] else '?'}"
         f" latents), {r0.get('dtype')} inputs, float32 states. Time per step in µs: eager (one launch sequence per "
         f"call, Python included) and replayed from a captured CUDA graph. Floor = the step's minimum bytes at "
-        f"{data['hbm_gbps']:g} GB/s. rel err = max relative error of o and the new state vs the float64 torch step.",
-        "", "| op | backend | eager µs | graph µs | floor µs | bytes | rel err | note |", "|---|---|---|---|---|---|---|---|"]
+        f"{data['hbm_gbps']:g} GB/s. rel err = max relative error of o and the new state vs the float64 torch step"
+        + (" (nn rows: of y and the new state vs the layer's float64 forward)" if cpu else "") + "."]
+    if cpu:
+        lines += ["", f"CPU variants timed interleaved: {data.get('rounds')} rounds × {data.get('iters')} calls each. "
+                  "`wall µs` = median over rounds of the wall-clock time per call; `× base` = its ratio to the "
+                  "baseline's median (`hand` for op-level rows, `nn-hand` for layer rows); `per round` = median "
+                  "over rounds of the same-round ratio; `CPU µs` / `× base (CPU)` = the same with this thread's "
+                  "CPU time (`time.thread_time`), which leaves out the time the thread waited for a core on a "
+                  "shared machine."]
+        lines += ["", "| op | variant | wall µs | × base | per round | CPU µs | × base (CPU) | rel err | note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["", "| op | backend | eager µs | graph µs | floor µs | bytes | rel err | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+
+    def ratio(x):
+        return "–" if x is None else f"{x:.2f}"
     for r in data["rows"]:
-        lines.append(f"| {r['op']} | {r['backend']} | {_fmt(r['eager_us'])} | {_fmt(r['graph_us'])} | "
-                     f"{_fmt(r['floor_us'])} | {r['bytes']} | {_fmt(r['rel_err'])} | {r['error'] or ''} |")
+        if cpu:
+            lines.append(f"| {r['op']} | {r['backend']} | {_fmt(r['eager_us'])} | {ratio(r.get('vs_base'))} "
+                         f"({r.get('baseline')}) | {ratio(r.get('vs_base_rounds'))} | {_fmt(r.get('cpu_us'))} | "
+                         f"{ratio(r.get('vs_base_cpu'))} | {_fmt(r['rel_err'])} | {r['error'] or ''} |")
+        else:
+            lines.append(f"| {r['op']} | {r['backend']} | {_fmt(r['eager_us'])} | {_fmt(r['graph_us'])} | "
+                         f"{_fmt(r['floor_us'])} | {r['bytes']} | {_fmt(r['rel_err'])} | {r['error'] or ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -262,7 +426,9 @@ def main(argv=None) -> int:
     ap.add_argument("--D", type=int, default=64, help="head dim (D = Dv)")
     ap.add_argument("--L", type=int, default=64, help="Latte latents")
     ap.add_argument("--dtype", default=None, help="bfloat16 (GPU default) / float32 (CPU default) / float16")
-    ap.add_argument("--iters", type=int, default=None, help="calls per timed batch (default 200 GPU, 20 CPU)")
+    ap.add_argument("--iters", type=int, default=None, help="calls per timed batch (default 200 GPU, 10 CPU)")
+    ap.add_argument("--rounds", type=int, default=31, help="CPU: interleaved rounds per variant (median taken)")
+    ap.add_argument("--tag", default="", help="appended to the output file names (decode_<device>_<date>_<tag>)")
     ap.add_argument("--hbm-gbps", type=float, default=3000.0, help="copy bandwidth for the floor (H100 ≈ 3000)")
     ap.add_argument("--no-graph", action="store_true")
     ap.add_argument("--out", default=None,
@@ -278,10 +444,10 @@ def main(argv=None) -> int:
     args.argv = argv
     cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.iters = args.iters or (200 if cuda else 20)
+    args.iters = args.iters or (200 if cuda else 10)
     data = run(args)
     os.makedirs(args.out, exist_ok=True)
-    stem = f"decode_{slug(data['device'])}_{data['date'][:10]}"
+    stem = f"decode_{slug(data['device'])}_{data['date'][:10]}" + (f"_{args.tag}" if args.tag else "")
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(data, f, indent=1)
     with open(os.path.join(args.out, stem + ".md"), "w") as f:

@@ -221,7 +221,7 @@ cudaError_t spectrum_mean(const float2* qf, const float2* kf, float2* cross, int
     const int64_t BF = B * F;
     if (BF == 0) return cudaSuccess;
     if (C <= 0 || BF > MAX_GRID) return cudaErrorInvalidValue;
-    spectrum_mean_kernel<<<static_cast<unsigned>(BF), SPEC_THREADS, 0, stream>>>(qf, kf, cross, BF, C);
+    FLASHTS_LAUNCH(spectrum_mean_kernel, static_cast<unsigned>(BF), SPEC_THREADS, 0, stream, qf, kf, cross, BF, C);
     return FLASHTS_LAUNCH_CHECK();
 }
 
@@ -235,9 +235,9 @@ cudaError_t aggregate(DType dtype, const void* x, int64_t sx_b, int64_t sx_t, in
     if (threads > AGG_MAX_THREADS) threads = AGG_MAX_THREADS;
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        aggregate_kernel<T><<<static_cast<unsigned>(n_rows), static_cast<unsigned>(threads), 0, stream>>>(
-            static_cast<const T*>(x), sx_b, sx_t, sx_h, sx_d, T_in, H, D, delays, weights, K, sign, L,
-            static_cast<T*>(out), T_out, n_rows);
+        FLASHTS_LAUNCH(aggregate_kernel<T>, static_cast<unsigned>(n_rows), static_cast<unsigned>(threads), 0, stream,
+                       static_cast<const T*>(x), sx_b, sx_t, sx_h, sx_d, T_in, H, D, delays, weights, K, sign, L,
+                       static_cast<T*>(out), T_out, n_rows);
         return FLASHTS_LAUNCH_CHECK();
     });
 }
@@ -259,13 +259,13 @@ cudaError_t delay_dots(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, i
     if (n_blocks > MAX_GRID) return cudaErrorInvalidValue;
     cudaError_t err = dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        delay_dots_partial_kernel<T><<<static_cast<unsigned>(n_blocks), DOT_THREADS, 0, stream>>>(
-            static_cast<const T*>(g), sg_b, sg_t, sg_h, sg_d, static_cast<const T*>(x), sx_b, sx_t, sx_h, sx_d, T_x,
-            L, H, D, delays, K, ch.n_chunks, ch.rows_per_chunk, n_blocks, partials);
+        FLASHTS_LAUNCH(delay_dots_partial_kernel<T>, static_cast<unsigned>(n_blocks), DOT_THREADS, 0, stream,
+                       static_cast<const T*>(g), sg_b, sg_t, sg_h, sg_d, static_cast<const T*>(x), sx_b, sx_t, sx_h,
+                       sx_d, T_x, L, H, D, delays, K, ch.n_chunks, ch.rows_per_chunk, n_blocks, partials);
         return FLASHTS_LAUNCH_CHECK();
     });
     if (err != cudaSuccess) return err;
-    delay_dots_final_kernel<<<static_cast<unsigned>(BK), 32, 0, stream>>>(partials, ch.n_chunks, BK, dw);
+    FLASHTS_LAUNCH(delay_dots_final_kernel, static_cast<unsigned>(BK), 32, 0, stream, partials, ch.n_chunks, BK, dw);
     return FLASHTS_LAUNCH_CHECK();
 }
 
@@ -274,7 +274,7 @@ cudaError_t spectrum_grad(const float2* qf, const float2* kf, const float2* drf,
     const int64_t n = B * F * C;
     if (n == 0) return cudaSuccess;
     constexpr int threads = 256;
-    spectrum_grad_kernel<<<grid_for(n, threads), threads, 0, stream>>>(qf, kf, drf, scale, dqf, dkf, n, C);
+    FLASHTS_LAUNCH(spectrum_grad_kernel, grid_for(n, threads), threads, 0, stream, qf, kf, drf, scale, dqf, dkf, n, C);
     return FLASHTS_LAUNCH_CHECK();
 }
 

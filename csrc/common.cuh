@@ -5,7 +5,20 @@
 //   * warp_sum / warp_max / block_sum (deterministic butterfly reductions), cdiv / cdiv64 / round_up;
 //   * the online-softmax combine (exp_shift, softmax_merge);
 //   * SmemCarver (128-byte aligned pieces of dynamic shared memory, same code on host and device) and ld_pad;
-//   * flashts::mmau::block_gemm — block-level matrix products on shared-memory tiles (wmma tensor cores or FMA).
+//   * flashts::mmau::block_gemm — block-level matrix products on shared-memory tiles (wmma tensor cores or FMA);
+//   * launch / dynamic shared memory macros and the ONLY wrappers of inline PTX (mma.sync, cp.async), each with a
+//     device branch and a host branch for the CPU emulation harness (tests/emulation/cuda_host.h).
+//
+// Writing a kernel that also runs in the CPU emulation (tests/test_cuda_emulation.py compiles the .cu with g++
+// -DFLASHTS_HOST_EMU and tests/emulation/cuda_host.h first; every CUDA thread is a fiber):
+//   * launch with FLASHTS_LAUNCH(kernel, grid, block, smem_bytes, stream, args...) instead of <<<...>>> (a template
+//     kernel: take its address into a variable first, `auto kernel = my_kernel<T, 4>;`, the macro splits at commas);
+//   * declare dynamic shared memory with FLASHTS_DYNAMIC_SMEM(type, name); (128-byte aligned); static __shared__
+//     arrays work as they are;
+//   * tensor cores and async copies only through mma_m16n8k8_tf32 / mma_m16n8k16_bf16 / mma_m16n8k16_f16,
+//     ldmatrix_x4 / _x4_trans / _x2 / _x2_trans and cp_async_16 / cp_async_commit / cp_async_wait<N> below (no
+//     other inline asm); warp shuffles, ballots,
+//     __syncwarp, __syncthreads and atomics are emulated as they are.
 //
 // Online-softmax state (SPEC §4/§5 and the row softmax of sliding-window attention):
 //   (m, u, w) = (max s, Σ e^{s-m}, Σ e^{s-m}·v), identity (-inf, 0, 0).
@@ -31,11 +44,18 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#ifdef FLASHTS_HOST_EMU
+#ifndef FLASHTS_CUDA_HOST_H
+#error "FLASHTS_HOST_EMU: include tests/emulation/cuda_host.h before csrc/common.cuh"
+#endif
+#else
 #include <cuda_runtime.h>
-#include <math_constants.h>
 #include <mma.h>
+#endif
+#include <math_constants.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 800)
@@ -46,6 +66,19 @@
 
 // Launch-error check for the plain C++ launchers: returns the CUDA error code to the binding layer.
 #define FLASHTS_LAUNCH_CHECK() cudaGetLastError()
+
+// kernel<<<grid, block, smem_bytes, stream>>>(args...) — or, in the CPU emulation, the whole grid run now on
+// fibers (errors through cudaGetLastError() as on the GPU).
+#ifdef FLASHTS_HOST_EMU
+#define FLASHTS_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)                                        \
+    ::flashts_emu::launch(#kernel, __FILE__, __LINE__, kernel, dim3(grid), dim3(block),                   \
+                          static_cast<size_t>(smem_bytes), stream, ##__VA_ARGS__)
+#define FLASHTS_DYNAMIC_SMEM(type, name) type* const name = reinterpret_cast<type*>(::flashts_emu::dynamic_smem())
+#else
+#define FLASHTS_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
+    kernel<<<grid, block, smem_bytes, stream>>>(__VA_ARGS__)
+#define FLASHTS_DYNAMIC_SMEM(type, name) extern __shared__ __align__(128) type name[]
+#endif
 
 namespace flashts {
 
@@ -149,6 +182,293 @@ struct SmemCarver {
     }
 };
 
+// ============================================================ PTX wrappers (device: inline PTX; host: emulation)
+//
+// Lane of the calling thread in its warp (linear thread index mod 32).
+__device__ __forceinline__ int lane_id() {
+#if defined(__CUDA_ARCH__)
+    int lane;
+    asm("mov.u32 %0, %%laneid;" : "=r"(lane));
+    return lane;
+#elif defined(FLASHTS_HOST_EMU)
+    return ::flashts_emu::self().lane;
+#else
+    return 0;
+#endif
+}
+
+// Two 16-bit values in one 32-bit register, `lo` (the lower k or n index of a fragment pair) in bits 0..15 —
+// the packing of the A/B operands of mma_m16n8k16_{bf16,f16}.
+__host__ __device__ __forceinline__ uint32_t pack2_bits(unsigned short lo, unsigned short hi) {
+    return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+__host__ __device__ __forceinline__ uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return pack2_bits(static_cast<__nv_bfloat16_raw>(lo).x, static_cast<__nv_bfloat16_raw>(hi).x);
+}
+__host__ __device__ __forceinline__ uint32_t pack2(__half lo, __half hi) {
+    return pack2_bits(static_cast<__half_raw>(lo).x, static_cast<__half_raw>(hi).x);
+}
+
+// Fragment layouts of mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 (PTX ISA, "Matrix
+// Fragments for mma.m16n8k16 with floating point type"), lane = 4·g + t (g = lane / 4, t = lane % 4). Element e of
+// a lane's fragment lives in register e / 2, half e % 2 (half 0 = bits 0..15):
+//   A 16×16 (row-major, 4 registers, e = 0..7): row g + 8·((e >> 1) & 1), col 2t + (e & 1) + 8·(e >> 2)
+//   B 16×8  (k × n, 2 registers, e = 0..3):     row 2t + (e & 1) + 8·(e >> 1), col g
+//   C/D 16×8 float (4 registers, i = 0..3):     row g + 8·(i >> 1),            col 2t + (i & 1)
+// These functions are the only place the layouts are written (kernels and the host branch use them;
+// tests/test_cuda_emulation.py checks them against its own copy of the ISA table).
+struct MmaM16n8k16 {
+    static constexpr int kM = 16, kN = 8, kK = 16;
+    __host__ __device__ static int a_row(int lane, int e) { return (lane >> 2) + 8 * ((e >> 1) & 1); }
+    __host__ __device__ static int a_col(int lane, int e) { return 2 * (lane & 3) + (e & 1) + 8 * (e >> 2); }
+    __host__ __device__ static int b_row(int lane, int e) { return 2 * (lane & 3) + (e & 1) + 8 * (e >> 1); }
+    __host__ __device__ static int b_col(int lane, int) { return lane >> 2; }
+    __host__ __device__ static int c_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
+    __host__ __device__ static int c_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
+};
+
+// m16n8k8 with .tf32 (same C/D layout; A 16×8: row g + 8·(i & 1), col t + 4·(i >> 1); B 8×8: row t + 4·i, col g).
+struct MmaM16n8k8 {
+    static constexpr int kM = 16, kN = 8, kK = 8;
+    __host__ __device__ static int a_row(int lane, int i) { return (lane >> 2) + 8 * (i & 1); }
+    __host__ __device__ static int a_col(int lane, int i) { return (lane & 3) + 4 * (i >> 1); }
+    __host__ __device__ static int b_row(int lane, int i) { return (lane & 3) + 4 * i; }
+    __host__ __device__ static int b_col(int lane, int) { return lane >> 2; }
+    __host__ __device__ static int c_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
+    __host__ __device__ static int c_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
+};
+
+// float → TF32 as cvt.rna.tf32.f32 (round to nearest, ties away from zero, 10 mantissa bits): the bits of the
+// operand register of mma_m16n8k8_tf32 (the low 13 bits are ignored by the instruction).
+__device__ __forceinline__ uint32_t tf32_bits(float x) {
+#if defined(__CUDA_ARCH__)
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#else
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;  // finite: round the magnitude
+    return u;
+#endif
+}
+
+#if defined(FLASHTS_HOST_EMU)
+namespace emu_detail {
+// One warp-wide m16n8kK product on the host: every lane scatters its A/B fragment elements into the warp's
+// scratch (A [16][K], B [K][8] as float), __syncwarp, every lane computes its 4 accumulators (k in increasing
+// order, float32 fma), __syncwarp (the scratch is free again). All 32 lanes must call it, as mma.sync.aligned.
+template <typename Layout, typename GetA, typename GetB>
+__device__ __forceinline__ void mma_host(float c[4], int n_a, int n_b, GetA get_a, GetB get_b) {
+    constexpr int K = Layout::kK;
+    float* A = static_cast<float*>(::flashts_emu::warp_scratch());
+    float* B = A + 16 * K;
+    const int lane = lane_id();
+    for (int e = 0; e < n_a; ++e) A[Layout::a_row(lane, e) * K + Layout::a_col(lane, e)] = get_a(e);
+    for (int e = 0; e < n_b; ++e) B[Layout::b_row(lane, e) * 8 + Layout::b_col(lane, e)] = get_b(e);
+    __syncwarp();
+    float d[4];
+    for (int i = 0; i < 4; ++i) {
+        const int r = Layout::c_row(lane, i), n = Layout::c_col(lane, i);
+        float acc = c[i];
+        for (int k = 0; k < K; ++k) acc = fmaf(A[r * K + k], B[k * 8 + n], acc);
+        d[i] = acc;
+    }
+    __syncwarp();
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+template <typename T>
+__device__ __forceinline__ float half_of(uint32_t reg, int h) {
+    const unsigned short bits = static_cast<unsigned short>(h ? reg >> 16 : reg & 0xffffu);
+    if constexpr (std::is_same<T, __half>::value) {
+        __half_raw r;
+        r.x = bits;
+        return __half2float(__half(r));
+    } else {
+        __nv_bfloat16_raw r;
+        r.x = bits;
+        return __bfloat162float(__nv_bfloat16(r));
+    }
+}
+}  // namespace emu_detail
+#endif
+
+// c[4] += A·B for one warp, m16n8k8, TF32 inputs (a, b are float; rounded to TF32 here), float32 accumulators.
+// Fragments as MmaM16n8k8. Every lane of the warp calls it. SASS: HMMA.1684.F32.TF32.
+__device__ __forceinline__ void mma_m16n8k8_tf32(float c[4], const float a[4], const float b[2]) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(tf32_bits(a[0])), "r"(tf32_bits(a[1])), "r"(tf32_bits(a[2])), "r"(tf32_bits(a[3])),
+          "r"(tf32_bits(b[0])), "r"(tf32_bits(b[1])));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::mma_host<MmaM16n8k8>(
+        c, 4, 2, [&](int e) { return __uint_as_float(tf32_bits(a[e]) & 0xffffe000u); },
+        [&](int e) { return __uint_as_float(tf32_bits(b[e]) & 0xffffe000u); });
+#else
+    (void)c, (void)a, (void)b;
+#endif
+}
+
+// c[4] += A·B for one warp, m16n8k16, bf16 inputs packed two per register (pack2), float32 accumulators.
+// Fragments as MmaM16n8k16. Every lane of the warp calls it. SASS: HMMA.16816.F32.BF16.
+__device__ __forceinline__ void mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::mma_host<MmaM16n8k16>(
+        c, 8, 4, [&](int e) { return emu_detail::half_of<__nv_bfloat16>(a[e >> 1], e & 1); },
+        [&](int e) { return emu_detail::half_of<__nv_bfloat16>(b[e >> 1], e & 1); });
+#else
+    (void)c, (void)a, (void)b;
+#endif
+}
+
+// c[4] += A·B for one warp, m16n8k16, f16 inputs packed two per register (pack2), float32 accumulators.
+// Fragments as MmaM16n8k16. Every lane of the warp calls it. SASS: HMMA.16816.F32.
+__device__ __forceinline__ void mma_m16n8k16_f16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::mma_host<MmaM16n8k16>(
+        c, 8, 4, [&](int e) { return emu_detail::half_of<__half>(a[e >> 1], e & 1); },
+        [&](int e) { return emu_detail::half_of<__half>(b[e >> 1], e & 1); });
+#else
+    (void)c, (void)a, (void)b;
+#endif
+}
+
+// ldmatrix (sm_75+): 8×8 matrices of 16-bit elements from shared memory, one row of 16 bytes per address. Lane l
+// passes `row` = the address of row l % 8 of matrix l / 8 (.x4: lanes 0..31, four matrices; .x2: lanes 0..15 are
+// used, two matrices; every address 16-byte aligned). Register i of lane l receives matrix i's elements
+// (row l / 4, cols 2·(l % 4), 2·(l % 4) + 1), the lower column in bits 0..15 — with .trans, (rows 2·(l % 4),
+// 2·(l % 4) + 1, col l / 4), i.e. the transposed matrix. For m16n8k16: A (row-major [16][ld] tile at `a`) is
+// ldmatrix_x4(r, a + (l % 16)·ld + (l / 16)·8); B stored [k][n] row-major is ldmatrix_x2_trans(r, b + (l % 16)·ld);
+// B stored [n][k] is ldmatrix_x2(r, b + (l % 8)·ld + ((l / 8) % 2)·8). Every lane of the warp calls it.
+#if defined(FLASHTS_HOST_EMU)
+namespace emu_detail {
+template <int kMatrices, bool kTrans>
+__device__ __forceinline__ void ldmatrix_host(uint32_t* r, const void* row) {
+    const void** rows = static_cast<const void**>(::flashts_emu::warp_scratch());
+    const int lane = lane_id();
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0 && lane < 8 * kMatrices)
+        ::flashts_emu::fail_in_fiber("ldmatrix: a row address is not 16-byte aligned");
+    rows[lane] = row;
+    __syncwarp();
+    for (int i = 0; i < kMatrices; ++i) {
+        unsigned short h[2];
+        for (int j = 0; j < 2; ++j) {
+            const int rr = kTrans ? 2 * (lane & 3) + j : lane >> 2, cc = kTrans ? lane >> 2 : 2 * (lane & 3) + j;
+            h[j] = static_cast<const unsigned short*>(rows[8 * i + rr])[cc];
+        }
+        r[i] = pack2_bits(h[0], h[1]);
+    }
+    __syncwarp();
+}
+}  // namespace emu_detail
+#endif
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<4, false>(r, row);
+#else
+    (void)r, (void)row;
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<4, true>(r, row);
+#else
+    (void)r, (void)row;
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<2, false>(r, row);
+#else
+    (void)r, (void)row;
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* row) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+#elif defined(FLASHTS_HOST_EMU)
+    emu_detail::ldmatrix_host<2, true>(r, row);
+#else
+    (void)r, (void)row;
+#endif
+}
+
+// cp.async.cg of 16 bytes global → shared (both 16-byte aligned); pred == false writes 16 zero bytes and reads
+// nothing (gmem may then be any pointer). Completion: cp_async_commit() closes a group, cp_async_wait<N>() waits
+// until at most the N most recent groups are in flight (then __syncthreads() before other threads read).
+// sm_80+ (older archs: a plain synchronous copy). The emulation completes a copy only at the wait (its
+// destination holds 0xFF bytes until then) and checks the alignment.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0)
+                 : "memory");
+#elif defined(__CUDA_ARCH__)
+    *static_cast<uint4*>(smem) = pred ? *static_cast<const uint4*>(gmem) : make_uint4(0u, 0u, 0u, 0u);
+#elif defined(FLASHTS_HOST_EMU)
+    flashts_emu_cp_async_16(smem, gmem, pred);
+#else
+    (void)smem, (void)gmem, (void)pred;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(FLASHTS_HOST_EMU)
+    ::flashts_emu::cp_async_commit();
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    static_assert(N >= 0 && N <= 7, "cp_async_wait<N>: N in [0, 7]");
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#elif defined(FLASHTS_HOST_EMU)
+    ::flashts_emu::cp_async_wait(N);
+#endif
+}
+
+// Every copy issued by this thread so far (committed or not).
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#elif defined(FLASHTS_HOST_EMU)
+    ::flashts_emu::cp_async_wait(-1);
+#endif
+}
+
 // ================================================================== block-level products on shared memory
 
 namespace mmau {
@@ -171,7 +491,11 @@ struct WmmaOperand<__nv_bfloat16> {
 };
 template <>
 struct WmmaOperand<float> {
+#if defined(FLASHTS_HOST_EMU)
+    using type = float;  // (no wmma in the emulation: block_gemm uses its FMA path)
+#else
     using type = nvcuda::wmma::precision::tf32;
+#endif
     static constexpr int kK = 8;
 };
 
@@ -233,22 +557,10 @@ __host__ __device__ __forceinline__ void mma_scatter_c(const float c[4], float* 
     for (int i = 0; i < 4; ++i) C[(m0 + MmaTf32::c_row(lane, i)) * ldc + n0 + MmaTf32::c_col(lane, i)] = c[i];
 }
 
-#if defined(__CUDA_ARCH__) && FLASHTS_MMAU_TENSOR_CORES
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-}
-
-// c += a·b for one warp (every lane calls it with its fragments).
+// c += a·b for one warp (every lane calls it with its fragments): flashts::mma_m16n8k8_tf32.
 __device__ __forceinline__ void mma_tf32_m16n8k8(float c[4], const float a[4], const float b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(to_tf32(a[0])), "r"(to_tf32(a[1])), "r"(to_tf32(a[2])), "r"(to_tf32(a[3])), "r"(to_tf32(b[0])),
-          "r"(to_tf32(b[1])));
+    mma_m16n8k8_tf32(c, a, b);
 }
-#endif
 
 // Which implementation block_gemm uses: plain FMA, wmma (m16n16k16 / TF32 m16n16k8), or mma.sync m16n8k8 TF32
 // (float tiles only; M a multiple of 16, N and K multiples of 8; each warp owns whole 16×8 tiles of C).
@@ -260,7 +572,7 @@ __device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int ld
                                            int K, bool accumulate) {
 #if FLASHTS_MMAU_TENSOR_CORES
     if constexpr (kImpl == kGemmMma && std::is_same<T, float>::value) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(FLASHTS_HOST_EMU)
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
         const int tiles_n = N / 8, tiles = (M / 16) * tiles_n;
         for (int tile = warp; tile < tiles; tile += n_warps) {
@@ -278,6 +590,11 @@ __device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int ld
 #endif
         return;
     } else if constexpr (kImpl != kGemmFma) {
+#if defined(FLASHTS_HOST_EMU)
+        // no wmma on the host: the FMA product below (float32; the GPU rounds the operands to TF32 / 16 bits)
+        gemm_fma<LA, LB>(C, ldc, A, lda, B, ldb, M, N, K, accumulate);
+        return;
+#else
         namespace wmma = nvcuda::wmma;
         using Op = typename WmmaOperand<T>::type;
         constexpr int KS = WmmaOperand<T>::kK;
@@ -312,6 +629,7 @@ __device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int ld
             wmma::store_matrix_sync(c, acc, ldc, wmma::mem_row_major);
         }
         return;
+#endif
     }
 #endif
     gemm_fma<LA, LB>(C, ldc, A, lda, B, ldb, M, N, K, accumulate);

@@ -57,7 +57,7 @@ struct Conv<float> {
     static FLASHTS_HD float f(float x) { return x; }
     static FLASHTS_HD float to(float x) { return x; }
 };
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(FLASHTS_HOST_EMU)  // (the emulation: tests/emulation/cuda_host.h)
 template <>
 struct Conv<__half> {
     static FLASHTS_HD float f(__half x) { return __half2float(x); }

@@ -21,7 +21,7 @@ constexpr int64_t kDefaultSmem = 48 * 1024;
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) linear_step_kernel(LinearStep<T> a) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     const int64_t blk = blockIdx.x;
     const int tid = threadIdx.x, nt = blockDim.x;
     linear_phase0(a, blk, tid, nt, smem);
@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kThreads) linear_step_kernel(LinearStep<T> a) 
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) aaren_step_kernel(AarenStep<T> a) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     const int64_t blk = blockIdx.x;
     const int tid = threadIdx.x, nt = blockDim.x;
     aaren_phase0(a, blk, tid, nt, smem);
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) aaren_step_kernel(AarenStep<T> a) {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) latte_step_kernel(LatteStep<T> a) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     const int64_t blk = blockIdx.x;
     const int tid = threadIdx.x, nt = blockDim.x;
     latte_phase0(a, blk, tid, nt, smem);
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) latte_step_kernel(LatteStep<T> a) {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) swa_ring_step_kernel(SwaRingStep<T> a) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     const int64_t blk = blockIdx.x;
     const int tid = threadIdx.x, nt = blockDim.x;
     swa_phase0(a, blk, tid, nt, smem);
@@ -100,7 +100,7 @@ cudaError_t launch(void (*kernel)(Args), const Args& a, int64_t blocks, int64_t 
         err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
         if (err != cudaSuccess) return err;
     }
-    kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), stream>>>(a);
+    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), stream, a);
     return cudaGetLastError();
 }
 

@@ -2,7 +2,9 @@
 //
 // The Python backend (flashts/cuda_ops/linear.py) allocates every output (so tests can NaN-poison them) and
 // passes it in; this file checks devices, dtypes, shapes and contiguity, takes the current stream and calls
-// the plain launchers. Inputs q, k, v, do, o go with their strides (no copies).
+// the plain launchers. Inputs q, k, v, do, o go with their strides (no copies). The forward passes the device's
+// SM count and shared-memory limit (the launch plan's occupancy rule, csrc/linear_attention.h FwdPlan) and
+// allocates the chunk-parallel mode's float32 workspace from the caching allocator.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
@@ -39,6 +41,14 @@ la::FeatureMap feature_map_of(const std::string& name) {
     if (name == "identity") return la::FeatureMap::Identity;
     TORCH_CHECK(false, "linear_attention (cuda): feature_map must be 'elu', 'relu' or 'identity', got '", name, "'");
     return la::FeatureMap::Identity;  // not reached
+}
+
+la::FwdMode fwd_mode_of(const std::string& name) {
+    if (name == "auto") return la::FwdMode::Auto;
+    if (name == "one_pass") return la::FwdMode::OnePass;
+    if (name == "chunked") return la::FwdMode::Chunked;
+    TORCH_CHECK(false, "linear_attention (cuda): fwd_mode must be 'auto', 'one_pass' or 'chunked', got '", name, "'");
+    return la::FwdMode::Auto;  // not reached
 }
 
 la::LinInput input_of(const at::Tensor& t) {
@@ -125,10 +135,19 @@ void linear_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Te
                           const std::optional<at::Tensor>& S0, const std::optional<at::Tensor>& z0,
                           const std::optional<at::Tensor>& cu_seqlens, bool causal, const std::string& feature_map,
                           bool normalize, double scale, double eps, const at::Tensor& o, const at::Tensor& S_T,
-                          const at::Tensor& z_T) {
-    const Common c = common(q, k, v, cu_seqlens, causal, feature_map, normalize, scale, eps);
+                          const at::Tensor& z_T, const std::string& fwd_mode) {
+    Common c = common(q, k, v, cu_seqlens, causal, feature_map, normalize, scale, eps);
     const la::LinSizes& sz = c.sz;
     const c10::cuda::CUDAGuard guard(q.device());
+    const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+    c.opt.sm_count = props->multiProcessorCount;
+    c.opt.max_smem = static_cast<int>(props->sharedMemPerBlockOptin);
+    c.opt.fwd_mode = fwd_mode_of(fwd_mode);
+    la::FwdPlan plan{};
+    cudaError_t perr = la::linear_attention_fwd_plan(kernel_dtype(q), sz, c.opt, &plan);
+    TORCH_CHECK(perr == cudaSuccess, "linear_attention_fwd (cuda): no launch plan: ", cudaGetErrorString(perr));
+    at::Tensor workspace;
+    if (plan.workspace_bytes > 0) workspace = at::empty({plan.workspace_bytes}, q.options().dtype(at::kByte));
     const float* s0 = f32_ptr(S0, "initial_state S", {sz.N, sz.H, sz.D, sz.Dv}, q);
     const float* zz0 = f32_ptr(z0, "initial_state z", {sz.N, sz.H, sz.D}, q);
     check_output(o, "o", {sz.B, sz.T, sz.H, sz.Dv}, q.scalar_type(), q);
@@ -136,7 +155,8 @@ void linear_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Te
     check_output(z_T, "z_T", {sz.N, sz.H, sz.D}, at::kFloat, q);
     const cudaError_t err = la::linear_attention_fwd(
         kernel_dtype(q), input_of(q), input_of(k), input_of(v), sz, c.opt, s0, zz0, o.data_ptr(),
-        S_T.data_ptr<float>(), z_T.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream());
+        S_T.data_ptr<float>(), z_T.data_ptr<float>(), plan.workspace_bytes > 0 ? workspace.data_ptr() : nullptr,
+        plan.workspace_bytes, at::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "linear_attention_fwd (cuda) failed: ", cudaGetErrorString(err));
 }
 
@@ -147,8 +167,9 @@ void linear_attention_bwd(const at::Tensor& dout, const std::optional<at::Tensor
                           bool causal, const std::string& feature_map, bool normalize, double scale, double eps,
                           const std::optional<at::Tensor>& ws_inv, const std::optional<at::Tensor>& ws_dden,
                           const at::Tensor& dq, const at::Tensor& dk_heads, const at::Tensor& dv_heads,
-                          const std::optional<at::Tensor>& dS0, const std::optional<at::Tensor>& dz0) {
-    const Common c = common(q, k, v, cu_seqlens, causal, feature_map, normalize, scale, eps);
+                          const std::optional<at::Tensor>& dS0, const std::optional<at::Tensor>& dz0,
+                          const std::string& fwd_mode) {
+    Common c = common(q, k, v, cu_seqlens, causal, feature_map, normalize, scale, eps);
     const la::LinSizes& sz = c.sz;
     check_input(dout, "do", q, sz.B, sz.T);
     check_input(o, "o", q, sz.B, sz.T);
@@ -168,9 +189,19 @@ void linear_attention_bwd(const at::Tensor& dout, const std::optional<at::Tensor
     check_output(dq, "dq", {sz.B, sz.T, sz.H, sz.D}, q.scalar_type(), q);
     check_output(dk_heads, "dk_heads", {sz.B, sz.T, sz.H, sz.D}, at::kFloat, q);
     check_output(dv_heads, "dv_heads", {sz.B, sz.T, sz.H, sz.Dv}, at::kFloat, q);
+    const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+    c.opt.sm_count = props->multiProcessorCount;
+    c.opt.max_smem = static_cast<int>(props->sharedMemPerBlockOptin);
+    c.opt.fwd_mode = fwd_mode_of(fwd_mode);
+    la::FwdPlan plan{};
+    cudaError_t perr = la::linear_attention_bwd_plan(kernel_dtype(q), sz, c.opt, &plan);
+    TORCH_CHECK(perr == cudaSuccess, "linear_attention_bwd (cuda): no launch plan: ", cudaGetErrorString(perr));
+    at::Tensor workspace;
+    if (plan.workspace_bytes > 0) workspace = at::empty({plan.workspace_bytes}, q.options().dtype(at::kByte));
     const cudaError_t err = la::linear_attention_bwd(
         kernel_dtype(q), input_of(dout), input_of(q), input_of(k), input_of(v), input_of(o), sz, c.opt, s0, zz0,
         ds_t, dz_t, w_inv, w_dden, dq.data_ptr(), dk_heads.data_ptr<float>(), dv_heads.data_ptr<float>(), ds0, dzz0,
+        plan.workspace_bytes > 0 ? workspace.data_ptr() : nullptr, plan.workspace_bytes,
         at::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "linear_attention_bwd (cuda) failed: ", cudaGetErrorString(err));
 }
@@ -184,12 +215,13 @@ void register_linear_attention(pybind11::module_& m) {
           "linear attention forward into preallocated o [B,T,H,Dv], S_T [N,H,D,Dv], z_T [N,H,D] (float32)",
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S0"), py::arg("z0"), py::arg("cu_seqlens"),
           py::arg("causal"), py::arg("feature_map"), py::arg("normalize"), py::arg("scale"), py::arg("eps"),
-          py::arg("o"), py::arg("S_T"), py::arg("z_T"));
+          py::arg("o"), py::arg("S_T"), py::arg("z_T"), py::arg("fwd_mode") = std::string("auto"));
     m.def("linear_attention_bwd", &linear_attention_bwd,
           "linear attention backward into preallocated dq [B,T,H,D] (input dtype), dk_heads [B,T,H,D] and "
           "dv_heads [B,T,H,Dv] (float32, per query head), dS0/dz0 (optional, float32)",
           py::arg("do"), py::arg("dS_T"), py::arg("dz_T"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"),
           py::arg("S0"), py::arg("z0"), py::arg("cu_seqlens"), py::arg("causal"), py::arg("feature_map"),
           py::arg("normalize"), py::arg("scale"), py::arg("eps"), py::arg("ws_inv"), py::arg("ws_dden"),
-          py::arg("dq"), py::arg("dk_heads"), py::arg("dv_heads"), py::arg("dS0"), py::arg("dz0"));
+          py::arg("dq"), py::arg("dk_heads"), py::arg("dv_heads"), py::arg("dS0"), py::arg("dz0"),
+          py::arg("fwd_mode") = std::string("auto"));
 }

@@ -296,7 +296,7 @@ __device__ void forward_sweep(const Args<T>& a, const Row& r, const FwdSmem& s, 
 
 template <Kind KIND, typename T>
 __global__ void forward_kernel(Args<T> a, bool causal) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     Carve c{smem, 0};
     const FwdSmem s(c, a.C, a.G, a.L, a.Dv);
     const Row r = row_of(a);
@@ -323,7 +323,7 @@ __global__ void forward_kernel(Args<T> a, bool causal) {
 // r = −c·z with z = dy·num/den; Latte also writes dq = p ⊙ (z − Σ_l p z).
 template <Kind KIND, typename T>
 __global__ void recompute_kernel(Args<T> a) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     Carve c{smem, 0};
     const RecomputeSmem s(c, a.C, a.L, a.Dv);
     const Row r = row_of(a);
@@ -396,7 +396,7 @@ __global__ void recompute_kernel(Args<T> a) {
 // Backward, sweep 2: the reverse scan (tiles from the last to the first, steps from the last to the first).
 template <Kind KIND, typename T>
 __global__ void reverse_kernel(Args<T> a) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     Carve c{smem, 0};
     const ReverseSmem s(c, a.C, a.G, a.L, a.Dv, KIND == Kind::Aaren ? a.D : 0);
     const Row r = row_of(a);
@@ -505,7 +505,7 @@ __global__ void reverse_kernel(Args<T> a) {
 // Latte bidirectional backward: state sweep (max, Z, S) → mean; Gm = Σ_t p dy and dq; then dv, dk.
 template <typename T>
 __global__ void bidir_bwd_kernel(Args<T> a) {
-    extern __shared__ float smem[];
+    FLASHTS_DYNAMIC_SMEM(float, smem);
     Carve c{smem, 0};
     const BidirBwdSmem s(c, a.C, a.G, a.L, a.Dv);
     const Row r = row_of(a);
@@ -680,7 +680,7 @@ cudaError_t launch_forward(Args<T> a, bool causal, cudaStream_t stream) {
         return c.used * static_cast<int64_t>(sizeof(float));
     }, a.C, a.G, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(a.N * a.H), dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a, causal);
+    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(a.N * a.H), dim3(32, a.G), static_cast<size_t>(bytes), stream, a, causal);
     return FLASHTS_LAUNCH_CHECK();
 }
 
@@ -699,7 +699,7 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
             return c.used * static_cast<int64_t>(sizeof(float));
         }, a.C, a.G, bytes);
         if (err != cudaSuccess) return err;
-        kernel<<<grid, dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a);
+        FLASHTS_LAUNCH(kernel, grid, dim3(32, a.G), static_cast<size_t>(bytes), stream, a);
         return FLASHTS_LAUNCH_CHECK();
     }
     {
@@ -711,7 +711,7 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
             return c.used * static_cast<int64_t>(sizeof(float));
         }, a.C, a.G, bytes);
         if (err != cudaSuccess) return err;
-        kernel<<<grid, dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a);
+        FLASHTS_LAUNCH(kernel, grid, dim3(32, a.G), static_cast<size_t>(bytes), stream, a);
         err = FLASHTS_LAUNCH_CHECK();
         if (err != cudaSuccess) return err;
     }
@@ -724,7 +724,7 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
             return c.used * static_cast<int64_t>(sizeof(float));
         }, a.C, a.G, bytes);
         if (err != cudaSuccess) return err;
-        kernel<<<grid, dim3(32, a.G), static_cast<size_t>(bytes), stream>>>(a);
+        FLASHTS_LAUNCH(kernel, grid, dim3(32, a.G), static_cast<size_t>(bytes), stream, a);
         return FLASHTS_LAUNCH_CHECK();
     }
 }

@@ -31,10 +31,19 @@
 //
 // cu_seqlens: a block's rows and keys are clipped to its sequence [cu[n], cu[n+1]) of batch 0. Every index is
 // int64; every global access is bounds-checked.
+//
+// Two kernel families. The kernels above are the generic ones (any head dim ≤ 256, float32 exactly). For
+// float16/bfloat16 with D, Dv ≤ 128 on sm_80+ the launchers run the FlashAttention-2 kernels instead
+// (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel, section "FA2 kernels" below: mma.sync m16n8k16 with scores
+// and accumulators in registers, ldmatrix fragments, cp.async double-buffered K/V (Q/dO) tiles, 64- or 128-row blocks);
+// sliding_window_fa2_head_dim() says which family a call takes, FLASHTS_SWA_GENERIC=1 forces the generic one.
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
 #include "sliding_window.h"
+
 
 namespace flashts {
 namespace swa {
@@ -70,6 +79,7 @@ struct Params {
     float *lse, *delta;
     const float *lse_in, *dlse;
     int BT, Dp, Dvp;
+    int vec;  // FA2 kernels: 16-byte cp.async tile loads allowed (see fa_load_tile)
 };
 
 // Shared-memory pieces of one kernel kind. *t: input type, row-major; *f: float32, row-major.
@@ -149,7 +159,7 @@ template <typename Tin>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     constexpr int pt = ld_pad<Tin>();
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldVf = Dvp + kPadF;
     const Tiles<Tin> sm = carve<Tin>(kFwd, BT, Dp, Dvp, smem_raw);
@@ -271,7 +281,7 @@ template <typename Tin>
 __global__ void __launch_bounds__(kThreads) dq_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     constexpr int pt = ld_pad<Tin>();
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldDf = Dp + kPadF;
     const Tiles<Tin> sm = carve<Tin>(kDq, BT, Dp, Dvp, smem_raw);
@@ -317,7 +327,7 @@ template <typename Tin>
 __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
     constexpr bool kTC = !std::is_same<Tin, float>::value;
     constexpr int pt = ld_pad<Tin>();
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int BT = p.BT, Dp = p.Dp, Dvp = p.Dvp;
     const int ldDt = Dp + pt, ldVt = Dvp + pt, ldBt = BT + pt, ldBf = BT + kPadF, ldDf = Dp + kPadF,
               ldVf = Dvp + kPadF;
@@ -365,6 +375,637 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
     for (int64_t idx = threadIdx.x; idx < int64_t(nk) * p.Dv; idx += blockDim.x) {
         const int r = static_cast<int>(idx / p.Dv), e = static_cast<int>(idx - (idx / p.Dv) * p.Dv);
         p.dv[((sq.b * p.T + j0 + r) * p.Hk + hk) * p.Dv + e] = from_float<Tin>(dv_acc[r * ldVf + e]);
+    }
+}
+
+// ============================================================================================== FA2 kernels
+//
+// FlashAttention-2 kernels for float16 / bfloat16 inputs with both head dims padded to DP ∈ {64, 128}
+// (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel; the launchers use them whenever that holds, the generic
+// kernels above otherwise: float32 inputs and head dims above 128). 128 threads = 4 warps; a warp owns 16·MT rows
+// of its block (MT m-tiles; MT = 1 except in the D = 64 forward).
+//
+// Tile products: mma.sync.m16n8k16 (row.col, float32 accumulation) through mma16816() below. Each warp keeps the
+// scores, probabilities and accumulators of its m-tiles in registers, in the mma fragment layouts (PTX ISA
+// "Matrix Fragments for mma.m16n8k16", lane = 4·g + t):
+//   A 16×16 (4 regs of 2 elements): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
+//   B 16×8  (2 regs):               b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
+//   C 16×8  (4 floats):             c0,c1 = C[g][2t, 2t+1],  c2,c3 = C[g+8][2t, 2t+1]
+// (low 16 bits = the lower index). Shared tiles are row-major [rows][DP + 8] (the 16-byte pad puts the 8 row
+// addresses of an ldmatrix on different banks). Fragments come from ldmatrix.x4 (common.cuh): A operands and
+// B operands whose k index runs along a tile row (Q·Kᵀ, dO·Vᵀ, K·Qᵀ, V·dOᵀ: k = head dim) without .trans, B
+// operands whose k runs down the rows (P·V, dS·K, Pᵀ·dO, dSᵀ·Q: k = key or query) with .trans; one x4 load
+// gives the B fragments of two adjacent 8-column tiles. The C fragments of two adjacent 8-column tiles are the A
+// fragment of the next product (scores → probabilities → P·V without a trip through shared memory).
+//
+// Forward (one block per (64·MT query rows, head, sequence), MT = fa_fwd_mt: 2 at DP = 64, 1 at 128; 64-key
+// blocks from lo to hi as in fwd_kernel, K/V double-buffered with 16-byte cp.async): per warp and 16-row m-tile
+// S = Q Kᵀ (16×64), online softmax in base 2 per row (running max m, lane-partial running sum l, rescale factor
+// 2^(m_old − m_new); a row with no allowed key yet shifts by 0), acc += P V (16×DP). Blocks the window edges or
+// the sequence end cut through are masked (−inf before the exp2); interior blocks skip the mask. Output
+// o = acc / l, lse = (m + log2 l)·ln 2.
+// dq (per 64 query rows): S = Q Kᵀ, P = 2^(S·scale·log2e − lse·log2e), dP = dO Vᵀ, dS = P (dP − δ),
+// dq += dS K; dq·scale at the end.
+// dk/dv (per 64 keys and KV head; loops over the G query heads of the group and the query tiles of BQ rows that
+// see the block, Q/dO/lse/δ double-buffered): scores held transposed, Sᵀ = K Qᵀ, Pᵀ, dPᵀ = V dOᵀ,
+// dSᵀ = Pᵀ (dPᵀ − δ), dv += Pᵀ dO, dk += dSᵀ Q; dk·scale at the end. BQ = 64 (DP = 64) or 32 (DP = 128, to stay
+// within the registers: dk and dv accumulators are 2·DP/2 floats per lane).
+//
+// cp.async needs 16-byte aligned rows: every input with unit last stride, other strides multiples of 8 elements,
+// 16-byte aligned base and D, Dv multiples of 8 (Params::vec, checked by the launcher); otherwise the tiles are
+// filled with plain element loads (same kernels, same results).
+
+// c += a·b for one warp: common.cuh's mma.sync m16n8k16 wrapper for the element type (float32 accumulation).
+template <typename T>
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        mma_m16n8k16_bf16(c, a, b);
+    } else {
+        mma_m16n8k16_f16(c, a, b);
+    }
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kFaRows = 64;  // query rows (fwd, dq) or keys (dk/dv) per block; 16 per warp
+
+// Two floats rounded to T, packed as one fragment register (lo in bits 0..15).
+template <typename T>
+__device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<const uint32_t*>(&v);
+    } else {
+        const __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<const uint32_t*>(&v);
+    }
+#else
+    return pack2(from_float<T>(lo), from_float<T>(hi));
+#endif
+}
+
+// ldmatrix.x4 (common.cuh's wrappers): four 8×8 matrices of 16-bit elements; lane l gives the address of row
+// l % 8 of matrix l / 8 (16-byte aligned) and gets register i of matrix i: without .trans the elements
+// (row l / 4, columns 2·(l % 4), +1), with .trans the elements (rows 2·(l % 4), +1, column l / 4).
+template <bool kTrans, typename T>
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const T* row) {
+    if constexpr (kTrans) {
+        ldmatrix_x4_trans(r, row);
+    } else {
+        ldmatrix_x4(r, row);
+    }
+}
+
+// A fragment (16×16 at rows r0.., columns k0..) of a row-major shared tile: matrices (rows +0/+8, columns +0/+8)
+// in the order a0..a3.
+template <typename T>
+__device__ __forceinline__ void frag_a(uint32_t a[4], const T* tile, int ld, int r0, int k0, int lane) {
+    ldsm_x4<false>(a, tile + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + k0 + (lane >> 4) * 8);
+}
+// B fragments of two 8-column tiles n0, n0 + 8 (b[0..1] and b[2..3]), 16 deep from k0, with
+// B[k][n] = tile[n][k] (k along a row: Kᵀ, Vᵀ, Qᵀ, dOᵀ).
+template <typename T>
+__device__ __forceinline__ void frag_b_t2(uint32_t b[4], const T* tile, int ld, int n0, int k0, int lane) {
+    ldsm_x4<false>(b, tile + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
+}
+// The same with B[k][n] = tile[k][n] (k down the rows: V, K, Q, dO), by the transposing load.
+template <typename T>
+__device__ __forceinline__ void frag_b_n2(uint32_t b[4], const T* tile, int ld, int n0, int k0, int lane) {
+    ldsm_x4<true>(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
+}
+// A fragment (16 rows × 16 k) from the C fragments of the 8-column tiles 2·kk and 2·kk + 1.
+template <typename T>
+__device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
+    a[0] = pack_floats<T>(c0[0], c0[1]);
+    a[1] = pack_floats<T>(c0[2], c0[3]);
+    a[2] = pack_floats<T>(c1[0], c1[1]);
+    a[3] = pack_floats<T>(c1[2], c1[3]);
+}
+
+// Rows [first, first + rows_valid) of src (batch b, head h), columns [0, X), into the shared tile
+// dst[ROWS][DP + 8] (columns [0, DP)); zeros elsewhere. vec: 16-byte cp.async (caller commits / waits);
+// otherwise plain loads and stores.
+template <typename Tin, int ROWS, int DP>
+__device__ __forceinline__ void fa_load_tile(Tin* dst, const View<Tin>& src, int64_t b, int64_t first, int64_t h,
+                                             int rows_valid, int64_t X, bool vec) {
+    constexpr int LD = DP + 8, CH = DP / 8;
+    if (vec) {
+        for (int idx = threadIdx.x; idx < ROWS * CH; idx += kThreads) {
+            const int r = idx / CH, c = (idx - (idx / CH) * CH) * 8;
+            const bool ok = r < rows_valid && c < X;
+            const Tin* gp = ok ? src.p + b * src.sb + (first + r) * src.st + h * src.sh + c : src.p;
+            cp_async_16(dst + r * LD + c, gp, ok);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ROWS * DP; idx += kThreads) {
+            const int r = idx / DP, c = idx - (idx / DP) * DP;
+            dst[r * LD + c] = (r < rows_valid && c < X) ? src.get(b, first + r, h, c) : from_float<Tin>(0.f);
+        }
+    }
+}
+
+__device__ __forceinline__ bool in_window(int64_t i, int64_t j, int64_t left, int64_t right) {
+    return (left < 0 || j >= i - left) && (right < 0 || j <= i + right);
+}
+
+// δ_i = do_i·o_i − dlse_i with 16-byte loads (16-bit inputs whose rows allow them, Dv ≤ 128): P lanes per row
+// (P = 8 for Dv ≤ 64, 16 for Dv ≤ 128), lane c of a row reads the 8-element chunks c, c + P, ... of do and o; the
+// P partial sums are combined by shuffles. A warp covers 32 / P rows per step, in a warp-uniform loop (every
+// lane reaches every shuffle).
+template <typename Tin, int P>
+__global__ void __launch_bounds__(kThreads) fa_delta_kernel(Params<Tin> p) {
+    constexpr int kRowsPerWarp = 32 / P;
+    const int lane = threadIdx.x & 31, sub = lane & (P - 1);
+    const int64_t rows = p.B * p.T * p.H, n_chunks = p.Dv / 8;
+    const int64_t warp_global = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+    const int64_t warps_total = int64_t(gridDim.x) * (kThreads / 32);
+    for (int64_t base = warp_global * kRowsPerWarp; base < rows; base += warps_total * kRowsPerWarp) {
+        const int64_t row = base + lane / P;
+        const int64_t h = row % p.H, t = (row / p.H) % p.T, b = row / p.H / p.T;
+        float dot = 0.f;
+        if (row < rows) {
+            const Tin* dop = p.dout.p + b * p.dout.sb + t * p.dout.st + h * p.dout.sh;
+            const Tin* op = p.o.p + b * p.o.sb + t * p.o.st + h * p.o.sh;
+            for (int64_t c = sub; c < n_chunks; c += P) {
+                const uint4 x = *reinterpret_cast<const uint4*>(dop + 8 * c);
+                const uint4 y = *reinterpret_cast<const uint4*>(op + 8 * c);
+                Tin xe[8], ye[8];
+                memcpy(xe, &x, 16);
+                memcpy(ye, &y, 16);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dot = fmaf(to_float(xe[e]), to_float(ye[e]), dot);
+            }
+        }
+#pragma unroll
+        for (int off = P / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        if (row < rows && sub == 0) {
+            const int64_t w = (b * p.H + h) * p.T + t;
+            p.delta[w] = dot - (p.dlse != nullptr ? p.dlse[w] : 0.f);
+        }
+    }
+}
+
+// 16-row m-tiles per warp in the forward: 2 at DP = 64 (128-row blocks: each K/V fragment feeds two products, half
+// the shared-memory reads per row), 1 at DP = 128 (the registers: acc alone is 64 floats per lane per m-tile).
+template <int DP>
+__host__ __device__ constexpr int fa_fwd_mt() {
+    return DP == 64 ? 2 : 1;
+}
+
+template <int DP>
+__host__ __device__ constexpr int fa_dkdv_bq() {
+    return DP == 64 ? 64 : 32;
+}
+
+// Dynamic shared memory of each FA2 kernel (bytes); mt: m-tiles per warp of the forward.
+template <typename Tin, int DP>
+int64_t fa_smem_bytes(int kind, int mt = fa_fwd_mt<DP>()) {
+    const int64_t tile = int64_t(kFaRows) * (DP + 8) * int64_t(sizeof(Tin));
+    if (kind == kFwd) return (mt + 4) * tile;  // Q (64·mt rows), K×2, V×2
+    if (kind == kDq) return 6 * tile;   // Q, dO, K×2, V×2
+    const int64_t qt = int64_t(fa_dkdv_bq<DP>()) * (DP + 8) * int64_t(sizeof(Tin));
+    return 2 * tile + 4 * qt + 4 * fa_dkdv_bq<DP>() * int64_t(sizeof(float));  // K, V, (Q, dO)×2, (lse, δ)×2
+}
+
+// Forward. MT: 16-row m-tiles per warp (block of 64·MT query rows; each K/V fragment loaded once feeds MT products).
+template <typename Tin, int DP, int MT>
+__global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
+    constexpr int LD = DP + 8, BM = kFaRows * MT, BN = 64, NT = BN / 8, KS = DP / 16, OT = DP / 8;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
+    Tin* sQ = reinterpret_cast<Tin*>(fa_smem);
+    Tin* sK = sQ + BM * LD;       // two buffers
+    Tin* sV = sK + 2 * BN * LD;   // two buffers
+
+    const int64_t blk = blockIdx.x, qb = blk % p.n_blocks, h = (blk / p.n_blocks) % p.H;
+    const int64_t n = blk / p.n_blocks / p.H, hk = h / (p.H / p.Hk);
+    const Seq sq = seq_of(p, n);
+    const int64_t i0 = sq.start + qb * BM;
+    if (i0 >= sq.end) return;
+    const int nq = static_cast<int>(min64(BM, sq.end - i0));
+    const int64_t left = p.left, right = p.right;
+    const bool vec = p.vec != 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int wrow = warp * 16 * MT;  // first row of this warp; m-tile m: rows wrow + 16m + g and + 8
+    const float c = p.scale * kLog2e;
+
+    const int64_t lo = left < 0 ? sq.start : max64(sq.start, i0 - left);
+    const int64_t hi = right < 0 ? sq.end : min64(sq.end, i0 + nq - 1 + right + 1);
+    const int nkb = static_cast<int>(cdiv64(hi - lo, BN));
+
+    fa_load_tile<Tin, BM, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
+    cp_async_commit();
+    if (nkb > 0) {
+        const int nk = static_cast<int>(min64(BN, hi - lo));
+        fa_load_tile<Tin, BN, DP>(sK, p.k, sq.b, lo, hk, nk, p.D, vec);
+        fa_load_tile<Tin, BN, DP>(sV, p.v, sq.b, lo, hk, nk, p.Dv, vec);
+    }
+    cp_async_commit();
+
+    float acc[MT][OT][4];
+    float m_run[MT][2], l_run[MT][2];  // per m-tile: rows g and g + 8
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int o = 0; o < OT; ++o) acc[m][o][0] = acc[m][o][1] = acc[m][o][2] = acc[m][o][3] = 0.f;
+        m_run[m][0] = m_run[m][1] = -CUDART_INF_F;
+        l_run[m][0] = l_run[m][1] = 0.f;
+    }
+
+    for (int kb = 0; kb < nkb; ++kb) {
+        const int64_t j0 = lo + int64_t(kb) * BN;
+        if (kb + 1 < nkb) {  // prefetch the next key block into the other buffer
+            const int64_t j1 = j0 + BN;
+            const int nk1 = static_cast<int>(min64(BN, hi - j1));
+            const int buf = (kb + 1) & 1;
+            fa_load_tile<Tin, BN, DP>(sK + buf * BN * LD, p.k, sq.b, j1, hk, nk1, p.D, vec);
+            fa_load_tile<Tin, BN, DP>(sV + buf * BN * LD, p.v, sq.b, j1, hk, nk1, p.Dv, vec);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const Tin* K = sK + (kb & 1) * BN * LD;
+        const Tin* V = sV + (kb & 1) * BN * LD;
+
+        float s[MT][NT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) s[m][j][0] = s[m][j][1] = s[m][j][2] = s[m][j][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) frag_a(a[m], sQ, LD, wrow + 16 * m, ks * 16, lane);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t b[4];
+                frag_b_t2(b, K, LD, j * 8, ks * 16, lane);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma16816<Tin>(s[m][j], a[m], b);
+                    mma16816<Tin>(s[m][j + 1], a[m], b + 2);
+                }
+            }
+        }
+        // masked block: the window edges or the end of the key range cut through it
+        const bool masked = j0 + BN > hi || (left >= 0 && j0 < i0 + nq - 1 - left) || (right >= 0 && j0 + BN - 1 > i0 + right);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            const int64_t ia = i0 + wrow + 16 * m + g, ib = ia + 8;
+            float mx_a = -CUDART_INF_F, mx_b = -CUDART_INF_F;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[m][j][e] * c;
+                    if (masked) {
+                        const int64_t col = j0 + j * 8 + 2 * t + (e & 1);
+                        if (!(col < hi && in_window(e < 2 ? ia : ib, col, left, right))) x = -CUDART_INF_F;
+                    }
+                    s[m][j][e] = x;
+                }
+                mx_a = fmaxf(mx_a, fmaxf(s[m][j][0], s[m][j][1]));
+                mx_b = fmaxf(mx_b, fmaxf(s[m][j][2], s[m][j][3]));
+            }
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+            const float mn_a = fmaxf(m_run[m][0], mx_a), mn_b = fmaxf(m_run[m][1], mx_b);
+            const float sh_a = mn_a == -CUDART_INF_F ? 0.f : mn_a, sh_b = mn_b == -CUDART_INF_F ? 0.f : mn_b;
+            const float al_a = exp2f(m_run[m][0] - sh_a), al_b = exp2f(m_run[m][1] - sh_b);  // 0 while nothing seen
+            m_run[m][0] = mn_a;
+            m_run[m][1] = mn_b;
+            float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                s[m][j][0] = exp2f(s[m][j][0] - sh_a);
+                s[m][j][1] = exp2f(s[m][j][1] - sh_a);
+                s[m][j][2] = exp2f(s[m][j][2] - sh_b);
+                s[m][j][3] = exp2f(s[m][j][3] - sh_b);
+                sum_a += s[m][j][0] + s[m][j][1];
+                sum_b += s[m][j][2] + s[m][j][3];
+            }
+            l_run[m][0] = l_run[m][0] * al_a + sum_a;
+            l_run[m][1] = l_run[m][1] * al_b + sum_b;
+#pragma unroll
+            for (int o = 0; o < OT; ++o) {
+                acc[m][o][0] *= al_a;
+                acc[m][o][1] *= al_a;
+                acc[m][o][2] *= al_b;
+                acc[m][o][3] *= al_b;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {  // acc += P V
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) frag_a_from_c<Tin>(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
+#pragma unroll
+            for (int o = 0; o < OT; o += 2) {
+                uint32_t b[4];
+                frag_b_n2(b, V, LD, o * 8, kk * 16, lane);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma16816<Tin>(acc[m][o], a[m], b);
+                    mma16816<Tin>(acc[m][o + 1], a[m], b + 2);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with this buffer before the next prefetch refills it
+    }
+    cp_async_wait<0>();
+
+    const int64_t Dv = p.Dv;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        float l_a = l_run[m][0], l_b = l_run[m][1];
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+        const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+        const int r0 = wrow + 16 * m + g;
+#pragma unroll
+        for (int o = 0; o < OT; ++o) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = r0 + (e >> 1) * 8;
+                const int64_t col = o * 8 + 2 * t + (e & 1);
+                if (r < nq && col < Dv)
+                    p.out[((sq.b * p.T + i0 + r) * p.H + h) * Dv + col] =
+                        from_float<Tin>(acc[m][o][e] * (e < 2 ? inv_a : inv_b));
+            }
+        }
+        if (t == 0) {
+            if (r0 < nq) p.lse[(sq.b * p.H + h) * p.T + i0 + r0] = (m_run[m][0] + log2f(l_a)) * kLn2;
+            if (r0 + 8 < nq) p.lse[(sq.b * p.H + h) * p.T + i0 + r0 + 8] = (m_run[m][1] + log2f(l_b)) * kLn2;
+        }
+    }
+}
+
+template <typename Tin, int DP>
+__global__ void __launch_bounds__(kThreads) fa2_dq_kernel(Params<Tin> p) {
+    constexpr int LD = DP + 8, BN = 64, NT = BN / 8, KS = DP / 16, OT = DP / 8;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
+    Tin* sQ = reinterpret_cast<Tin*>(fa_smem);
+    Tin* sdO = sQ + kFaRows * LD;
+    Tin* sK = sdO + kFaRows * LD;  // two buffers
+    Tin* sV = sK + 2 * BN * LD;    // two buffers
+
+    const int64_t blk = blockIdx.x, qb = blk % p.n_blocks, h = (blk / p.n_blocks) % p.H;
+    const int64_t n = blk / p.n_blocks / p.H, hk = h / (p.H / p.Hk);
+    const Seq sq = seq_of(p, n);
+    const int64_t i0 = sq.start + qb * kFaRows;
+    if (i0 >= sq.end) return;
+    const int nq = static_cast<int>(min64(kFaRows, sq.end - i0));
+    const int64_t left = p.left, right = p.right;
+    const bool vec = p.vec != 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16 + g;
+    const int64_t ia = i0 + r0, ib = ia + 8;
+    const float c = p.scale * kLog2e;
+    const int64_t wrow = (sq.b * p.H + h) * p.T;
+    const float lse_a = r0 < nq ? p.lse_in[wrow + ia] * kLog2e : 0.f;
+    const float lse_b = r0 + 8 < nq ? p.lse_in[wrow + ib] * kLog2e : 0.f;
+    const float dl_a = r0 < nq ? p.delta[wrow + ia] : 0.f;
+    const float dl_b = r0 + 8 < nq ? p.delta[wrow + ib] : 0.f;
+
+    const int64_t lo = left < 0 ? sq.start : max64(sq.start, i0 - left);
+    const int64_t hi = right < 0 ? sq.end : min64(sq.end, i0 + nq - 1 + right + 1);
+    const int nkb = static_cast<int>(cdiv64(hi - lo, BN));
+
+    fa_load_tile<Tin, kFaRows, DP>(sQ, p.q, sq.b, i0, h, nq, p.D, vec);
+    fa_load_tile<Tin, kFaRows, DP>(sdO, p.dout, sq.b, i0, h, nq, p.Dv, vec);
+    cp_async_commit();
+    if (nkb > 0) {
+        const int nk = static_cast<int>(min64(BN, hi - lo));
+        fa_load_tile<Tin, BN, DP>(sK, p.k, sq.b, lo, hk, nk, p.D, vec);
+        fa_load_tile<Tin, BN, DP>(sV, p.v, sq.b, lo, hk, nk, p.Dv, vec);
+    }
+    cp_async_commit();
+
+    float dq[OT][4];
+#pragma unroll
+    for (int o = 0; o < OT; ++o) dq[o][0] = dq[o][1] = dq[o][2] = dq[o][3] = 0.f;
+
+    for (int kb = 0; kb < nkb; ++kb) {
+        const int64_t j0 = lo + int64_t(kb) * BN;
+        if (kb + 1 < nkb) {
+            const int64_t j1 = j0 + BN;
+            const int nk1 = static_cast<int>(min64(BN, hi - j1));
+            const int buf = (kb + 1) & 1;
+            fa_load_tile<Tin, BN, DP>(sK + buf * BN * LD, p.k, sq.b, j1, hk, nk1, p.D, vec);
+            fa_load_tile<Tin, BN, DP>(sV + buf * BN * LD, p.v, sq.b, j1, hk, nk1, p.Dv, vec);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const Tin* K = sK + (kb & 1) * BN * LD;
+        const Tin* V = sV + (kb & 1) * BN * LD;
+
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            uint32_t a[4], ad[4];
+            frag_a(a, sQ, LD, warp * 16, ks * 16, lane);
+            frag_a(ad, sdO, LD, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t b[4];
+                frag_b_t2(b, K, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(s[j], a, b);  // Q Kᵀ
+                mma16816<Tin>(s[j + 1], a, b + 2);
+                frag_b_t2(b, V, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(dp[j], ad, b);  // dO Vᵀ
+                mma16816<Tin>(dp[j + 1], ad, b + 2);
+            }
+        }
+        const bool masked = j0 + BN > hi || (left >= 0 && j0 < i0 + nq - 1 - left) || (right >= 0 && j0 + BN - 1 > i0 + right);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float pr = exp2f(s[j][e] * c - (e < 2 ? lse_a : lse_b));
+                if (masked) {
+                    const int64_t col = j0 + j * 8 + 2 * t + (e & 1);
+                    if (!(col < hi && in_window(e < 2 ? ia : ib, col, left, right))) pr = 0.f;
+                }
+                s[j][e] = pr * (dp[j][e] - (e < 2 ? dl_a : dl_b));  // dS
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {  // dq += dS K
+            uint32_t a[4];
+            frag_a_from_c<Tin>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int o = 0; o < OT; o += 2) {
+                uint32_t b[4];
+                frag_b_n2(b, K, LD, o * 8, kk * 16, lane);
+                mma16816<Tin>(dq[o], a, b);
+                mma16816<Tin>(dq[o + 1], a, b + 2);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    const int64_t D = p.D;
+#pragma unroll
+    for (int o = 0; o < OT; ++o) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = r0 + (e >> 1) * 8;
+            const int64_t col = o * 8 + 2 * t + (e & 1);
+            if (r < nq && col < D)
+                p.dq[((sq.b * p.T + i0 + r) * p.H + h) * D + col] = from_float<Tin>(p.scale * dq[o][e]);
+        }
+    }
+}
+
+template <typename Tin, int DP>
+__global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
+    constexpr int LD = DP + 8, BQ = fa_dkdv_bq<DP>(), NT = BQ / 8, KS = DP / 16, OT = DP / 8;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
+    Tin* sK = reinterpret_cast<Tin*>(fa_smem);
+    Tin* sV = sK + kFaRows * LD;
+    Tin* sQ = sV + kFaRows * LD;  // two buffers
+    Tin* sdO = sQ + 2 * BQ * LD;  // two buffers
+    float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * LD);  // lse·log2e, two buffers
+    float* sD = sL + 2 * BQ;                                  // δ, two buffers
+
+    const int64_t blk = blockIdx.x, kb = blk % p.n_blocks, hk = (blk / p.n_blocks) % p.Hk;
+    const int64_t n = blk / p.n_blocks / p.Hk, G = p.H / p.Hk;
+    const Seq sq = seq_of(p, n);
+    const int64_t j0 = sq.start + kb * kFaRows;
+    if (j0 >= sq.end) return;
+    const int nk = static_cast<int>(min64(kFaRows, sq.end - j0));
+    const int64_t left = p.left, right = p.right;
+    const bool vec = p.vec != 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = warp * 16 + g;  // this lane's keys r0 and r0 + 8 of the block
+    const int64_t ja = j0 + r0, jb = ja + 8;
+    const int64_t kend = j0 + nk;
+    const float c = p.scale * kLog2e;
+
+    // queries that may attend one of the keys [j0, j0 + nk): i ∈ [j − right, j + left]
+    const int64_t qlo = right < 0 ? sq.start : max64(sq.start, j0 - right);
+    const int64_t qhi = left < 0 ? sq.end : min64(sq.end, j0 + nk - 1 + left + 1);
+    const int nqb = static_cast<int>(cdiv64(qhi - qlo, BQ));
+    const int64_t n_it = int64_t(nqb) * G;
+
+    fa_load_tile<Tin, kFaRows, DP>(sK, p.k, sq.b, j0, hk, nk, p.D, vec);
+    fa_load_tile<Tin, kFaRows, DP>(sV, p.v, sq.b, j0, hk, nk, p.Dv, vec);
+    cp_async_commit();
+
+    // query tile `it` (head hk·G + it / nqb, rows from qlo + (it % nqb)·BQ) into buffer `buf`
+    auto load_q = [&](int64_t it, int buf) {
+        const int64_t h = hk * G + it / nqb, i0 = qlo + (it % nqb) * BQ;
+        const int nv = static_cast<int>(min64(BQ, qhi - i0));
+        fa_load_tile<Tin, BQ, DP>(sQ + buf * BQ * LD, p.q, sq.b, i0, h, nv, p.D, vec);
+        fa_load_tile<Tin, BQ, DP>(sdO + buf * BQ * LD, p.dout, sq.b, i0, h, nv, p.Dv, vec);
+        const int64_t w = (sq.b * p.H + h) * p.T + i0;
+        for (int r = threadIdx.x; r < BQ; r += kThreads) {
+            sL[buf * BQ + r] = r < nv ? p.lse_in[w + r] * kLog2e : 0.f;
+            sD[buf * BQ + r] = r < nv ? p.delta[w + r] : 0.f;
+        }
+    };
+    if (n_it > 0) load_q(0, 0);
+    cp_async_commit();
+
+    float dk[OT][4], dv[OT][4];
+#pragma unroll
+    for (int o = 0; o < OT; ++o)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[o][e] = dv[o][e] = 0.f;
+
+    for (int64_t it = 0; it < n_it; ++it) {
+        const int64_t i0 = qlo + (it % nqb) * BQ;
+        if (it + 1 < n_it) load_q(it + 1, static_cast<int>((it + 1) & 1));
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const int buf = static_cast<int>(it & 1);
+        const Tin* Q = sQ + buf * BQ * LD;
+        const Tin* dO = sdO + buf * BQ * LD;
+        const float* L = sL + buf * BQ;
+        const float* Dl = sD + buf * BQ;
+
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            uint32_t a[4], av[4];
+            frag_a(a, sK, LD, warp * 16, ks * 16, lane);
+            frag_a(av, sV, LD, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t b[4];
+                frag_b_t2(b, Q, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(s[j], a, b);  // K Qᵀ
+                mma16816<Tin>(s[j + 1], a, b + 2);
+                frag_b_t2(b, dO, LD, j * 8, ks * 16, lane);
+                mma16816<Tin>(dp[j], av, b);  // V dOᵀ
+                mma16816<Tin>(dp[j + 1], av, b + 2);
+            }
+        }
+        const bool masked = i0 + BQ > qhi || kend < j0 + kFaRows ||
+                            (left >= 0 && j0 < i0 + BQ - 1 - left) || (right >= 0 && j0 + kFaRows - 1 > i0 + right);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int q = j * 8 + 2 * t + (e & 1);
+                float pr = exp2f(s[j][e] * c - L[q]);
+                if (masked) {
+                    const int64_t i = i0 + q, key = e < 2 ? ja : jb;
+                    if (!(i < qhi && key < kend && in_window(i, key, left, right))) pr = 0.f;
+                }
+                s[j][e] = pr;                       // Pᵀ
+                dp[j][e] = pr * (dp[j][e] - Dl[q]);  // dSᵀ
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+            uint32_t ap[4], as[4];
+            frag_a_from_c<Tin>(ap, s[2 * kk], s[2 * kk + 1]);
+            frag_a_from_c<Tin>(as, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+            for (int o = 0; o < OT; o += 2) {
+                uint32_t b[4];
+                frag_b_n2(b, dO, LD, o * 8, kk * 16, lane);
+                mma16816<Tin>(dv[o], ap, b);  // dv += Pᵀ dO
+                mma16816<Tin>(dv[o + 1], ap, b + 2);
+                frag_b_n2(b, Q, LD, o * 8, kk * 16, lane);
+                mma16816<Tin>(dk[o], as, b);  // dk += dSᵀ Q
+                mma16816<Tin>(dk[o + 1], as, b + 2);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    const int64_t D = p.D, Dv = p.Dv;
+#pragma unroll
+    for (int o = 0; o < OT; ++o) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = r0 + (e >> 1) * 8;
+            const int64_t col = o * 8 + 2 * t + (e & 1);
+            if (r < nk) {
+                const int64_t row = (sq.b * p.T + j0 + r) * p.Hk + hk;
+                if (col < D) p.dk[row * D + col] = from_float<Tin>(p.scale * dk[o][e]);
+                if (col < Dv) p.dv[row * Dv + col] = from_float<Tin>(dv[o][e]);
+            }
+        }
     }
 }
 
@@ -435,7 +1076,49 @@ cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int64_t
     if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(grid), kThreads, static_cast<size_t>(bytes), stream>>>(p);
+    FLASHTS_LAUNCH(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), static_cast<size_t>(bytes), stream, p);
+    return cudaGetLastError();
+}
+
+// ---------------------------------------------------------------------------------------- FA2 launchers
+
+// Can 16-byte cp.async load every row of x? (unit last stride, 8-element-multiple strides, aligned base)
+bool rows_16b(const SwaInput& x) {
+    return x.stride_x == 1 && x.stride_b % 8 == 0 && x.stride_t % 8 == 0 && x.stride_h % 8 == 0 &&
+           reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+}
+
+// Padded head dim of the FA2 kernels (64 or 128), or 0 when they do not apply: float32 inputs, a head dim above
+// 128, a device older than sm_80, not enough shared memory, or FLASHTS_SWA_GENERIC=1 in the environment (the
+// generic kernels above; for comparisons).
+template <typename Tin>
+int fa_head_dim(const SwaSizes& sz, int kind) {
+    if (std::is_same<Tin, float>::value) return 0;
+    const char* env = std::getenv("FLASHTS_SWA_GENERIC");
+    if (env != nullptr && env[0] == '1') return 0;
+    const int64_t d = sz.D > sz.Dv ? sz.D : sz.Dv;
+    const int DP = d <= 64 ? 64 : (d <= 128 ? 128 : 0);
+    if (DP == 0) return 0;
+    int dev = 0, major = 0, max_smem = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 8) return 0;
+    if (cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
+    const int64_t need = DP == 64 ? fa_smem_bytes<Tin, 64>(kind) : fa_smem_bytes<Tin, 128>(kind);
+    return need <= max_smem ? DP : 0;
+}
+
+// n_seq · heads · ⌈max_len / rows⌉ blocks of 128 threads (rows: 64, or 64·MT for the forward).
+template <typename Tin, int DP>
+cudaError_t fa_launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int64_t heads, int64_t max_len,
+                      cudaStream_t stream, int mt = 1) {
+    const int64_t bytes = fa_smem_bytes<Tin, DP>(kind, mt);
+    p.n_blocks = cdiv64(max_len, kFaRows * mt);
+    const int64_t grid = p.N * heads * p.n_blocks;
+    if (grid == 0) return cudaSuccess;
+    if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+    FLASHTS_LAUNCH(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), static_cast<size_t>(bytes), stream, p);
     return cudaGetLastError();
 }
 
@@ -448,6 +1131,20 @@ cudaError_t fwd_typed(SwaInput q, SwaInput k, SwaInput v, SwaSizes sz, int64_t l
     p.v = view<Tin>(v);
     p.out = static_cast<Tin*>(o);
     p.lse = lse;
+    if constexpr (!std::is_same<Tin, float>::value) {
+        p.vec = rows_16b(q) && rows_16b(k) && rows_16b(v) && sz.D % 8 == 0 && sz.Dv % 8 == 0;
+        const int DP = fa_head_dim<Tin>(sz, kFwd);
+        // FLASHTS_SWA_FWD_ROWS=64: 64-row forward blocks at DP = 64 too (one m-tile per warp; for timing both)
+        const char* rows_env = std::getenv("FLASHTS_SWA_FWD_ROWS");
+        if (DP == 64 && rows_env != nullptr && std::strcmp(rows_env, "64") == 0)
+            return fa_launch<Tin, 64>(kFwd, fa2_fwd_kernel<Tin, 64, 1>, p, p.H, grid_len(sz), stream, 1);
+        if (DP == 64)
+            return fa_launch<Tin, 64>(kFwd, fa2_fwd_kernel<Tin, 64, fa_fwd_mt<64>()>, p, p.H, grid_len(sz), stream,
+                                      fa_fwd_mt<64>());
+        if (DP == 128)
+            return fa_launch<Tin, 128>(kFwd, fa2_fwd_kernel<Tin, 128, fa_fwd_mt<128>()>, p, p.H, grid_len(sz),
+                                       stream, fa_fwd_mt<128>());
+    }
     return launch<Tin>(kFwd, fwd_kernel<Tin>, p, p.H, grid_len(sz), stream);
 }
 
@@ -468,12 +1165,42 @@ cudaError_t bwd_typed(SwaInput dout, SwaInput q, SwaInput k, SwaInput v, SwaInpu
     p.dk = static_cast<Tin*>(dk);
     p.dv = static_cast<Tin*>(dv);
     const int64_t rows = sz.B * sz.T * sz.H;
-    if (rows > 0) {
+    bool delta_done = false;
+    if constexpr (!std::is_same<Tin, float>::value) {
+        if (rows > 0 && rows_16b(dout) && rows_16b(o) && sz.Dv % 8 == 0 && sz.Dv <= 128) {
+            const int64_t rows_per_block = (kThreads / 32) * (sz.Dv <= 64 ? 4 : 2);
+            const int64_t blocks = cdiv64(rows, rows_per_block);
+            const dim3 grid(static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16));
+            if (sz.Dv <= 64) {
+                auto kernel = fa_delta_kernel<Tin, 8>;
+                FLASHTS_LAUNCH(kernel, grid, dim3(kThreads), 0, stream, p);
+            } else {
+                auto kernel = fa_delta_kernel<Tin, 16>;
+                FLASHTS_LAUNCH(kernel, grid, dim3(kThreads), 0, stream, p);
+            }
+            cudaError_t err = cudaGetLastError();
+            if (err != cudaSuccess) return err;
+            delta_done = true;
+        }
+    }
+    if (rows > 0 && !delta_done) {
         const int64_t warps_per_block = kThreads / 32;
         const int64_t blocks = cdiv64(rows, warps_per_block);
-        delta_kernel<Tin><<<static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(p);
+        FLASHTS_LAUNCH(delta_kernel<Tin>, dim3(static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16)), dim3(kThreads), 0,
+                       stream, p);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return err;
+    }
+    if constexpr (!std::is_same<Tin, float>::value) {
+        p.vec = rows_16b(q) && rows_16b(k) && rows_16b(v) && rows_16b(dout) && sz.D % 8 == 0 && sz.Dv % 8 == 0;
+        const int DP = fa_head_dim<Tin>(sz, kDq) != 0 ? fa_head_dim<Tin>(sz, kDkDv) : 0;
+        if (DP == 64 || DP == 128) {
+            cudaError_t err = DP == 64 ? fa_launch<Tin, 64>(kDq, fa2_dq_kernel<Tin, 64>, p, p.H, grid_len(sz), stream)
+                                       : fa_launch<Tin, 128>(kDq, fa2_dq_kernel<Tin, 128>, p, p.H, grid_len(sz), stream);
+            if (err != cudaSuccess) return err;
+            return DP == 64 ? fa_launch<Tin, 64>(kDkDv, fa2_dkdv_kernel<Tin, 64>, p, p.Hk, grid_len(sz), stream)
+                            : fa_launch<Tin, 128>(kDkDv, fa2_dkdv_kernel<Tin, 128>, p, p.Hk, grid_len(sz), stream);
+        }
     }
     cudaError_t err = launch<Tin>(kDq, dq_kernel<Tin>, p, p.H, grid_len(sz), stream);
     if (err != cudaSuccess) return err;
@@ -481,6 +1208,23 @@ cudaError_t bwd_typed(SwaInput dout, SwaInput q, SwaInput k, SwaInput v, SwaInpu
 }
 
 }  // namespace
+
+int sliding_window_fa2_head_dim(DType dtype, SwaSizes sz, int backward) {
+    if (check_sizes(sz) != cudaSuccess) return 0;
+    auto both = [&](auto tag) {
+        using T = decltype(tag);
+        if (!backward) return fa_head_dim<T>(sz, kFwd);
+        return fa_head_dim<T>(sz, kDq) != 0 ? fa_head_dim<T>(sz, kDkDv) : 0;
+    };
+    switch (dtype) {
+        case DType::F16:
+            return both(__half{});
+        case DType::BF16:
+            return both(__nv_bfloat16{});
+        default:
+            return 0;
+    }
+}
 
 cudaError_t sliding_window_fwd(DType dtype, SwaInput q, SwaInput k, SwaInput v, SwaSizes sz, int64_t left,
                                int64_t right, float scale, void* o, float* lse, cudaStream_t stream) {

@@ -231,13 +231,28 @@ def _expand(template: str, hmma_types=(), ldg_types=()) -> dict[str, tuple[bool,
 
 
 EXPECTED: dict[str, tuple[bool, bool]] = {}
-# linear attention: wmma TF32 tensor cores for 16-bit inputs, FMA for float32; scalar strided loads.
-for _k in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkv_kernel"):
-    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_16))
+# linear attention: mma.sync TF32 tensor cores for 16-bit inputs, FMA for float32; 16-byte loads of contiguous rows
+# (scalar fallback for strided ones); the chunk-parallel forward (chunk_state / state_scan / chunk_out).
+for _k in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkv_kernel", "chunk_state_kernel", "chunk_out_kernel"):
+    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_16, ldg_types=_ALL))
+EXPECTED.update(_expand("linear::state_scan_kernel<{T}>", ldg_types=_ALL))
 # sliding window: wmma f16/bf16 tensor cores in the tile kernels, FMA for float32; delta is a row reduction.
 for _k in ("fwd_kernel", "dq_kernel", "dkdv_kernel"):
     EXPECTED.update(_expand("swa::%s<{T}>" % _k, hmma_types=_16))
 EXPECTED.update(_expand("swa::delta_kernel<{T}>"))
+# sliding window FA2 kernels (16-bit inputs, head dims padded to 64 / 128): mma.sync m16n8k16 + cp.async tiles.
+for _t in _16:
+    EXPECTED[f"swa::fa2_fwd_kernel<{_t},64,2>"] = (True, False)  # <T, padded head dim, m-tiles per warp>
+    EXPECTED[f"swa::fa2_fwd_kernel<{_t},64,1>"] = (True, False)  # FLASHTS_SWA_FWD_ROWS=64
+    EXPECTED[f"swa::fa2_fwd_kernel<{_t},128,1>"] = (True, False)
+    for _k in ("fa2_dq_kernel", "fa2_dkdv_kernel"):
+        for _dp in (64, 128):
+            EXPECTED[f"swa::{_k}<{_t},{_dp}>"] = (True, False)
+for _t in _16:  # δ = rowsum(dO·O) with 16-byte loads
+    for _pl in (8, 16):
+        EXPECTED[f"swa::fa_delta_kernel<{_t},{_pl}>"] = (False, True)
+# kernels that must keep their cp.async (LDGSTS) tile loads
+EXPECTED_CP_ASYNC = {k for k in EXPECTED if k.startswith("swa::fa2_")}
 # prefix scan (Aaren / Latte): sequential-in-time FMA scans, no tensor cores, scalar loads.
 for _kind in ("Aaren", "Latte"):
     for _k in ("forward_kernel", "recompute_kernel", "reverse_kernel"):
@@ -260,7 +275,7 @@ for _t in _ALL:
 
 # Matrix kernels: those whose math is a tile product (should use tensor cores; issue 15). The rest are scans,
 # elementwise or reductions.
-MATRIX_KERNELS = re.compile(r"^(linear::(fwd|bwd_dq|bwd_dkv)|swa::(fwd|dq|dkdv))_kernel")
+MATRIX_KERNELS = re.compile(r"^(linear::(fwd|bwd_dq|bwd_dkv|chunk_state|chunk_out)|swa::(fa2_)?(fwd|dq|dkdv))_kernel")
 
 
 # ------------------------------------------------------------------------------------------------ grids
@@ -303,6 +318,13 @@ def goal_grids() -> dict[str, str]:
     lin = 4 * 16
     for k in ("fwd", "bwd_dq", "bwd_dkv"):
         g[f"linear::{k}_kernel"] = f"B·H = {lin} (D=64 and 128)"
+    # chunk-parallel forward (the plan at the goal shapes: C = 64, BV = 64; tests/test_linear_chunk_port.py)
+    g["linear::fwd_kernel"] += " (one-pass mode; not picked at the goal shapes)"
+    for k in ("bwd_dq", "bwd_dkv"):  # chunk-parallel backward at the goal shapes: C = 64 (D=64), 32 (D=128)
+        g[f"linear::{k}_kernel"] = "chunk-parallel B·⌈T/C⌉·H: D=64: 8192; D=128: 16384 (one-pass mode: B·H = 64)"
+    g["linear::chunk_state_kernel"] = "B·⌈T/C⌉·H·⌈Dv/BV⌉: D=64: 8192; D=128: 16384"
+    g["linear::chunk_out_kernel"] = "B·⌈T/C⌉·H·⌈Dv/BV⌉: D=64: 8192; D=128: 16384"
+    g["linear::state_scan_kernel"] = "B·H·⌈Dp(Dvp+1)/1024⌉: D=64: 320; D=128: 1088"
     T = 8192
     for k in ("fwd", "dq", "dkdv"):
         parts = []
@@ -311,6 +333,10 @@ def goal_grids() -> dict[str, str]:
             parts.append(f"D={D}: BT={bt}, {4 * 16 * -(-T // bt)}")
         g[f"swa::{k}_kernel"] = "B·H·⌈T/BT⌉: " + "; ".join(parts)
     g["swa::delta_kernel"] = f"⌈B·T·H/4⌉ = {-(-4 * T * 16 // 4)}"
+    g["swa::fa_delta_kernel"] = f"⌈B·T·H/(4·32/P)⌉: Dv=64: {-(-4 * T * 16 // 16)}, Dv=128: {-(-4 * T * 16 // 8)}"
+    for k in ("fwd", "dq", "dkdv"):  # FA2 kernels: 64-row blocks (B·Hk·⌈T/64⌉ for dk/dv; Hk = H at the goal shapes)
+        g[f"swa::fa2_{k}_kernel"] = f"B·H·⌈T/64⌉ = {4 * 16 * -(-T // 64)} (D=64 and 128)"
+    g["swa::fa2_fwd_kernel"] = f"B·H·⌈T/(64·MT)⌉: D=64 (MT=2): {4 * 16 * -(-T // 128)}, D=128: {4 * 16 * -(-T // 64)}"
     for k in ("forward_kernel", "recompute_kernel", "reverse_kernel", "bidir_bwd_kernel"):
         g[f"scan::{k}"] = "B·H = 64"
     B, H, E = 32, 8, 64

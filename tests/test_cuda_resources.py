@@ -70,3 +70,8 @@ def test_no_kernel_loses_instructions(kernels):
         if want_ldg and not k.ldg128:
             lost.append(f"{k.name}: no LDG.E.128 in the SASS")
     assert not lost, "\n".join(lost)
+
+
+def test_cp_async_kernels_keep_ldgsts(kernels):
+    lost = [k.name for k in kernels if k.name in cr.EXPECTED_CP_ASYNC and not k.ldgsts]
+    assert not lost, "no cp.async (LDGSTS) in the SASS of: " + ", ".join(lost)

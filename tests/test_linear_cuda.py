@@ -7,7 +7,8 @@ so an element a kernel forgets to write fails the comparison.
 The kernels pick their chunk size (64, 32 or 16 steps) from the device's shared memory, so the lengths below
 (T up to 257, packed sequences of 1..40 steps) cross chunk boundaries for every choice.
 
-Covers: causal / non-causal × feature maps (elu, relu, identity) × normalize, scale and eps; float32, float16,
+Every test runs twice, with the forward forced to the chunk-parallel mode and to the one-pass mode (fixture
+fwd_mode). Covers: causal / non-causal × feature maps (elu, relu, identity) × normalize, scale and eps; float32, float16,
 bfloat16 (outputs and all gradients); T ∈ {1, 2, 17, 63, 100, 257}; head dims from 1 to 128 (odd, at and
 between the 16-wide tensor-core tiles); D > 128 refused with a RuntimeError (checked without a GPU too); GQA
 (Hk = H, H/2, 1, and equal to repeating k, v); initial/final states and their gradients with any subset of
@@ -22,6 +23,7 @@ import torch
 
 import flashts
 from flashts import _backend
+from flashts import reference as ref
 from helpers import check_against_reference, rel_err
 
 OP = "linear_attention"
@@ -32,6 +34,16 @@ F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float6
 SELF_TOL = {F32: 2e-5, F16: 3e-3, BF16: 2e-2}
 
 cuda_ext = pytest.mark.cuda_ext
+
+
+@pytest.fixture(autouse=True, params=["chunked", "one_pass"])
+def fwd_mode(request, monkeypatch):
+    """Every test runs with both forward modes forced (the chunk-parallel three-phase forward and the one-pass
+    kernel); "auto" picks between them by the occupancy rule (test_auto_mode_equals_both_modes)."""
+    from flashts.cuda_ops import linear as impl
+
+    monkeypatch.setattr(impl, "FWD_MODE", request.param)
+    return request.param
 
 
 def inputs(B, T, H, D, Dv, Hk=None, *, positive=False, scale=1.0):
@@ -438,3 +450,27 @@ def test_half_gradients_in_input_dtype():
     q, k, v = (leaf(x, BF16) for x in inputs(1, 20, 2, 8, 8))
     flashts.linear_attention(q, k, v, backend=BACKEND).float().sum().backward()
     assert q.grad.dtype == k.grad.dtype == v.grad.dtype == BF16
+
+
+@cuda_ext
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,T,H,D", [(1, 300, 2, 64), (64, 40, 8, 32), (2, 1000, 4, 128)])
+def test_auto_mode_equals_both_modes(causal, B, T, H, D, fwd_mode, monkeypatch):
+    """One-pass, chunk-parallel and "auto" forwards agree (float32) with each other and the reference, on
+    shapes where the rule picks either mode (B·H = 512 ≥ 2·SMs picks one pass on a 132-SM GPU)."""
+    from flashts.cuda_ops import linear as impl
+
+    q, k, v = inputs(B, T, H, D, D, positive=True)
+    S0, z0 = state(B, H, D, D)
+    outs = {}
+    for mode in ("one_pass", "chunked", "auto"):
+        monkeypatch.setattr(impl, "FWD_MODE", mode)
+        outs[mode] = impl.linear_attention_fwd(q.to(DEV), k.to(DEV), v.to(DEV), S0.to(DEV), z0.to(DEV), None,
+                                               causal, "elu", True, 1.0, 1e-6)
+    o_ref, (S_ref, z_ref) = ref.linear_attention(
+        q.double(), k.double(), v.double(), causal=causal, initial_state=(S0.double(), z0.double()),
+        output_final_state=True)
+    for mode, (o, S, z) in outs.items():
+        assert_close(o.cpu().double(), o_ref, F32, f"o ({mode})")
+        assert_close(S.cpu().double(), S_ref, F32, f"S_T ({mode})")
+        assert_close(z.cpu().double(), z_ref, F32, f"z_T ({mode})")

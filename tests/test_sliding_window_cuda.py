@@ -84,7 +84,7 @@ def test_windows_vs_reference(T, window):
 @pytest.mark.parametrize("T", [17, 100, 257])
 @pytest.mark.parametrize("window", [(0, 0), (3, 2), (W - 1, 0), (-1, 0), (-1, -1), (70, 5)], ids=str)
 def test_half_precision(dtype, T, window):
-    """Tensor-core path (wmma fp16 / bf16, float32 accumulation)."""
+    """Tensor-core path (FA2 kernels: mma.sync fp16 / bf16, float32 accumulation)."""
     q, k, v = qkv(1, T, 4, 2, 64, 64)
     check_against_reference(OP, BACKEND, (q, k, v), {"window": window, "return_lse": True}, dtype=dtype)
 
@@ -96,6 +96,21 @@ def test_half_precision(dtype, T, window):
 def test_head_dims(dtype, D, Dv):
     q, k, v = qkv(1, 100, 2, 1, D, Dv)
     check_against_reference(OP, BACKEND, (q, k, v), {"window": (20, 7), "return_lse": True}, dtype=dtype)
+
+
+@cuda_ext
+@pytest.mark.parametrize("family", ["fa2", "fa2-64-row-forward", "generic"])
+@pytest.mark.parametrize("D", [64, 128])
+def test_both_kernel_families(family, D, monkeypatch):
+    """16-bit inputs with D <= 128 take the FlashAttention-2 kernels; FLASHTS_SWA_GENERIC=1 forces the generic ones,
+    FLASHTS_SWA_FWD_ROWS=64 the 64-row forward blocks at D = 64. All against the reference (outputs, lse, every
+    gradient)."""
+    if family == "generic":
+        monkeypatch.setenv("FLASHTS_SWA_GENERIC", "1")
+    if family == "fa2-64-row-forward":
+        monkeypatch.setenv("FLASHTS_SWA_FWD_ROWS", "64")
+    q, k, v = qkv(2, 257, 4, 2, D, D)
+    check_against_reference(OP, BACKEND, (q, k, v), {"window": (70, 5), "return_lse": True}, dtype=BF16)
 
 
 @cuda_ext

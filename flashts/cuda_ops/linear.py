@@ -3,7 +3,13 @@
 Math. q̃_t = scale·φ(q_t), k̃_t = φ(k_t);  S_t = S_0 + Σ_{s∈A(t)} k̃_s v_sᵀ,  z_t = z_0 + Σ_{s∈A(t)} k̃_s;
 o_t = q̃_tᵀ S_t / (q̃_t·z_t + eps) (normalize) or q̃_tᵀ S_t;  A(t) = {s ≤ t} (causal) or all s.
 
-Chunking (see the header of csrc/linear_attention.cu): one thread block per (sequence, query head) walks time
+Forward, two modes picked per call by the occupancy rule of kernels/occupancy.py (csrc/linear_attention.h
+FwdPlan, with the device's SM count; ``FWD_MODE`` forces one):
+* chunk-parallel (whenever N·H < 2·SMs, e.g. every goal shape): phase 1 writes every chunk's summary K̃_cᵀ V_c
+  and colsum K̃_c (B·NS·H·⌈Dv/BV⌉ blocks), phase 2 scans them along the chunks in float32 (with the initial
+  state; the final state out), phase 3 writes every chunk's outputs O_c = Q̃_c S_c + tril(Q̃_c K̃_cᵀ) V_c in
+  parallel; a float32 workspace [B, NS, H, Dp·(Dvp+1)] holds the chunk states.
+* one pass: one thread block per (sequence, query head) walks time
 in chunks of C ∈ {64, 32, 16} steps (the largest that fits in shared memory) with the float32 state [D, Dv]
 (and z [D]) resident in shared memory:  O_c = Q̃_c S + tril(Q̃_c K̃_cᵀ) V_c,  S += K̃_cᵀ V_c. The chunk products
 run on tensor cores in TF32 (wmma, float32 accumulation) for float16/bfloat16 inputs — whose values are exact
@@ -13,7 +19,10 @@ FMA for float32 inputs. Non-causal: a first sweep sums the whole state, a second
 Backward: a forward-order kernel recomputes den, stores inv = 1/(den+eps) and dden = −inv·(do·o) per position
 (two float32 [B, T, H] workspaces) and writes dq; a reverse-order kernel carries the state cotangent
 (dS, dz) from (dS_T, dz_T) to (dS_0, dz_0) and writes dk, dv for each QUERY head in float32; this module sums
-the H/Hk query heads of each GQA group and casts (torch glue).
+the H/Hk query heads of each GQA group and casts (torch glue). In the chunk-parallel mode (same rule) both
+kernels run one block per chunk: the chunk states come from the forward's summaries + scan, the state cotangent
+leaving each chunk from a reverse scan of the chunk summaries Q̃ᵀ dO' (two float32 workspaces of the forward's
+size).
 
 Supported: float32/float16/bfloat16 inputs with any strides, D ≤ 128 and Dv ≤ 128 (``MAX_HEAD_DIM``; larger
 head dims raise RuntimeError so callers can use backend="triton" or "torch"), every option of the op, GQA,
@@ -32,6 +41,10 @@ from . import decode, extension
 _F32 = torch.float32
 # Largest D and Dv the kernels take (csrc/linear_attention.h, kMaxHeadDim).
 MAX_HEAD_DIM = 128
+# Forward and backward launch mode: "auto" (the occupancy rule of csrc/linear_attention.h FwdPlan: one pass only when N·H
+# fills 2 blocks per SM, else the chunk-parallel three-phase forward), or a fixed "one_pass" / "chunked"
+# (tests set it to cover both).
+FWD_MODE = "auto"
 
 
 def _check_dims(D: int, Dv: int) -> None:
@@ -75,7 +88,7 @@ def linear_attention_fwd(q: Tensor, k: Tensor, v: Tensor, S0: Optional[Tensor], 
     S_T = new_empty((N, H, D, Dv), dtype=_F32, device=dev)
     z_T = new_empty((N, H, D), dtype=_F32, device=dev)
     ext.linear_attention_fwd(q, k, v, _f32(S0), _f32(z0), _cu(cu_seqlens), bool(causal), feature_map,
-                             bool(normalize), float(scale), float(eps), o, S_T, z_T)
+                             bool(normalize), float(scale), float(eps), o, S_T, z_T, FWD_MODE)
     return o, S_T, z_T
 
 
@@ -103,7 +116,7 @@ def linear_attention_bwd(do: Tensor, dS_T: Optional[Tensor], dz_T: Optional[Tens
     dz0 = new_empty((N, H, D), dtype=_F32, device=dev) if S0 is not None else None
     ext.linear_attention_bwd(do, _f32(dS_T), _f32(dz_T), q, k, v, o, _f32(S0), _f32(z0), _cu(cu_seqlens),
                              bool(causal), feature_map, bool(normalize), float(scale), float(eps), ws_inv, ws_dden,
-                             dq, dk_heads, dv_heads, dS0, dz0)
+                             dq, dk_heads, dv_heads, dS0, dz0, FWD_MODE)
     dk = _group_sum(dk_heads, Hk, k.dtype)
     dv = _group_sum(dv_heads, Hk, v.dtype)
     if S0 is None:

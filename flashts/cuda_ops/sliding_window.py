@@ -4,7 +4,14 @@
 Math. s_ij = scale·q_i·k_j over the allowed keys i − left ≤ j ≤ i + right of i's sequence (−1 = unbounded):
 lse_i = log Σ_j exp(s_ij), o_i = Σ_j exp(s_ij − lse_i) v_j.
 
-Blocking (see the header of csrc/sliding_window.cu): query and key blocks of BT ∈ {64, 32, 16} rows (the
+Two kernel families (csrc/sliding_window.cu). float16/bfloat16 inputs with D, Dv ≤ 128 on sm_80+ run the
+FlashAttention-2 kernels: 64-row query (or key) blocks of 4 warps (128 query rows in the D ≤ 64 forward), tile products on tensor cores with
+``mma.sync.m16n8k16`` (float32 accumulation), scores / probabilities / accumulators in registers, ldmatrix
+fragments, K/V (backward: Q/dO) tiles double-buffered with 16-byte ``cp.async``, head dims padded to 64 or 128
+with zeros. Everything else (float32, head dims up to 256) runs the generic kernels described next;
+``FLASHTS_SWA_GENERIC=1`` forces them (for comparisons).
+
+Generic kernels (see the header of csrc/sliding_window.cu): query and key blocks of BT ∈ {64, 32, 16} rows (the
 largest that fits in shared memory). Forward: one thread block per (query block, head, sequence) visits only
 the key blocks intersecting the window, with an online softmax (running max / sum per row, masked scores never
 exponentiated) and writes o and lse. Backward: δ_i = do_i·o_i − dlse_i (a small kernel), then dq per query

@@ -36,7 +36,11 @@ class _Base(nn.Module):
 
     def _finish(self, o: torch.Tensor) -> torch.Tensor:
         B, T = o.shape[:2]
-        return self.dropout(self.out_proj(o.reshape(B, T, -1)))
+        return self._drop(self.out_proj(o.reshape(B, T, -1)))
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        """The output dropout, skipped where it is the identity (eval mode or p = 0: a step saves the call)."""
+        return self.dropout(y) if self.dropout.training and self.dropout.p > 0 else y
 
     def _no_stream(self, why: str):
         raise ValueError(f"{type(self).__name__}: streaming (state / output_final_state / step) {why}")
@@ -74,14 +78,20 @@ class _Base(nn.Module):
     def _direct_step(self, x_t: torch.Tensor, state) -> bool:
         """True when the op would run on the torch backend and ``state`` is None or has the expected shapes
         (layers without a direct step, ``_OP = None``, always go through ``forward``)."""
-        if self._OP is None or _backend.resolve(self._OP, self.backend, x_t.device, x_t.dtype) != "torch":
+        if self._OP is None:
             return False
+        if not (self.backend == "torch" or (self.backend == "auto" and x_t.is_cpu
+                                             and _backend.default_backend() in ("auto", "torch"))):
+            if _backend.resolve(self._OP, self.backend, x_t.device, x_t.dtype) != "torch":
+                return False
         if state is None:
             return True
         want = self._state_shapes(x_t.shape[0])
-        return (isinstance(state, (tuple, list)) and len(state) == len(want)
-                and all(isinstance(t, torch.Tensor) and tuple(t.shape) == w and t.device == x_t.device
-                        and t.dtype == _step.compute_dtype(x_t.dtype) for t, w in zip(state, want)))
+        if not isinstance(state, (tuple, list)) or len(state) != len(want):
+            return False
+        dev, cd = x_t.device, _step.compute_dtype(x_t.dtype)
+        return all(isinstance(t, torch.Tensor) and t.shape == w and t.dtype == cd and t.device == dev
+                   for t, w in zip(state, want))
 
 
 # --------------------------------------------------------------------------------------------- linear
@@ -172,7 +182,7 @@ class LinearAttention(_Base):
         v = self.v_proj(x_t).view(B, self.n_kv_heads, self.head_dim)
         o, new_state = _step.linear_step(q, k, v, state, feature_map=self.feature_map, normalize=self.normalize,
                                          eps=self.eps, inplace=inplace)
-        return self.dropout(self.out_proj(o.reshape(B, -1))), new_state
+        return self._drop(self.out_proj(o.reshape(B, -1))), new_state
 
 
 # ------------------------------------------------------------------------------------- sliding window
@@ -477,7 +487,7 @@ class Aaren(_Base):
         k = self.k_proj(x_t).view(B, H, D)
         v = self.v_proj(x_t).view(B, H, D)
         o, new_state = _step.aaren_step(self.query.to(k.dtype), k, v, state, scale=self.scale, inplace=inplace)
-        return self.dropout(self.out_proj(o.reshape(B, -1))), new_state
+        return self._drop(self.out_proj(o.reshape(B, -1))), new_state
 
 
 # ------------------------------------------------------------------------------------------------ Latte
@@ -554,4 +564,4 @@ class Latte(_Base):
         k = self.k_proj(x_t).view(B, H, L)
         v = self.v_proj(x_t).view(B, H, self.head_dim)
         o, new_state = _step.latte_step(q, k, v, state, inplace=inplace)
-        return self.dropout(self.out_proj(o.reshape(B, -1))), new_state
+        return self._drop(self.out_proj(o.reshape(B, -1))), new_state

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
+from . import _fast_step
 from ._common import cast_for_autocast, contiguous, empty_batch, no_autocast, opt, packed_offsets, state_dtype, unopt
 
 OP = "linear_attention"
@@ -114,6 +115,11 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, fe
     Returns:
         ``o [B, T, H, Dv]`` in the input dtype, or ``(o, (S_T, z_T))`` with ``output_final_state``.
     """
+    if not torch.compiler.is_compiling():   # T = 1 on CPU, eager: the step in O(1) Python (None: general path)
+        fast = _fast_step.linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_state,
+                                 output_final_state, cu_seqlens, backend)
+        if fast is not None:
+            return fast
     a = _validate.check_linear(q, k, v, causal, feature_map, normalize, scale, eps, initial_state,
                                output_final_state, cu_seqlens)
     q, k, v = cast_for_autocast(q, k, v)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
+from . import _fast_step
 from ._common import cast_for_autocast, contiguous, no_autocast, opt, packed_offsets, state_dtype, unopt
 
 OP = "latte_macchiato_attention"
@@ -146,6 +147,11 @@ def latte_macchiato_attention(q: Tensor, k: Tensor, v: Tensor, mix: Tensor, late
         >>> y1, st = flashts.latte_macchiato_attention(q[:, :1], k[:, :1], v[:, :1], mix[:, :1], lk[:, :1],
         ...                                            window=(31, 0), initial_state=st, output_final_state=True)
     """
+    if not torch.compiler.is_compiling():   # T = 1 with a state on CPU, eager: the step in O(1) Python
+        fast = _fast_step.macchiato(q, k, v, mix, latent_k, window, scale, initial_state, output_final_state,
+                                    cu_seqlens, backend)
+        if fast is not None:
+            return fast
     a = _validate.check_macchiato(q, k, v, mix, latent_k, window, scale, initial_state, output_final_state,
                                   cu_seqlens)
     q, k, v, mix, latent_k = cast_for_autocast(q, k, v, mix, latent_k)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _validate
+from . import _fast_step
 from ._common import (cast_for_autocast, contiguous, empty_batch, no_autocast, opt, packed_offsets, state_dtype,
                       unopt)
 
@@ -152,6 +153,10 @@ def aaren_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] =
     Returns:
         ``o [B, T, H, Dv]``, or ``(o, (m, u, w))`` with ``output_final_state``.
     """
+    if not torch.compiler.is_compiling():   # T = 1 on CPU, eager: the step in O(1) Python (None: general path)
+        fast = _fast_step.aaren(q, k, v, scale, initial_state, output_final_state, cu_seqlens, backend)
+        if fast is not None:
+            return fast
     a = _validate.check_aaren(q, k, v, scale, initial_state, output_final_state, cu_seqlens)
     q, k, v = cast_for_autocast(q, k, v)
     be = _backend.resolve(AAREN, backend, a.device, k.dtype)
@@ -249,6 +254,10 @@ def latte_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
     Returns:
         ``o [B, T, H, Dv]``, or ``(o, (m, alpha, S))`` with ``output_final_state``.
     """
+    if not torch.compiler.is_compiling():   # T = 1 on CPU, eager: the step in O(1) Python (None: general path)
+        fast = _fast_step.latte(q, k, v, causal, initial_state, output_final_state, cu_seqlens, backend)
+        if fast is not None:
+            return fast
     a = _validate.check_latte(q, k, v, causal, initial_state, output_final_state, cu_seqlens)
     q, k, v = cast_for_autocast(q, k, v)
     be = _backend.resolve(LATTE, backend, a.device, q.dtype)
