@@ -219,7 +219,7 @@ def test_causal_paths_match_reference(monkeypatch, path, op, dtype):
         monkeypatch.setattr(ps, "FAST_CHUNK", 5)
         monkeypatch.setattr(ps, "AAREN_CHUNK", 5)
         monkeypatch.setattr(ps, "AAREN_BLOCK_ELEMENTS", 2 * 3 * 6 * 5 * 3)
-        monkeypatch.setattr(ps, "LATTE_BLOCK_CHUNKS", 3, raising=False)
+        monkeypatch.setattr(ps, "LATTE_BLOCK_CHUNKS", 3)   # Latte: segments of 15 steps
     else:
         monkeypatch.setattr(ps, "FAST", False)
         monkeypatch.setattr(ps, "CHUNK", 4)
