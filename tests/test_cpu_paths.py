@@ -206,7 +206,7 @@ def test_layer_step_inplace_equals_forward(make):
 
 # ------------------------------------------------------------------------------------------- both causal paths
 
-@pytest.mark.parametrize("path", ["fast-small-chunks", "exact-tiles"])
+@pytest.mark.parametrize("path", ["fast-small-chunks", "small-blocks", "exact-tiles"])
 @pytest.mark.parametrize("op", ["aaren_attention", "latte_attention"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_causal_paths_match_reference(monkeypatch, path, op, dtype):
@@ -215,6 +215,11 @@ def test_causal_paths_match_reference(monkeypatch, path, op, dtype):
     gradients including the initial state's, against the reference."""
     if path == "fast-small-chunks":
         monkeypatch.setattr(ps, "FAST_CHUNK", 3)
+    elif path == "small-blocks":   # Aaren: blocks of 3 chunks of 5 steps (T = 203: a last block of 1.6 chunks)
+        monkeypatch.setattr(ps, "FAST_CHUNK", 5)
+        monkeypatch.setattr(ps, "AAREN_CHUNK", 5)
+        monkeypatch.setattr(ps, "AAREN_BLOCK_ELEMENTS", 2 * 3 * 6 * 5 * 3)
+        monkeypatch.setattr(ps, "LATTE_BLOCK_CHUNKS", 3)   # Latte: segments of 15 steps
     else:
         monkeypatch.setattr(ps, "FAST", False)
         monkeypatch.setattr(ps, "CHUNK", 4)
@@ -239,3 +244,22 @@ def test_fast_path_declines_wide_spreads(monkeypatch):
                          torch.zeros(H, L, Dv, dtype=torch.float64)) is None
     check_against_reference("latte_attention", "torch", (torch.randn(B, T, H, L), k, torch.randn(B, T, H, Dv)),
                             {}, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------- sliding-window band
+
+@pytest.mark.parametrize("window,bq", [((13, 0), 8), ((5, 9), 4), ((0, 0), 16), ((60, 3), 8)])
+def test_sliding_window_band_forward(monkeypatch, window, bq):
+    """The one-matmul band forward (narrow window, query blocks of bq rows, one key block each; groups of a few
+    blocks per matmul) on odd T with GQA, windows wider than the sequence and with no right part: outputs and
+    gradients against the reference, and the band really taken."""
+    from flashts.torch_ops import sliding_window as sw
+    monkeypatch.setattr(sw, "NARROW_BLOCK_Q", bq)
+    monkeypatch.setattr(sw, "BAND_GROUP_ELEMENTS", 2 * 2 * bq * 2 * (bq + sum(window)) * 3)   # 3 blocks a group
+    calls = []
+    band = sw._band_forward
+    monkeypatch.setattr(sw, "_band_forward", lambda *a: calls.append(1) or band(*a))
+    B, T, H, Hk, D, Dv = 2, 53, 4, 2, 8, 6
+    args = (torch.randn(B, T, H, D), torch.randn(B, T, Hk, D), torch.randn(B, T, Hk, Dv))
+    check_against_reference("sliding_window_attention", "torch", args, dict(window=window), dtype=torch.float64)
+    assert calls

@@ -367,7 +367,72 @@ def _suffix_scan_linear(mu: Tensor, Qh: Tensor, Qr: Tensor):
 
 # ------------------------------------------------------------------------------------------------ causal core
 
+# Long sequences run as consecutive segments, the state leaving one the initial state of the next, so every
+# intermediate of the cores is O(segment) (no whole-sequence temporaries: on CPU each is a fresh, page-faulting
+# allocation and a trip through memory; this kept the time linear in T). The maxima of the state are constants
+# of the backward (see the module docstring), so chaining the segments' backwards through (du, dw) is exact.
+# A segment holds LATTE_BLOCK_CHUNKS chunks of FAST_CHUNK steps, or (None) about SCAN_BLOCK_ELEMENTS numbers per
+# [rows, steps, max(L, Dv, C)] tensor.
+SCAN_BLOCK_ELEMENTS = 1 << 20
+LATTE_BLOCK_CHUNKS: Optional[int] = None
+
+
+def _segment_steps(G: int, L: int, Dv: int) -> int:
+    C = FAST_CHUNK
+    chunks = LATTE_BLOCK_CHUNKS or max(1, SCAN_BLOCK_ELEMENTS // (G * C * max(L, Dv, C)))
+    return chunks * C
+
+
+def _summary_combine(a: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+    """The state after the steps ``a [G, S, L]``, ``v [G, S, Dv]`` from (m0, u0, w0): the segment's
+    (max, Σe^{a−max}, Σe^{a−max}v) combined with the entering state (:func:`_combine`)."""
+    m = a.amax(dim=1)
+    e = _exp_diff(a, m.unsqueeze(1))
+    return _combine(m0, u0, w0, m, e.sum(dim=1), e.transpose(1, 2) @ v)
+
+
 def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
+    """y_t = Σ_l p_{t,l} · (prefix softmax mean of v under logits a_{·,l}, started from state (m0, u0, w0)).
+
+    ``a, p [G, T, L]``, ``v [G, T, Dv]``, ``m0, u0 [G, L]``, ``w0 [G, L, Dv]`` (T ≥ 1, one dtype).
+    Returns ``y [G, T, Dv]`` and the final state ``(m [G, L], u [G, L], w [G, L, Dv])``."""
+    G, T, L = a.shape
+    S = _segment_steps(G, L, v.shape[-1])
+    if T <= S:
+        return _causal_scan_fwd_run(a, p, v, m0, u0, w0)
+    y = a.new_empty((G, T, v.shape[-1]))
+    state = (m0, u0, w0)
+    for t0 in range(0, T, S):
+        t1 = min(T, t0 + S)
+        y[:, t0:t1], state = _causal_scan_fwd_run(a[:, t0:t1], p[:, t0:t1], v[:, t0:t1], *state)
+    return y, state
+
+
+def causal_scan_bwd(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], a: Tensor, p: Tensor, v: Tensor,
+                    m0: Tensor, u0: Tensor, w0: Tensor):
+    """Backward of :func:`causal_scan_fwd` with the maxima held fixed.
+
+    ``du_T [G, L]`` / ``dw_T [G, L, Dv]``: cotangents of the final state (None = 0).
+    Returns ``(da [G, T, L], dp [G, T, L], dv [G, T, Dv], du0 [G, L], dw0 [G, L, Dv])``."""
+    G, T, L = a.shape
+    S = _segment_steps(G, L, v.shape[-1])
+    if T <= S:
+        return _causal_scan_bwd_run(dy, du_T, dw_T, a, p, v, m0, u0, w0)
+    starts = list(range(0, T, S))
+    entering, state = [], (m0, u0, w0)
+    for t0 in starts:                         # the state entering each segment (a reduction per segment)
+        entering.append(state)
+        if t0 + S < T:
+            state = _summary_combine(a[:, t0:t0 + S], v[:, t0:t0 + S], *state)
+    da, dp, dv = torch.empty_like(a), torch.empty_like(p), torch.empty_like(v)
+    for t0, st in zip(reversed(starts), reversed(entering)):
+        t1 = min(T, t0 + S)
+        da[:, t0:t1], dp[:, t0:t1], dv[:, t0:t1], du_T, dw_T = _causal_scan_bwd_run(
+            dy[:, t0:t1], du_T, dw_T, a[:, t0:t1], p[:, t0:t1], v[:, t0:t1], *st)
+    return da, dp, dv, du_T, dw_T
+
+
+def _causal_scan_fwd_run(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0: Tensor):
     """y_t = Σ_l p_{t,l} · (prefix softmax mean of v under logits a_{·,l}, started from state (m0, u0, w0)).
 
     ``a, p [G, T, L]``, ``v [G, T, Dv]``, ``m0, u0 [G, L]``, ``w0 [G, L, Dv]`` (T ≥ 1, one dtype).
@@ -387,7 +452,7 @@ def causal_scan_fwd(a: Tensor, p: Tensor, v: Tensor, m0: Tensor, u0: Tensor, w0:
     return y, (ch.m[:, n].clone(), ch.u[:, n].clone(), ch.w[:, n].clone())
 
 
-def causal_scan_bwd(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], a: Tensor, p: Tensor, v: Tensor,
+def _causal_scan_bwd_run(dy: Tensor, du_T: Optional[Tensor], dw_T: Optional[Tensor], a: Tensor, p: Tensor, v: Tensor,
                     m0: Tensor, u0: Tensor, w0: Tensor):
     """Backward of :func:`causal_scan_fwd` with the maxima held fixed.
 
@@ -542,16 +607,54 @@ def _aaren_logits(q: Tensor, k: Tensor, scale: float, cd: torch.dtype):
     return qb, kh, (scale * (kh @ qb.unsqueeze(-1)))
 
 
+# Steps per chunk of the within-chunk prefix sums of the Aaren path (a [C, C] triangular ones matrix times the
+# chunk's [C, H·Dv] values: 2·C flops per number, far cheaper on CPU than ``cumsum`` along time of a
+# [B, T, H, Dv] tensor), and the numbers per block of steps (time-major [B, steps, H, Dv] working set).
+AAREN_CHUNK = 16
+AAREN_BLOCK_ELEMENTS = 1 << 18
+
+
+def _block_scan(X: Tensor, carry: Tensor, tri: Tensor, reverse: bool):
+    """Prefix sums along time of ``X [B, L, F]`` started from ``carry [B, F]``: inclusive Σ_{i≤t} (or, with
+    ``reverse``, the suffix Σ_{i≥t}, ``tri`` then upper triangular). Within chunks of C = ``tri``'s size steps a
+    matmul by the triangular ones matrix, across chunks a cumsum of the chunk totals. Returns (sums ``[B, L, F]``,
+    the carry for the next block: the total including ``carry``)."""
+    B, L, Fd = X.shape
+    C = tri.shape[0]
+    n = -(-L // C)
+    if n * C != L:
+        X = F.pad(X, (0, 0, 0, n * C - L))
+    Y = torch.matmul(tri, X.view(B, n, C, Fd))                               # within-chunk sums [B, n, C, F]
+    offs = torch.empty((B, n, Fd), dtype=X.dtype, device=X.device)            # what enters each chunk
+    if not reverse:
+        tot = Y[:, :, -1]
+        offs[:, 0] = carry
+        if n > 1:
+            offs[:, 1:] = tot[:, :-1].cumsum(1).add_(carry.unsqueeze(1))
+        new_carry = offs[:, -1] + tot[:, -1]
+    else:
+        tot = Y[:, :, 0]
+        offs[:, -1] = carry
+        if n > 1:
+            offs[:, :-1] = tot[:, 1:].flip(1).cumsum(1).flip(1).add_(carry.unsqueeze(1))
+        new_carry = offs[:, 0] + tot[:, 0]
+    Y += offs.unsqueeze(2)
+    return Y.view(B, n * C, Fd)[:, :L], new_carry
+
+
 class _AarenGlobal:
-    """Aaren with ONE reference max per sequence (no chunks), in the time-major layout of the inputs: with
-    s_t = scale·q·k_t, r = max(m0, max_t s_t), E_t = e^{s_t − r}, κ = e^{m0 − r}::
+    """Aaren with ONE reference max per sequence, in the time-major layout of the inputs: with s_t = scale·q·k_t,
+    r = max(m0, max_t s_t), E_t = e^{s_t − r}, κ = e^{m0 − r}::
 
         N_t = Σ_{i≤t} E_i v_i + κ w0,   D_t = Σ_{i≤t} E_i + κ u0,   o_t = N_t / D_t,   final state (r, D_T, N_T)
 
-    two cumulative sums over time (the cost of the textbook parallel form, exact where it underflows: taken only
-    when D_t cannot underflow, i.e. r − max(m0, s_0) ≤ FAST_SPREAD[dtype]; otherwise None and the chunked path).
-    Backward (r fixed): g_t = dN_t = dy_t / D_t, h_t = dD_t = −(dy_t·o_t)/D_t (plus dw_T, du_T at the last step),
-    Ĝ, Ĥ = suffix sums of g, h; dv_s = E_s Ĝ_s, ds_s = E_s (v_s·Ĝ_s + Ĥ_s), dw0 = κ Ĝ_0, du0 = κ Ĥ_0."""
+    (the cost of the textbook parallel form, exact where it underflows: taken only when D_t cannot underflow, i.e.
+    r − max(m0, s_0) ≤ FAST_SPREAD[dtype]; otherwise None and the chunked path). The [B, T, H, Dv] prefix sums run
+    block by block (:func:`_block_scan`, carrying the running sum), so no whole-sequence [B, T, H, Dv] temporary
+    exists besides the output. Backward (r fixed): g_t = dN_t = dy_t / D_t, h_t = dD_t = −(g_t·N_t)/D_t (plus dw_T, du_T
+    at the last step: the initial carries of the suffix sums), Ĝ, Ĥ = suffix sums of g, h; dv_s = E_s Ĝ_s,
+    ds_s = E_s (v_s·Ĝ_s + Ĥ_s), dw0 = κ Ĝ_0, du0 = κ Ĥ_0. It runs over the blocks from the last to the first,
+    h_t = −dy_t·o_t/D_t from the saved output o (N is not recomputed)."""
 
     @classmethod
     def make(cls, q, k, v, m0, u0, w0, scale):
@@ -561,9 +664,21 @@ class _AarenGlobal:
             return None
         f = cls()
         f.cd = cd
-        f.qb = q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)           # [B|1, H, D]
-        f.kc = k.to(cd)
-        s = torch.einsum("bthd,bhd->bth", f.kc, f.qb.expand(k.shape[0], -1, -1)) * scale   # [B, T, H]
+        B, T, H, D = k.shape
+        Dv = v.shape[-1]
+        f.qb = (q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)).expand(B, H, D)      # [B, H, D]
+        C = min(AAREN_CHUNK, T)
+        f.block = C * max(1, AAREN_BLOCK_ELEMENTS // (B * H * max(D, Dv) * C))
+        # s_t = scale·q·k_t for all heads as ONE matmul of the time-major k [B, T, H·D] by the block-diagonal
+        # [B, H·D, H] matrix holding scale·q_h in column h (block by block: no [B, T, H, D] temporary)
+        q_diag = torch.diag_embed(f.qb.transpose(1, 2) * scale).transpose(1, 2).reshape(B, H * D, H)
+        if T <= f.block:
+            s = torch.matmul(k.to(cd).reshape(B, T, H * D), q_diag)
+        else:
+            s = new_empty((B, T, H), dtype=cd, device=k.device)
+            for a in range(0, T, f.block):
+                b = min(T, a + f.block)
+                s[:, a:b] = torch.matmul(k[:, a:b].to(cd).reshape(B, b - a, H * D), q_diag)
         r = s.amax(dim=1)
         first = s[:, 0]
         if m0 is not None:
@@ -573,48 +688,67 @@ class _AarenGlobal:
         if not bool(((r - first) <= thr).all()):
             return None
         f.r = r
-        f.E = torch.exp(s - r.unsqueeze(1))                                   # [B, T, H]
-        f.v = v.to(cd)
+        f.E = s.sub_(r.unsqueeze(1)).exp_()                                   # [B, T, H]
         f.kappa = _exp_diff(m0.to(cd), r) if m0 is not None else None
+        f.D = torch.cumsum(f.E, dim=1)                                         # [B, T, H]
+        f.N0 = k.new_zeros((B, H, Dv), dtype=cd)
+        if f.kappa is not None:
+            f.D += (f.kappa * u0.to(cd)).unsqueeze(1)
+            f.N0 = f.N0 + f.kappa.unsqueeze(-1) * w0.to(cd)
+        f.tri = torch.ones(C, C, dtype=cd, device=k.device).tril_()
         return f
 
-    def forward(self, u0, w0, out_dtype):
-        E, v = self.E, self.v
-        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
-        D = torch.cumsum(E, dim=1)
-        if self.kappa is not None:
-            N += (self.kappa.unsqueeze(-1) * w0.to(self.cd)).unsqueeze(1)
-            D += (self.kappa * u0.to(self.cd)).unsqueeze(1)
-        sd = state_dtype(out_dtype)
-        o = (N / D.unsqueeze(-1)).to(out_dtype)
-        return o, self.r.to(sd), D[:, -1].to(sd, copy=True), N[:, -1].to(sd, copy=True)   # own storage
+    def _weighted_values(self, v: Tensor, a: int, b: int) -> Tensor:
+        """E_t v_t for the steps [a, b) as ``[B, b − a, H·Dv]`` (compute dtype)."""
+        B, _, H, Dv = v.shape
+        return (self.E[:, a:b].unsqueeze(-1) * v[:, a:b]).to(self.cd).view(B, b - a, H * Dv)
 
-    def backward(self, do, du_T, dw_T, o, u0, w0, q, scale):
-        E, v, cd = self.E, self.v, self.cd
-        N = torch.cumsum(E.unsqueeze(-1) * v, dim=1)
-        D = torch.cumsum(E, dim=1)
-        if self.kappa is not None:
-            N += (self.kappa.unsqueeze(-1) * w0.to(cd)).unsqueeze(1)
-            D += (self.kappa * u0.to(cd)).unsqueeze(1)
-        dy = do.to(cd)
-        g = dy / D.unsqueeze(-1)                                             # dN_t
-        h = -(g * N).sum(-1) / D                                              # dD_t = −dy·o/D with o = N/D
-        if dw_T is not None:
-            g[:, -1] += dw_T.to(cd)
-        if du_T is not None:
-            h[:, -1] += du_T.to(cd)
-        G = g.flip(1).cumsum(1).flip(1)
-        Hs = h.flip(1).cumsum(1).flip(1)
-        dv = E.unsqueeze(-1) * G
-        ds = E * ((v * G).sum(-1) + Hs) * scale                               # d(scale·q·k)
-        dq = torch.einsum("bth,bthd->bhd", ds, self.kc)
+    def forward(self, v, out_dtype):
+        B, T, H, Dv = v.shape
+        o = new_empty((B, T, H, Dv), dtype=out_dtype, device=v.device)
+        carry = self.N0.reshape(B, H * Dv)
+        for a in range(0, T, self.block):
+            b = min(T, a + self.block)
+            N, carry = _block_scan(self._weighted_values(v, a, b), carry, self.tri, reverse=False)
+            if o.dtype == self.cd and o.is_contiguous():
+                torch.div(N.view(B, b - a, H, Dv), self.D[:, a:b].unsqueeze(-1), out=o[:, a:b])
+            else:
+                o[:, a:b] = N.view(B, b - a, H, Dv) / self.D[:, a:b].unsqueeze(-1)
+        sd = state_dtype(out_dtype)
+        return o, self.r.to(sd), self.D[:, -1].to(sd, copy=True), carry.view(B, H, Dv).to(sd, copy=True)
+
+    def backward(self, do, du_T, dw_T, o, v, k, q, scale):
+        B, T, H, Dv = v.shape
+        D = k.shape[-1]
+        cd = self.cd
+        # from the last block to the first, carrying the suffix sums Ĝ and Ĥ of everything after
+        cG = dw_T.to(cd).reshape(B, H * Dv) if dw_T is not None else k.new_zeros((B, H * Dv), dtype=cd)
+        cH = du_T.to(cd) if du_T is not None else k.new_zeros((B, H), dtype=cd)
+        triu = self.tri.t().contiguous()
+        dk = new_empty((B, T, H, D), dtype=k.dtype, device=k.device)
+        dv = new_empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
+        dq = k.new_zeros((B, H, D), dtype=cd)
+        for a in reversed(range(0, T, self.block)):
+            b = min(T, a + self.block)
+            L = b - a
+            Eb, Db = self.E[:, a:b], self.D[:, a:b]
+            dy = do[:, a:b].to(cd)
+            h = (dy * o[:, a:b]).sum(-1).div_(Db).neg_()                          # dD_t = −dy·o/D
+            Hs = h.flip(1).cumsum(1).flip(1).add_(cH.unsqueeze(1))                 # Ĥ [B, L, H]
+            g = (dy / Db.unsqueeze(-1)).view(B, L, H * Dv)                         # dN_t = dy/D
+            G, cG = _block_scan(g, cG, triu, reverse=True)                         # Ĝ [B, L, H·Dv]
+            cH = Hs[:, 0]
+            G = G.view(B, L, H, Dv)
+            dv[:, a:b] = Eb.unsqueeze(-1) * G
+            ds = (v[:, a:b] * G).sum(-1).add_(Hs).mul_(Eb).mul_(scale)           # d(scale·q·k_t) [B, L, H]
+            dq += torch.einsum("blh,blhd->bhd", ds, k[:, a:b].to(cd))
+            dk[:, a:b] = ds.unsqueeze(-1) * self.qb.unsqueeze(1)
         if q.dim() == 2:
             dq = dq.sum(0)
-        dk = ds.unsqueeze(-1) * self.qb.unsqueeze(1)
         du0 = dw0 = None
         if self.kappa is not None:
-            du0 = (self.kappa * Hs[:, 0]).to(u0.dtype)
-            dw0 = (self.kappa.unsqueeze(-1) * G[:, 0]).to(w0.dtype)
+            du0 = self.kappa * cH
+            dw0 = self.kappa.unsqueeze(-1) * cG.view(B, H, Dv)
         return dq.to(q.dtype), dk, dv, du0, dw0
 
 
@@ -626,7 +760,7 @@ def aaren_attention_fwd(q, k, v, m0, u0, w0, cu_seqlens, scale):
     if cu_seqlens is None:
         fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
         if fast is not None:
-            return fast.forward(u0, w0, k.dtype)
+            return fast.forward(v, k.dtype)
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
@@ -642,8 +776,10 @@ def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scal
     if cu_seqlens is None:
         fast = _AarenGlobal.make(q, k, v, m0, u0, w0, scale)
         if fast is not None:
-            dq, dk, dv, du0, dw0 = fast.backward(do, du_T, dw_T, o, u0, w0, q, scale)
-            return dq, dk.to(k.dtype), dv.to(v.dtype), du0, dw0
+            dq, dk, dv, du0, dw0 = fast.backward(do, du_T, dw_T, o, v, k, q, scale)
+            if du0 is not None:
+                du0, dw0 = du0.to(u0.dtype), dw0.to(w0.dtype)
+            return dq, dk, dv, du0, dw0
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(k.dtype)
@@ -665,6 +801,90 @@ def aaren_attention_bwd(do, du_T, dw_T, q, k, v, o, m0, u0, w0, cu_seqlens, scal
 
 # ------------------------------------------------------------------------------------------------ Latte
 
+
+def _latte_block(x: Tensor, bs: slice, t0: int, t1: int, cd: torch.dtype) -> Tensor:
+    """``x[bs, t0:t1]`` (``[b, ·, H, X]``) as a contiguous heads-major ``[b·H, t1 − t0, X]`` in ``cd``."""
+    b, H = bs.stop - bs.start, x.shape[2]
+    return _heads_major(x[bs, t0:t1], cd).reshape(b * H, t1 - t0, x.shape[-1])
+
+
+def _latte_causal_forward(q, k, v, m0, u0, w0, cu_seqlens):
+    """Causal Latte from the time-major inputs, block by block over time (the state carried across blocks):
+    only O(block) heads-major copies exist. Returns o ``[B, T, H, Dv]`` and the final states (state dtype)."""
+    B, T, H, L = q.shape
+    Dv = v.shape[-1]
+    N = m0.shape[0]
+    cd = m0.dtype
+    sd = state_dtype(q.dtype)
+    o = new_empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
+    mT = new_empty((N, H, L), dtype=sd, device=q.device)
+    uT = new_empty((N, H, L), dtype=sd, device=q.device)
+    wT = new_empty((N, H, L, Dv), dtype=sd, device=q.device)
+    for bs, ts, ss in _segments(B, T, cu_seqlens):
+        b = bs.stop - bs.start
+        S = _segment_steps(b * H, L, Dv)
+        state = (m0[ss].reshape(b * H, L), u0[ss].reshape(b * H, L), w0[ss].reshape(b * H, L, Dv))
+        for t0 in range(ts.start, ts.stop, S):
+            t1 = min(ts.stop, t0 + S)
+            p = torch.softmax(_latte_block(q, bs, t0, t1, cd), dim=-1)
+            y, state = _causal_scan_fwd_run(_latte_block(k, bs, t0, t1, cd), p, _latte_block(v, bs, t0, t1, cd),
+                                            *state)
+            o[bs, t0:t1] = y.view(b, H, t1 - t0, Dv).transpose(1, 2)
+        mT[ss], uT[ss], wT[ss] = state[0].view(b, H, L), state[1].view(b, H, L), state[2].view(b, H, L, Dv)
+    return o, mT, uT, wT
+
+
+def _latte_causal_backward(do, da_T, dS_T, q, k, v, m0, u0, w0, cu_seqlens):
+    """Backward of :func:`_latte_causal_forward`: a forward pass of per-block state summaries, then the blocks
+    from the last to the first, each writing its dq, dk, dv. Returns (dq, dk, dv, du0, dw0) (compute dtype for
+    the state cotangents)."""
+    B, T, H, L = q.shape
+    Dv = v.shape[-1]
+    N = m0.shape[0]
+    cd = m0.dtype
+    dq = new_empty((B, T, H, L), dtype=q.dtype, device=q.device)
+    dk = new_empty((B, T, H, L), dtype=k.dtype, device=q.device)
+    dv = new_empty((B, T, H, Dv), dtype=v.dtype, device=q.device)
+    du0 = new_empty((N, H, L), dtype=cd, device=q.device)
+    dw0 = new_empty((N, H, L, Dv), dtype=cd, device=q.device)
+    for bs, ts, ss in _segments(B, T, cu_seqlens):
+        b = bs.stop - bs.start
+        g = b * H
+        S = _segment_steps(g, L, Dv)
+        du = da_T[ss].to(cd).reshape(g, L) if da_T is not None else None
+        dw = dS_T[ss].to(cd).reshape(g, L, Dv) if dS_T is not None else None
+        starts = list(range(ts.start, ts.stop, S))
+        entering, state = [], (m0[ss].reshape(g, L), u0[ss].reshape(g, L), w0[ss].reshape(g, L, Dv))
+        for t0 in starts:
+            entering.append(state)
+            t1 = min(ts.stop, t0 + S)
+            if t1 < ts.stop:
+                state = _summary_combine(_latte_block(k, bs, t0, t1, cd), _latte_block(v, bs, t0, t1, cd), *state)
+        for t0, st in zip(reversed(starts), reversed(entering)):
+            t1 = min(ts.stop, t0 + S)
+            p = torch.softmax(_latte_block(q, bs, t0, t1, cd), dim=-1)
+            da, dp, dvb, du, dw = _causal_scan_bwd_run(
+                _latte_block(do, bs, t0, t1, cd), du, dw, _latte_block(k, bs, t0, t1, cd), p,
+                _latte_block(v, bs, t0, t1, cd), *st)
+            shape = (b, H, t1 - t0, -1)
+            dk[bs, t0:t1] = da.view(shape).transpose(1, 2)
+            dv[bs, t0:t1] = dvb.view(shape).transpose(1, 2)
+            dq[bs, t0:t1] = _softmax_backward(p, dp).view(shape).transpose(1, 2)
+        if du is None:   # zero-length sequence without a final-state cotangent: the final state is the initial one
+            du = torch.zeros((g, L), dtype=cd, device=q.device)
+        if dw is None:
+            dw = torch.zeros((g, L, Dv), dtype=cd, device=q.device)
+        du0[ss], dw0[ss] = du.view(b, H, L), dw.view(b, H, L, Dv)
+    return dq, dk, dv, du0, dw0
+
+
+def _softmax_backward(p: Tensor, dp: Tensor) -> Tensor:
+    """p = softmax_l(q): dq = p ⊙ (dp − Σ_l p dp). dp is first shifted by dp_{·,0} (the result is unchanged as
+    Σ_l p = 1): a common part of dp then cancels exactly instead of leaving rounding noise (e.g. T = 1)."""
+    dp = dp - dp[..., :1]
+    return p * (dp - (p * dp).sum(dim=-1, keepdim=True))
+
+
 def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     B, T, H, L = q.shape
     if T == 1 and causal and cu_seqlens is None:                # the decoding step
@@ -673,11 +893,11 @@ def latte_attention_fwd(q, k, v, m0, a0, S0, cu_seqlens, causal):
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(q.dtype)
-    p = torch.softmax(_heads_major(q, cd), dim=-1)
-    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
     if causal:
         s0 = _initial(m0, a0, S0, N, H, L, Dv, cd, q.device)
-        return _causal_forward(kh, p, vh, *s0, cu_seqlens, q.dtype)
+        return _latte_causal_forward(q, k, v, *s0, cu_seqlens)
+    p = torch.softmax(_heads_major(q, cd), dim=-1)
+    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
     o = new_empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
     for bs, ts, _ in _segments(B, T, cu_seqlens):
         b, Tn = bs.stop - bs.start, ts.stop - ts.start
@@ -694,33 +914,27 @@ def latte_attention_bwd(do, da_T, dS_T, q, k, v, o, m0, a0, S0, cu_seqlens, caus
     Dv = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     cd = _compute_dtype(q.dtype)
-    p = torch.softmax(_heads_major(q, cd), dim=-1)
-    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
-    da0 = dS0 = None
     if causal:
         s0 = _initial(m0, a0, S0, N, H, L, Dv, cd, q.device)
-        dk, dp, dv, da0, dS0 = _causal_backward(do, da_T, dS_T, kh, p, vh, *s0, cu_seqlens)
+        dq, dk, dv, da0, dS0 = _latte_causal_backward(do, da_T, dS_T, q, k, v, *s0, cu_seqlens)
         if m0 is None:
-            da0 = dS0 = None
-        else:
-            da0, dS0 = da0.to(a0.dtype), dS0.to(S0.dtype)
-    else:
-        dy = _heads_major(do, cd)
-        dk = new_empty((B, H, T, L), dtype=cd, device=q.device)
-        dp = new_empty((B, H, T, L), dtype=cd, device=q.device)
-        dv = new_empty((B, H, T, Dv), dtype=cd, device=q.device)
-        for bs, ts, _ in _segments(B, T, cu_seqlens):
-            b, Tn = bs.stop - bs.start, ts.stop - ts.start
-            if Tn == 0:
-                continue
-            g = b * H
-            dk_s, dp_s, dv_s = _bidir_bwd(dy[bs, :, ts].reshape(g, Tn, Dv), kh[bs, :, ts].reshape(g, Tn, L),
-                                          p[bs, :, ts].reshape(g, Tn, L), vh[bs, :, ts].reshape(g, Tn, Dv))
-            dk[bs, :, ts] = dk_s.view(b, H, Tn, L)
-            dp[bs, :, ts] = dp_s.view(b, H, Tn, L)
-            dv[bs, :, ts] = dv_s.view(b, H, Tn, Dv)
-    # p = softmax_l(q): dq = p ⊙ (dp − Σ_l p dp). dp is first shifted by dp_{·,0} (the result is unchanged as
-    # Σ_l p = 1): a common part of dp then cancels exactly instead of leaving rounding noise (e.g. T = 1).
-    dp = dp - dp[..., :1]
-    dq = p * (dp - (p * dp).sum(dim=-1, keepdim=True))
-    return _time_major(dq, q.dtype), _time_major(dk, k.dtype), _time_major(dv, v.dtype), da0, dS0
+            return dq, dk, dv, None, None
+        return dq, dk, dv, da0.to(a0.dtype), dS0.to(S0.dtype)
+    p = torch.softmax(_heads_major(q, cd), dim=-1)
+    kh, vh = _heads_major(k, cd), _heads_major(v, cd)
+    dy = _heads_major(do, cd)
+    dk = new_empty((B, H, T, L), dtype=cd, device=q.device)
+    dp = new_empty((B, H, T, L), dtype=cd, device=q.device)
+    dv = new_empty((B, H, T, Dv), dtype=cd, device=q.device)
+    for bs, ts, _ in _segments(B, T, cu_seqlens):
+        b, Tn = bs.stop - bs.start, ts.stop - ts.start
+        if Tn == 0:
+            continue
+        g = b * H
+        dk_s, dp_s, dv_s = _bidir_bwd(dy[bs, :, ts].reshape(g, Tn, Dv), kh[bs, :, ts].reshape(g, Tn, L),
+                                      p[bs, :, ts].reshape(g, Tn, L), vh[bs, :, ts].reshape(g, Tn, Dv))
+        dk[bs, :, ts] = dk_s.view(b, H, Tn, L)
+        dp[bs, :, ts] = dp_s.view(b, H, Tn, L)
+        dv[bs, :, ts] = dv_s.view(b, H, Tn, Dv)
+    dq = _softmax_backward(p, dp)
+    return _time_major(dq, q.dtype), _time_major(dk, k.dtype), _time_major(dv, v.dtype), None, None

@@ -99,6 +99,72 @@ def _scores(q_rows: Tensor, k_blk: Tensor, banned: Optional[Tensor]) -> Tensor:
     return s
 
 
+# Band forward (a narrow bounded window, no cu_seqlens): query block i (rows i·bq … i·bq + bq − 1) sees exactly the
+# bk = bq + left + right keys i·bq − left … i·bq + bq − 1 + right, so the key blocks of all query blocks are one
+# strided view of the (padded) keys and a group of BAND_GROUP_ELEMENTS score elements takes ONE batched matmul and a
+# plain (single-pass) softmax: no online rescaling, and the window mask is the same [bq, bk] band for every block
+# (row r may see columns r … r + left + right), with the keys outside the sequence masked only in the first and
+# last blocks. Each group copies only its own rows and keys: memory O(group) besides the outputs.
+BAND_GROUP_ELEMENTS = 1 << 20
+
+
+def _band_forward(q: Tensor, k: Tensor, v: Tensor, left: int, right: int, bq: int, scale: float, cdt: torch.dtype,
+                  o: Tensor, lse: Tensor):
+    """Writes o ``[B, T, H, Dv]`` and lse ``[B, H, T]`` from the time-major ``q [B, T, H, D]``, ``k, v [B, T, Hk, ·]``;
+    each group of query blocks copies only its own rows and keys (heads-major, compute dtype, zero outside the
+    sequence), so no whole-sequence temporary exists."""
+    B, T, H, D = q.shape
+    Hk, Dv = k.shape[2], v.shape[3]
+    G = H // Hk
+    nq = -(-T // bq)
+    bk = bq + left + right
+    dev = q.device
+    r = torch.arange(bq, device=dev).unsqueeze(1)
+    c = torch.arange(bk, device=dev).unsqueeze(0)
+    banned = ((c < r) | (c > r + left + right)).repeat_interleave(G, dim=0)   # [bq·G, bk]
+    o_v = o.view(B, T, Hk, G, Dv)
+    lse_v = lse.view(B, Hk, G, T)
+    per_block = B * Hk * bq * G * bk
+    step = max(1, BAND_GROUP_ELEMENTS // per_block)
+
+    def keys(x: Tensor, a0: int, a1: int) -> Tensor:   # keys a0 … a1 − 1 as [B, Hk, a1 − a0, F], zero outside [0, T)
+        buf = x.new_zeros((B, Hk, a1 - a0, x.shape[-1]), dtype=cdt)
+        lo, hi = max(0, a0), min(T, a1)
+        buf[:, :, lo - a0:hi - a0] = x[:, lo:hi].transpose(1, 2)
+        return buf
+
+    def band(x: Tensor, n: int) -> Tensor:   # [B, Hk, ·, F] -> [B, Hk, n, bk, F], block i = rows i·bq … i·bq + bk − 1
+        sB, sH, sT, sF = x.stride()
+        return x.as_strided((B, Hk, n, bk, x.shape[-1]), (sB, sH, bq * sT, sT, sF))
+
+    for i0 in range(0, nq, step):
+        i1 = min(nq, i0 + step)
+        n = i1 - i0
+        t0, t1 = i0 * bq, min(T, i1 * bq)
+        q_g = _to_heads_major(q[:, t0:t1], Hk, cdt) * scale                 # [B, Hk, rows, G, D] (new tensor)
+        if t1 - t0 != n * bq:
+            q_g = torch.nn.functional.pad(q_g, (0, 0, 0, 0, 0, n * bq - (t1 - t0)))
+        a0 = t0 - left
+        k_g, v_g = keys(k, a0, a0 + n * bq + left + right), keys(v, a0, a0 + n * bq + left + right)
+        s = q_g.reshape(B, Hk, n, bq * G, D) @ band(k_g, n).transpose(-1, -2)   # [B, Hk, n, bq·G, bk]
+        s.masked_fill_(banned, float("-inf"))
+        for i in range(i0, i1):   # keys outside [0, T): only in the first and last blocks
+            lo, hi = left - i * bq, T - i * bq + left                   # allowed columns [lo, hi)
+            if lo > 0:
+                s[:, :, i - i0, :, :lo] = float("-inf")
+            if hi < bk:
+                s[:, :, i - i0, :, max(hi, 0):] = float("-inf")
+        m = s.amax(dim=-1, keepdim=True)
+        m.masked_fill_(torch.isneginf(m), 0.0)                          # padded rows that see no key: no NaN
+        p = s.sub_(m).exp_()
+        row_sum = p.sum(dim=-1)
+        out = (p @ band(v_g, n)).div_(row_sum.unsqueeze(-1))            # [B, Hk, n, bq·G, Dv]
+        rows = n * bq
+        o_v[:, t0:t1] = out.view(B, Hk, rows, G, Dv)[:, :, :t1 - t0].permute(0, 2, 1, 3, 4)
+        lse_blk = (m.squeeze(-1) + torch.log(row_sum)).view(B, Hk, rows, G)[:, :, :t1 - t0]
+        lse_v[:, :, :, t0:t1] = lse_blk.permute(0, 1, 3, 2)
+
+
 def sliding_window_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Optional[Tensor], left: int,
                                  right: int, scale: float) -> tuple[Tensor, Tensor]:
     B, T, H, D = q.shape
@@ -106,12 +172,15 @@ def sliding_window_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Op
     G = H // Hk
     cdt = state_dtype(q.dtype)
     dev = q.device
-    q_h = _to_heads_major(q, Hk, cdt) * scale  # [B, Hk, T, G, D], pre-scaled (new tensor)
-    k_h = _to_heads_major(k, Hk, cdt).squeeze(3)  # [B, Hk, T, D]
-    v_h = _to_heads_major(v, Hk, cdt).squeeze(3)  # [B, Hk, T, Dv]
     o = new_empty((B, T, H, Dv), dtype=q.dtype, device=dev)
     lse = new_empty((B, H, T), dtype=cdt, device=dev)
     bq_max, bk_max = _block_sizes(left, right)
+    if cu_seqlens is None and left >= 0 and right >= 0 and bk_max == bq_max + left + right and T > 0:
+        _band_forward(q, k, v, left, right, bq_max, scale, cdt, o, lse)
+        return o, lse
+    q_h = _to_heads_major(q, Hk, cdt) * scale  # [B, Hk, T, G, D], pre-scaled (new tensor)
+    k_h = _to_heads_major(k, Hk, cdt).squeeze(3)  # [B, Hk, T, D]
+    v_h = _to_heads_major(v, Hk, cdt).squeeze(3)  # [B, Hk, T, Dv]
 
     for t0, t1 in _seq_bounds(cu_seqlens, T):
         for i0 in range(t0, t1, bq_max):
