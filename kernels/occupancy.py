@@ -169,7 +169,9 @@ def launches(op: str, B: int, H: int, T: int, D: int, Dv: int | None = None, *, 
         if cfg.chunked:
             scan = cfg.N * H * triton.cdiv(Dv, split_dv(cfg.N * H, Dv, cfg.BV, sms))
             out = {"_chunk_sum_kernel ×2": par, "_state_scan_kernel ×2": scan, "_chunk_out_kernel": par,
-                   "_chunk_cot_kernel": par, "_cot_scan_kernel": seq, "_chunk_grads_kernel": par}
+                   "_chunk_cot_kernel": par, "_chunk_grads_kernel": par,
+                   # the reverse scan splits the chunk kernels' Dv tiles further (kernels/prefix_scan.py)
+                   "_cot_scan_kernel": seq * (cfg.BV // split_dv(seq, cfg.BV, cfg.BV, sms))}
         else:
             out = {"_scan_fwd_kernel ×2": seq, "_scan_bwd_kernel": seq}
         out["_finish_kernel"] = triton.cdiv(T, cfg.C) * B * H
