@@ -674,7 +674,8 @@ def test_decode_latte_and_ring_steps(libs, schedule, dtype, Dv, left, order):
 
 
 @pytest.mark.parametrize("dtype,Dv,left,order", [(torch.float32, 8, 4, 1), (torch.float32, 7, 3, 2),
-                                                 (torch.float32, 5, 0, 0), (torch.bfloat16, 12, 4, 0)])
+                                                 (torch.float32, 5, 0, 0), (torch.bfloat16, 12, 4, 0),
+                                                 (torch.float32, 6, 133, 2)])   # more slots than threads
 def test_decode_macchiato_step(libs, schedule, dtype, Dv, left, order):
     """Macchiato decode kernel, several consecutive steps from a state whose windows are empty, partly filled and
     full (per sequence); unused window slots are NaN (must not be read; the shift zeroes them as the op does)."""
