@@ -538,5 +538,175 @@ FLASHTS_HD void swa_phase5(const SwaRingStep<T>& a, int64_t blk, int tid, int nt
     }
 }
 
+
+// ======================================================================================== Latte Macchiato
+
+// Macchiato (SPEC §7) decode step: o = g·A + h·Y with (g, h) = softmax(mix_0, logsumexp(mix_{1:})),
+// A = softmax attention of scale·q over the n = n_win[b] valid (right-aligned: slots W−n .. W−1) cached keys
+// and the new key itself, Y = the Latte step with Latte's q = mix_{1:} (reusing latte_phase0..3 on the front
+// of shared memory). After the reads the block shifts its head's window left by one slot, appends (k, v) in
+// slot W−1 and zeroes the slots left without a key (W − min(n+1, W) of them), as flashts.torch_ops.step does;
+// n_win itself is read only (the caller advances it). Window caches: contiguous float32 [B, W, H, X].
+template <typename T>
+struct MacchiatoStep {
+    LatteStep<T> latte;           // q = mix[..., 1:], k = latent_k, v; its `o` [B, H, Dv] is the step's output
+    Vec3<T> q, k, mix;            // q, k [B, H, D], mix [B, H, L+1]
+    int64_t D, W;                 // W = left >= 0 cache slots
+    float scale;
+    float *k_win, *v_win;         // [B, W, H, D], [B, W, H, Dv] (updated in place)
+    const int* n_win;             // [B] int32 valid cached keys (read only)
+};
+
+FLASHTS_HD int64_t mac_base(int64_t L, int64_t Dv, int nt, int vec) { return latte_smem_floats(L, Dv, nt, vec); }
+
+// smem: latte[...] | qs[D] | sc[W+1] | pmax[nt] | psum[nt] | gate[3] (max, g, h) | red[nrg][Dv]
+FLASHTS_HD int64_t macchiato_smem_floats(int64_t L, int64_t D, int64_t Dv, int64_t W, int nt, int vec) {
+    return mac_base(L, Dv, nt, vec) + D + W + 1 + 2 * int64_t(nt) + 3 +
+           int64_t(row_groups(col_groups(Dv, vec), nt)) * Dv;
+}
+
+template <typename T>
+struct MacSmem {  // the window part's shared-memory slices
+    float *qs, *sc, *pmax, *psum, *gate, *red;
+    FLASHTS_HD MacSmem(const MacchiatoStep<T>& a, int nt, int vec, float* smem) {
+        qs = smem + mac_base(a.latte.L, a.latte.Dv, nt, vec);
+        sc = qs + a.D;
+        pmax = sc + a.W + 1;
+        psum = pmax + nt;
+        gate = psum + nt;
+        red = gate + 3;
+    }
+};
+
+template <typename T>
+FLASHTS_HD int64_t mac_valid(const MacchiatoStep<T>& a, int64_t b) {
+    const int64_t n = a.n_win[b];
+    return n < 0 ? 0 : (n > a.W ? a.W : n);
+}
+
+// Phase 0 (threads over d; thread 0 also the gate): qs = scale·q; (g, h) from mix.
+template <typename T, int VEC>
+FLASHTS_HD void mac_phase0(const MacchiatoStep<T>& a, int64_t blk, int tid, int nt, float* smem) {
+    const int64_t b = blk / a.latte.H, h = blk - b * a.latte.H, L = a.latte.L;
+    MacSmem<T> s(a, nt, VEC, smem);
+    for (int64_t d = tid; d < a.D; d += nt) s.qs[d] = a.scale * a.q.get(b, h, d);
+    if (tid == 0) {
+        float mx = a.mix.get(b, h, 0);
+        for (int64_t l = 1; l <= L; ++l) mx = fmaxf_(mx, a.mix.get(b, h, l));
+        const float e0 = fexp(a.mix.get(b, h, 0) - mx);
+        float e1 = 0.f;
+        for (int64_t l = 1; l <= L; ++l) e1 += fexp(a.mix.get(b, h, l) - mx);
+        s.gate[1] = e0 / (e0 + e1);
+        s.gate[2] = e1 / (e0 + e1);
+    }
+}
+
+// Phase 1 (threads over the valid slots j in [W−n, W], slot W = the new key): scores, per-thread maxima.
+template <typename T, int VEC>
+FLASHTS_HD void mac_phase1(const MacchiatoStep<T>& a, int64_t blk, int tid, int nt, float* smem) {
+    const int64_t b = blk / a.latte.H, h = blk - b * a.latte.H, H = a.latte.H;
+    MacSmem<T> s(a, nt, VEC, smem);
+    float mx = neg_inf();
+    for (int64_t j = a.W - mac_valid(a, b) + tid; j <= a.W; j += nt) {
+        float dot = 0.f;
+        if (j == a.W) {
+            for (int64_t d = 0; d < a.D; ++d) dot += s.qs[d] * a.k.get(b, h, d);
+        } else {
+            const float* row = a.k_win + ((b * a.W + j) * H + h) * a.D;
+            for (int64_t d = 0; d < a.D; ++d) dot += s.qs[d] * row[d];
+        }
+        s.sc[j] = dot;
+        mx = fmaxf_(mx, dot);
+    }
+    s.pmax[tid] = mx;
+}
+
+// Phase 2 (thread 0): the score maximum.
+template <typename T, int VEC>
+FLASHTS_HD void mac_phase2(const MacchiatoStep<T>& a, int64_t, int tid, int nt, float* smem) {
+    if (tid != 0) return;
+    MacSmem<T> s(a, nt, VEC, smem);
+    float mx = neg_inf();
+    for (int t = 0; t < nt; ++t) mx = fmaxf_(mx, s.pmax[t]);
+    s.gate[0] = mx;
+}
+
+// Phase 3 (threads over the valid slots): p_j = e^{s_j − max} (in place of s), per-thread sums.
+template <typename T, int VEC>
+FLASHTS_HD void mac_phase3(const MacchiatoStep<T>& a, int64_t blk, int tid, int nt, float* smem) {
+    const int64_t b = blk / a.latte.H;
+    MacSmem<T> s(a, nt, VEC, smem);
+    float sum = 0.f;
+    for (int64_t j = a.W - mac_valid(a, b) + tid; j <= a.W; j += nt) {
+        s.sc[j] = fexp(s.sc[j] - s.gate[0]);
+        sum += s.sc[j];
+    }
+    s.psum[tid] = sum;
+}
+
+// Phase 4 (row × column groups over the valid V rows): partial Σ_j p_j v_j.
+template <typename T, int VEC>
+FLASHTS_HD void mac_phase4(const MacchiatoStep<T>& a, int64_t blk, int tid, int nt, float* smem) {
+    const int64_t b = blk / a.latte.H, h = blk - b * a.latte.H, H = a.latte.H, Dv = a.latte.Dv;
+    MacSmem<T> s(a, nt, VEC, smem);
+    const float* vs = smem + 6 * a.latte.L;  // the new v (latte_phase0)
+    const int64_t j0 = a.W - mac_valid(a, b);
+    const int ncg = col_groups(Dv, VEC), nrg = row_groups(ncg, nt);
+    for (int item = tid; item < nrg * ncg; item += nt) {
+        const int rg = item / ncg, cg = item - (item / ncg) * ncg;
+        const int64_t e0 = int64_t(cg) * VEC;
+        float acc[VEC], vv[VEC];
+        for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+        for (int64_t j = j0 + rg; j <= a.W; j += nrg) {
+            if (j == a.W) {
+                for (int i = 0; i < VEC; ++i) vv[i] = e0 + i < Dv ? vs[e0 + i] : 0.f;
+            } else {
+                const float* row = a.v_win + ((b * a.W + j) * H + h) * Dv;
+                if (VEC > 1) load_n<float, VEC>(row + e0, vv);
+                else vv[0] = row[e0];
+            }
+            for (int i = 0; i < VEC; ++i) acc[i] += s.sc[j] * vv[i];
+        }
+        for (int i = 0; i < VEC; ++i)
+            if (e0 + i < Dv) s.red[rg * Dv + e0 + i] = acc[i];
+    }
+}
+
+// Phase 5 (threads over columns): o = g·A + h·Y (A = Σ_rg red / Σ psum, Y = Latte's Σ_rg red / Σ_l E_l), then
+// the window shift: each thread moves its own columns through the slots in increasing order (race free).
+template <typename T, int VEC>
+FLASHTS_HD void mac_phase5(const MacchiatoStep<T>& a, int64_t blk, int tid, int nt, float* smem) {
+    const int64_t b = blk / a.latte.H, h = blk - b * a.latte.H, H = a.latte.H, L = a.latte.L, Dv = a.latte.Dv;
+    MacSmem<T> s(a, nt, VEC, smem);
+    const float* E = smem + 4 * L;
+    const float* lred = smem + 6 * L + Dv + 2;
+    const float* vs = smem + 6 * L;
+    const int nrg = row_groups(col_groups(Dv, VEC), nt);
+    float Z = 0.f, l = 0.f;
+    for (int64_t i = 0; i < L; ++i) Z += E[i];
+    for (int t = 0; t < nt; ++t) l += s.psum[t];
+    const float g = s.gate[1] / l, hh = s.gate[2] / Z;
+    for (int64_t e = tid; e < Dv; e += nt) {
+        float num = 0.f, y = 0.f;
+        for (int rg = 0; rg < nrg; ++rg) {
+            num += s.red[rg * Dv + e];
+            y += lred[rg * Dv + e];
+        }
+        a.latte.o[blk * Dv + e] = Conv<T>::to(g * num + hh * y);
+    }
+    if (a.W == 0) return;
+    const int64_t n = mac_valid(a, b), n_new = n + 1 < a.W ? n + 1 : a.W, keep = a.W - n_new;
+    for (int64_t d = tid; d < a.D; d += nt) {
+        float* col = a.k_win + (b * a.W * H + h) * a.D + d;
+        for (int64_t j = 0; j + 1 < a.W; ++j) col[j * H * a.D] = j < keep ? 0.f : col[(j + 1) * H * a.D];
+        col[(a.W - 1) * H * a.D] = a.k.get(b, h, d);
+    }
+    for (int64_t e = tid; e < Dv; e += nt) {
+        float* col = a.v_win + (b * a.W * H + h) * Dv + e;
+        for (int64_t j = 0; j + 1 < a.W; ++j) col[j * H * Dv] = j < keep ? 0.f : col[(j + 1) * H * Dv];
+        col[(a.W - 1) * H * Dv] = vs[e];
+    }
+}
+
 }  // namespace decode
 }  // namespace flashts

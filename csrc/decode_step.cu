@@ -1,6 +1,7 @@
 // flashts — decode-step kernels (T = 1 with a state), one kernel per step and op: linear attention, Aaren,
-// Latte, sliding-window ring buffer. The math (per thread, per phase) is csrc/decode_math.h, shared with the
-// host-emulation tests; each kernel below only runs its phases with __syncthreads() in between.
+// Latte, sliding-window ring buffer, Latte Macchiato (shifted window cache + Latte state, Latte phases reused).
+// The math (per thread, per phase) is csrc/decode_math.h, shared with the host-emulation tests; each kernel
+// below only runs its phases with __syncthreads() in between.
 //
 // Tiles. One block of kThreads = 128 threads per (batch, query head). The state rows (S [D, Dv], Latte's
 // S [L, Dv], the ring's V rows) are read in row groups × column groups of 4 floats (float32 state) or 16 bytes
@@ -75,6 +76,28 @@ __global__ void __launch_bounds__(kThreads) swa_ring_step_kernel(SwaRingStep<T> 
     swa_phase4<T, VEC>(a, blk, tid, nt, smem);
     __syncthreads();
     swa_phase5<T, VEC>(a, blk, tid, nt, smem);
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads) macchiato_step_kernel(MacchiatoStep<T> a) {
+    FLASHTS_DYNAMIC_SMEM(float, smem);
+    const int64_t blk = blockIdx.x;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    latte_phase0(a.latte, blk, tid, nt, smem);
+    mac_phase0<T, VEC>(a, blk, tid, nt, smem);
+    __syncthreads();
+    latte_phase1(a.latte, blk, tid, nt, smem);
+    mac_phase1<T, VEC>(a, blk, tid, nt, smem);
+    __syncthreads();
+    latte_phase2(a.latte, blk, tid, nt, smem);
+    mac_phase2<T, VEC>(a, blk, tid, nt, smem);
+    __syncthreads();
+    latte_phase3<T, VEC>(a.latte, blk, tid, nt, smem);
+    mac_phase3<T, VEC>(a, blk, tid, nt, smem);
+    __syncthreads();
+    mac_phase4<T, VEC>(a, blk, tid, nt, smem);
+    __syncthreads();
+    mac_phase5<T, VEC>(a, blk, tid, nt, smem);
 }
 
 bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -174,6 +197,26 @@ cudaError_t swa_ring_step(DType dtype, In3 q, In3 k, In3 v, int64_t B, int64_t H
         if (vec)
             return launch(swa_ring_step_kernel<T, kVec>, a, B * H, swa_smem_floats(D, Dv, W, kThreads, kVec), stream);
         return launch(swa_ring_step_kernel<T, 1>, a, B * H, swa_smem_floats(D, Dv, W, kThreads, 1), stream);
+    });
+}
+
+cudaError_t macchiato_step(DType dtype, In3 q, In3 k, In3 v, In3 mix, In3 latent_k, int64_t B, int64_t H, int64_t D,
+                           int64_t Dv, int64_t L, int64_t W, float scale, float* k_win, float* v_win,
+                           const int* n_win, float* m, float* alpha, float* S, void* o, cudaStream_t stream) {
+    if (B < 0 || H <= 0 || D <= 0 || Dv <= 0 || L <= 0 || W < 0 || !m || !alpha || !S || !o ||
+        (W > 0 && (!k_win || !v_win || !n_win)))
+        return cudaErrorInvalidValue;
+    const bool vec = Dv % 4 == 0 && aligned16(S) && aligned16(v_win);
+    return dispatch(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        const Vec3<T> mx = vec3<T>(mix);
+        MacchiatoStep<T> a{LatteStep<T>{Vec3<T>{mx.p + mx.sx, mx.sb, mx.sh, mx.sx}, vec3<T>(latent_k), vec3<T>(v),
+                                        B, H, L, Dv, m, alpha, S, m, alpha, S, static_cast<T*>(o)},
+                           vec3<T>(q), vec3<T>(k), mx, D, W, scale, k_win, v_win, n_win};
+        if (vec)
+            return launch(macchiato_step_kernel<T, 4>, a, B * H, macchiato_smem_floats(L, D, Dv, W, kThreads, 4),
+                          stream);
+        return launch(macchiato_step_kernel<T, 1>, a, B * H, macchiato_smem_floats(L, D, Dv, W, kThreads, 1), stream);
     });
 }
 

@@ -46,5 +46,13 @@ cudaError_t swa_ring_step(DType dtype, In3 q, In3 k, In3 v, int64_t B, int64_t H
                           int64_t Dv, int64_t W, float scale, void* k_cache, void* v_cache, const int64_t* pos,
                           void* o, cudaStream_t stream);
 
+// Latte Macchiato (SPEC §7). q, k [B,H,D], v [B,H,Dv], mix [B,H,L+1], latent_k [B,H,L]; window caches
+// k_win [B,W,H,D], v_win [B,W,H,Dv] float32 (W = left >= 0; right-aligned, shifted left by one slot in place),
+// n_win [B] int32 (read only: the caller advances it to min(n_win + 1, W)); m, alpha [B,H,L], S [B,H,L,Dv]
+// float32 (in place). Null caches / n_win only when W == 0.
+cudaError_t macchiato_step(DType dtype, In3 q, In3 k, In3 v, In3 mix, In3 latent_k, int64_t B, int64_t H, int64_t D,
+                           int64_t Dv, int64_t L, int64_t W, float scale, float* k_win, float* v_win,
+                           const int* n_win, float* m, float* alpha, float* S, void* o, cudaStream_t stream);
+
 }  // namespace decode
 }  // namespace flashts

@@ -4,7 +4,8 @@
 // Every op mutates its state (and writes its preallocated output `o`) in place and returns nothing. It
 // allocates nothing and never synchronises with the host, so it can be captured in a CUDA graph; the one
 // exception to "one kernel per step" is swa_decode_step, which advances `pos` (pos += 1) with a second
-// in-place launch after the attention kernel (every block of the step must read the old pos first).
+// in-place launch after the attention kernel (every block of the step must read the old pos first), and
+// macchiato_decode_step, which advances n_win (n_win = min(n_win + 1, W), two tiny in-place launches) likewise.
 // Shapes (one time step; the T = 1 axis squeezed; q, k, v any strides, states contiguous float32, o
 // contiguous in q's dtype; a state given as float32 zeros with maxima −inf is the empty state):
 //   linear_decode_step(q [B,H,D], k [B,Hk,D], v [B,Hk,Dv], S! [B,H,D,Dv], z! [B,H,D], o! [B,H,Dv],
@@ -13,6 +14,9 @@
 //   latte_decode_step(q [B,H,L], k [B,H,L], v [B,H,Dv], m! [B,H,L], alpha! [B,H,L], S! [B,H,L,Dv], o! [B,H,Dv])
 //   swa_decode_step(q [B,H,D], k [B,Hk,D], v [B,Hk,Dv], k_cache! [B,W,Hk,D], v_cache! [B,W,Hk,Dv], pos! [B] int64,
 //                   o! [B,H,Dv], scale): window (W-1, 0) on a ring of W slots (token n in slot n mod W).
+//   macchiato_decode_step(q [B,H,D], k [B,H,D], v [B,H,Dv], mix [B,H,L+1], latent_k [B,H,L], k_win! [B,W,H,D],
+//                   v_win! [B,W,H,Dv], n_win! [B] int32, m! [B,H,L], alpha! [B,H,L], S! [B,H,L,Dv], o! [B,H,Dv],
+//                   scale): SPEC §7 with W = left; the window cache right-aligned, shifted left by one slot.
 // The Meta implementations do nothing (the ops return nothing), so torch.compile can trace them.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -150,6 +154,36 @@ void swa_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     pos.add_(1);
 }
 
+void macchiato_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mix,
+                           const at::Tensor& latent_k, at::Tensor& k_win, at::Tensor& v_win, at::Tensor& n_win,
+                           at::Tensor& m, at::Tensor& alpha, at::Tensor& S, at::Tensor& o, double scale) {
+    const char* fn = "macchiato_decode_step";
+    TORCH_CHECK(q.is_cuda() && q.dim() == 3, fn, ": q must be a CUDA tensor [B, H, D]");
+    const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+    const int64_t Dv = v.dim() == 3 ? v.size(2) : 0, L = latent_k.dim() == 3 ? latent_k.size(2) : 0;
+    TORCH_CHECK(L > 0, fn, ": latent_k must be [B, H, L] with L >= 1");
+    TORCH_CHECK(k_win.dim() == 4, fn, ": k_win must be [B, W, H, D]");
+    const int64_t W = k_win.size(1);
+    check_in(k, fn, "k", q, B, H, D);
+    check_in(v, fn, "v", q, B, H, Dv);
+    check_in(mix, fn, "mix", q, B, H, L + 1);
+    check_in(latent_k, fn, "latent_k", q, B, H, L);
+    check_buf(k_win, fn, "k_win", q, at::kFloat, {B, W, H, D});
+    check_buf(v_win, fn, "v_win", q, at::kFloat, {B, W, H, Dv});
+    check_buf(n_win, fn, "n_win", q, at::kInt, {B});
+    check_buf(m, fn, "m", q, at::kFloat, {B, H, L});
+    check_buf(alpha, fn, "alpha", q, at::kFloat, {B, H, L});
+    check_buf(S, fn, "S", q, at::kFloat, {B, H, L, Dv});
+    check_buf(o, fn, "o", q, q.scalar_type(), {B, H, Dv});
+    const c10::cuda::CUDAGuard guard(q.device());
+    check_err(dec::macchiato_step(dtype_of(q, fn), in3(q), in3(k), in3(v), in3(mix), in3(latent_k), B, H, D, Dv, L,
+                                  W, static_cast<float>(scale), k_win.data_ptr<float>(), v_win.data_ptr<float>(),
+                                  n_win.data_ptr<int>(), m.data_ptr<float>(), alpha.data_ptr<float>(),
+                                  S.data_ptr<float>(), o.data_ptr(), c10::cuda::getCurrentCUDAStream()),
+              fn);
+    n_win.add_(1).clamp_max_(W);
+}
+
 // Meta (fake) implementations: the ops only mutate their arguments.
 void linear_decode_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&,
                              at::Tensor&, int64_t, bool, double, double) {}
@@ -159,6 +193,9 @@ void latte_decode_step_meta(const at::Tensor&, const at::Tensor&, const at::Tens
                             at::Tensor&, at::Tensor&) {}
 void swa_decode_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&,
                           at::Tensor&, at::Tensor&, double) {}
+void macchiato_decode_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
+                                at::Tensor&, at::Tensor&, double) {}
 
 }  // namespace
 
@@ -171,6 +208,9 @@ TORCH_LIBRARY(flashts_cuda, m) {
           "Tensor(d!) o) -> ()");
     m.def("swa_decode_step(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
           "Tensor(c!) pos, Tensor(d!) o, float scale) -> ()");
+    m.def("macchiato_decode_step(Tensor q, Tensor k, Tensor v, Tensor mix, Tensor latent_k, Tensor(a!) k_win, "
+          "Tensor(b!) v_win, Tensor(c!) n_win, Tensor(d!) m, Tensor(e!) alpha, Tensor(f!) S, Tensor(g!) o, "
+          "float scale) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(flashts_cuda, CUDA, m) {
@@ -178,6 +218,7 @@ TORCH_LIBRARY_IMPL(flashts_cuda, CUDA, m) {
     m.impl("aaren_decode_step", &aaren_decode_step);
     m.impl("latte_decode_step", &latte_decode_step);
     m.impl("swa_decode_step", &swa_decode_step);
+    m.impl("macchiato_decode_step", &macchiato_decode_step);
 }
 
 TORCH_LIBRARY_IMPL(flashts_cuda, Meta, m) {
@@ -185,4 +226,5 @@ TORCH_LIBRARY_IMPL(flashts_cuda, Meta, m) {
     m.impl("aaren_decode_step", &aaren_decode_step_meta);
     m.impl("latte_decode_step", &latte_decode_step_meta);
     m.impl("swa_decode_step", &swa_decode_step_meta);
+    m.impl("macchiato_decode_step", &macchiato_decode_step_meta);
 }

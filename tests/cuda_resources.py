@@ -267,7 +267,7 @@ for _k in ("spectrum_mean_kernel", "delay_dots_final_kernel", "spectrum_grad_ker
 # decode steps (csrc/decode_step.cu): the VEC > 1 instances read the float32 state (or the ring's k/v rows) with
 # 128-bit loads; VEC = 1 is the scalar fallback for odd sizes / unaligned pointers. No matrix products.
 for _t in _ALL:
-    for _k in ("linear", "aaren", "latte"):
+    for _k in ("linear", "aaren", "latte", "macchiato"):
         EXPECTED[f"decode::{_k}_step_kernel<{_t},1>"] = (False, False)
         EXPECTED[f"decode::{_k}_step_kernel<{_t},4>"] = (False, True)
     EXPECTED[f"decode::swa_ring_step_kernel<{_t},1>"] = (False, False)
@@ -359,7 +359,7 @@ def goal_grids() -> dict[str, str]:
 
 # Decode-step kernels (csrc/decode_step.cu) at the decode goal shape B=64 H=8 D=Dv=64 (L=64 latents).
 DECODE_GRIDS: dict[str, str] = {
-    f"decode::{k}_step_kernel": "B·H = 512 (128 threads each)" for k in ("linear", "aaren", "latte", "swa_ring")}
+    f"decode::{k}_step_kernel": "B·H = 512 (128 threads each)" for k in ("linear", "aaren", "latte", "swa_ring", "macchiato")}
 
 
 def grid_of(name: str) -> str:

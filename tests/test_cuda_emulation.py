@@ -673,6 +673,59 @@ def test_decode_latte_and_ring_steps(libs, schedule, dtype, Dv, left, order):
         assert torch.equal(kc[:, t % W].to(F64), k[:, t])
 
 
+@pytest.mark.parametrize("dtype,Dv,left,order", [(torch.float32, 8, 4, 1), (torch.float32, 7, 3, 2),
+                                                 (torch.float32, 5, 0, 0), (torch.bfloat16, 12, 4, 0),
+                                                 (torch.float32, 6, 133, 2)])   # more slots than threads
+def test_decode_macchiato_step(libs, schedule, dtype, Dv, left, order):
+    """Macchiato decode kernel, several consecutive steps from a state whose windows are empty, partly filled and
+    full (per sequence); unused window slots are NaN (must not be read; the shift zeroes them as the op does)."""
+    lib = libs["decode_step"]
+    schedule(lib, order)
+    g = torch.Generator().manual_seed(80 + Dv + left)
+    B, T, H, D, L, W = 3, 5, 2, 5, 3, left
+    tol = _tol(dtype) if dtype == torch.float32 else 4e-2
+    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=F64) * scale).to(dtype).to(F64)  # noqa: E731
+    q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, Dv)
+    mix, lk = rnd(B, T, H, L + 1, scale=2.0), rnd(B, T, H, L, scale=2.0)
+    n0 = torch.tensor([0, min(2, W), W], dtype=torch.int32)
+    kw0 = torch.randn(B, W, H, D, generator=g, dtype=F64)
+    vw0 = torch.randn(B, W, H, Dv, generator=g, dtype=F64)
+    for b in range(B):
+        kw0[b, :W - int(n0[b])] = float("nan")
+        vw0[b, :W - int(n0[b])] = float("nan")
+    m0 = torch.randn(B, H, L, generator=g, dtype=F64)
+    a0 = torch.rand(B, H, L, generator=g, dtype=F64) + 0.5
+    S0 = torch.randn(B, H, L, Dv, generator=g, dtype=F64)
+    scale = 0.8
+    init = (kw0.float().to(F64), vw0.float().to(F64), n0, m0.float().to(F64), a0.float().to(F64),
+            S0.float().to(F64))
+    o_ref, (kw_ref, vw_ref, n_ref, m_ref, a_ref, S_ref) = ref.latte_macchiato_attention(
+        q, k, v, mix, lk, window=(left, 0), scale=scale, initial_state=init, output_final_state=True)
+    kw, vw, n, m, a, S = (x.float().contiguous() for x in (kw0, vw0, n0, m0, a0, S0))
+    n = n0.clone()
+    st = Strides()
+    for t in range(T):
+        xs = [_step_input(x, t, dtype) for x in (q, k, v, mix, lk)]
+        args = []
+        for x in xs:
+            args += [_ptr(x), st(x)]
+        out = Out()
+        o = out(B, H, Dv, dtype=dtype)
+        rc = lib.emu_macchiato_step(DTYPES[dtype], *args, *[ctypes.c_int64(x) for x in (B, H, D, Dv, L, W)],
+                                    ctypes.c_float(scale), _ptr(kw), _ptr(vw), _ptr(n), _ptr(m), _ptr(a), _ptr(S),
+                                    _ptr(o))
+        assert rc == 0, _last_error(lib)
+        out.check()
+        assert _rel(o, o_ref[:, t]) < tol, t
+        n = (n + 1).clamp_max(W).to(torch.int32)   # the caller's advance (the binding does it in place)
+    assert torch.equal(n, n_ref)
+    assert not torch.isnan(kw).any() and not torch.isnan(vw).any()
+    if W:
+        assert _rel(kw, kw_ref) < 1e-6 and _rel(vw, vw_ref) < 1e-6
+    c = _rescale(m, m_ref)
+    assert _rel(a.to(F64) * c, a_ref) < 2e-5 and _rel(S.to(F64) * c.unsqueeze(-1), S_ref) < 2e-5
+
+
 # ------------------------------------------------------------------------------------------- auto-correlation
 
 class _EmulatedAutocorrExtension:

@@ -105,6 +105,34 @@ def test_swa_ring_steps(dtype, W, D, Dv):
 
 
 @cuda_ext
+@pytest.mark.parametrize("dtype", [F32, BF16])
+@pytest.mark.parametrize("left,D,Dv,L", [(4, 64, 64, 16), (3, 33, 17, 5), (0, 8, 8, 4)])
+def test_macchiato_steps(dtype, left, D, Dv, L):
+    B, T, H = 3, 7, 4
+    q, k, v = torch.randn(B, T, H, D), torch.randn(B, T, H, D), torch.randn(B, T, H, Dv)
+    mix, lk = 2 * torch.randn(B, T, H, L + 1), 2 * torch.randn(B, T, H, L)
+    xs64 = [x.to(dtype).to(F64) for x in (q, k, v, mix, lk)]
+    W = left
+    n0 = torch.tensor([0, min(2, W), W], dtype=torch.int32)   # empty, partly filled, full windows
+    kw0, vw0 = torch.randn(B, W, H, D), torch.randn(B, W, H, Dv)
+    for b in range(B):
+        kw0[b, :W - int(n0[b])] = 0
+        vw0[b, :W - int(n0[b])] = 0
+    m0, a0, S0 = torch.randn(B, H, L), torch.rand(B, H, L) + 0.5, torch.randn(B, H, L, Dv)
+    init = (kw0, vw0, n0, m0, a0, S0)
+    o_ref, st_ref = ref.latte_macchiato_attention(*xs64, window=(left, 0), initial_state=tuple(
+        x.to(F64) if x.is_floating_point() else x for x in init), output_final_state=True)
+    st = [x.to(DEV).contiguous() for x in init]
+    for t in range(T):
+        o = _dec().macchiato_step(_strided(q[:, t], dtype), *(x[:, t].to(DEV, dtype) for x in (k, v, mix, lk)),
+                                  *st)
+        assert rel_err(o.cpu(), o_ref[:, t]) < TOL[dtype], t
+    assert torch.equal(st[2].cpu(), st_ref[2])
+    if W:
+        assert rel_err(st[0].cpu(), st_ref[0]) < 1e-5 and rel_err(st[1].cpu(), st_ref[1]) < 1e-5
+
+
+@cuda_ext
 def test_cuda_graph_replay_equals_eager():
     dec = _dec()
     B, H, D, W = 4, 8, 64, 5

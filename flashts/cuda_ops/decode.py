@@ -1,13 +1,13 @@
 """Decode steps (T = 1 with a state) of the causal ops, ``cuda`` backend: one kernel per step
 (``csrc/decode_step.cu``, math in ``csrc/decode_math.h``), called through the C++ custom ops
-``torch.ops.flashts_cuda.{linear,aaren,latte,swa}_decode_step`` registered by ``flashts._C`` (TORCH_LIBRARY; no
+``torch.ops.flashts_cuda.{linear,aaren,latte,swa,macchiato}_decode_step`` registered by ``flashts._C`` (TORCH_LIBRARY; no
 Python in the op itself).
 
 The functions here are thin conveniences over those ops: each updates the float32 state IN PLACE and writes
 the output into ``out`` (allocated here when not given). For CUDA-graph capture, preallocate ``out`` and the
 state once and call the op (or these functions with ``out=``) inside the captured region: the ops allocate
 nothing and never synchronise with the host. Only :func:`swa_ring_step` launches twice (the attention kernel,
-then ``pos += 1`` in place).
+then ``pos += 1`` in place) and :func:`macchiato_step` three times (the kernel, then ``n_win`` advanced in place).
 
 The op layer reaches the first three for ``backend="cuda"`` when ``T == 1`` with an initial state and without
 ``cu_seqlens`` (see :func:`use_decode_step`; ``FLASHTS_CUDA_DECODE=0`` turns that off). ``backend="auto"`` does
@@ -97,6 +97,28 @@ def swa_ring_step(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Ten
     B, H, D = q.shape
     o = _out(out, (B, H, v.shape[-1]), q)
     _ops().swa_decode_step(q, k, v, k_cache, v_cache, pos, o, float(D ** -0.5 if scale is None else scale))
+    return o
+
+
+
+def macchiato_step(q: Tensor, k: Tensor, v: Tensor, mix: Tensor, latent_k: Tensor, k_win: Tensor, v_win: Tensor,
+                   n_win: Tensor, m: Tensor, alpha: Tensor, S: Tensor, *, scale: Optional[float] = None,
+                   out: Optional[Tensor] = None) -> Tensor:
+    """One Latte Macchiato token (SPEC §7) with the op's state, updated in place: ``q, k [B,H,D]``, ``v [B,H,Dv]``,
+    ``mix [B,H,L+1]``, ``latent_k [B,H,L]``; ``k_win [B,W,H,D]``, ``v_win [B,W,H,Dv]`` float32 (W = ``left``; the
+    last ``n_win`` keys right-aligned), ``n_win [B]`` int32, ``m, alpha [B,H,L]``, ``S [B,H,L,Dv]`` float32.
+    The window is shifted left by one slot with (k, v) appended and ``n_win = min(n_win + 1, W)``, exactly as
+    :func:`flashts.torch_ops.step.macchiato_step` returns it. Returns ``o [B,H,Dv]`` (``out`` when given).
+
+    Example (GPU)::
+
+        st = [t.cuda().contiguous() for t in state]          # (k_win, v_win, n_win, m, alpha, S) of the op
+        o = dec.macchiato_step(q_t, k_t, v_t, mix_t, lk_t, *st)
+    """
+    B, H, D = q.shape
+    o = _out(out, (B, H, v.shape[-1]), q)
+    _ops().macchiato_decode_step(q, k, v, mix, latent_k, k_win, v_win, n_win, m, alpha, S, o,
+                                 float(D ** -0.5 if scale is None else scale))
     return o
 
 

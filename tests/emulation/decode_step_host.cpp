@@ -44,3 +44,12 @@ EMU_API int emu_swa_ring_step(int dtype, const void* q, const int64_t* sq, const
     return swa_ring_step(static_cast<DType>(dtype), in3(q, sq), in3(k, sk), in3(v, sv), B, H, Hk, D, Dv, W, scale,
                          k_cache, v_cache, pos, o, nullptr);
 }
+
+EMU_API int emu_macchiato_step(int dtype, const void* q, const int64_t* sq, const void* k, const int64_t* sk,
+                               const void* v, const int64_t* sv, const void* mix, const int64_t* smix,
+                               const void* lk, const int64_t* slk, int64_t B, int64_t H, int64_t D, int64_t Dv,
+                               int64_t L, int64_t W, float scale, float* k_win, float* v_win, const int* n_win,
+                               float* m, float* alpha, float* S, void* o) {
+    return macchiato_step(static_cast<DType>(dtype), in3(q, sq), in3(k, sk), in3(v, sv), in3(mix, smix),
+                          in3(lk, slk), B, H, D, Dv, L, W, scale, k_win, v_win, n_win, m, alpha, S, o, nullptr);
+}
