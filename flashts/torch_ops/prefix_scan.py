@@ -644,7 +644,7 @@ def _block_scan(X: Tensor, carry: Optional[Tensor], tri: Tensor, reverse: bool):
     # incl[:, j] = carry + Σ of the chunk totals up to and including chunk j (from chunk j on, when reversed);
     # chunk j then gets incl of its predecessor added (the carry alone for the first chunk)
     if not reverse:
-        incl = Y[:, :, -1].cumsum(1)
+        incl = Y[:, :, -1].contiguous().cumsum(1)     # a cumsum of the strided view is ~1.6x slower on CPU
     else:
         incl = Y[:, :, 0].flip(1).cumsum(1).flip(1)
     if carry is not None:
