@@ -630,17 +630,21 @@ def _triangle(C: int, dtype: torch.dtype, device: torch.device, upper: bool) -> 
     return tri
 
 
-def _block_scan(X: Tensor, carry: Optional[Tensor], tri: Tensor, reverse: bool):
+def _block_scan(X: Tensor, carry: Optional[Tensor], tri: Tensor, reverse: bool, out: Optional[Tensor] = None):
     """Prefix sums along time of ``X [B, L, F]`` started from ``carry [B, F]`` (None: zero): inclusive Σ_{i≤t}
     (or, with ``reverse``, the suffix Σ_{i≥t}, ``tri`` then upper triangular). Within chunks of C = ``tri``'s size
     steps a matmul by the triangular ones matrix, across chunks a cumsum of the chunk totals. Returns (sums
-    ``[B, L, F]``, the carry for the next block: the total including ``carry``)."""
+    ``[B, L, F]``, the carry for the next block: the total including ``carry``). ``out``: a contiguous
+    ``[B, L, F]`` buffer of X's dtype to write the sums into (only when C divides L)."""
     B, L, Fd = X.shape
     C = tri.shape[0]
     n = -(-L // C)
     if n * C != L:
         X = F.pad(X, (0, 0, 0, n * C - L))
-    Y = torch.matmul(tri, X.view(B, n, C, Fd))                               # within-chunk sums [B, n, C, F]
+    if out is not None:
+        Y = torch.matmul(tri, X.view(B, n, C, Fd), out=out.view(B, n, C, Fd))
+    else:
+        Y = torch.matmul(tri, X.view(B, n, C, Fd))                           # within-chunk sums [B, n, C, F]
     # incl[:, j] = carry + Σ of the chunk totals up to and including chunk j (from chunk j on, when reversed);
     # chunk j then gets incl of its predecessor added (the carry alone for the first chunk)
     if not reverse:
@@ -731,6 +735,13 @@ class _AarenGlobal:
         tri = _triangle(self.C, self.cd, v.device, upper=False)
         for a in range(0, T, self.block):
             b = min(T, a + self.block)
+            ob = o[:, a:b]
+            if o.dtype == self.cd and (b - a) % self.C == 0 and ob.is_contiguous():
+                # the sums straight into the output block, divided there (no [B, block, H·Dv] temporary)
+                _, carry = _block_scan(self._weighted_values(v, a, b), carry, tri, reverse=False,
+                                       out=ob.view(B, b - a, H * Dv))
+                ob.div_(self.D[:, a:b].unsqueeze(-1))
+                continue
             N, carry = _block_scan(self._weighted_values(v, a, b), carry, tri, reverse=False)
             if o.dtype == self.cd and o.is_contiguous():
                 torch.div(N.view(B, b - a, H, Dv), self.D[:, a:b].unsqueeze(-1), out=o[:, a:b])
