@@ -614,32 +614,56 @@ AAREN_CHUNK = 16
 AAREN_BLOCK_ELEMENTS = 1 << 18
 
 
-def _block_scan(X: Tensor, carry: Tensor, tri: Tensor, reverse: bool):
-    """Prefix sums along time of ``X [B, L, F]`` started from ``carry [B, F]``: inclusive Σ_{i≤t} (or, with
-    ``reverse``, the suffix Σ_{i≥t}, ``tri`` then upper triangular). Within chunks of C = ``tri``'s size steps a
-    matmul by the triangular ones matrix, across chunks a cumsum of the chunk totals. Returns (sums ``[B, L, F]``,
-    the carry for the next block: the total including ``carry``)."""
+_TRIANGLES: dict = {}
+
+
+def _triangle(C: int, dtype: torch.dtype, device: torch.device, upper: bool) -> Tensor:
+    """The [C, C] lower (``upper``: upper) triangular ones matrix, made once per (C, dtype, device) and shared
+    (read only: it is only ever a matmul operand)."""
+    key = (C, dtype, device, upper)
+    tri = _TRIANGLES.get(key)
+    if tri is None:
+        tri = torch.ones(C, C, dtype=dtype, device=device)
+        tri = tri.triu_() if upper else tri.tril_()
+        if len(_TRIANGLES) < 64:
+            _TRIANGLES[key] = tri
+    return tri
+
+
+def _block_scan(X: Tensor, carry: Optional[Tensor], tri: Tensor, reverse: bool, out: Optional[Tensor] = None):
+    """Prefix sums along time of ``X [B, L, F]`` started from ``carry [B, F]`` (None: zero): inclusive Σ_{i≤t}
+    (or, with ``reverse``, the suffix Σ_{i≥t}, ``tri`` then upper triangular). Within chunks of C = ``tri``'s size
+    steps a matmul by the triangular ones matrix, across chunks a cumsum of the chunk totals. Returns (sums
+    ``[B, L, F]``, the carry for the next block: the total including ``carry``). ``out``: a contiguous
+    ``[B, L, F]`` buffer of X's dtype to write the sums into (only when C divides L)."""
     B, L, Fd = X.shape
     C = tri.shape[0]
     n = -(-L // C)
     if n * C != L:
         X = F.pad(X, (0, 0, 0, n * C - L))
-    Y = torch.matmul(tri, X.view(B, n, C, Fd))                               # within-chunk sums [B, n, C, F]
-    offs = torch.empty((B, n, Fd), dtype=X.dtype, device=X.device)            # what enters each chunk
-    if not reverse:
-        tot = Y[:, :, -1]
-        offs[:, 0] = carry
-        if n > 1:
-            offs[:, 1:] = tot[:, :-1].cumsum(1).add_(carry.unsqueeze(1))
-        new_carry = offs[:, -1] + tot[:, -1]
+    if out is not None:
+        Y = torch.matmul(tri, X.view(B, n, C, Fd), out=out.view(B, n, C, Fd))
     else:
-        tot = Y[:, :, 0]
-        offs[:, -1] = carry
-        if n > 1:
-            offs[:, :-1] = tot[:, 1:].flip(1).cumsum(1).flip(1).add_(carry.unsqueeze(1))
-        new_carry = offs[:, 0] + tot[:, 0]
-    Y += offs.unsqueeze(2)
-    return Y.view(B, n * C, Fd)[:, :L], new_carry
+        Y = torch.matmul(tri, X.view(B, n, C, Fd))                           # within-chunk sums [B, n, C, F]
+    # incl[:, j] = carry + Σ of the chunk totals up to and including chunk j (from chunk j on, when reversed);
+    # chunk j then gets incl of its predecessor added (the carry alone for the first chunk)
+    if not reverse:
+        incl = Y[:, :, -1].contiguous().cumsum(1)     # a cumsum of the strided view is ~1.6x slower on CPU
+    else:
+        incl = Y[:, :, 0].flip(1).cumsum(1).flip(1)
+    if carry is not None:
+        incl += carry.unsqueeze(1)
+    if n > 1:
+        if not reverse:
+            Y[:, 1:] += incl[:, :-1].unsqueeze(2)
+        else:
+            Y[:, :-1] += incl[:, 1:].unsqueeze(2)
+    if carry is not None:
+        if not reverse:
+            Y[:, :1] += carry.view(B, 1, 1, Fd)
+        else:
+            Y[:, -1:] += carry.view(B, 1, 1, Fd)
+    return Y.view(B, n * C, Fd)[:, :L], incl[:, 0 if reverse else -1]
 
 
 class _AarenGlobal:
@@ -669,16 +693,17 @@ class _AarenGlobal:
         f.qb = (q.to(cd) if q.dim() == 3 else q.to(cd).unsqueeze(0)).expand(B, H, D)      # [B, H, D]
         C = min(AAREN_CHUNK, T)
         f.block = C * max(1, AAREN_BLOCK_ELEMENTS // (B * H * max(D, Dv) * C))
-        # s_t = scale·q·k_t for all heads as ONE matmul of the time-major k [B, T, H·D] by the block-diagonal
-        # [B, H·D, H] matrix holding scale·q_h in column h (block by block: no [B, T, H, D] temporary)
-        q_diag = torch.diag_embed(f.qb.transpose(1, 2) * scale).transpose(1, 2).reshape(B, H * D, H)
+        # s_t = scale·q·k_t for all heads as one einsum of the time-major k [B, T, H, D] with scale·q [B, H, D]
+        # (block by block: no [B, T, H, D] temporary). Measured 3-5x faster on CPU than a matmul by the
+        # block-diagonal [H·D, H] matrix of q (a skinny N = H GEMM: ~0.34 ms of a 1.2 ms call at T=1k H4 D64)
+        q_scaled = f.qb * scale
         if T <= f.block:
-            s = torch.matmul(k.to(cd).reshape(B, T, H * D), q_diag)
+            s = torch.einsum("bthd,bhd->bth", k.to(cd), q_scaled).contiguous()   # einsum may return [B, H, T] strides
         else:
             s = new_empty((B, T, H), dtype=cd, device=k.device)
             for a in range(0, T, f.block):
                 b = min(T, a + f.block)
-                s[:, a:b] = torch.matmul(k[:, a:b].to(cd).reshape(B, b - a, H * D), q_diag)
+                s[:, a:b] = torch.einsum("bthd,bhd->bth", k[:, a:b].to(cd), q_scaled)
         r = s.amax(dim=1)
         first = s[:, 0]
         if m0 is not None:
@@ -691,11 +716,11 @@ class _AarenGlobal:
         f.E = s.sub_(r.unsqueeze(1)).exp_()                                   # [B, T, H]
         f.kappa = _exp_diff(m0.to(cd), r) if m0 is not None else None
         f.D = torch.cumsum(f.E, dim=1)                                         # [B, T, H]
-        f.N0 = k.new_zeros((B, H, Dv), dtype=cd)
+        f.N0 = None                                                            # zero without a state
         if f.kappa is not None:
             f.D += (f.kappa * u0.to(cd)).unsqueeze(1)
-            f.N0 = f.N0 + f.kappa.unsqueeze(-1) * w0.to(cd)
-        f.tri = torch.ones(C, C, dtype=cd, device=k.device).tril_()
+            f.N0 = f.kappa.unsqueeze(-1) * w0.to(cd)
+        f.C = C
         return f
 
     def _weighted_values(self, v: Tensor, a: int, b: int) -> Tensor:
@@ -706,10 +731,18 @@ class _AarenGlobal:
     def forward(self, v, out_dtype):
         B, T, H, Dv = v.shape
         o = new_empty((B, T, H, Dv), dtype=out_dtype, device=v.device)
-        carry = self.N0.reshape(B, H * Dv)
+        carry = self.N0.reshape(B, H * Dv) if self.N0 is not None else None
+        tri = _triangle(self.C, self.cd, v.device, upper=False)
         for a in range(0, T, self.block):
             b = min(T, a + self.block)
-            N, carry = _block_scan(self._weighted_values(v, a, b), carry, self.tri, reverse=False)
+            ob = o[:, a:b]
+            if o.dtype == self.cd and (b - a) % self.C == 0 and ob.is_contiguous():
+                # the sums straight into the output block, divided there (no [B, block, H·Dv] temporary)
+                _, carry = _block_scan(self._weighted_values(v, a, b), carry, tri, reverse=False,
+                                       out=ob.view(B, b - a, H * Dv))
+                ob.div_(self.D[:, a:b].unsqueeze(-1))
+                continue
+            N, carry = _block_scan(self._weighted_values(v, a, b), carry, tri, reverse=False)
             if o.dtype == self.cd and o.is_contiguous():
                 torch.div(N.view(B, b - a, H, Dv), self.D[:, a:b].unsqueeze(-1), out=o[:, a:b])
             else:
@@ -722,9 +755,9 @@ class _AarenGlobal:
         D = k.shape[-1]
         cd = self.cd
         # from the last block to the first, carrying the suffix sums Ĝ and Ĥ of everything after
-        cG = dw_T.to(cd).reshape(B, H * Dv) if dw_T is not None else k.new_zeros((B, H * Dv), dtype=cd)
+        cG = dw_T.to(cd).reshape(B, H * Dv) if dw_T is not None else None                # None: zero
         cH = du_T.to(cd) if du_T is not None else k.new_zeros((B, H), dtype=cd)
-        triu = self.tri.t().contiguous()
+        triu = _triangle(self.C, cd, k.device, upper=True)
         dk = new_empty((B, T, H, D), dtype=k.dtype, device=k.device)
         dv = new_empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
         dq = k.new_zeros((B, H, D), dtype=cd)
