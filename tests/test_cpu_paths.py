@@ -263,3 +263,23 @@ def test_sliding_window_band_forward(monkeypatch, window, bq):
     args = (torch.randn(B, T, H, D), torch.randn(B, T, Hk, D), torch.randn(B, T, Hk, Dv))
     check_against_reference("sliding_window_attention", "torch", args, dict(window=window), dtype=torch.float64)
     assert calls
+
+
+@pytest.mark.parametrize("T", [17, 100])
+def test_aaren_blocked_strided_inputs_and_cotangent(T):
+    """The blocked Aaren path with non-contiguous k, v and a non-contiguous output cotangent (heads-first tensors
+    transposed, as TSLib layers pass them): equal to the reference in float64, outputs and gradients."""
+    from flashts import reference as ref
+    B, H, D, Dv = 2, 3, 5, 7
+    F64 = torch.float64
+    q = torch.randn(H, D, dtype=F64, requires_grad=True)
+    k = torch.randn(B, H, T, D, dtype=F64).transpose(1, 2).requires_grad_()
+    v = torch.randn(B, H, T, Dv, dtype=F64).transpose(1, 2).requires_grad_()
+    do = torch.randn(B, H, T, Dv, dtype=F64).transpose(1, 2)
+    out = flashts.aaren_attention(q, k, v, backend="torch")
+    want = ref.aaren_attention(q, k, v)
+    assert rel_err(out, want) < 1e-12
+    got = torch.autograd.grad(out, (q, k, v), do)
+    exp = torch.autograd.grad(want, (q, k, v), do)
+    for a, b in zip(got, exp):
+        assert rel_err(a, b) < 1e-12

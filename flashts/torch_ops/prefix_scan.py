@@ -726,7 +726,7 @@ class _AarenGlobal:
     def _weighted_values(self, v: Tensor, a: int, b: int) -> Tensor:
         """E_t v_t for the steps [a, b) as ``[B, b − a, H·Dv]`` (compute dtype)."""
         B, _, H, Dv = v.shape
-        return (self.E[:, a:b].unsqueeze(-1) * v[:, a:b]).to(self.cd).view(B, b - a, H * Dv)
+        return (self.E[:, a:b].unsqueeze(-1) * v[:, a:b]).to(self.cd).reshape(B, b - a, H * Dv)
 
     def forward(self, v, out_dtype):
         B, T, H, Dv = v.shape
@@ -768,7 +768,7 @@ class _AarenGlobal:
             dy = do[:, a:b].to(cd)
             h = (dy * o[:, a:b]).sum(-1).div_(Db).neg_()                          # dD_t = −dy·o/D
             Hs = h.flip(1).cumsum(1).flip(1).add_(cH.unsqueeze(1))                 # Ĥ [B, L, H]
-            g = (dy / Db.unsqueeze(-1)).view(B, L, H * Dv)                         # dN_t = dy/D
+            g = (dy / Db.unsqueeze(-1)).reshape(B, L, H * Dv)                         # dN_t = dy/D
             G, cG = _block_scan(g, cG, triu, reverse=True)                         # Ĝ [B, L, H·Dv]
             cH = Hs[:, 0]
             G = G.view(B, L, H, Dv)
