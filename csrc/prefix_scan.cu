@@ -38,8 +38,11 @@
 // dv_s = Σ_l π_{s,l} Gm_l and dk_{s,l} = π_{s,l} (v_s·Gm_l − mean_l·Gm_l), π = e^{k − max}/Z.
 //
 // cu_seqlens: the row of block (n, h) is [cu[n], cu[n+1]) of batch 0. Every index is int64 and bounds-checked.
+#include <type_traits>
+
 #include "common.cuh"
 #include "prefix_scan.h"
+#include "scan_chunk.cuh"
 
 namespace flashts {
 namespace scan {
@@ -316,6 +319,174 @@ __global__ void forward_kernel(Args<T> a, bool causal) {
             a.mT[r.row * L + l] = s.m[l];
             a.aT[r.row * L + l] = s.al[l];
         }
+    }
+}
+
+// ================================================================ chunk-parallel forward (causal, "chunked")
+//
+// The algorithm of kernels/prefix_scan.py SCAN_MODE "chunked", three kernels (math: csrc/scan_chunk.cuh):
+//   1. chunk_sum_kernel   per (batch row b, chunk slot, head h, Dv tile), every chunk in parallel: the chunk
+//      summary (c_max, Σ E_c, E_cᵀ v) into the workspace (Eᵀv on tensor cores for 16-bit inputs);
+//   2. state_scan_kernel  per (sequence n, head h, 4 consecutive state columns of one latent): walks the chunks
+//      of n in order with the combine (float32) and writes the state ENTERING every chunk (in place of its
+//      summary) and the final state (the initial state for an empty sequence);
+//   3. chunk_out_kernel   per (b, slot, h, Dv tile), every chunk in parallel: y from the entering state
+//      (fast path: y = tril(F Eᵀ) v + (F ⊙ f_in) S_in, three tile products; exact step-by-step fallback when
+//      the running max rises by more than kRiseLimit inside the chunk).
+// Workspace (float32, from the caller; layout ws_layout): per chunk cell ((b·NS + slot)·H + h) and latent l:
+// cmax, csum (summaries), m, u (entering state) [B·NS·H·L] each, and w [B·NS·H·L][Wd] (Wd = Dv rounded up to
+// 4; the summary Eᵀv, then the entering S, in place). 128 threads per block; chunk kernels: blockIdx.x =
+// ((b·NS + slot)·H + h)·nBV + Dv tile. The one-pass forward_kernel above stays the choice when N·H ≥ 2·SMs
+// (plan_forward) and for bidirectional Latte.
+
+namespace ck = chunk;
+
+template <typename Elem>
+constexpr int kGemmFor = std::is_same<Elem, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
+
+// Offsets (floats) of the workspace arrays; every array starts at a multiple of 4 floats (16 bytes).
+struct WsLayout {
+    int64_t cm, cs, m, u, w, floats;
+};
+
+__host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, int64_t L, int64_t Wd) {
+    const int64_t cells = B * NS * H * L, vec = (cells + 3) / 4 * 4;
+    return WsLayout{0, vec, 2 * vec, 3 * vec, 4 * vec, 4 * vec + cells * Wd};
+}
+
+template <typename Elem>
+struct ChunkArgs {
+    ck::View<Elem> q, k, v;
+    Elem* o;
+    int64_t B, T, H, L, D, Dv, N, NS, Wd;
+    const int32_t* cu;
+    float scale;
+    ck::Geom g;
+    int nBV;
+    float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
+    const float *m0, *u0, *w0;
+    float *mT, *uT, *wT;
+};
+
+struct ChunkBlock {
+    int64_t b, slot, h, cell;
+    int tile;
+};
+
+template <typename Elem>
+__device__ __forceinline__ ChunkBlock chunk_block(const ChunkArgs<Elem>& a) {
+    ChunkBlock cb;
+    int64_t idx = blockIdx.x;
+    cb.tile = static_cast<int>(idx % a.nBV);
+    cb.cell = idx / a.nBV;  // (b·NS + slot)·H + h
+    cb.h = cb.cell % a.H;
+    cb.slot = (cb.cell / a.H) % a.NS;
+    cb.b = cb.cell / a.H / a.NS;
+    return cb;
+}
+
+// Step 1: the summary of one chunk (columns [e0, e0 + BV) of Eᵀv; cmax / csum by Dv tile 0).
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(ChunkArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, false, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV;
+    ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, nullptr);
+    ck::chunk_summary<kGemmFor<Elem>>(s, g);
+    const int64_t L = a.L, row0 = cb.cell * L;
+    if (cb.tile == 0)
+        for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
+            a.ws_cm[row0 + l] = s.cmax[l];
+            a.ws_cs[row0 + l] = s.csum[l];
+        }
+    const int groups = g.BV / 4, ldV = g.ldV();
+    for (int64_t idx = threadIdx.x; idx < L * groups; idx += blockDim.x) {
+        const int64_t l = idx / groups;
+        const int c = static_cast<int>(idx - l * groups) * 4;
+        if (e0 + c >= a.Wd) continue;
+        const float* src = s.S + l * ldV + c;
+        *reinterpret_cast<float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c) = make_float4(src[0], src[1], src[2], src[3]);
+    }
+}
+
+// Step 2: the sequential scan of the summaries of one (sequence, head): thread → (latent l, columns d0..d0+3).
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem> a) {
+    const int64_t per_row = a.L * (a.Wd / 4);
+    const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = gid / per_row;  // n·H + h
+    if (row >= a.N * a.H) return;
+    const int64_t i = gid - row * per_row, l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t srow = row * L + l;  // state rows [N, H, L]
+    float m = a.m0 ? a.m0[srow] : -CUDART_INF_F, u = a.m0 ? a.u0[srow] : 0.f, w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    const int64_t step = a.H * L;  // next slot, same head and latent
+    int64_t cr = ((sq.b * a.NS + sq.base) * a.H + h) * L + l;
+#pragma unroll 4
+    for (int64_t c = 0; c < n_chunks; ++c, cr += step) {
+        const float cm = a.ws_cm[cr], cs = a.ws_cs[cr];
+        float4* cell = reinterpret_cast<float4*>(a.ws_w + cr * a.Wd + d0);
+        const float4 x = *cell;
+        if (d0 == 0) {
+            a.ws_m[cr] = m;
+            a.ws_u[cr] = u;
+        }
+        *cell = make_float4(w[0], w[1], w[2], w[3]);  // the state entering chunk c
+        const float xs[4] = {x.x, x.y, x.z, x.w};
+        ck::combine<4>(m, u, w, cm, cs, xs);
+    }
+    if (a.mT) {
+        if (d0 == 0) {
+            a.mT[srow] = m;
+            a.uT[srow] = u;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (d0 + j < Dv) a.wT[srow * Dv + d0 + j] = w[j];
+    }
+}
+
+// Step 3: the outputs of one chunk (columns [e0, e0 + BV)) from the state entering it.
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV, ldV = g.ldV();
+    const int64_t L = a.L, row0 = cb.cell * L;
+    // the entering state (padded latents: the empty state); made visible by load_chunk's barriers
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = l < L ? a.ws_m[row0 + l] : -CUDART_INF_F;
+        s.u[l] = l < L ? a.ws_u[row0 + l] : 0.f;
+    }
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (l < L && e0 + c < a.Wd) x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+        float* d = s.S + l * ldV + c;
+        d[0] = x.x;
+        d[1] = x.y;
+        d[2] = x.z;
+        d[3] = x.w;
+    }
+    ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P);
+    ck::chunk_output<kGemmFor<Elem>>(s, g);
+    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+        const int64_t t = idx / cols, d = idx - t * cols;
+        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
     }
 }
 
@@ -684,6 +855,129 @@ cudaError_t launch_forward(Args<T> a, bool causal, cudaStream_t stream) {
     return FLASHTS_LAUNCH_CHECK();
 }
 
+// The device facts of the plan: opt's, or the current device's where opt has 0.
+cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
+    *sms = opt.sm_count;
+    *max_smem = opt.max_smem;
+    if (*sms > 0 && *max_smem > 0) return cudaSuccess;
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    if (*max_smem <= 0) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err == cudaSuccess && *sms <= 0) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+    return err;
+}
+
+constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
+
+// The occupancy rule (see ScanPlan in prefix_scan.h). sz: Aaren with L = 1, Latte with D = L.
+cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const ScanOptions& opt, ScanPlan* plan) {
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(opt, &sms, &max_smem);
+    if (err != cudaSuccess) return err;
+    const bool packed = sz.cu_seqlens != nullptr;
+    const int Dvp = round_up(static_cast<int>(sz.Dv), 16);
+    const int64_t NS = ck::num_slots(sz.T, sz.N, packed), Wd = (sz.Dv + 3) / 4 * 4;
+    auto fits = [&](int bv) {
+        const ck::Geom g = ck::make_geom(aaren, sz.L, sz.D, bv);
+        return ck::carve(g, true, nullptr).bytes <= max_smem && ck::carve(g, false, nullptr).bytes <= max_smem;
+    };
+    int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
+    while (bv0 > 16 && !fits(bv0)) bv0 /= 2;
+    const bool chunk_ok = causal && fits(bv0);
+    auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
+    const int64_t seq = sz.N * sz.H;
+    ScanMode mode = opt.mode;
+    if (mode == ScanMode::Auto) {
+        if (!chunk_ok || seq >= 2 * int64_t(sms)) mode = ScanMode::OnePass;
+        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq) mode = ScanMode::Chunked;
+        else mode = seq >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
+    }
+    if (mode == ScanMode::Chunked && !chunk_ok) return causal ? cudaErrorInvalidConfiguration : cudaErrorInvalidValue;
+    int bv = bv0;
+    if (mode == ScanMode::Chunked)
+        while (chunk_blocks(bv) < sms && bv > 16) bv /= 2;
+    plan->mode = mode;
+    plan->C = ck::kChunk;
+    plan->BV = bv;
+    plan->NS = mode == ScanMode::Chunked ? NS : 0;
+    plan->seq_blocks = seq;
+    plan->chunk_blocks = mode == ScanMode::Chunked ? chunk_blocks(bv) : 0;
+    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(seq * sz.L * (Wd / 4), ck::kThreads) : 0;
+    plan->workspace_bytes =
+        mode == ScanMode::Chunked ? ws_layout(sz.B, NS, sz.H, sz.L, Wd).floats * int64_t(sizeof(float)) : 0;
+    return cudaSuccess;
+}
+
+// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
+template <bool kAaren, typename Elem>
+cudaError_t launch_chunked(const Args<Elem>& a0, const ScanPlan& plan, void* workspace, int64_t workspace_bytes,
+                           cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    ChunkArgs<Elem> a{};
+    const ScanTensor q{a0.q, a0.sq_b, a0.sq_t, a0.sq_h, a0.sq_x}, k{a0.k, a0.sk_b, a0.sk_t, a0.sk_h, a0.sk_x},
+        v{a0.v, a0.sv_b, a0.sv_t, a0.sv_h, a0.sv_x};
+    a.q = ck::make_view<Elem>(q, kAaren ? a0.D : a0.L);
+    a.k = ck::make_view<Elem>(k, kAaren ? a0.D : a0.L);
+    a.v = ck::make_view<Elem>(v, a0.Dv);
+    if (kAaren) a.q.vec = 0;  // q [B, H, D]: read once per block, element by element
+    a.o = a0.o;
+    a.B = a0.B; a.T = a0.T; a.H = a0.H; a.L = a0.L; a.D = a0.D; a.Dv = a0.Dv; a.N = a0.N;
+    a.NS = plan.NS;
+    a.Wd = (a0.Dv + 3) / 4 * 4;
+    a.cu = a0.cu_seqlens;
+    a.scale = a0.scale;
+    a.g = ck::make_geom(kAaren, a0.L, a0.D, plan.BV);
+    a.nBV = static_cast<int>(cdiv64(a0.Dv, plan.BV));
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
+    a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
+    const int64_t blocks = a.B * a.NS * a.H * a.nBV;
+    if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
+    auto out_kernel = chunk_out_kernel<kAaren, Elem>;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes_out = ck::carve(a.g, true, nullptr).bytes;
+    cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes_sum));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(out_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(bytes_out));
+    if (err != cudaSuccess) return err;
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum),
+                       stream, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (plan.scan_blocks > 0) {
+        FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(out_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_out),
+                       stream, a);
+        err = cudaGetLastError();
+    }
+    return err;
+}
+
+// The forward: the plan's mode (one pass: forward_kernel; chunked: launch_chunked).
+template <Kind KIND, typename T>
+cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* workspace, int64_t workspace_bytes,
+                        cudaStream_t stream) {
+    const ScanSizes sz{a.B, a.T, a.H, a.L, a.D, a.Dv, a.N, a.cu_seqlens};
+    ScanPlan plan{};
+    cudaError_t err = plan_forward(KIND == Kind::Aaren, sz, causal, opt, &plan);
+    if (err != cudaSuccess) return err;
+    if (plan.mode == ScanMode::Chunked)
+        return launch_chunked<KIND == Kind::Aaren, T>(a, plan, workspace, workspace_bytes, stream);
+    return launch_forward<KIND>(a, causal, stream);
+}
+
 template <Kind KIND, typename T>
 cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
     if (a.N * a.H == 0) return cudaSuccess;
@@ -733,9 +1027,15 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
 
 // ------------------------------------------------------------------------------------------- launchers
 
+cudaError_t scan_fwd_plan(bool aaren, ScanSizes sz, bool causal, ScanOptions opt, ScanPlan* plan) {
+    if (aaren) sz.L = 1; else sz.D = sz.L;
+    if (!sizes_ok(sz) || plan == nullptr || (aaren && !causal)) return cudaErrorInvalidValue;
+    return plan_forward(aaren, sz, causal, opt, plan);
+}
+
 cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,
                       const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT, float* wT,
-                      cudaStream_t stream) {
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     sz.L = 1;
     if (!sizes_ok(sz) || (m0 && (!u0 || !w0))) return cudaErrorInvalidValue;
     return dispatch(dtype, [&](auto tag) {
@@ -744,13 +1044,13 @@ cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
         a.m0 = m0; a.a0 = u0; a.S0 = w0;
         a.o = static_cast<T*>(o);
         a.mT = mT; a.aT = uT; a.ST = wT;
-        return launch_forward<Kind::Aaren>(a, true, stream);
+        return run_forward<Kind::Aaren>(a, true, opt, workspace, workspace_bytes, stream);
     });
 }
 
 cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, bool causal,
                       const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
-                      cudaStream_t stream) {
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     sz.D = sz.L;
     if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (!causal && m0)) return cudaErrorInvalidValue;
     return dispatch(dtype, [&](auto tag) {
@@ -761,7 +1061,7 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
         if (causal) {
             a.mT = mT; a.aT = aT; a.ST = ST;
         }
-        return launch_forward<Kind::Latte>(a, causal, stream);
+        return run_forward<Kind::Latte>(a, causal, opt, workspace, workspace_bytes, stream);
     });
 }
 
