@@ -883,7 +883,7 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
         return ck::carve(g, true, nullptr).bytes <= max_smem && ck::carve(g, false, nullptr).bytes <= max_smem;
     };
     int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
-    while (bv0 > 16 && !fits(bv0)) bv0 /= 2;
+    while (bv0 > 16 && !fits(bv0)) bv0 = round_up(bv0 / 2, 16);
     const bool chunk_ok = causal && fits(bv0);
     auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
     const int64_t seq = sz.N * sz.H;
@@ -896,7 +896,7 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
     if (mode == ScanMode::Chunked && !chunk_ok) return causal ? cudaErrorInvalidConfiguration : cudaErrorInvalidValue;
     int bv = bv0;
     if (mode == ScanMode::Chunked)
-        while (chunk_blocks(bv) < sms && bv > 16) bv /= 2;
+        while (chunk_blocks(bv) < sms && bv > 16) bv = round_up(bv / 2, 16);
     plan->mode = mode;
     plan->C = ck::kChunk;
     plan->BV = bv;
