@@ -337,7 +337,10 @@ __global__ void forward_kernel(Args<T> a, bool causal) {
 // cmax, csum (summaries), m, u (entering state) [B·NS·H·L] each, and w [B·NS·H·L][Wd] (Wd = Dv rounded up to
 // 4; the summary Eᵀv, then the entering S, in place). 128 threads per block; chunk kernels: blockIdx.x =
 // ((b·NS + slot)·H + h)·nBV + Dv tile. The one-pass forward_kernel above stays the choice when N·H ≥ 2·SMs
-// (plan_forward) and for bidirectional Latte.
+// (plan_forward: enough (sequence, head) rows to fill the GPU without the state round trip through memory).
+// Latte bidirectional (causal = false) uses the same summaries: state_scan_kernel (a.bidir) writes only the
+// whole-sequence state (m, α, S) to each sequence's first slot, then bidir_out_kernel computes y = p · (S/α)
+// per chunk (one [C, Lp] × [Lp, BV] tile product).
 
 namespace ck = chunk;
 
@@ -363,6 +366,7 @@ struct ChunkArgs {
     float scale;
     ck::Geom g;
     int nBV;
+    int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
     float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
     const float *m0, *u0, *w0;
     float *mT, *uT, *wT;
@@ -414,6 +418,12 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(ChunkArgs<Elem>
 }
 
 // Step 2: the sequential scan of the summaries of one (sequence, head): thread → (latent l, columns d0..d0+3).
+// The summaries are read kScanAhead chunks ahead of the combine (a ring of registers, static indices), so that
+// kScanAhead loads are in flight: the scan is a chain of NS dependent steps per thread and would otherwise pay
+// one memory round trip per chunk. Causal: the state entering chunk c replaces its summary; a.bidir: only the
+// whole-sequence total is written, to the sequence's first slot (the bidirectional forward's means).
+constexpr int kScanAhead = 8;
+
 template <typename Elem>
 __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem> a) {
     const int64_t per_row = a.L * (a.Wd / 4);
@@ -429,19 +439,60 @@ __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem
     for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
     const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
     const int64_t step = a.H * L;  // next slot, same head and latent
-    int64_t cr = ((sq.b * a.NS + sq.base) * a.H + h) * L + l;
-#pragma unroll 4
-    for (int64_t c = 0; c < n_chunks; ++c, cr += step) {
-        const float cm = a.ws_cm[cr], cs = a.ws_cs[cr];
-        float4* cell = reinterpret_cast<float4*>(a.ws_w + cr * a.Wd + d0);
-        const float4 x = *cell;
-        if (d0 == 0) {
-            a.ws_m[cr] = m;
-            a.ws_u[cr] = u;
+    const int64_t first = ((sq.b * a.NS + sq.base) * a.H + h) * L + l;
+    const bool entering = !a.bidir;
+    // running pointers: the chunk being combined (cur) and the one being fetched (ahead), same head and latent
+    const float *cm_ahead = a.ws_cm + first, *cs_ahead = a.ws_cs + first;
+    const float* w_ahead = a.ws_w + first * a.Wd + d0;
+    float *m_cur = a.ws_m + first, *u_cur = a.ws_u + first, *w_cur = a.ws_w + first * a.Wd + d0;
+    const int64_t wstep = step * a.Wd;
+    float ring_m[kScanAhead], ring_u[kScanAhead];
+    float4 ring_w[kScanAhead];
+#pragma unroll
+    for (int j = 0; j < kScanAhead; ++j) {
+        if (j < n_chunks) {
+            ring_m[j] = *cm_ahead;
+            ring_u[j] = *cs_ahead;
+            ring_w[j] = *reinterpret_cast<const float4*>(w_ahead);
+            cm_ahead += step;
+            cs_ahead += step;
+            w_ahead += wstep;
         }
-        *cell = make_float4(w[0], w[1], w[2], w[3]);  // the state entering chunk c
-        const float xs[4] = {x.x, x.y, x.z, x.w};
-        ck::combine<4>(m, u, w, cm, cs, xs);
+    }
+    for (int64_t c0 = 0; c0 < n_chunks; c0 += kScanAhead) {
+#pragma unroll
+        for (int j = 0; j < kScanAhead; ++j) {
+            if (c0 + j < n_chunks) {
+                const float cm = ring_m[j], cs = ring_u[j], xs[4] = {ring_w[j].x, ring_w[j].y, ring_w[j].z,
+                                                                     ring_w[j].w};
+                if (c0 + j + kScanAhead < n_chunks) {  // refill this ring slot (issued before the stores below)
+                    ring_m[j] = *cm_ahead;
+                    ring_u[j] = *cs_ahead;
+                    ring_w[j] = *reinterpret_cast<const float4*>(w_ahead);
+                    cm_ahead += step;
+                    cs_ahead += step;
+                    w_ahead += wstep;
+                }
+                if (entering) {
+                    if (d0 == 0) {
+                        *m_cur = m;
+                        *u_cur = u;
+                    }
+                    *reinterpret_cast<float4*>(w_cur) = make_float4(w[0], w[1], w[2], w[3]);
+                }
+                m_cur += step;
+                u_cur += step;
+                w_cur += wstep;
+                ck::combine<4>(m, u, w, cm, cs, xs);
+            }
+        }
+    }
+    if (!entering && n_chunks > 0) {  // bidirectional: the whole-sequence state in the first slot
+        if (d0 == 0) {
+            a.ws_m[first] = m;
+            a.ws_u[first] = u;
+        }
+        *reinterpret_cast<float4*>(a.ws_w + first * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
     }
     if (a.mT) {
         if (d0 == 0) {
@@ -483,6 +534,45 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem>
     }
     ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P);
     ck::chunk_output<kGemmFor<Elem>>(s, g);
+    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+        const int64_t t = idx / cols, d = idx - t * cols;
+        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+    }
+}
+
+// Latte bidirectional, step 3: y = p · mean for one chunk (columns [e0, e0 + BV)), mean_l = S_l / α_l of the
+// whole sequence (its first slot, written by state_scan_kernel with a.bidir); a [C, Lp] × [Lp, BV] tile product.
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(ChunkArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV, ldV = g.ldV();
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L;
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        float inv = 0.f;
+        if (l < L && e0 + c < a.Wd) {
+            x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+            const float u = a.ws_u[row0 + l];
+            inv = u > 0.f ? 1.f / u : 0.f;  // u ≥ 1 for a non-empty sequence
+        }
+        float* d = s.S + l * ldV + c;
+        d[0] = x.x * inv;
+        d[1] = x.y * inv;
+        d[2] = x.z * inv;
+        d[3] = x.w * inv;
+    }
+    ck::load_chunk<false>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P, true);
+    mmau::block_gemm<kGemmFor<Elem>, mmau::kRow, mmau::kRow>(s.Y, ldV, s.P, g.ldL(), s.S, ldV, ck::kChunk, g.BV,
+                                                             g.Lp, false);
+    __syncthreads();
     const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
     for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
         const int64_t t = idx / cols, d = idx - t * cols;
@@ -884,7 +974,7 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
     };
     int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
     while (bv0 > 16 && !fits(bv0)) bv0 = round_up(bv0 / 2, 16);
-    const bool chunk_ok = causal && fits(bv0);
+    const bool chunk_ok = (causal || !aaren) && fits(bv0);
     auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
     const int64_t seq = sz.N * sz.H;
     ScanMode mode = opt.mode;
@@ -893,7 +983,7 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
         else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq) mode = ScanMode::Chunked;
         else mode = seq >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
     }
-    if (mode == ScanMode::Chunked && !chunk_ok) return causal ? cudaErrorInvalidConfiguration : cudaErrorInvalidValue;
+    if (mode == ScanMode::Chunked && !chunk_ok) return cudaErrorInvalidConfiguration;
     int bv = bv0;
     if (mode == ScanMode::Chunked)
         while (chunk_blocks(bv) < sms && bv > 16) bv = round_up(bv / 2, 16);
@@ -911,8 +1001,8 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
 
 // The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
 template <bool kAaren, typename Elem>
-cudaError_t launch_chunked(const Args<Elem>& a0, const ScanPlan& plan, void* workspace, int64_t workspace_bytes,
-                           cudaStream_t stream) {
+cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& plan, void* workspace,
+                           int64_t workspace_bytes, cudaStream_t stream) {
     if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
         reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
         return cudaErrorInvalidValue;
@@ -936,10 +1026,11 @@ cudaError_t launch_chunked(const Args<Elem>& a0, const ScanPlan& plan, void* wor
     a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
     a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
     a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
+    a.bidir = causal ? 0 : 1;
     const int64_t blocks = a.B * a.NS * a.H * a.nBV;
     if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
-    auto out_kernel = chunk_out_kernel<kAaren, Elem>;
+    auto out_kernel = causal ? chunk_out_kernel<kAaren, Elem> : bidir_out_kernel<Elem>;
     auto scan_kernel = state_scan_kernel<Elem>;
     const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes_out = ck::carve(a.g, true, nullptr).bytes;
     cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -974,7 +1065,7 @@ cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* wo
     cudaError_t err = plan_forward(KIND == Kind::Aaren, sz, causal, opt, &plan);
     if (err != cudaSuccess) return err;
     if (plan.mode == ScanMode::Chunked)
-        return launch_chunked<KIND == Kind::Aaren, T>(a, plan, workspace, workspace_bytes, stream);
+        return launch_chunked<KIND == Kind::Aaren, T>(a, causal, plan, workspace, workspace_bytes, stream);
     return launch_forward<KIND>(a, causal, stream);
 }
 

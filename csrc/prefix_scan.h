@@ -36,7 +36,8 @@ struct ScanSizes {
 
 // Forward launch mode: Auto = the occupancy rule (ScanPlan), OnePass = one block per (sequence, head) walking
 // its whole sequence (forward_kernel), Chunked = the chunk-parallel forward (chunk summaries, a light scan of
-// the states, every chunk's outputs in parallel; causal only).
+// the states, every chunk's outputs in parallel; bidirectional Latte: the summaries' whole-sequence total, then
+// y = p·mean per chunk).
 enum class ScanMode : int { Auto = 0, OnePass = 1, Chunked = 2 };
 
 struct ScanOptions {
@@ -48,7 +49,7 @@ struct ScanOptions {
 // The forward's launch plan (scan_fwd_plan): the occupancy rule of kernels/occupancy.py applied to these kernels.
 // seq_blocks = N·H (the one pass); chunk_blocks = B·NS·H·⌈Dv/BV⌉ (each chunk kernel; NS chunk slots of 16 steps
 // per batch row: ⌈T/16⌉, or ⌊T/16⌋ + N when packed); scan_blocks: the state scan's blocks (128 threads, one per
-// 4 state columns of one latent of one (sequence, head)). Rule: one pass when seq_blocks ≥ 2·SMs (or not causal);
+// 4 state columns of one latent of one (sequence, head)). Rule: one pass when seq_blocks ≥ 2·SMs;
 // else chunked when chunk_blocks ≥ SMs and > seq_blocks; else the mode with more blocks at BV = 16. Chunked:
 // BV (from min(64, Dv rounded up to 16)) is halved while chunk_blocks < SMs (down to 16) or the tiles do not
 // fit the shared memory. workspace_bytes: the float32 chunk states the chunked mode needs (0 in one-pass mode).

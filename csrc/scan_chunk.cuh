@@ -231,18 +231,19 @@ __host__ __device__ inline Tiles carve(const Geom& g, bool out, unsigned char* b
 // mixing-weight tile P (0 there), and the value tile V [C][BV] (columns [e0, e0 + BV) of v, 0 past Dv or len)
 // of the chunk at steps [t0, t0 + len) of batch row b, head h. Aaren: a = scale·(q·k_t) from the k tile (K, q
 // scratch tiles), p = 1; Latte: a = k, p = softmax_l(q_t). Ends with __syncthreads() (the tiles are readable).
+// mix_only (Latte): only P (A and V are neither loaded nor written).
 template <bool kAaren, typename T>
 __device__ void load_chunk(const Tiles& s, const Geom& g, const View<T>& q, const View<T>& k, const View<T>& v,
                            int64_t b, int64_t h, int64_t t0, int len, int64_t D, int64_t Dv, int e0, float scale,
-                           float* P) {
+                           float* P, bool mix_only = false) {
     const int C = kChunk, ldL = g.ldL(), Lp = g.Lp, L = g.L;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    load_tile(s.V, g.ldV(), C, g.BV, v, b, t0, h, e0, len, Dv - e0);
+    if (!mix_only) load_tile(s.V, g.ldV(), C, g.BV, v, b, t0, h, e0, len, Dv - e0);
     if (kAaren) {
         load_tile(s.K, g.ldK(), C, g.Dkp, k, b, t0, h, 0, len, D);
         for (int j = threadIdx.x; j < g.Dkp; j += blockDim.x) s.q[j] = j < D ? q.get(b, 0, h, j) : 0.f;
     } else {
-        load_tile(s.A, ldL, C, Lp, k, b, t0, h, 0, len, L);
+        if (!mix_only) load_tile(s.A, ldL, C, Lp, k, b, t0, h, 0, len, L);
         if (P != nullptr) load_tile(P, ldL, C, Lp, q, b, t0, h, 0, len, L);
     }
     __syncthreads();
@@ -257,8 +258,9 @@ __device__ void load_chunk(const Tiles& s, const Geom& g, const View<T>& q, cons
                 if (P != nullptr) P[t * ldL + l] = valid ? 1.f : 0.f;
             }
         } else {
-            for (int l = lane; l < Lp; l += 32)
-                if (t >= len || l >= L) s.A[t * ldL + l] = -CUDART_INF_F;
+            if (!mix_only)
+                for (int l = lane; l < Lp; l += 32)
+                    if (t >= len || l >= L) s.A[t * ldL + l] = -CUDART_INF_F;
             if (P != nullptr) {  // p = softmax over the valid latents (every exponent ≤ 0)
                 float mx = -CUDART_INF_F;
                 for (int l = lane; l < L; l += 32) mx = fmaxf(mx, P[t * ldL + l]);

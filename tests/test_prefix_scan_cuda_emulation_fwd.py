@@ -110,8 +110,8 @@ def _plan(lib, aaren, sz, cu=None, causal=True, mode=AUTO, sms=0):
                     out.tolist()))
 
 
-def _forward(lib, aaren, dtype, q, k, v, state, cu, mode, sms, scale=1.0):
-    """Runs the kernel forward: -> (o, mT, uT, wT) (Aaren: states [N, H] / [N, H, Dv])."""
+def _forward(lib, aaren, dtype, q, k, v, state, cu, mode, sms, scale=1.0, causal=True):
+    """Runs the kernel forward: -> (o, mT, uT, wT) (Aaren: states [N, H] / [N, H, Dv]; not causal: only o)."""
     B, T, H = k.shape[:3]
     Dv = v.shape[-1]
     X = k.shape[-1]
@@ -119,13 +119,13 @@ def _forward(lib, aaren, dtype, q, k, v, state, cu, mode, sms, scale=1.0):
     L = 1 if aaren else X
     sz = [B, T, H, L, X, Dv, N]
     cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    plan = _plan(lib, aaren, sz, cu_t, mode=mode, sms=sms)
+    plan = _plan(lib, aaren, sz, cu_t, causal=causal, mode=mode, sms=sms)
     assert plan["mode"] == mode or mode == AUTO
     mem = Mem()
     ws = mem.out(max(1, plan["workspace_bytes"] // 4)) if plan["workspace_bytes"] else None
     o = mem.out(B, T, H, Dv, dtype=dtype)
     sshape = (N, H) if aaren else (N, H, L)
-    mT, uT, wT = mem.out(*sshape), mem.out(*sshape), mem.out(*sshape, Dv)
+    mT, uT, wT = (mem.out(*sshape), mem.out(*sshape), mem.out(*sshape, Dv)) if causal else (None, None, None)
     m0, u0, w0 = (None, None, None) if state is None else (x.float().contiguous() for x in state)
     if aaren:
         qs = [0, 0, *q.stride()] if q.dim() == 2 else [q.stride(0), 0, q.stride(1), q.stride(2)]
@@ -135,7 +135,7 @@ def _forward(lib, aaren, dtype, q, k, v, state, cu, mode, sms, scale=1.0):
                                   ctypes.c_int64(plan["workspace_bytes"]))
     else:
         rc = lib.emu_latte_fwd_ex(DT[dtype], _p(q), mem.i64(q.stride()), _p(k), mem.i64(k.stride()), _p(v),
-                                  mem.i64(v.stride()), mem.i64(sz), _p(cu_t), 1, _p(m0), _p(u0), _p(w0), _p(o),
+                                  mem.i64(v.stride()), mem.i64(sz), _p(cu_t), int(causal), _p(m0), _p(u0), _p(w0), _p(o),
                                   _p(mT), _p(uT), _p(wT), mode, sms, _p(ws), ctypes.c_int64(plan["workspace_bytes"]))
     assert rc == 0, emu_build.last_error(lib)
     mem.check()
@@ -164,6 +164,7 @@ AAREN = [  # (B, T, H, D, Dv, dtype, state, shared_q, cu, order, sms)
     (2, 1, 3, 5, 7, F32, True, False, None, 0, 0),          # T = 1
     (1, 63, 2, 7, 9, BF16, True, False, [0, 17, 17, 63], 2, 0),   # packed, an empty sequence, shuffled
     (1, 40, 1, 16, 40, F32, False, False, None, 0, 1),      # 1 SM: BV 48 (one tile), contiguous float4 loads
+    (1, 300, 1, 3, 4, F32, True, False, None, 0, 0),        # 19 chunks: the state scan's prefetch ring wraps
 ]
 
 
@@ -191,6 +192,7 @@ LATTE = [  # (B, T, H, L, Dv, dtype, state, cu, order, sms)
     (1, 1, 2, 5, 3, F32, True, None, 0, 0),                 # T = 1
     (1, 63, 1, 24, 8, BF16, True, [0, 5, 40, 40, 63], 3, 0),  # packed (16-byte loads), shuffled
     (1, 33, 1, 5, 37, BF16, True, None, 0, 1),              # 1 SM: one Dv tile of 48
+    (1, 300, 1, 3, 4, F32, True, [0, 140, 141, 300], 0, 0),  # 9 and 10 chunks per sequence (> the ring)
 ]
 
 
@@ -239,6 +241,28 @@ def test_extreme_logits_fallback_and_ramp(lib, dtype):
     _check(got, want, dtype)
 
 
+BIDIR = [  # (B, T, H, L, Dv, dtype, cu, order)
+    (2, 17, 2, 5, 7, F32, None, 1),
+    (1, 100, 1, 20, 33, BF16, None, 0),                     # 3 Dv tiles, scalar loads
+    (1, 63, 2, 24, 8, BF16, [0, 1, 30, 30, 63], 2),         # packed (16-byte loads), shuffled
+]
+
+
+@pytest.mark.parametrize("B,T,H,L,Dv,dtype,cu,order", BIDIR)
+def test_latte_bidirectional_chunked_forward(lib, schedule, B, T, H, L, Dv, dtype, cu, order):
+    schedule(order)
+    g = torch.Generator().manual_seed(3000 + T + L)
+    q, q64 = _input((B, T, H, L), (0, 1, 2, 3), dtype, g, scale=2.0)
+    k, k64 = _input((B, T, H, L), (0, 1, 2, 3), dtype, g, scale=3.0)
+    v, v64 = _input((B, T, H, Dv), (0, 1, 2, 3), dtype, g)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    want = ref.latte_attention(q64, k64, v64, causal=False, cu_seqlens=cu_t)
+    o = _forward(lib, False, dtype, q, k, v, None, cu, CHUNKED, 0, causal=False)[0]
+    assert _rel(o, want) < TOL[dtype]
+    one = _forward(lib, False, dtype, q, k, v, None, cu, ONE_PASS, 0, causal=False)[0]
+    assert _rel(o, one.to(F64)) < TOL[dtype]
+
+
 def test_packed_matches_loop_and_one_pass(lib):
     """Packed sequences give what each sequence gives alone, and the chunked mode what the one pass gives."""
     g = torch.Generator().manual_seed(5)
@@ -266,7 +290,7 @@ def test_packed_matches_loop_and_one_pass(lib):
 
 def test_plan_goal_shapes(lib):
     """The occupancy rule at the goal shapes (132 SMs): chunk-parallel with 32768 blocks per chunk kernel at
-    B·H = 64, T = 8192; the one pass when N·H ≥ 2·SMs (B512 H8 T96); bidirectional Latte: the one pass."""
+    B·H = 64, T = 8192 (causal and bidirectional Latte); the one pass when N·H ≥ 2·SMs (B512 H8 T96)."""
     latte = _plan(lib, False, [8, 8192, 8, 64, 64, 64, 8], sms=132)
     assert (latte["mode"], latte["BV"], latte["NS"], latte["chunk_blocks"]) == (CHUNKED, 64, 512, 32768)
     assert latte["scan_blocks"] == 8 * 8 * 64 * 16 // 128
@@ -278,4 +302,4 @@ def test_plan_goal_shapes(lib):
     tiny = _plan(lib, False, [1, 40, 2, 5, 5, 33, 1], sms=132)  # 3 slots × 2 heads: Dv split to 16
     assert (tiny["mode"], tiny["BV"], tiny["chunk_blocks"]) == (CHUNKED, 16, 3 * 2 * 3)
     bidir = _plan(lib, False, [8, 8192, 8, 64, 64, 64, 8], causal=False, sms=132)
-    assert bidir["mode"] == ONE_PASS
+    assert (bidir["mode"], bidir["chunk_blocks"]) == (CHUNKED, 32768)
