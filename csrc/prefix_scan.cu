@@ -541,6 +541,54 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem>
     }
 }
 
+// One pass (causal; ScanMode::OnePass): one block per (sequence, head, Dv tile) walks the chunks of its sequence
+// with the state (m, α, S [Lp][BV]) in shared memory — per chunk the same chunk_output as chunk_out_kernel, then
+// the chunk summary (Eᵀv into W) combined into the state. No workspace; writes y and the final state.
+// blockIdx.x = (n·H + h)·nBV + Dv tile.
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) onepass_kernel(ChunkArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const int tile = static_cast<int>(blockIdx.x % a.nBV);
+    const int64_t row = blockIdx.x / a.nBV, n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int e0 = tile * g.BV, ldV = g.ldV();
+    const int64_t cols = Dv - e0 < g.BV ? Dv - e0 : g.BV;
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = (a.m0 && l < L) ? a.m0[row * L + l] : -CUDART_INF_F;
+        s.u[l] = (a.m0 && l < L) ? a.u0[row * L + l] : 0.f;
+    }
+    for (int idx = threadIdx.x; idx < g.Lp * g.BV; idx += blockDim.x) {
+        const int l = idx / g.BV, d = idx - (idx / g.BV) * g.BV;
+        s.S[l * ldV + d] = (a.m0 && l < L && d < cols) ? a.w0[(row * L + l) * Dv + e0 + d] : 0.f;
+    }
+    for (int64_t t0 = sq.bos; t0 < sq.eos; t0 += ck::kChunk) {
+        const int len = static_cast<int>(sq.eos - t0 < ck::kChunk ? sq.eos - t0 : ck::kChunk);
+        ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
+        ck::chunk_output<kImpl>(s, g);
+        for (int64_t idx = threadIdx.x; idx < len * cols; idx += blockDim.x) {
+            const int64_t t = idx / cols, d = idx - t * cols;
+            a.o[((sq.b * a.T + t0 + t) * a.H + h) * Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+        }
+        ck::chunk_summary<kImpl>(s, g, s.W);
+        ck::combine_summary(s, g);
+    }
+    __syncthreads();  // (a zero-length sequence: the initial state loads above)
+    if (a.mT) {
+        if (tile == 0)
+            for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
+                a.mT[row * L + l] = s.m[l];
+                a.uT[row * L + l] = s.u[l];
+            }
+        for (int64_t idx = threadIdx.x; idx < L * cols; idx += blockDim.x) {
+            const int64_t l = idx / cols, d = idx - l * cols;
+            a.wT[(row * L + l) * Dv + e0 + d] = s.S[l * ldV + d];
+        }
+    }
+}
+
 // Latte bidirectional, step 3: y = p · mean for one chunk (columns [e0, e0 + BV)), mean_l = S_l / α_l of the
 // whole sequence (its first slot, written by state_scan_kernel with a.bidir); a [C, Lp] × [Lp, BV] tile product.
 template <typename Elem>
@@ -960,6 +1008,17 @@ cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
 
 constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
 
+// Shared memory of the chunk kernels (chunked mode: the larger of the summary and output kernels) and of
+// onepass_kernel, at Dv tile bv.
+int64_t chunk_smem(bool aaren, const ScanSizes& sz, int bv) {
+    const ck::Geom g = ck::make_geom(aaren, sz.L, sz.D, bv);
+    const int64_t a = ck::carve(g, true, nullptr).bytes, b = ck::carve(g, false, nullptr).bytes;
+    return a > b ? a : b;
+}
+int64_t onepass_smem(bool aaren, const ScanSizes& sz, int bv) {
+    return ck::carve(ck::make_geom(aaren, sz.L, sz.D, bv), true, nullptr, true).bytes;
+}
+
 // The occupancy rule (see ScanPlan in prefix_scan.h). sz: Aaren with L = 1, Latte with D = L.
 cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const ScanOptions& opt, ScanPlan* plan) {
     int sms = 0, max_smem = 0;
@@ -968,44 +1027,40 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
     const bool packed = sz.cu_seqlens != nullptr;
     const int Dvp = round_up(static_cast<int>(sz.Dv), 16);
     const int64_t NS = ck::num_slots(sz.T, sz.N, packed), Wd = (sz.Dv + 3) / 4 * 4;
-    auto fits = [&](int bv) {
-        const ck::Geom g = ck::make_geom(aaren, sz.L, sz.D, bv);
-        return ck::carve(g, true, nullptr).bytes <= max_smem && ck::carve(g, false, nullptr).bytes <= max_smem;
-    };
     int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
-    while (bv0 > 16 && !fits(bv0)) bv0 = round_up(bv0 / 2, 16);
-    const bool chunk_ok = (causal || !aaren) && fits(bv0);
+    while (bv0 > 16 && chunk_smem(aaren, sz, bv0) > max_smem) bv0 = round_up(bv0 / 2, 16);
+    const bool chunk_ok = (causal || !aaren) && chunk_smem(aaren, sz, bv0) <= max_smem;
+    // one pass: onepass_kernel (causal, N·H·⌈Dv/BV⌉ blocks) or, bidirectional, forward_kernel (N·H blocks)
     auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
-    const int64_t seq = sz.N * sz.H;
+    auto seq_blocks = [&](int bv) { return sz.N * sz.H * (causal ? cdiv64(Dvp, bv) : 1); };
     ScanMode mode = opt.mode;
     if (mode == ScanMode::Auto) {
-        if (!chunk_ok || seq >= 2 * int64_t(sms)) mode = ScanMode::OnePass;
-        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq) mode = ScanMode::Chunked;
-        else mode = seq >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
+        if (!chunk_ok || seq_blocks(bv0) >= 2 * int64_t(sms)) mode = ScanMode::OnePass;
+        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq_blocks(bv0)) mode = ScanMode::Chunked;
+        else mode = seq_blocks(16) >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
     }
     if (mode == ScanMode::Chunked && !chunk_ok) return cudaErrorInvalidConfiguration;
     int bv = bv0;
-    if (mode == ScanMode::Chunked)
+    if (mode == ScanMode::Chunked) {
         while (chunk_blocks(bv) < sms && bv > 16) bv = round_up(bv / 2, 16);
+    } else {
+        while (bv > 16 && (seq_blocks(bv) < sms || onepass_smem(aaren, sz, bv) > max_smem)) bv = round_up(bv / 2, 16);
+    }
     plan->mode = mode;
     plan->C = ck::kChunk;
     plan->BV = bv;
     plan->NS = mode == ScanMode::Chunked ? NS : 0;
-    plan->seq_blocks = seq;
+    plan->seq_blocks = seq_blocks(bv);
     plan->chunk_blocks = mode == ScanMode::Chunked ? chunk_blocks(bv) : 0;
-    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(seq * sz.L * (Wd / 4), ck::kThreads) : 0;
+    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(sz.N * sz.H * sz.L * (Wd / 4), ck::kThreads) : 0;
     plan->workspace_bytes =
         mode == ScanMode::Chunked ? ws_layout(sz.B, NS, sz.H, sz.L, Wd).floats * int64_t(sizeof(float)) : 0;
     return cudaSuccess;
 }
 
-// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
+// The kernels' arguments for the plan (workspace pointers set by launch_chunked).
 template <bool kAaren, typename Elem>
-cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& plan, void* workspace,
-                           int64_t workspace_bytes, cudaStream_t stream) {
-    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
-        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
-        return cudaErrorInvalidValue;
+ChunkArgs<Elem> chunk_args(const Args<Elem>& a0, bool causal, const ScanPlan& plan) {
     ChunkArgs<Elem> a{};
     const ScanTensor q{a0.q, a0.sq_b, a0.sq_t, a0.sq_h, a0.sq_x}, k{a0.k, a0.sk_b, a0.sk_t, a0.sk_h, a0.sk_x},
         v{a0.v, a0.sv_b, a0.sv_t, a0.sv_h, a0.sv_x};
@@ -1021,12 +1076,23 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
     a.scale = a0.scale;
     a.g = ck::make_geom(kAaren, a0.L, a0.D, plan.BV);
     a.nBV = static_cast<int>(cdiv64(a0.Dv, plan.BV));
-    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
-    float* ws = static_cast<float*>(workspace);
-    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
     a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
     a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
     a.bidir = causal ? 0 : 1;
+    return a;
+}
+
+// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
+template <bool kAaren, typename Elem>
+cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& plan, void* workspace,
+                           int64_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    ChunkArgs<Elem> a = chunk_args<kAaren>(a0, causal, plan);
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
     const int64_t blocks = a.B * a.NS * a.H * a.nBV;
     if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
@@ -1056,7 +1122,23 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
     return err;
 }
 
-// The forward: the plan's mode (one pass: forward_kernel; chunked: launch_chunked).
+// The causal one pass (onepass_kernel): N·H·⌈Dv/BV⌉ blocks.
+template <bool kAaren, typename Elem>
+cudaError_t launch_onepass(const Args<Elem>& a0, const ScanPlan& plan, cudaStream_t stream) {
+    const ChunkArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
+    const int64_t blocks = a.N * a.H * a.nBV;
+    if (blocks == 0) return cudaSuccess;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto kernel = onepass_kernel<kAaren, Elem>;
+    const int64_t bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes), stream, a);
+    return cudaGetLastError();
+}
+
+// The forward: the plan's mode (chunked: launch_chunked; one pass: onepass_kernel, or forward_kernel when not causal).
 template <Kind KIND, typename T>
 cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* workspace, int64_t workspace_bytes,
                         cudaStream_t stream) {
@@ -1066,7 +1148,11 @@ cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* wo
     if (err != cudaSuccess) return err;
     if (plan.mode == ScanMode::Chunked)
         return launch_chunked<KIND == Kind::Aaren, T>(a, causal, plan, workspace, workspace_bytes, stream);
-    return launch_forward<KIND>(a, causal, stream);
+    int sms = 0, max_smem = 0;
+    if ((err = device_facts(opt, &sms, &max_smem)) != cudaSuccess) return err;
+    const bool fits = onepass_smem(KIND == Kind::Aaren, sz, plan.BV) <= max_smem;
+    if (causal && fits) return launch_onepass<KIND == Kind::Aaren, T>(a, plan, stream);
+    return launch_forward<KIND>(a, causal, stream);  // bidirectional, or a state too large for onepass_kernel
 }
 
 template <Kind KIND, typename T>

@@ -263,6 +263,33 @@ def test_latte_bidirectional_chunked_forward(lib, schedule, B, T, H, L, Dv, dtyp
     assert _rel(o, one.to(F64)) < TOL[dtype]
 
 
+ONE_PASS_CASES = [  # (aaren, B, T, H, X, Dv, dtype, state, cu, sms, extreme)
+    (True, 1, 63, 2, 7, 9, BF16, True, [0, 17, 17, 63], 0, False),   # packed, an empty sequence
+    (False, 2, 37, 1, 20, 33, F32, True, None, 0, False),            # 3 Dv tiles of 16
+    (False, 1, 40, 2, 5, 7, BF16, True, None, 1, True),              # ±1e4 logits: the exact fallback
+    (True, 2, 1, 2, 5, 7, F32, False, None, 1, False),               # T = 1
+]
+
+
+@pytest.mark.parametrize("aaren,B,T,H,X,Dv,dtype,state,cu,sms,extreme", ONE_PASS_CASES)
+def test_one_pass_forward(lib, aaren, B, T, H, X, Dv, dtype, state, cu, sms, extreme):
+    """ScanMode::OnePass (onepass_kernel: the same chunk functions, the state in shared memory) vs the reference."""
+    g = torch.Generator().manual_seed(4000 + T + X)
+    N = B if cu is None else len(cu) - 1
+    q, q64 = _input((B, H, X) if aaren else (B, T, H, X), (0, 1, 2) if aaren else (0, 2, 1, 3), dtype, g)
+    k, k64 = _input((B, T, H, X), (0, 1, 2, 3), dtype, g, scale=1e4 if extreme else 2.0)
+    v, v64 = _input((B, T, H, Dv), (0, 1, 2, 3), dtype, g)
+    st = _state(g, N, H, X, Dv, aaren) if state else None
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    if aaren:
+        want = ref.aaren_attention(q64, k64, v64, scale=0.5, initial_state=st, output_final_state=True,
+                                   cu_seqlens=cu_t)
+    else:
+        want = ref.latte_attention(q64, k64, v64, causal=True, initial_state=st, output_final_state=True,
+                                   cu_seqlens=cu_t)
+    _check(_forward(lib, aaren, dtype, q, k, v, st, cu, ONE_PASS, sms, 0.5), want, dtype)
+
+
 def test_packed_matches_loop_and_one_pass(lib):
     """Packed sequences give what each sequence gives alone, and the chunked mode what the one pass gives."""
     g = torch.Generator().manual_seed(5)
@@ -298,7 +325,9 @@ def test_plan_goal_shapes(lib):
     aaren = _plan(lib, True, [8, 8192, 8, 1, 64, 64, 8], sms=132)
     assert (aaren["mode"], aaren["BV"], aaren["chunk_blocks"], aaren["scan_blocks"]) == (CHUNKED, 64, 32768, 8)
     small = _plan(lib, True, [512, 96, 8, 1, 16, 16, 512], sms=132)
-    assert small["mode"] == ONE_PASS and small["workspace_bytes"] == 0
+    assert (small["mode"], small["BV"], small["seq_blocks"], small["workspace_bytes"]) == (ONE_PASS, 16, 4096, 0)
+    wide = _plan(lib, False, [64, 96, 4, 16, 16, 128, 64], sms=132)  # N·H = 256: split Dv to 2 tiles of 64
+    assert (wide["mode"], wide["BV"], wide["seq_blocks"]) == (ONE_PASS, 64, 512)
     tiny = _plan(lib, False, [1, 40, 2, 5, 5, 33, 1], sms=132)  # 3 slots × 2 heads: Dv split to 16
     assert (tiny["mode"], tiny["BV"], tiny["chunk_blocks"]) == (CHUNKED, 16, 3 * 2 * 3)
     bidir = _plan(lib, False, [8, 8192, 8, 64, 64, 64, 8], causal=False, sms=132)
