@@ -11,6 +11,9 @@
 //   M_t = max(M_{t−1}, a_t),  F_t = e^{M_{t−1} − M_t},  E_t = e^{a_t − M_t}  (both ≤ 1; exp_shift maps −inf to 0)
 //   den_t = den_{t−1} F_t + E_t,   num_t = num_{t−1} F_t + E_t v_t.
 //
+// The forward (causal and bidirectional) is chunk-parallel on tensor cores: see "chunk-parallel forward" below
+// and csrc/scan_chunk.cuh; forward_kernel (described next) remains only for the bidirectional one pass.
+//
 // Blocking. One thread block per row, blockDim = (32, G): warp w owns the latents l ≡ w (mod G), lane j owns the
 // value columns d ≡ j (mod 32). The block walks time in tiles of C steps; per tile, separated by __syncthreads():
 //   1. load: logits (Aaren: a warp-reduced dot q·k_t per step), p (Latte: a warp softmax over l per step), v, dy
