@@ -19,7 +19,8 @@ namespace {
 ScanTensor st(const void* p, const int64_t* s) { return ScanTensor{p, s[0], s[1], s[2], s[3]}; }
 ScanSizes sizes(const int64_t* z, const int32_t* cu) { return ScanSizes{z[0], z[1], z[2], z[3], z[4], z[5], z[6], cu}; }
 ScanOptions options(int mode, int sms) { return ScanOptions{sms, 0, static_cast<ScanMode>(mode)}; }
-// A workspace for the Auto plan (freed when the call returns).
+// A workspace for the Auto plan, NaN-poisoned (an element read before it is written spreads NaN into the
+// outputs); freed when the call returns.
 struct AutoWs {
     void* p = nullptr;
     int64_t bytes = 0;
@@ -27,7 +28,10 @@ struct AutoWs {
         ScanPlan plan{};
         if (scan_fwd_plan(aaren, sz, causal, options(0, 0), &plan) == cudaSuccess && plan.workspace_bytes > 0) {
             bytes = plan.workspace_bytes;
-            p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+            const size_t n = static_cast<size_t>((bytes + 63) / 64 * 16);
+            float* f = static_cast<float*>(aligned_alloc(64, n * sizeof(float)));
+            for (size_t i = 0; i < n; ++i) f[i] = __builtin_nanf("");
+            p = f;
         }
     }
     ~AutoWs() { free(p); }
