@@ -165,6 +165,7 @@ AAREN = [  # (B, T, H, D, Dv, dtype, state, shared_q, cu, order, sms)
     (1, 63, 2, 7, 9, BF16, True, False, [0, 17, 17, 63], 2, 0),   # packed, an empty sequence, shuffled
     (1, 40, 1, 16, 40, F32, False, False, None, 0, 1),      # 1 SM: BV 48 (one tile), contiguous float4 loads
     (1, 300, 1, 3, 4, F32, True, False, None, 0, 0),        # 19 chunks: the state scan's prefetch ring wraps
+    (1, 33, 1, 64, 130, BF16, True, False, None, 0, 1),     # goal head dim; 1 SM: 3 Dv tiles of 64
 ]
 
 
@@ -193,6 +194,7 @@ LATTE = [  # (B, T, H, L, Dv, dtype, state, cu, order, sms)
     (1, 63, 1, 24, 8, BF16, True, [0, 5, 40, 40, 63], 3, 0),  # packed (16-byte loads), shuffled
     (1, 33, 1, 5, 37, BF16, True, None, 0, 1),              # 1 SM: one Dv tile of 48
     (1, 300, 1, 3, 4, F32, True, [0, 140, 141, 300], 0, 0),  # 9 and 10 chunks per sequence (> the ring)
+    (1, 20, 1, 40, 66, F32, True, None, 0, 1),              # Lp = 48; 1 SM: Dv tiles of 64 and 2
 ]
 
 
