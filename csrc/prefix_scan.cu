@@ -370,9 +370,14 @@ struct FwdArgs {
     ck::Geom g;
     int nBV;
     int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
+    int plain_sum;  // state_scan_kernel: a plain sum of ws_w along the chunks (no maxima; bidirectional backward)
     float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
     const float *m0, *u0, *w0;
     float *mT, *uT, *wT;
+    // bidirectional backward: dout, gradients, the per-chunk Gm = Pᵀ dy workspace [cells][L][Wd]
+    ck::View<Elem> dout;
+    Elem *dq, *dk, *dv;
+    float* ws_g;
 };
 
 struct ChunkBlock {
@@ -486,12 +491,17 @@ __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> 
                 m_cur += step;
                 u_cur += step;
                 w_cur += wstep;
-                ck::combine<4>(m, u, w, cm, cs, xs);
+                if (a.plain_sum) {
+#pragma unroll
+                    for (int jj = 0; jj < 4; ++jj) w[jj] += xs[jj];
+                } else {
+                    ck::combine<4>(m, u, w, cm, cs, xs);
+                }
             }
         }
     }
     if (!entering && n_chunks > 0) {  // bidirectional: the whole-sequence state in the first slot
-        if (d0 == 0) {
+        if (d0 == 0 && !a.plain_sum) {
             a.ws_m[first] = m;
             a.ws_u[first] = u;
         }
@@ -628,6 +638,144 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(FwdArgs<Elem> a
     for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
         const int64_t t = idx / cols, d = idx - t * cols;
         a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+    }
+}
+
+// ---------------------------------------------------------------- Latte bidirectional backward, chunk-parallel
+//
+// With the whole-sequence state (m, α, S) per latent (the forward's chunk_sum_kernel + state_scan_kernel with
+// a.bidir), mean_l = S_l/α_l, π_{s,l} = e^{k_{s,l} − m_l}/α_l, Gm_l = Σ_t p_{t,l} dy_t [L, Dv]:
+//   dp_{t,l} = dy_t·mean_l,  dq = p ⊙ (dp − Σ_l p dp),  dv_s = Σ_l π_{s,l} Gm_l,
+//   dk_{s,l} = π_{s,l} (v_s·Gm_l − mean_l·Gm_l).
+// bidir_dq_kernel (per chunk, all Dv tiles in a loop): Gm_c = P_cᵀ dY_c → ws_g, dP = dY meanᵀ → dq;
+// state_scan_kernel (a.plain_sum): Gm = Σ_c Gm_c into the sequence's first slot of ws_g;
+// bidir_dkv_kernel (per chunk, all Dv tiles): dv = π Gm, V Gmᵀ and mean·Gm → dk. Tile products on tensor cores
+// (16-bit inputs) as in the forward. blockIdx.x = (b·NS + slot)·H + h (a.nBV = 1 for these launches).
+
+// Loads mean = S/α (into dst) of the first slot row0 (columns [e0, e0 + BV)); padded rows/columns 0.
+template <typename Elem>
+__device__ __forceinline__ void load_mean(const FwdArgs<Elem>& a, int64_t row0, int e0, float* dst, int ldV) {
+    const ck::Geom& g = a.g;
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        float inv = 0.f;
+        if (l < a.L && e0 + c < a.Wd) {
+            x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+            const float u = a.ws_u[row0 + l];
+            inv = u > 0.f ? 1.f / u : 0.f;
+        }
+        float* d = dst + l * ldV + c;
+        d[0] = x.x * inv;
+        d[1] = x.y * inv;
+        d[2] = x.z * inv;
+        d[3] = x.w * inv;
+    }
+}
+
+// Copies a [Lp][BV] tile of a [cells][L][Wd] workspace row block (columns [e0, e0 + BV)) into dst (or back).
+__device__ __forceinline__ void tile_io(float* ws, int64_t row0, int64_t L, int64_t Wd, int e0, float* tile, int ldV,
+                                       const ck::Geom& g, bool store) {
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float* t = tile + l * ldV + c;
+        if (store) {
+            if (l < L && e0 + c < Wd)
+                *reinterpret_cast<float4*>(ws + (row0 + l) * Wd + e0 + c) = make_float4(t[0], t[1], t[2], t[3]);
+        } else {
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (l < L && e0 + c < Wd) x = *reinterpret_cast<const float4*>(ws + (row0 + l) * Wd + e0 + c);
+            t[0] = x.x;
+            t[1] = x.y;
+            t[2] = x.z;
+            t[3] = x.w;
+        }
+    }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int ldV = g.ldV(), ldL = g.ldL(), C = ck::kChunk;
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L, crow = cb.cell * L;
+    ck::load_chunk<false>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, 0, a.scale, s.P, true);
+    for (int e0 = 0; e0 < a.Dv; e0 += g.BV) {
+        ck::load_tile(s.V, ldV, C, g.BV, a.dout, cb.b, sl.t0, cb.h, e0, sl.len, a.Dv - e0);  // dY
+        load_mean(a, row0, e0, s.S, ldV);
+        __syncthreads();
+        mmau::block_gemm<kImpl, mmau::kCol, mmau::kRow>(s.W, ldV, s.P, ldL, s.V, ldV, g.Lp, g.BV, C, false);  // Pᵀ dY
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kCol>(s.F, ldL, s.V, ldV, s.S, ldV, C, g.Lp, g.BV, e0 > 0);  // dY meanᵀ
+        __syncthreads();
+        tile_io(a.ws_g, crow, L, a.Wd, e0, s.W, ldV, g, true);
+        __syncthreads();  // (W, V, S are reused by the next tile)
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    for (int t = warp; t < sl.len; t += n_warps) {  // dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_0 first
+        const float z0 = s.F[t * ldL];
+        float pz = 0.f;
+        for (int l = lane; l < L; l += 32) pz += s.P[t * ldL + l] * (s.F[t * ldL + l] - z0);
+        pz = warp_sum(pz);
+        for (int l = lane; l < L; l += 32)
+            a.dq[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
+                from_float<Elem>(s.P[t * ldL + l] * ((s.F[t * ldL + l] - z0) - pz));
+    }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_dkv_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int ldV = g.ldV(), ldL = g.ldL(), C = ck::kChunk;
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L;
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = l < L ? a.ws_m[row0 + l] : 0.f;
+        const float u = l < L ? a.ws_u[row0 + l] : 0.f;
+        s.u[l] = u > 0.f ? 1.f / u : 0.f;
+        s.r[l] = 0.f;  // mean_l·Gm_l
+    }
+    ck::load_tile(s.A, ldL, C, g.Lp, a.k, cb.b, sl.t0, cb.h, 0, sl.len, L);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < C * g.Lp; idx += blockDim.x) {  // π = e^{k − m}/α (0 when masked)
+        const int t = idx / g.Lp, l = idx - t * g.Lp;
+        s.E[t * ldL + l] = (t < sl.len && l < L) ? ck::exp_diff(s.A[t * ldL + l], s.m[l]) * s.u[l] : 0.f;
+    }
+    for (int e0 = 0; e0 < a.Dv; e0 += g.BV) {
+        ck::load_tile(s.V, ldV, C, g.BV, a.v, cb.b, sl.t0, cb.h, e0, sl.len, a.Dv - e0);
+        tile_io(a.ws_g, row0, L, a.Wd, e0, s.S, ldV, g, false);  // Gm (whole sequence)
+        load_mean(a, row0, e0, s.W, ldV);
+        __syncthreads();
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kRow>(s.Y, ldV, s.E, ldL, s.S, ldV, C, g.BV, g.Lp, false);  // π Gm
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kCol>(s.F, ldL, s.V, ldV, s.S, ldV, C, g.Lp, g.BV, e0 > 0);  // V Gmᵀ
+        for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+            float acc = 0.f;
+            for (int d = 0; d < g.BV; ++d) acc = fmaf(s.W[l * ldV + d], s.S[l * ldV + d], acc);
+            s.r[l] += acc;
+        }
+        __syncthreads();
+        const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+        for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+            const int64_t t = idx / cols, d = idx - t * cols;
+            a.dv[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+        }
+        __syncthreads();
+    }
+    for (int64_t idx = threadIdx.x; idx < sl.len * L; idx += blockDim.x) {
+        const int64_t t = idx / L, l = idx - t * L;
+        a.dk[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
+            from_float<Elem>(s.E[t * ldL + l] * (s.F[t * ldL + l] - s.r[l]));
     }
 }
 
@@ -1141,6 +1289,64 @@ cudaError_t launch_onepass(const Args<Elem>& a0, const ScanPlan& plan, cudaStrea
     return cudaGetLastError();
 }
 
+// Latte bidirectional backward, chunk-parallel: the forward's chunked plan (mode forced) plus the Gm workspace.
+cudaError_t plan_bidir_backward(const ScanSizes& sz, ScanOptions opt, ScanPlan* plan) {
+    opt.mode = ScanMode::Chunked;
+    const cudaError_t err = plan_forward(false, sz, false, opt, plan);
+    if (err != cudaSuccess) return err;
+    plan->workspace_bytes += sz.B * plan->NS * sz.H * sz.L * ((sz.Dv + 3) / 4 * 4) * int64_t(sizeof(float));
+    return cudaSuccess;
+}
+
+// Five launches: chunk_sum_kernel, state_scan_kernel (whole-sequence state), bidir_dq_kernel, state_scan_kernel
+// (plain sum of Gm), bidir_dkv_kernel.
+template <typename Elem>
+cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, void* workspace,
+                                  int64_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    FwdArgs<Elem> a = chunk_args<false>(a0, false, plan);
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    a.ws_g = ws + ly.floats;
+    const ScanTensor dout{a0.dout, a0.sd_b, a0.sd_t, a0.sd_h, a0.sd_x};
+    a.dout = ck::make_view<Elem>(dout, a0.Dv);
+    a.dq = a0.dq; a.dk = a0.dk; a.dv = a0.dv;
+    a.mT = a.uT = a.wT = nullptr;
+    const int64_t blocks = a.B * a.NS * a.H * a.nBV, rows = a.B * a.NS * a.H;
+    if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto sum_kernel = chunk_sum_kernel<false, Elem>;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    auto dq_kernel = bidir_dq_kernel<Elem>;
+    auto dkv_kernel = bidir_dkv_kernel<Elem>;
+    const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes_sum));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess || rows == 0) return err;
+    FwdArgs<Elem> per_chunk = a;  // one block per chunk, all Dv tiles in a loop
+    per_chunk.nBV = 1;
+    FwdArgs<Elem> gsum = a;  // the plain sum of Gm along the chunks
+    gsum.plain_sum = 1;
+    gsum.ws_w = a.ws_g;
+    FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum), stream, a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(dq_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream, per_chunk);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, gsum);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(dkv_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream,
+                   per_chunk);
+    return cudaGetLastError();
+}
+
 // The forward: the plan's mode (chunked: launch_chunked; one pass: onepass_kernel, or forward_kernel when not causal).
 template <Kind KIND, typename T>
 cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* workspace, int64_t workspace_bytes,
@@ -1211,6 +1417,30 @@ cudaError_t scan_fwd_plan(bool aaren, ScanSizes sz, bool causal, ScanOptions opt
     if (aaren) sz.L = 1; else sz.D = sz.L;
     if (!sizes_ok(sz) || plan == nullptr || (aaren && !causal)) return cudaErrorInvalidValue;
     return plan_forward(aaren, sz, causal, opt, plan);
+}
+
+cudaError_t latte_bidir_bwd_plan(ScanSizes sz, ScanOptions opt, ScanPlan* plan) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || plan == nullptr) return cudaErrorInvalidValue;
+    return plan_bidir_backward(sz, opt, plan);
+}
+
+cudaError_t latte_bidir_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                            ScanOptions opt, void* dq, void* dk, void* dv, void* workspace, int64_t workspace_bytes,
+                            cudaStream_t stream) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || !dq || !dk || !dv) return cudaErrorInvalidValue;
+    ScanPlan plan{};
+    const cudaError_t err = plan_bidir_backward(sz, opt, &plan);
+    if (err != cudaSuccess) return err;
+    return dispatch(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
+        a.dq = static_cast<T*>(dq);
+        a.dk = static_cast<T*>(dk);
+        a.dv = static_cast<T*>(dv);
+        return launch_bidir_backward<T>(a, plan, workspace, workspace_bytes, stream);
+    });
 }
 
 cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,

@@ -80,6 +80,16 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
                       const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
                       ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream);
 
+// Latte bidirectional backward, chunk-parallel (the forward's chunk summaries and whole-sequence state, then
+// per chunk Gm_c = pᵀdy and dq, the sum of Gm over the chunks, per chunk dv and dk; tensor cores for 16-bit
+// inputs): dq, dk [B, T, H, L], dv [B, T, H, Dv] contiguous in the input type. workspace: at least
+// latte_bidir_bwd_plan(...).workspace_bytes (16-byte aligned). Not yet called by latte_bwd (which runs the
+// sequential bidir_bwd_kernel for causal = false): wiring it in needs that workspace in the binding.
+cudaError_t latte_bidir_bwd_plan(ScanSizes sz, ScanOptions opt, ScanPlan* plan);
+cudaError_t latte_bidir_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                            ScanOptions opt, void* dq, void* dk, void* dv, void* workspace, int64_t workspace_bytes,
+                            cudaStream_t stream);
+
 // Backward (the maxima carry no gradient). dout = do; daT/dST: final-state cotangents (nullptr = 0).
 // Workspace (causal): ws_M, ws_c, ws_r, float32 [B, T, H, L] each (forward maxima, p/den, −p/den·(dy·mean)
 // per position, written by a recompute sweep and read by the reverse sweep).

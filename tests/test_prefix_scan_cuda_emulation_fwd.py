@@ -334,3 +334,40 @@ def test_plan_goal_shapes(lib):
     assert (tiny["mode"], tiny["BV"], tiny["chunk_blocks"]) == (CHUNKED, 16, 3 * 2 * 3)
     bidir = _plan(lib, False, [8, 8192, 8, 64, 64, 64, 8], causal=False, sms=132)
     assert (bidir["mode"], bidir["chunk_blocks"]) == (CHUNKED, 32768)
+
+
+BIDIR_BWD = [  # (B, T, H, L, Dv, dtype, cu, sms)
+    (2, 17, 2, 5, 7, F32, None, 0),
+    (1, 63, 2, 20, 33, BF16, None, 0),                      # Dv tiles of 16 looped inside the blocks
+    (1, 63, 1, 24, 8, BF16, [0, 1, 30, 30, 63], 1),          # packed (16-byte loads), an empty sequence
+    (2, 2, 1, 3, 70, F32, None, 1),                         # T = 2 (at T = 1 dq is exactly 0); tiles of 64 and 6
+]
+
+
+@pytest.mark.parametrize("B,T,H,L,Dv,dtype,cu,sms", BIDIR_BWD)
+def test_latte_bidirectional_backward(lib, B, T, H, L, Dv, dtype, cu, sms):
+    """latte_bidir_bwd (chunk-parallel bidirectional backward) vs the float64 reference's autograd."""
+    g = torch.Generator().manual_seed(5000 + T + L + Dv)
+    q, q64 = _input((B, T, H, L), (0, 1, 2, 3), dtype, g, scale=2.0)
+    k, k64 = _input((B, T, H, L), (0, 2, 1, 3), dtype, g, scale=3.0)
+    v, v64 = _input((B, T, H, Dv), (0, 1, 2, 3), dtype, g)
+    do, do64 = _input((B, T, H, Dv), (0, 1, 2, 3), dtype, g)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q64, k64, v64))
+    o_ref = ref.latte_attention(qr, kr, vr, causal=False, cu_seqlens=cu_t)
+    want = torch.autograd.grad((o_ref * do64).sum(), [qr, kr, vr])
+    N = B if cu is None else len(cu) - 1
+    mem = Mem()
+    sz = mem.i64([B, T, H, L, L, Dv, N])
+    nbytes = torch.zeros(1, dtype=torch.int64)
+    args = [DT[dtype], _p(do), mem.i64(do.stride()), _p(q), mem.i64(q.stride()), _p(k), mem.i64(k.stride()), _p(v),
+            mem.i64(v.stride()), sz, _p(cu_t), sms]
+    assert lib.emu_latte_bidir_bwd(*args, None, None, None, None, ctypes.c_int64(0), _p(nbytes)) == 0
+    ws = mem.out(int(nbytes) // 4)
+    dq, dk, dv = mem.out(B, T, H, L, dtype=dtype), mem.out(B, T, H, L, dtype=dtype), mem.out(B, T, H, Dv, dtype=dtype)
+    rc = lib.emu_latte_bidir_bwd(*args, _p(dq), _p(dk), _p(dv), _p(ws), ctypes.c_int64(int(nbytes)), _p(nbytes))
+    assert rc == 0, emu_build.last_error(lib)
+    mem.check()
+    tol = TOL[dtype] if dtype == F32 else 6e-2
+    for name, a, b in zip(["dq", "dk", "dv"], [dq, dk, dv], want):
+        assert _rel(a, b) < tol, name

@@ -83,6 +83,19 @@ EMU_API int emu_latte_fwd_ex(int dtype, const void* q, const int64_t* sq, const 
                      S0, o, mT, aT, ST, options(mode, sms), ws, ws_bytes, nullptr);
 }
 
+// Latte bidirectional backward, chunk-parallel; out_bytes: the workspace size (call with ws == nullptr to get it).
+EMU_API int emu_latte_bidir_bwd(int dtype, const void* dout, const int64_t* sd, const void* q, const int64_t* sq,
+                                const void* k, const int64_t* sk, const void* v, const int64_t* sv, const int64_t* sz,
+                                const int32_t* cu, int sms, void* dq, void* dk, void* dv, void* ws, int64_t ws_bytes,
+                                int64_t* out_bytes) {
+    ScanPlan plan{};
+    const cudaError_t err = latte_bidir_bwd_plan(sizes(sz, cu), options(2, sms), &plan);
+    *out_bytes = plan.workspace_bytes;
+    if (err != cudaSuccess || ws == nullptr) return err;
+    return latte_bidir_bwd(static_cast<DType>(dtype), st(dout, sd), st(q, sq), st(k, sk), st(v, sv), sizes(sz, cu),
+                           options(2, sms), dq, dk, dv, ws, ws_bytes, nullptr);
+}
+
 EMU_API int emu_aaren_bwd(int dtype, const void* dout, const int64_t* sd, const void* q, const int64_t* sq,
                           const void* k, const int64_t* sk, const void* v, const int64_t* sv, const int64_t* sz,
                           const int32_t* cu, float scale, const float* m0, const float* u0, const float* w0,
