@@ -11,7 +11,9 @@ the sequences, logits of ±1e4 (the exact per-step fallback) and steep ramps (th
 float32 (FMA) and bfloat16 (mma.sync TF32 through the emulated wrappers), strided (scalar-load) and contiguous
 (16-byte-load) inputs, a shuffled fiber schedule. Outputs and the workspace start as NaN inside NaN canaries,
 so an element the kernels forget to write (or read before writing), or a write outside, fails. The launch plan
-(occupancy rule) is checked at the goal shapes.
+(occupancy rule) is checked at the goal shapes. Also: the one-pass mode (onepass_kernel), the bidirectional Latte
+forward on the chunk summaries and the chunk-parallel bidirectional backward (latte_bidir_bwd) against the
+reference's autograd.
 """
 from __future__ import annotations
 
