@@ -9,8 +9,8 @@ elsewhere. tests/conftest.py sets FLASHTS_POISON=1, so every output buffer the b
   E ≠ D, odd sizes, K from 1 to L, cotangents on o and/or the weights, |r| ~ 1e4, non-contiguous inputs.
   Inputs come from test_auto_correlation's tie-avoiding generator and the selected delays are compared first
   (with the reference and with the torch backend) so that a near-tie is reported as such.
-* Sizes that cross every kernel edge: H·D wider than one aggregation pass (128 threads × 4 columns), K above
-  one staged chunk of delays (256), several row chunks in the delay-dot partials, L = 1.
+* Sizes that cross every kernel edge: H·D wider than one channel tile (16 threads × 16-byte vectors), K above
+  one shared-memory stage of delays (64) and above one delay-dots chunk (8), several time tiles (32 rows), L = 1.
 * Each launcher against plain torch (aggregate with sign ±1 and the alignment rows, delay dots, the spectrum
   kernels); the backend functions' contract; deterministic backward; a stride-0 cotangent.
 """
@@ -229,8 +229,8 @@ def test_aggregate_launcher(dtype, sign, T_in, L, T_out):
 
 
 def test_aggregate_launcher_many_delays():
-    """K = 600 > 256 delays (three staged chunks), H·D = 520 > 512 (two column passes), dv-like T_out > L,
-    two row chunks of delay-dot partials."""
+    """K = 600 delays (ten shared-memory stages of 64, 75 delay-dots chunks of 8), H·D = 520 (several channel
+    tiles), dv-like T_out > L, two time tiles of delay-dot partials."""
     B, T_in, L, T_out, H, D, K = 2, 40, 40, 50, 2, 260, 600
     x = torch.randn(B, T_in, H, D, device=DEV)
     delays = torch.randint(-1000, 1000, (B, K), dtype=torch.int64, device=DEV)
@@ -263,19 +263,24 @@ def test_delay_dots_launcher(T_x):
     assert rel_err(dw.cpu(), ref) < 1e-5
 
 
-def test_spectrum_launchers():
-    B, Fq, H, E = 2, 9, 3, 4
-    qf = torch.randn(B, Fq, H, E, dtype=torch.complex64, device=DEV)
-    kf = torch.randn(B, Fq, H, E, dtype=torch.complex64, device=DEV)
+@pytest.mark.parametrize("sliced", [False, True])
+def test_spectrum_launchers(sliced):
+    """Fused cross-spectrum (overwrite, then accumulate) and the in-place spectrum products, on contiguous
+    (16-byte path) and strided channel axes."""
+    B, Fq, C = 2, 9, 12
+    wide = torch.randn(2, B, Fq, 2 * C if sliced else C, dtype=torch.complex64, device=DEV)
+    qf, kf = (w[..., ::2] if sliced else w for w in wide)
     cross = torch.full((B, Fq), float("nan"), dtype=torch.complex64, device=DEV)
-    _ext().autocorr_spectrum_mean(qf, kf, cross)
-    ref = (qf.cdouble() * kf.cdouble().conj()).mean(dim=(2, 3))
+    _ext().autocorr_cross_spectrum(qf, kf, cross, 1.0 / C, False)
+    ref = (qf.cdouble() * kf.cdouble().conj()).mean(dim=-1)
     assert rel_err(torch.view_as_real(cross).cpu(), torch.view_as_real(ref).cpu()) < 1e-6
+    _ext().autocorr_cross_spectrum(qf, kf, cross, 1.0 / C, True)
+    assert rel_err(torch.view_as_real(cross).cpu(), torch.view_as_real(2 * ref).cpu()) < 1e-6
     drf = torch.randn(B, Fq, dtype=torch.complex64, device=DEV)
-    dqf, dkf = (torch.full_like(qf, float("nan")) for _ in range(2))
-    _ext().autocorr_spectrum_grad(qf, kf, drf, 0.25, dqf, dkf)
-    g = (0.25 * drf.cdouble())[:, :, None, None]
-    for got, want in ((dqf, kf.cdouble() * g), (dkf, qf.cdouble() * g.conj())):
+    q0, k0 = qf.cdouble(), kf.cdouble()
+    _ext().autocorr_spectrum_grad(qf, kf, drf, 0.25)
+    g = (0.25 * drf.cdouble())[:, :, None]
+    for got, want in ((kf, k0 * g), (qf, q0 * g.conj())):
         assert rel_err(torch.view_as_real(got).cpu(), torch.view_as_real(want).cpu()) < 1e-6
 
 
