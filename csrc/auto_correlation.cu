@@ -23,6 +23,10 @@
 //                          (≤ 8 float32 accumulators per thread), 16-byte loads as above. The delays are cut into
 //                          just enough chunks for ≈ 4 blocks per SM (the Triton rule).
 //   delay_dots_final_kernel    dw[b, i] = Σ_j partials[b, i, j] in a fixed order (deterministic, no atomics).
+//   delay_grad_kernel      (instead of the final kernel, for the backward) one block per b: dw as above (+ the
+//                          cotangent of the returned weights), the softmax backward dz = w ⊙ (dw − Σ_j w_j dw_j) and
+//                          the scatter dr[b, τ_i] = dz[b, i] into a zero row — the torch glue of the Triton path
+//                          (≈ 7 small launches) in one kernel.
 //   spectrum_grad_kernel   IN PLACE: K̂ ← K̂ · ĝ (spectrum of dq), Q̂ ← Q̂ · conj(ĝ) (spectrum of dk),
 //                          ĝ[b, f] = rfft(dr)[b, f] / C; warp per (b, f) row as the cross-spectrum kernel.
 // All offsets are int64; every access is bounds-checked; accumulation is float32.
@@ -358,6 +362,33 @@ __global__ void __launch_bounds__(FINAL_WARPS * 32)
     if (lane == 0) dw[bi] = acc;
 }
 
+// One block per b: dw[b, i] = Σ_j partials[(b·K + i)·n_tiles + j] (+ dweights[b, i]), then
+//   dr[b, t] = w[b, i] · (dw[b, i] − Σ_j w[b, j] dw[b, j])  at t = τ_i mod L,  0 at every other t < L.
+// The delays of a row are distinct (top-K indices), so the scatter has no collisions. Fixed-order sums.
+__global__ void __launch_bounds__(FINAL_WARPS * 32)
+    delay_grad_kernel(const float* __restrict__ partials, int64_t n_tiles, const int64_t* __restrict__ delays,
+                      const float* __restrict__ weights, const float* __restrict__ dweights, int64_t K, int64_t L,
+                      float* __restrict__ dw, float* __restrict__ dr) {
+    __shared__ float scratch[32];
+    const int64_t b = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int64_t i = warp; i < K; i += FINAL_WARPS) {  // a warp per delay
+        const float* p = partials + (b * K + i) * n_tiles;
+        float acc = 0.f;
+        for (int64_t j = lane; j < n_tiles; j += 32) acc += p[j];
+        acc = warp_sum(acc);
+        if (lane == 0) dw[b * K + i] = acc + (dweights != nullptr ? dweights[b * K + i] : 0.f);
+    }
+    float* dr_b = dr + b * L;
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) dr_b[t] = 0.f;
+    __syncthreads();  // dw of the block written and visible; the zero row written before the scatter
+    float wdw = 0.f;
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) wdw += weights[b * K + i] * dw[b * K + i];
+    const float total = block_sum(wdw, scratch);
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x)
+        dr_b[delay_mod(delays[b * K + i], L)] = weights[b * K + i] * (dw[b * K + i] - total);
+}
+
 struct DotPlan {
     int64_t n_tiles, k_chunks, k_per_block;
 };
@@ -453,17 +484,17 @@ int64_t partials_size(int64_t B, int64_t K, int64_t L) {
     return B * K * cdiv64(L, TILE_ROWS);
 }
 
-cudaError_t delay_dots(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, int64_t sg_h, int64_t sg_d,
-                       const void* x, int64_t sx_b, int64_t sx_t, int64_t sx_h, int64_t sx_d, int64_t T_x,
-                       int64_t B, int64_t L, int64_t H, int64_t D, const int64_t* delays, int64_t K, float* partials,
-                       float* dw, int sms, cudaStream_t stream) {
-    const int64_t BK = B * K;
-    if (BK == 0) return cudaSuccess;
+namespace {
+// The partial-sum kernel of delay_dots / delay_grad; returns the plan it used.
+cudaError_t delay_partials(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, int64_t sg_h, int64_t sg_d,
+                           const void* x, int64_t sx_b, int64_t sx_t, int64_t sx_h, int64_t sx_d, int64_t T_x,
+                           int64_t B, int64_t L, int64_t H, int64_t D, const int64_t* delays, int64_t K,
+                           float* partials, int sms, cudaStream_t stream, DotPlan& plan) {
     if (L <= 0 || H * D <= 0) return cudaErrorInvalidValue;
-    const DotPlan plan = dot_plan(B, K, L, sms > 0 ? sms : device_sms());
+    plan = dot_plan(B, K, L, sms > 0 ? sms : device_sms());
     const int64_t n_blocks = B * plan.n_tiles * plan.k_chunks;
-    if (n_blocks > MAX_GRID || cdiv64(BK, FINAL_WARPS) > MAX_GRID) return cudaErrorInvalidValue;
-    cudaError_t err = dispatch(dtype, [&](auto tag) {
+    if (n_blocks > MAX_GRID || cdiv64(B * K, FINAL_WARPS) > MAX_GRID) return cudaErrorInvalidValue;
+    return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
         constexpr int V = 16 / static_cast<int>(sizeof(T));
         DotArgs<T> a{static_cast<const T*>(g), sg_b, sg_t, sg_h, sg_d, static_cast<const T*>(x), sx_b, sx_t, sx_h,
@@ -476,9 +507,37 @@ cudaError_t delay_dots(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, i
             FLASHTS_LAUNCH((delay_dots_partial_kernel<T, 1>), static_cast<unsigned>(n_blocks), THREADS, 0, stream, a);
         return FLASHTS_LAUNCH_CHECK();
     });
+}
+}  // namespace
+
+cudaError_t delay_dots(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, int64_t sg_h, int64_t sg_d,
+                       const void* x, int64_t sx_b, int64_t sx_t, int64_t sx_h, int64_t sx_d, int64_t T_x,
+                       int64_t B, int64_t L, int64_t H, int64_t D, const int64_t* delays, int64_t K, float* partials,
+                       float* dw, int sms, cudaStream_t stream) {
+    const int64_t BK = B * K;
+    if (BK == 0) return cudaSuccess;
+    DotPlan plan;
+    const cudaError_t err = delay_partials(dtype, g, sg_b, sg_t, sg_h, sg_d, x, sx_b, sx_t, sx_h, sx_d, T_x, B, L, H,
+                                           D, delays, K, partials, sms, stream, plan);
     if (err != cudaSuccess) return err;
     FLASHTS_LAUNCH(delay_dots_final_kernel, static_cast<unsigned>(cdiv64(BK, FINAL_WARPS)), FINAL_WARPS * 32, 0,
                    stream, partials, plan.n_tiles, BK, dw);
+    return FLASHTS_LAUNCH_CHECK();
+}
+
+cudaError_t delay_grad(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, int64_t sg_h, int64_t sg_d,
+                       const void* x, int64_t sx_b, int64_t sx_t, int64_t sx_h, int64_t sx_d, int64_t T_x,
+                       int64_t B, int64_t L, int64_t H, int64_t D, const int64_t* delays, const float* weights,
+                       const float* dweights, int64_t K, float* partials, float* dw, float* dr, int sms,
+                       cudaStream_t stream) {
+    if (B == 0 || L == 0) return cudaSuccess;
+    if (K <= 0 || B > MAX_GRID) return cudaErrorInvalidValue;
+    DotPlan plan;
+    const cudaError_t err = delay_partials(dtype, g, sg_b, sg_t, sg_h, sg_d, x, sx_b, sx_t, sx_h, sx_d, T_x, B, L, H,
+                                           D, delays, K, partials, sms, stream, plan);
+    if (err != cudaSuccess) return err;
+    FLASHTS_LAUNCH(delay_grad_kernel, static_cast<unsigned>(B), FINAL_WARPS * 32, 0, stream, partials, plan.n_tiles,
+                   delays, weights, dweights, K, L, dw, dr);
     return FLASHTS_LAUNCH_CHECK();
 }
 

@@ -57,5 +57,16 @@ cudaError_t delay_dots(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, i
                        int64_t B, int64_t L, int64_t H, int64_t D, const int64_t* delays, int64_t K, float* partials,
                        float* dw, int sms, cudaStream_t stream);
 
+// The backward's delay gradient, fused: the partials of delay_dots, then one block per b computes
+//   dw[b, i] = Σ_j partials (+ dweights[b, i] when dweights is not null: the cotangent of the returned weights),
+//   dr[b, t] = w[b, i] · (dw[b, i] − Σ_j w[b, j] dw[b, j]) at t = τ[b, i] mod L, 0 elsewhere (t < L),
+// i.e. the softmax backward scattered to the selected delays. weights, dweights, dw: contiguous float [B, K];
+// dr: contiguous float [B, L]. The delays of a row must be distinct (top-K indices).
+cudaError_t delay_grad(DType dtype, const void* g, int64_t sg_b, int64_t sg_t, int64_t sg_h, int64_t sg_d,
+                       const void* x, int64_t sx_b, int64_t sx_t, int64_t sx_h, int64_t sx_d, int64_t T_x,
+                       int64_t B, int64_t L, int64_t H, int64_t D, const int64_t* delays, const float* weights,
+                       const float* dweights, int64_t K, float* partials, float* dw, float* dr, int sms,
+                       cudaStream_t stream);
+
 }  // namespace autocorr
 }  // namespace flashts

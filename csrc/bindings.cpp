@@ -146,6 +146,37 @@ void autocorr_delay_dots(torch::Tensor g, torch::Tensor x, torch::Tensor delays,
               fn);
 }
 
+// The backward's delay gradient, fused: dw[b, i] = <g, x shifted by τ_i> (+ dweights), and the softmax backward
+// scattered to the selected delays: dr[b, τ_i] = w_i (dw_i − Σ_j w_j dw_j), 0 elsewhere. weights, dweights
+// (optional), dw: float [B, K]; dr: float [B, L] (L = g's time length); all contiguous.
+void autocorr_delay_grad(torch::Tensor g, torch::Tensor x, torch::Tensor delays, torch::Tensor weights,
+                         OptTensor dweights, torch::Tensor dw, torch::Tensor dr) {
+    const char* fn = "autocorr_delay_grad";
+    TORCH_CHECK(g.dim() == 4 && x.dim() == 4, fn, ": g and x must be [B, T, H, D]");
+    check_cuda(g, fn, "g", g);
+    check_cuda(x, fn, "x", g);
+    TORCH_CHECK(x.scalar_type() == g.scalar_type(), fn, ": g and x must share a dtype");
+    const int64_t B = g.size(0), L = g.size(1), H = g.size(2), D = g.size(3);
+    TORCH_CHECK(x.size(0) == B && x.size(2) == H && x.size(3) == D, fn, ": x must be [B, T_x, H, D] like g");
+    TORCH_CHECK(delays.dim() == 2 && delays.size(0) == B, fn, ": delays must be [B, K]");
+    const int64_t K = delays.size(1);
+    check_out(delays, fn, "delays", g, at::kLong, {B, K});
+    check_out(weights, fn, "weights", g, at::kFloat, {B, K});
+    check_state(dweights, fn, "dweights", g, {B, K});
+    check_out(dw, fn, "dw", g, at::kFloat, {B, K});
+    check_out(dr, fn, "dr", g, at::kFloat, {B, L});
+    const at::cuda::OptionalCUDAGuard guard(g.device());
+    auto partials = torch::empty({flashts::autocorr::partials_size(B, K, L)}, g.options().dtype(at::kFloat));
+    check_err(flashts::autocorr::delay_grad(ac_dtype(g, fn), g.data_ptr(), g.stride(0), g.stride(1), g.stride(2),
+                                            g.stride(3), x.data_ptr(), x.stride(0), x.stride(1), x.stride(2),
+                                            x.stride(3), x.size(1), B, L, H, D, delays.data_ptr<int64_t>(),
+                                            weights.data_ptr<float>(), opt_ptr(dweights), K,
+                                            partials.data_ptr<float>(), dw.data_ptr<float>(), dr.data_ptr<float>(),
+                                            at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                            at::cuda::getCurrentCUDAStream()),
+              fn);
+}
+
 // In place, one block of channels: kf ← kf · scale·drf (spectrum of dq), qf ← qf · conj(scale·drf) (spectrum of
 // dk); qf, kf complex64 [B, F, Cb] (any strides); drf contiguous complex64 [B, F].
 void autocorr_spectrum_grad(torch::Tensor qf, torch::Tensor kf, torch::Tensor drf, double scale) {
@@ -348,6 +379,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("x"), py::arg("delays"), py::arg("weights"), py::arg("sign"), py::arg("L"), py::arg("out"));
     m.def("autocorr_delay_dots", &autocorr_delay_dots, "dw[b,i] = <g, x shifted by delay i> (deterministic)",
           py::arg("g"), py::arg("x"), py::arg("delays"), py::arg("dw"));
+    m.def("autocorr_delay_grad", &autocorr_delay_grad, "dw and the softmax backward scattered to the delays (dr)",
+          py::arg("g"), py::arg("x"), py::arg("delays"), py::arg("weights"), py::arg("dweights"), py::arg("dw"),
+          py::arg("dr"));
     m.def("autocorr_spectrum_grad", &autocorr_spectrum_grad, "in place: kf *= s*drf, qf *= conj(s*drf)",
           py::arg("qf"), py::arg("kf"), py::arg("drf"), py::arg("scale"));
     // Aaren (SPEC §4) and Latte (SPEC §5)

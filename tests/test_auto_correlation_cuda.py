@@ -263,6 +263,30 @@ def test_delay_dots_launcher(T_x):
     assert rel_err(dw.cpu(), ref) < 1e-5
 
 
+@pytest.mark.parametrize("with_dweights", [False, True])
+def test_delay_grad_launcher(with_dweights):
+    """Fused dw (+ dweights) + softmax backward + scatter into a zero dr row, vs torch."""
+    B, L, T_x, H, D, K = 3, 37, 30, 2, 8, 5
+    g = torch.randn(B, L, H, D, device=DEV)
+    x = torch.randn(B, T_x, H, D, device=DEV)
+    delays = torch.stack([torch.randperm(L)[:K] for _ in range(B)]).to(DEV)
+    weights = torch.softmax(torch.randn(B, K, device=DEV), dim=-1)
+    dweights = torch.randn(B, K, device=DEV) if with_dweights else None
+    dw = torch.full((B, K), float("nan"), device=DEV)
+    dr = torch.full((B, L), float("nan"), device=DEV)
+    _ext().autocorr_delay_grad(g, x, delays, weights, dweights, dw, dr)
+    x_al = torch.zeros(B, L, H, D, dtype=torch.float64)
+    x_al[:, :T_x] = x.double().cpu()
+    gd, dl = g.double().cpu(), delays.cpu()
+    dw_ref = torch.stack([torch.stack([(gd[b] * x_al[b, (torch.arange(L) + int(dl[b, i])) % L]).sum()
+                                       for i in range(K)]) for b in range(B)])
+    if with_dweights:
+        dw_ref = dw_ref + dweights.double().cpu()
+    w = weights.double().cpu()
+    dr_ref = torch.zeros(B, L, dtype=torch.float64).scatter_(1, dl, w * (dw_ref - (w * dw_ref).sum(-1, keepdim=True)))
+    assert rel_err(dw.cpu(), dw_ref) < 1e-5 and rel_err(dr.cpu(), dr_ref) < 1e-5
+
+
 @pytest.mark.parametrize("sliced", [False, True])
 def test_spectrum_launchers(sliced):
     """Fused cross-spectrum (overwrite, then accumulate) and the in-place spectrum products, on contiguous

@@ -105,6 +105,20 @@ class EmulatedExtension:
                                                      i64(D), _ptr(delays), i64(K), _ptr(partials), _ptr(dw),
                                                      int(self.sms)))
 
+    def autocorr_delay_grad(self, g, x, delays, weights, dweights, dw, dr):
+        B, L, H, D = g.shape
+        K = delays.shape[1]
+        assert x.dtype == g.dtype and delays.is_contiguous() and weights.is_contiguous() and weights.dtype == torch.float32
+        assert dweights is None or (dweights.is_contiguous() and dweights.dtype == torch.float32)
+        assert dw.is_contiguous() and dw.shape == (B, K) and dr.is_contiguous() and dr.shape == (B, L)
+        i64 = ctypes.c_int64
+        partials = torch.full((self.lib.emu_autocorr_partials_size(i64(B), i64(K), i64(L)),), float("nan"))
+        self._check(self.lib.emu_autocorr_delay_grad(DTYPES[g.dtype], _ptr(g), self._strides(g), _ptr(x),
+                                                     self._strides(x), i64(x.shape[1]), i64(B), i64(L), i64(H),
+                                                     i64(D), _ptr(delays), _ptr(weights),
+                                                     None if dweights is None else _ptr(dweights), i64(K),
+                                                     _ptr(partials), _ptr(dw), _ptr(dr), int(self.sms)))
+
 
 def _rel(got, want):
     got, want = got.detach().to(F64), want.detach().to(F64)
@@ -175,6 +189,8 @@ def test_auto_correlation_end_to_end(lib, monkeypatch, B, L, S, H, E, D, factor,
 def _out(shape, dtype):
     n = math.prod(shape)
     buf = torch.full((n + 2 * PAD,), float("nan"), dtype=dtype)
+    if buf.is_complex():
+        torch.view_as_real(buf).fill_(float("nan"))
     return buf, buf[PAD:PAD + n].view(*shape)
 
 
@@ -258,3 +274,35 @@ def test_spectrum_launchers(lib, C, sliced):
     assert _rel(torch.view_as_real(qf), torch.view_as_real(q0 * gr.conj())) < 1e-6
     if sliced:  # the elements between the channels are untouched
         assert torch.equal(wc[..., 1::2], wide[..., 1::2])
+
+
+@pytest.mark.parametrize("with_dweights", [False, True])
+def test_delay_grad_launcher(lib, with_dweights):
+    """Fused dw + softmax backward + scatter: dw (with the weights' cotangent) and the whole dr row (zeros except
+    at the delays, given as any int64 — reduced mod L), vs the torch formulas; deterministic."""
+    B, L, T_x, H, D, K = 3, 37, 30, 2, 8, 5
+    g = torch.randn(B, L, H, D, dtype=torch.bfloat16)
+    x = torch.randn(B, T_x, H, D, dtype=torch.bfloat16)
+    base = torch.stack([torch.randperm(L)[:K] for _ in range(B)])
+    delays = (base + L * torch.randint(-3, 3, (B, K))).contiguous()  # distinct mod L
+    weights = torch.softmax(torch.randn(B, K), dim=-1)
+    dweights = torch.randn(B, K) if with_dweights else None
+    ext = EmulatedExtension(lib, 1)
+    buf_w, dw = _out((B, K), torch.float32)
+    buf_r, dr = _out((B, L), torch.float32)
+    ext.autocorr_delay_grad(g, x, delays, weights, dweights, dw, dr)
+    assert _canaries_intact(buf_w) and _canaries_intact(buf_r)
+    x_al = torch.zeros(B, L, H, D, dtype=F64)
+    x_al[:, :T_x] = x.to(F64)
+    dw_ref = torch.stack([torch.stack([(g[b].to(F64) * x_al[b, (torch.arange(L) + int(delays[b, i])) % L]).sum()
+                                       for i in range(K)]) for b in range(B)])
+    if with_dweights:
+        dw_ref = dw_ref + dweights.to(F64)
+    w = weights.to(F64)
+    dz = w * (dw_ref - (w * dw_ref).sum(-1, keepdim=True))
+    dr_ref = torch.zeros(B, L, dtype=F64).scatter_(1, base, dz)
+    assert _rel(dw, dw_ref) < 1e-5 and _rel(dr, dr_ref) < 1e-5
+    assert torch.count_nonzero(dr) == B * K
+    dw2, dr2 = torch.empty_like(dw), torch.empty_like(dr)
+    ext.autocorr_delay_grad(g, x, delays, weights, dweights, dw2, dr2)
+    assert torch.equal(dw, dw2) and torch.equal(dr, dr2), "not deterministic"

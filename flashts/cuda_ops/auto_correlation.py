@@ -18,11 +18,10 @@ Forward (C = H·E channels, F = L//2 + 1 frequencies)
                                                                        inside, o written once, no rolled copies.
 Backward (indices carry no gradient)
     dv[b, s] = Σ_i w[b, i] · do[b, (s − τ_i) mod L]                    ``autocorr_aggregate`` with sign −1 (S rows)
-    dw[b, i] = Σ_{t,h,d} do[b, t] · v[b, (t + τ_i) mod L]              ``autocorr_delay_dots`` (per-tile partials
-                                                                       + a fixed-order sum: deterministic)
-               (+ the cotangent of the returned weights)
-    dz = w ⊙ (dw − Σ_j w_j dw_j); dr[b, τ_i] = dz[b, i]                  softmax backward, scatter (torch; the delays
-                                                                       of a row are distinct, so the scatter is exact)
+    dw[b, i] = Σ_{t,h,d} do[b, t] · v[b, (t + τ_i) mod L]              ``autocorr_delay_grad``: per-tile partials,
+               (+ the cotangent of the returned weights)               then one block per b sums them in a fixed
+    dz = w ⊙ (dw − Σ_j w_j dw_j); dr[b, τ_i] = dz[b, i], 0 elsewhere     order, does the softmax backward and
+                                                                       writes the dr row (delays of a row distinct)
     ĝ = rfft(dr) / C; per channel block: recompute Q̂, K̂, then in place K̂ ← K̂ · ĝ (dQ̂), Q̂ ← Q̂ · conj(ĝ) (dK̂)
     (``autocorr_spectrum_grad``), dq, dk = irfft of these written into the block's columns; dk cut / padded
     back to S steps.
@@ -125,14 +124,13 @@ def auto_correlation_bwd(do: Tensor, dweights: Optional[Tensor], q: Tensor, k: T
     dv = new_empty(v.shape, dtype=v.dtype, device=v.device)
     ext.autocorr_aggregate(do, delays, w, -1, L, dv)
 
-    # dw[b, i] = <do, v shifted by τ_i>, plus the cotangent of the returned weights
+    # dw[b, i] = <do, v shifted by τ_i> + the cotangent of the returned weights; the softmax backward scattered to
+    # the selected delays of r (distinct in a row): dr[b, τ_i] = w_i (dw_i − Σ_j w_j dw_j), 0 elsewhere — one
+    # fused launch after the partial sums (the Triton path does this part in torch)
     dw = new_empty((B, delays.shape[1]), dtype=torch.float32, device=q.device)
-    ext.autocorr_delay_dots(do, v, delays, dw)
-    if dweights is not None:
-        dw = dw + dweights.to(torch.float32)
-    # softmax backward, scattered to the selected delays of r (the delays of one row are distinct)
-    dz = w * (dw - (w * dw).sum(dim=-1, keepdim=True))
-    dr = torch.zeros((B, L), dtype=torch.float32, device=q.device).scatter_(1, delays, dz)
+    dr = new_empty((B, L), dtype=torch.float32, device=q.device)
+    dwt = None if dweights is None else dweights.to(torch.float32).contiguous()
+    ext.autocorr_delay_grad(do, v, delays, w, dwt, dw, dr)
 
     # r = (1/C) Σ_{h,e} corr(k, q): rfft(dq) = k̂·d̂r/C, rfft(dk) = q̂·conj(d̂r)/C, one rfft of dr per sample;
     # a block of channels at a time: recompute its spectra, form both products in place, transform back

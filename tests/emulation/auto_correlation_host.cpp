@@ -37,3 +37,11 @@ EMU_API int emu_autocorr_delay_dots(int dtype, const void* g, const int64_t* sg,
     return delay_dots(static_cast<DType>(dtype), g, sg[0], sg[1], sg[2], sg[3], x, sx[0], sx[1], sx[2], sx[3], T_x, B,
                       L, H, D, delays, K, partials, dw, sms, nullptr);
 }
+
+EMU_API int emu_autocorr_delay_grad(int dtype, const void* g, const int64_t* sg, const void* x, const int64_t* sx,
+                                    int64_t T_x, int64_t B, int64_t L, int64_t H, int64_t D, const int64_t* delays,
+                                    const float* weights, const float* dweights, int64_t K, float* partials,
+                                    float* dw, float* dr, int sms) {
+    return delay_grad(static_cast<DType>(dtype), g, sg[0], sg[1], sg[2], sg[3], x, sx[0], sx[1], sx[2], sx[3], T_x, B,
+                      L, H, D, delays, weights, dweights, K, partials, dw, dr, sms, nullptr);
+}
