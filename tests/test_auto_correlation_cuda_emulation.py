@@ -153,11 +153,20 @@ CASES = [
 @pytest.mark.parametrize("B,L,S,H,E,D,factor,mode,dtype,lay_qk,lay_v,fft_block,sms", CASES)
 def test_auto_correlation_end_to_end(lib, monkeypatch, B, L, S, H, E, D, factor, mode, dtype, lay_qk, lay_v,
                                      fft_block, sms):
-    """cuda_ops.auto_correlation fwd + bwd (emulated kernels, torch FFTs on the CPU) vs the float64 reference."""
+    """cuda_ops.auto_correlation fwd + bwd (emulated kernels, torch FFTs on the CPU) vs the float64 reference;
+    each case under another thread schedule of the harness (thread 0 first, reversed, shuffled)."""
     from flashts.cuda_ops import auto_correlation as cuda_ac
     from flashts.reference.auto_correlation import top_k_delays
     monkeypatch.setattr(cuda_ac, "extension", lambda: EmulatedExtension(lib, sms))
     monkeypatch.setattr(cuda_ac, "FFT_BLOCK_ELEMENTS", fft_block)
+    lib.flashts_emu_set_schedule(CASES.index((B, L, S, H, E, D, factor, mode, dtype, lay_qk, lay_v, fft_block, sms)))
+    try:
+        _end_to_end(B, L, S, H, E, D, factor, mode, dtype, lay_qk, lay_v, cuda_ac, top_k_delays)
+    finally:
+        lib.flashts_emu_set_schedule(0)
+
+
+def _end_to_end(B, L, S, H, E, D, factor, mode, dtype, lay_qk, lay_v, cuda_ac, top_k_delays):
     torch.manual_seed(1000 * L + S + D)
     q64, k64, v64 = _inputs(B, L, S, H, E, D, factor=factor, mode=mode, dtype=dtype)
     do64 = torch.randn(B, L, H, D, dtype=F64).to(dtype).to(F64)
