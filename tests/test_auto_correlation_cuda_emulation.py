@@ -240,8 +240,9 @@ def test_aggregate_launcher(lib, dtype, layout, sign, T_in, L, T_out):
 @pytest.mark.parametrize("dtype,layout,T_x,sms", [(torch.float32, "c", 45, 1), (torch.bfloat16, "c", 30, 132),
                                                   (torch.float32, "d", 60, 4)])
 def test_delay_dots_launcher(lib, dtype, layout, T_x, sms):
-    """K = 11 delays (chunks of 8 + 3 at sms=1, of 1 at sms=132), x shorter / longer than L, deterministic."""
-    B, L, H, D = 2, 45, 2, 16
+    """K = 11 delays (chunks of 8 + 3 at sms=1, of 1 at sms=132), x shorter / longer than L, H·D = 144: several
+    channel steps per row, the last one partial; deterministic."""
+    B, L, H, D = 2, 45, 3, 48
     g = _layout(torch.randn(B, L, H, D, dtype=F64), dtype, layout)
     x = _layout(torch.randn(B, T_x, H, D, dtype=F64), dtype, layout)
     delays = torch.randint(-200, 200, (B, 11), dtype=torch.int64)
