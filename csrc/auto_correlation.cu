@@ -105,17 +105,31 @@ __device__ __forceinline__ void load_vec(const T* p, float (&v)[VEC]) {
     }
 }
 
+// One 16-byte global store (STG.E.128). Written as PTX: nvcc split the plain uint4 / float4 assignment of the
+// aggregation into four 32-bit stores.
+__device__ __forceinline__ void store16(void* p, const uint32_t (&w)[4]) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                 : "memory");
+#else
+    *static_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+#endif
+}
+
 template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* p, const float (&v)[VEC]) {
     if constexpr (VEC == 1) {
         *p = from_float<T>(v[0]);
-    } else if constexpr (std::is_same<T, float>::value) {
-        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
     } else {
         uint32_t w[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) w[j] = pack2(from_float<T>(v[2 * j]), from_float<T>(v[2 * j + 1]));
-        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+        for (int j = 0; j < 4; ++j) {
+            if constexpr (std::is_same<T, float>::value)
+                w[j] = __float_as_uint(v[j]);
+            else
+                w[j] = pack2(from_float<T>(v[2 * j]), from_float<T>(v[2 * j + 1]));
+        }
+        store16(p, w);
     }
 }
 
