@@ -47,6 +47,7 @@
 //
 // Every index is int64; every global access is bounds-checked against the sequence and D / Dv. The
 // products and reductions have a fixed order, so results are deterministic.
+#include <cstdlib>
 #include <type_traits>
 
 #include "linear_attention.h"
@@ -1096,6 +1097,16 @@ cudaError_t seq_config(int kind, void (*kernel)(Params<Tin>), int Dp, int Dvp, i
     return cudaSuccess;
 }
 
+// LinOptions::pipeline, or for 0 (auto) FLASHTS_LINEAR_PIPELINE=0 / =1 from the environment (off / on where it
+// fits: to time both on a GPU).
+int pipeline_of(const LinOptions& opt) {
+    if (opt.pipeline != 0) return opt.pipeline;
+    const char* env = std::getenv("FLASHTS_LINEAR_PIPELINE");
+    if (env != nullptr && env[0] == '0') return 1;
+    if (env != nullptr && env[0] == '1') return 2;
+    return 0;
+}
+
 // Launches a sequential kernel (seq_config's chunk and staging), one block per (n, h).
 template <typename Tin>
 cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int max_smem, int force_chunk,
@@ -1229,7 +1240,7 @@ cudaError_t fwd_typed(LinInput q, LinInput k, LinInput v, LinSizes sz, LinOption
     int sms = 0, max_smem = 0;
     err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, opt.chunk, opt.pipeline, stream);
+    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, opt.chunk, pipeline_of(opt), stream);
 }
 
 // The chunk-parallel backward (B·NS·H blocks per main kernel), six launches on `stream`:
@@ -1333,9 +1344,9 @@ cudaError_t bwd_typed(LinInput dout, LinInput q, LinInput k, LinInput v, LinInpu
     int sms = 0, max_smem = 0;
     err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, opt.chunk, opt.pipeline, stream);
+    err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, opt.chunk, pipeline_of(opt), stream);
     if (err != cudaSuccess) return err;
-    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, max_smem, opt.chunk, opt.pipeline, stream);
+    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, max_smem, opt.chunk, pipeline_of(opt), stream);
 }
 
 }  // namespace

@@ -58,7 +58,8 @@ struct LinOptions {
     int chunk;  // 0: the largest chunk that fits (64, 32, 16); else that chunk size (tests use it)
     // cp.async staging of the next chunk in the SEQUENTIAL kernels (one-pass forward, one-pass backward):
     // 0 = auto (staged when the staging tiles fit and do not lower the blocks per SM), 1 = off, 2 = on where
-    // the staging tiles fit (tests use 1 / 2). See SeqConfig in linear_attention.cu.
+    // the staging tiles fit (tests use 1 / 2); with 0 the environment's FLASHTS_LINEAR_PIPELINE=0 / 1 means 1 / 2
+    // (to time both on a GPU). See SeqConfig in linear_attention.cu.
     int pipeline;
 };
 
