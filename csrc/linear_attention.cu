@@ -62,11 +62,12 @@ using mmau::block_gemm;
 using mmau::kCol;
 using mmau::kRow;
 
-// The chunk products' implementation (common.cuh block_gemm): float32 inputs FMA; float16 / bfloat16 inputs
-// mma.sync m16n8k8 TF32 on the float32 tiles (was wmma m16n16k8 TF32 until 2026-12-03, same precision; set
-// mmau::kGemmWmma here to go back).
+// The chunk products' implementation (common.cuh block_gemm), all on mma.sync m16n8k8 TF32 over the float32
+// tiles: float16 / bfloat16 inputs one TF32 product (10 mantissa bits ≥ the inputs'; was wmma m16n16k8 TF32
+// until 2026-12-03, same precision); float32 inputs three (3xTF32: operands split hi + lo, ~2⁻²¹ relative error,
+// as the Triton kernels' input_precision="tf32x3"; exact FMA until 2026-12-03 — set mmau::kGemmFma here for it).
 template <typename Tin>
-constexpr int kGemmFor = std::is_same<Tin, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
+constexpr int kGemmFor = std::is_same<Tin, float>::value ? mmau::kGemmMma3xTf32 : mmau::kGemmMma;
 
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kPad = ld_pad<float>();

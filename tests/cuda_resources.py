@@ -232,10 +232,11 @@ def _expand(template: str, hmma_types=(), ldg_types=()) -> dict[str, tuple[bool,
 
 
 EXPECTED: dict[str, tuple[bool, bool]] = {}
-# linear attention: mma.sync TF32 tensor cores for 16-bit inputs, FMA for float32; 16-byte loads of contiguous rows
-# (scalar fallback for strided ones); the chunk-parallel forward (chunk_state / state_scan / chunk_out).
+# linear attention: mma.sync TF32 tensor cores for every input type (one product for 16-bit inputs, 3xTF32 for
+# float32); 16-byte loads of contiguous rows (scalar fallback for strided ones); the chunk-parallel forward
+# (chunk_state / state_scan / chunk_out).
 for _k in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkv_kernel", "chunk_state_kernel", "chunk_out_kernel"):
-    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_16, ldg_types=_ALL))
+    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_ALL, ldg_types=_ALL))
 EXPECTED.update(_expand("linear::state_scan_kernel<{T}>", ldg_types=_ALL))
 # sliding window: wmma f16/bf16 tensor cores in the tile kernels, FMA for float32; delta is a row reduction.
 for _k in ("fwd_kernel", "dq_kernel", "dkdv_kernel"):
