@@ -325,7 +325,7 @@ __global__ void forward_kernel(Args<T> a, bool causal) {
     }
 }
 
-// ================================================================ chunk-parallel forward (causal, "chunked")
+// ================================================================ chunk-parallel forward ("chunked") and one pass
 //
 // The algorithm of kernels/prefix_scan.py SCAN_MODE "chunked", three kernels (math: csrc/scan_chunk.cuh):
 //   1. chunk_sum_kernel   per (batch row b, chunk slot, head h, Dv tile), every chunk in parallel: the chunk
@@ -339,8 +339,10 @@ __global__ void forward_kernel(Args<T> a, bool causal) {
 // Workspace (float32, from the caller; layout ws_layout): per chunk cell ((b·NS + slot)·H + h) and latent l:
 // cmax, csum (summaries), m, u (entering state) [B·NS·H·L] each, and w [B·NS·H·L][Wd] (Wd = Dv rounded up to
 // 4; the summary Eᵀv, then the entering S, in place). 128 threads per block; chunk kernels: blockIdx.x =
-// ((b·NS + slot)·H + h)·nBV + Dv tile. The one-pass forward_kernel above stays the choice when N·H ≥ 2·SMs
-// (plan_forward: enough (sequence, head) rows to fill the GPU without the state round trip through memory).
+// ((b·NS + slot)·H + h)·nBV + Dv tile. The one pass — onepass_kernel below (the same chunk functions, one block
+// per (sequence, head, Dv tile), no workspace), or forward_kernel above for bidirectional Latte — is the choice
+// when N·H·⌈Dv/BV⌉ ≥ 2·SMs (plan_forward: enough blocks to fill the GPU without the state round trip through
+// memory).
 // Latte bidirectional (causal = false) uses the same summaries: state_scan_kernel (a.bidir) writes only the
 // whole-sequence state (m, α, S) to each sequence's first slot, then bidir_out_kernel computes y = p · (S/α)
 // per chunk (one [C, Lp] × [Lp, BV] tile product).
