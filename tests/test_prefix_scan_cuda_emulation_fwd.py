@@ -373,3 +373,16 @@ def test_latte_bidirectional_backward(lib, B, T, H, L, Dv, dtype, cu, sms):
     tol = TOL[dtype] if dtype == F32 else 6e-2
     for name, a, b in zip(["dq", "dk", "dv"], [dq, dk, dv], want):
         assert _rel(a, b) < tol, name
+
+
+@pytest.mark.parametrize("aaren", [True, False])
+def test_zero_length_passes_the_state_through(lib, aaren):
+    """T = 0 in every mode: nothing to compute, the final state is the initial state (bit for bit)."""
+    g = torch.Generator().manual_seed(9)
+    B, H, X, Dv = 2, 3, 5, 7
+    q = torch.randn(B, H, X, generator=g) if aaren else torch.randn(B, 0, H, X, generator=g)
+    k, v = torch.randn(B, 0, H, X, generator=g), torch.randn(B, 0, H, Dv, generator=g)
+    st = _state(g, B, H, X, Dv, aaren)
+    for mode in (AUTO, ONE_PASS, CHUNKED):
+        _, mT, uT, wT = _forward(lib, aaren, F32, q, k, v, st, None, mode, 0)
+        assert torch.equal(mT, st[0].float()) and torch.equal(uT, st[1].float()) and torch.equal(wT, st[2].float())
