@@ -363,7 +363,7 @@ __host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, 
 }
 
 template <typename Elem>
-struct ChunkArgs {
+struct FwdArgs {
     ck::View<Elem> q, k, v;
     Elem* o;
     int64_t B, T, H, L, D, Dv, N, NS, Wd;
@@ -388,7 +388,7 @@ struct ChunkBlock {
 };
 
 template <typename Elem>
-__device__ __forceinline__ ChunkBlock chunk_block(const ChunkArgs<Elem>& a) {
+__device__ __forceinline__ ChunkBlock chunk_block(const FwdArgs<Elem>& a) {
     ChunkBlock cb;
     int64_t idx = blockIdx.x;
     cb.tile = static_cast<int>(idx % a.nBV);
@@ -401,7 +401,7 @@ __device__ __forceinline__ ChunkBlock chunk_block(const ChunkArgs<Elem>& a) {
 
 // Step 1: the summary of one chunk (columns [e0, e0 + BV) of Eᵀv; cmax / csum by Dv tile 0).
 template <bool kAaren, typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const ck::Geom g = a.g;
     const ck::Tiles s = ck::carve(g, false, smem_raw);
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(ChunkArgs<Elem>
 constexpr int kScanAhead = 8;
 
 template <typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> a) {
     const int64_t per_row = a.L * (a.Wd / 4);
     const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t row = gid / per_row;  // n·H + h
@@ -522,7 +522,7 @@ __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem
 
 // Step 3: the outputs of one chunk (columns [e0, e0 + BV)) from the state entering it.
 template <bool kAaren, typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const ck::Geom g = a.g;
     const ck::Tiles s = ck::carve(g, true, smem_raw);
@@ -561,7 +561,7 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem>
 // the chunk summary (Eᵀv into W) combined into the state. No workspace; writes y and the final state.
 // blockIdx.x = (n·H + h)·nBV + Dv tile.
 template <bool kAaren, typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) onepass_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) onepass_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     constexpr int kImpl = kGemmFor<Elem>;
     const ck::Geom g = a.g;
@@ -607,7 +607,7 @@ __global__ void __launch_bounds__(ck::kThreads) onepass_kernel(ChunkArgs<Elem> a
 // Latte bidirectional, step 3: y = p · mean for one chunk (columns [e0, e0 + BV)), mean_l = S_l / α_l of the
 // whole sequence (its first slot, written by state_scan_kernel with a.bidir); a [C, Lp] × [Lp, BV] tile product.
 template <typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const ck::Geom g = a.g;
     const ck::Tiles s = ck::carve(g, true, smem_raw);
@@ -656,7 +656,7 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(ChunkArgs<Elem>
 
 // Loads mean = S/α (into dst) of the first slot row0 (columns [e0, e0 + BV)); padded rows/columns 0.
 template <typename Elem>
-__device__ __forceinline__ void load_mean(const ChunkArgs<Elem>& a, int64_t row0, int e0, float* dst, int ldV) {
+__device__ __forceinline__ void load_mean(const FwdArgs<Elem>& a, int64_t row0, int e0, float* dst, int ldV) {
     const ck::Geom& g = a.g;
     const int groups = g.BV / 4;
     for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
@@ -698,7 +698,7 @@ __device__ __forceinline__ void tile_io(float* ws, int64_t row0, int64_t L, int6
 }
 
 template <typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     constexpr int kImpl = kGemmFor<Elem>;
     const ck::Geom g = a.g;
@@ -732,7 +732,7 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(ChunkArgs<Elem> 
 }
 
 template <typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) bidir_dkv_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) bidir_dkv_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     constexpr int kImpl = kGemmFor<Elem>;
     const ck::Geom g = a.g;
@@ -1213,8 +1213,8 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
 
 // The kernels' arguments for the plan (workspace pointers set by launch_chunked).
 template <bool kAaren, typename Elem>
-ChunkArgs<Elem> chunk_args(const Args<Elem>& a0, bool causal, const ScanPlan& plan) {
-    ChunkArgs<Elem> a{};
+FwdArgs<Elem> chunk_args(const Args<Elem>& a0, bool causal, const ScanPlan& plan) {
+    FwdArgs<Elem> a{};
     const ScanTensor q{a0.q, a0.sq_b, a0.sq_t, a0.sq_h, a0.sq_x}, k{a0.k, a0.sk_b, a0.sk_t, a0.sk_h, a0.sk_x},
         v{a0.v, a0.sv_b, a0.sv_t, a0.sv_h, a0.sv_x};
     a.q = ck::make_view<Elem>(q, kAaren ? a0.D : a0.L);
@@ -1242,7 +1242,7 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
     if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
         reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
         return cudaErrorInvalidValue;
-    ChunkArgs<Elem> a = chunk_args<kAaren>(a0, causal, plan);
+    FwdArgs<Elem> a = chunk_args<kAaren>(a0, causal, plan);
     const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
     float* ws = static_cast<float*>(workspace);
     a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
@@ -1278,7 +1278,7 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
 // The causal one pass (onepass_kernel): N·H·⌈Dv/BV⌉ blocks.
 template <bool kAaren, typename Elem>
 cudaError_t launch_onepass(const Args<Elem>& a0, const ScanPlan& plan, cudaStream_t stream) {
-    const ChunkArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
+    const FwdArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
     const int64_t blocks = a.N * a.H * a.nBV;
     if (blocks == 0) return cudaSuccess;
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
@@ -1308,7 +1308,7 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
     if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
         reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
         return cudaErrorInvalidValue;
-    ChunkArgs<Elem> a = chunk_args<false>(a0, false, plan);
+    FwdArgs<Elem> a = chunk_args<false>(a0, false, plan);
     const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
     float* ws = static_cast<float*>(workspace);
     a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
@@ -1331,9 +1331,9 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
     if (err == cudaSuccess)
         err = cudaFuncSetAttribute(dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (err != cudaSuccess || rows == 0) return err;
-    ChunkArgs<Elem> per_chunk = a;  // one block per chunk, all Dv tiles in a loop
+    FwdArgs<Elem> per_chunk = a;  // one block per chunk, all Dv tiles in a loop
     per_chunk.nBV = 1;
-    ChunkArgs<Elem> gsum = a;  // the plain sum of Gm along the chunks
+    FwdArgs<Elem> gsum = a;  // the plain sum of Gm along the chunks
     gsum.plain_sum = 1;
     gsum.ws_w = a.ws_g;
     FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum), stream, a);
