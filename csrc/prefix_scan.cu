@@ -11,6 +11,9 @@
 //   M_t = max(M_{t−1}, a_t),  F_t = e^{M_{t−1} − M_t},  E_t = e^{a_t − M_t}  (both ≤ 1; exp_shift maps −inf to 0)
 //   den_t = den_{t−1} F_t + E_t,   num_t = num_{t−1} F_t + E_t v_t.
 //
+// The forward (causal and bidirectional) is chunk-parallel on tensor cores: see "chunk-parallel forward" below
+// and csrc/scan_chunk.cuh; forward_kernel (described next) remains only for the bidirectional one pass.
+//
 // Blocking. One thread block per row, blockDim = (32, G): warp w owns the latents l ≡ w (mod G), lane j owns the
 // value columns d ≡ j (mod 32). The block walks time in tiles of C steps; per tile, separated by __syncthreads():
 //   1. load: logits (Aaren: a warp-reduced dot q·k_t per step), p (Latte: a warp softmax over l per step), v, dy
@@ -38,8 +41,11 @@
 // dv_s = Σ_l π_{s,l} Gm_l and dk_{s,l} = π_{s,l} (v_s·Gm_l − mean_l·Gm_l), π = e^{k − max}/Z.
 //
 // cu_seqlens: the row of block (n, h) is [cu[n], cu[n+1]) of batch 0. Every index is int64 and bounds-checked.
+#include <type_traits>
+
 #include "common.cuh"
 #include "prefix_scan.h"
+#include "scan_chunk.cuh"
 
 namespace flashts {
 namespace scan {
@@ -316,6 +322,462 @@ __global__ void forward_kernel(Args<T> a, bool causal) {
             a.mT[r.row * L + l] = s.m[l];
             a.aT[r.row * L + l] = s.al[l];
         }
+    }
+}
+
+// ================================================================ chunk-parallel forward ("chunked") and one pass
+//
+// The algorithm of kernels/prefix_scan.py SCAN_MODE "chunked", three kernels (math: csrc/scan_chunk.cuh):
+//   1. chunk_sum_kernel   per (batch row b, chunk slot, head h, Dv tile), every chunk in parallel: the chunk
+//      summary (c_max, Σ E_c, E_cᵀ v) into the workspace (Eᵀv on tensor cores for 16-bit inputs);
+//   2. state_scan_kernel  per (sequence n, head h, 4 consecutive state columns of one latent): walks the chunks
+//      of n in order with the combine (float32) and writes the state ENTERING every chunk (in place of its
+//      summary) and the final state (the initial state for an empty sequence);
+//   3. chunk_out_kernel   per (b, slot, h, Dv tile), every chunk in parallel: y from the entering state
+//      (fast path: y = tril(F Eᵀ) v + (F ⊙ f_in) S_in, three tile products; exact step-by-step fallback when
+//      the running max rises by more than kRiseLimit inside the chunk).
+// Workspace (float32, from the caller; layout ws_layout): per chunk cell ((b·NS + slot)·H + h) and latent l:
+// cmax, csum (summaries), m, u (entering state) [B·NS·H·L] each, and w [B·NS·H·L][Wd] (Wd = Dv rounded up to
+// 4; the summary Eᵀv, then the entering S, in place). 128 threads per block; chunk kernels: blockIdx.x =
+// ((b·NS + slot)·H + h)·nBV + Dv tile. The one pass — onepass_kernel below (the same chunk functions, one block
+// per (sequence, head, Dv tile), no workspace), or forward_kernel above for bidirectional Latte — is the choice
+// when N·H·⌈Dv/BV⌉ ≥ 2·SMs (plan_forward: enough blocks to fill the GPU without the state round trip through
+// memory).
+// Latte bidirectional (causal = false) uses the same summaries: state_scan_kernel (a.bidir) writes only the
+// whole-sequence state (m, α, S) to each sequence's first slot, then bidir_out_kernel computes y = p · (S/α)
+// per chunk (one [C, Lp] × [Lp, BV] tile product).
+
+namespace ck = chunk;
+
+template <typename Elem>
+constexpr int kGemmFor = std::is_same<Elem, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
+
+// Offsets (floats) of the workspace arrays; every array starts at a multiple of 4 floats (16 bytes).
+struct WsLayout {
+    int64_t cm, cs, m, u, w, floats;
+};
+
+__host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, int64_t L, int64_t Wd) {
+    const int64_t cells = B * NS * H * L, vec = (cells + 3) / 4 * 4;
+    return WsLayout{0, vec, 2 * vec, 3 * vec, 4 * vec, 4 * vec + cells * Wd};
+}
+
+template <typename Elem>
+struct FwdArgs {
+    ck::View<Elem> q, k, v;
+    Elem* o;
+    int64_t B, T, H, L, D, Dv, N, NS, Wd;
+    const int32_t* cu;
+    float scale;
+    ck::Geom g;
+    int nBV;
+    int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
+    int plain_sum;  // state_scan_kernel: a plain sum of ws_w along the chunks (no maxima; bidirectional backward)
+    float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
+    const float *m0, *u0, *w0;
+    float *mT, *uT, *wT;
+    // bidirectional backward: dout, gradients, the per-chunk Gm = Pᵀ dy workspace [cells][L][Wd]
+    ck::View<Elem> dout;
+    Elem *dq, *dk, *dv;
+    float* ws_g;
+};
+
+struct ChunkBlock {
+    int64_t b, slot, h, cell;
+    int tile;
+};
+
+template <typename Elem>
+__device__ __forceinline__ ChunkBlock chunk_block(const FwdArgs<Elem>& a) {
+    ChunkBlock cb;
+    int64_t idx = blockIdx.x;
+    cb.tile = static_cast<int>(idx % a.nBV);
+    cb.cell = idx / a.nBV;  // (b·NS + slot)·H + h
+    cb.h = cb.cell % a.H;
+    cb.slot = (cb.cell / a.H) % a.NS;
+    cb.b = cb.cell / a.H / a.NS;
+    return cb;
+}
+
+// Step 1: the summary of one chunk (columns [e0, e0 + BV) of Eᵀv; cmax / csum by Dv tile 0).
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, false, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV;
+    ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, nullptr);
+    ck::chunk_summary<kGemmFor<Elem>>(s, g);
+    const int64_t L = a.L, row0 = cb.cell * L;
+    if (cb.tile == 0)
+        for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
+            a.ws_cm[row0 + l] = s.cmax[l];
+            a.ws_cs[row0 + l] = s.csum[l];
+        }
+    const int groups = g.BV / 4, ldV = g.ldV();
+    for (int64_t idx = threadIdx.x; idx < L * groups; idx += blockDim.x) {
+        const int64_t l = idx / groups;
+        const int c = static_cast<int>(idx - l * groups) * 4;
+        if (e0 + c >= a.Wd) continue;
+        const float* src = s.S + l * ldV + c;
+        *reinterpret_cast<float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c) = make_float4(src[0], src[1], src[2], src[3]);
+    }
+}
+
+// Step 2: the sequential scan of the summaries of one (sequence, head): thread → (latent l, columns d0..d0+3).
+// The summaries are read kScanAhead chunks ahead of the combine (a ring of registers, static indices), so that
+// kScanAhead loads are in flight: the scan is a chain of NS dependent steps per thread and would otherwise pay
+// one memory round trip per chunk. Causal: the state entering chunk c replaces its summary; a.bidir: only the
+// whole-sequence total is written, to the sequence's first slot (the bidirectional forward's means).
+constexpr int kScanAhead = 8;
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> a) {
+    const int64_t per_row = a.L * (a.Wd / 4);
+    const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = gid / per_row;  // n·H + h
+    if (row >= a.N * a.H) return;
+    const int64_t i = gid - row * per_row, l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t srow = row * L + l;  // state rows [N, H, L]
+    float m = a.m0 ? a.m0[srow] : -CUDART_INF_F, u = a.m0 ? a.u0[srow] : 0.f, w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    const int64_t step = a.H * L;  // next slot, same head and latent
+    const int64_t first = ((sq.b * a.NS + sq.base) * a.H + h) * L + l;
+    const bool entering = !a.bidir;
+    // running pointers: the chunk being combined (cur) and the one being fetched (ahead), same head and latent
+    const float *cm_ahead = a.ws_cm + first, *cs_ahead = a.ws_cs + first;
+    const float* w_ahead = a.ws_w + first * a.Wd + d0;
+    float *m_cur = a.ws_m + first, *u_cur = a.ws_u + first, *w_cur = a.ws_w + first * a.Wd + d0;
+    const int64_t wstep = step * a.Wd;
+    float ring_m[kScanAhead], ring_u[kScanAhead];
+    float4 ring_w[kScanAhead];
+#pragma unroll
+    for (int j = 0; j < kScanAhead; ++j) {
+        if (j < n_chunks) {
+            ring_m[j] = *cm_ahead;
+            ring_u[j] = *cs_ahead;
+            ring_w[j] = *reinterpret_cast<const float4*>(w_ahead);
+            cm_ahead += step;
+            cs_ahead += step;
+            w_ahead += wstep;
+        }
+    }
+    for (int64_t c0 = 0; c0 < n_chunks; c0 += kScanAhead) {
+#pragma unroll
+        for (int j = 0; j < kScanAhead; ++j) {
+            if (c0 + j < n_chunks) {
+                const float cm = ring_m[j], cs = ring_u[j], xs[4] = {ring_w[j].x, ring_w[j].y, ring_w[j].z,
+                                                                     ring_w[j].w};
+                if (c0 + j + kScanAhead < n_chunks) {  // refill this ring slot (issued before the stores below)
+                    ring_m[j] = *cm_ahead;
+                    ring_u[j] = *cs_ahead;
+                    ring_w[j] = *reinterpret_cast<const float4*>(w_ahead);
+                    cm_ahead += step;
+                    cs_ahead += step;
+                    w_ahead += wstep;
+                }
+                if (entering) {
+                    if (d0 == 0) {
+                        *m_cur = m;
+                        *u_cur = u;
+                    }
+                    *reinterpret_cast<float4*>(w_cur) = make_float4(w[0], w[1], w[2], w[3]);
+                }
+                m_cur += step;
+                u_cur += step;
+                w_cur += wstep;
+                if (a.plain_sum) {
+#pragma unroll
+                    for (int jj = 0; jj < 4; ++jj) w[jj] += xs[jj];
+                } else {
+                    ck::combine<4>(m, u, w, cm, cs, xs);
+                }
+            }
+        }
+    }
+    if (!entering && n_chunks > 0) {  // bidirectional: the whole-sequence state in the first slot
+        if (d0 == 0 && !a.plain_sum) {
+            a.ws_m[first] = m;
+            a.ws_u[first] = u;
+        }
+        *reinterpret_cast<float4*>(a.ws_w + first * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
+    }
+    if (a.mT) {
+        if (d0 == 0) {
+            a.mT[srow] = m;
+            a.uT[srow] = u;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (d0 + j < Dv) a.wT[srow * Dv + d0 + j] = w[j];
+    }
+}
+
+// Step 3: the outputs of one chunk (columns [e0, e0 + BV)) from the state entering it.
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV, ldV = g.ldV();
+    const int64_t L = a.L, row0 = cb.cell * L;
+    // the entering state (padded latents: the empty state); made visible by load_chunk's barriers
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = l < L ? a.ws_m[row0 + l] : -CUDART_INF_F;
+        s.u[l] = l < L ? a.ws_u[row0 + l] : 0.f;
+    }
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (l < L && e0 + c < a.Wd) x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+        float* d = s.S + l * ldV + c;
+        d[0] = x.x;
+        d[1] = x.y;
+        d[2] = x.z;
+        d[3] = x.w;
+    }
+    ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P);
+    ck::chunk_output<kGemmFor<Elem>>(s, g);
+    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+        const int64_t t = idx / cols, d = idx - t * cols;
+        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+    }
+}
+
+// One pass (causal; ScanMode::OnePass): one block per (sequence, head, Dv tile) walks the chunks of its sequence
+// with the state (m, α, S [Lp][BV]) in shared memory — per chunk the same chunk_output as chunk_out_kernel, then
+// the chunk summary (Eᵀv into W) combined into the state. No workspace; writes y and the final state.
+// blockIdx.x = (n·H + h)·nBV + Dv tile.
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) onepass_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const int tile = static_cast<int>(blockIdx.x % a.nBV);
+    const int64_t row = blockIdx.x / a.nBV, n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int e0 = tile * g.BV, ldV = g.ldV();
+    const int64_t cols = Dv - e0 < g.BV ? Dv - e0 : g.BV;
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = (a.m0 && l < L) ? a.m0[row * L + l] : -CUDART_INF_F;
+        s.u[l] = (a.m0 && l < L) ? a.u0[row * L + l] : 0.f;
+    }
+    for (int idx = threadIdx.x; idx < g.Lp * g.BV; idx += blockDim.x) {
+        const int l = idx / g.BV, d = idx - (idx / g.BV) * g.BV;
+        s.S[l * ldV + d] = (a.m0 && l < L && d < cols) ? a.w0[(row * L + l) * Dv + e0 + d] : 0.f;
+    }
+    for (int64_t t0 = sq.bos; t0 < sq.eos; t0 += ck::kChunk) {
+        const int len = static_cast<int>(sq.eos - t0 < ck::kChunk ? sq.eos - t0 : ck::kChunk);
+        ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
+        ck::chunk_output<kImpl>(s, g);
+        for (int64_t idx = threadIdx.x; idx < len * cols; idx += blockDim.x) {
+            const int64_t t = idx / cols, d = idx - t * cols;
+            a.o[((sq.b * a.T + t0 + t) * a.H + h) * Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+        }
+        ck::chunk_summary<kImpl>(s, g, s.W);
+        ck::combine_summary(s, g);
+    }
+    __syncthreads();  // (a zero-length sequence: the initial state loads above)
+    if (a.mT) {
+        if (tile == 0)
+            for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
+                a.mT[row * L + l] = s.m[l];
+                a.uT[row * L + l] = s.u[l];
+            }
+        for (int64_t idx = threadIdx.x; idx < L * cols; idx += blockDim.x) {
+            const int64_t l = idx / cols, d = idx - l * cols;
+            a.wT[(row * L + l) * Dv + e0 + d] = s.S[l * ldV + d];
+        }
+    }
+}
+
+// Latte bidirectional, step 3: y = p · mean for one chunk (columns [e0, e0 + BV)), mean_l = S_l / α_l of the
+// whole sequence (its first slot, written by state_scan_kernel with a.bidir); a [C, Lp] × [Lp, BV] tile product.
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV, ldV = g.ldV();
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L;
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        float inv = 0.f;
+        if (l < L && e0 + c < a.Wd) {
+            x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+            const float u = a.ws_u[row0 + l];
+            inv = u > 0.f ? 1.f / u : 0.f;  // u ≥ 1 for a non-empty sequence
+        }
+        float* d = s.S + l * ldV + c;
+        d[0] = x.x * inv;
+        d[1] = x.y * inv;
+        d[2] = x.z * inv;
+        d[3] = x.w * inv;
+    }
+    ck::load_chunk<false>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P, true);
+    mmau::block_gemm<kGemmFor<Elem>, mmau::kRow, mmau::kRow>(s.Y, ldV, s.P, g.ldL(), s.S, ldV, ck::kChunk, g.BV,
+                                                             g.Lp, false);
+    __syncthreads();
+    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+        const int64_t t = idx / cols, d = idx - t * cols;
+        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+    }
+}
+
+// ---------------------------------------------------------------- Latte bidirectional backward, chunk-parallel
+//
+// With the whole-sequence state (m, α, S) per latent (the forward's chunk_sum_kernel + state_scan_kernel with
+// a.bidir), mean_l = S_l/α_l, π_{s,l} = e^{k_{s,l} − m_l}/α_l, Gm_l = Σ_t p_{t,l} dy_t [L, Dv]:
+//   dp_{t,l} = dy_t·mean_l,  dq = p ⊙ (dp − Σ_l p dp),  dv_s = Σ_l π_{s,l} Gm_l,
+//   dk_{s,l} = π_{s,l} (v_s·Gm_l − mean_l·Gm_l).
+// bidir_dq_kernel (per chunk, all Dv tiles in a loop): Gm_c = P_cᵀ dY_c → ws_g, dP = dY meanᵀ → dq;
+// state_scan_kernel (a.plain_sum): Gm = Σ_c Gm_c into the sequence's first slot of ws_g;
+// bidir_dkv_kernel (per chunk, all Dv tiles): dv = π Gm, V Gmᵀ and mean·Gm → dk. Tile products on tensor cores
+// (16-bit inputs) as in the forward. blockIdx.x = (b·NS + slot)·H + h (a.nBV = 1 for these launches).
+
+// Loads mean = S/α (into dst) of the first slot row0 (columns [e0, e0 + BV)); padded rows/columns 0.
+template <typename Elem>
+__device__ __forceinline__ void load_mean(const FwdArgs<Elem>& a, int64_t row0, int e0, float* dst, int ldV) {
+    const ck::Geom& g = a.g;
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        float inv = 0.f;
+        if (l < a.L && e0 + c < a.Wd) {
+            x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+            const float u = a.ws_u[row0 + l];
+            inv = u > 0.f ? 1.f / u : 0.f;
+        }
+        float* d = dst + l * ldV + c;
+        d[0] = x.x * inv;
+        d[1] = x.y * inv;
+        d[2] = x.z * inv;
+        d[3] = x.w * inv;
+    }
+}
+
+// Copies a [Lp][BV] tile of a [cells][L][Wd] workspace row block (columns [e0, e0 + BV)) into dst (or back).
+__device__ __forceinline__ void tile_io(float* ws, int64_t row0, int64_t L, int64_t Wd, int e0, float* tile, int ldV,
+                                       const ck::Geom& g, bool store) {
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float* t = tile + l * ldV + c;
+        if (store) {
+            if (l < L && e0 + c < Wd)
+                *reinterpret_cast<float4*>(ws + (row0 + l) * Wd + e0 + c) = make_float4(t[0], t[1], t[2], t[3]);
+        } else {
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (l < L && e0 + c < Wd) x = *reinterpret_cast<const float4*>(ws + (row0 + l) * Wd + e0 + c);
+            t[0] = x.x;
+            t[1] = x.y;
+            t[2] = x.z;
+            t[3] = x.w;
+        }
+    }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int ldV = g.ldV(), ldL = g.ldL(), C = ck::kChunk;
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L, crow = cb.cell * L;
+    ck::load_chunk<false>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, 0, a.scale, s.P, true);
+    for (int e0 = 0; e0 < a.Dv; e0 += g.BV) {
+        ck::load_tile(s.V, ldV, C, g.BV, a.dout, cb.b, sl.t0, cb.h, e0, sl.len, a.Dv - e0);  // dY
+        load_mean(a, row0, e0, s.S, ldV);
+        __syncthreads();
+        mmau::block_gemm<kImpl, mmau::kCol, mmau::kRow>(s.W, ldV, s.P, ldL, s.V, ldV, g.Lp, g.BV, C, false);  // Pᵀ dY
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kCol>(s.F, ldL, s.V, ldV, s.S, ldV, C, g.Lp, g.BV, e0 > 0);  // dY meanᵀ
+        __syncthreads();
+        tile_io(a.ws_g, crow, L, a.Wd, e0, s.W, ldV, g, true);
+        __syncthreads();  // (W, V, S are reused by the next tile)
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    for (int t = warp; t < sl.len; t += n_warps) {  // dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_0 first
+        const float z0 = s.F[t * ldL];
+        float pz = 0.f;
+        for (int l = lane; l < L; l += 32) pz += s.P[t * ldL + l] * (s.F[t * ldL + l] - z0);
+        pz = warp_sum(pz);
+        for (int l = lane; l < L; l += 32)
+            a.dq[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
+                from_float<Elem>(s.P[t * ldL + l] * ((s.F[t * ldL + l] - z0) - pz));
+    }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_dkv_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int ldV = g.ldV(), ldL = g.ldL(), C = ck::kChunk;
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L;
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = l < L ? a.ws_m[row0 + l] : 0.f;
+        const float u = l < L ? a.ws_u[row0 + l] : 0.f;
+        s.u[l] = u > 0.f ? 1.f / u : 0.f;
+        s.r[l] = 0.f;  // mean_l·Gm_l
+    }
+    ck::load_tile(s.A, ldL, C, g.Lp, a.k, cb.b, sl.t0, cb.h, 0, sl.len, L);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < C * g.Lp; idx += blockDim.x) {  // π = e^{k − m}/α (0 when masked)
+        const int t = idx / g.Lp, l = idx - t * g.Lp;
+        s.E[t * ldL + l] = (t < sl.len && l < L) ? ck::exp_diff(s.A[t * ldL + l], s.m[l]) * s.u[l] : 0.f;
+    }
+    for (int e0 = 0; e0 < a.Dv; e0 += g.BV) {
+        ck::load_tile(s.V, ldV, C, g.BV, a.v, cb.b, sl.t0, cb.h, e0, sl.len, a.Dv - e0);
+        tile_io(a.ws_g, row0, L, a.Wd, e0, s.S, ldV, g, false);  // Gm (whole sequence)
+        load_mean(a, row0, e0, s.W, ldV);
+        __syncthreads();
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kRow>(s.Y, ldV, s.E, ldL, s.S, ldV, C, g.BV, g.Lp, false);  // π Gm
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kCol>(s.F, ldL, s.V, ldV, s.S, ldV, C, g.Lp, g.BV, e0 > 0);  // V Gmᵀ
+        for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+            float acc = 0.f;
+            for (int d = 0; d < g.BV; ++d) acc = fmaf(s.W[l * ldV + d], s.S[l * ldV + d], acc);
+            s.r[l] += acc;
+        }
+        __syncthreads();
+        const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+        for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+            const int64_t t = idx / cols, d = idx - t * cols;
+            a.dv[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+        }
+        __syncthreads();
+    }
+    for (int64_t idx = threadIdx.x; idx < sl.len * L; idx += blockDim.x) {
+        const int64_t t = idx / L, l = idx - t * L;
+        a.dk[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
+            from_float<Elem>(s.E[t * ldL + l] * (s.F[t * ldL + l] - s.r[l]));
     }
 }
 
@@ -684,6 +1146,226 @@ cudaError_t launch_forward(Args<T> a, bool causal, cudaStream_t stream) {
     return FLASHTS_LAUNCH_CHECK();
 }
 
+// The device facts of the plan: opt's, or the current device's where opt has 0.
+cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
+    *sms = opt.sm_count;
+    *max_smem = opt.max_smem;
+    if (*sms > 0 && *max_smem > 0) return cudaSuccess;
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    if (*max_smem <= 0) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err == cudaSuccess && *sms <= 0) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+    return err;
+}
+
+constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
+
+// Shared memory of the chunk kernels (chunked mode: the larger of the summary and output kernels) and of
+// onepass_kernel, at Dv tile bv.
+int64_t chunk_smem(bool aaren, const ScanSizes& sz, int bv) {
+    const ck::Geom g = ck::make_geom(aaren, sz.L, sz.D, bv);
+    const int64_t a = ck::carve(g, true, nullptr).bytes, b = ck::carve(g, false, nullptr).bytes;
+    return a > b ? a : b;
+}
+int64_t onepass_smem(bool aaren, const ScanSizes& sz, int bv) {
+    return ck::carve(ck::make_geom(aaren, sz.L, sz.D, bv), true, nullptr, true).bytes;
+}
+
+// The occupancy rule (see ScanPlan in prefix_scan.h). sz: Aaren with L = 1, Latte with D = L.
+cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const ScanOptions& opt, ScanPlan* plan) {
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(opt, &sms, &max_smem);
+    if (err != cudaSuccess) return err;
+    const bool packed = sz.cu_seqlens != nullptr;
+    const int Dvp = round_up(static_cast<int>(sz.Dv), 16);
+    const int64_t NS = ck::num_slots(sz.T, sz.N, packed), Wd = (sz.Dv + 3) / 4 * 4;
+    int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
+    while (bv0 > 16 && chunk_smem(aaren, sz, bv0) > max_smem) bv0 = round_up(bv0 / 2, 16);
+    const bool chunk_ok = (causal || !aaren) && chunk_smem(aaren, sz, bv0) <= max_smem;
+    // one pass: onepass_kernel (causal, N·H·⌈Dv/BV⌉ blocks) or, bidirectional, forward_kernel (N·H blocks)
+    auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
+    auto seq_blocks = [&](int bv) { return sz.N * sz.H * (causal ? cdiv64(Dvp, bv) : 1); };
+    ScanMode mode = opt.mode;
+    if (mode == ScanMode::Auto) {
+        if (!chunk_ok || seq_blocks(bv0) >= 2 * int64_t(sms)) mode = ScanMode::OnePass;
+        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq_blocks(bv0)) mode = ScanMode::Chunked;
+        else mode = seq_blocks(16) >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
+    }
+    if (mode == ScanMode::Chunked && !chunk_ok) return cudaErrorInvalidConfiguration;
+    int bv = bv0;
+    if (mode == ScanMode::Chunked) {
+        while (chunk_blocks(bv) < sms && bv > 16) bv = round_up(bv / 2, 16);
+    } else {
+        while (bv > 16 && (seq_blocks(bv) < sms || onepass_smem(aaren, sz, bv) > max_smem)) bv = round_up(bv / 2, 16);
+    }
+    plan->mode = mode;
+    plan->C = ck::kChunk;
+    plan->BV = bv;
+    plan->NS = mode == ScanMode::Chunked ? NS : 0;
+    plan->seq_blocks = seq_blocks(bv);
+    plan->chunk_blocks = mode == ScanMode::Chunked ? chunk_blocks(bv) : 0;
+    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(sz.N * sz.H * sz.L * (Wd / 4), ck::kThreads) : 0;
+    plan->workspace_bytes =
+        mode == ScanMode::Chunked ? ws_layout(sz.B, NS, sz.H, sz.L, Wd).floats * int64_t(sizeof(float)) : 0;
+    return cudaSuccess;
+}
+
+// The kernels' arguments for the plan (workspace pointers set by launch_chunked).
+template <bool kAaren, typename Elem>
+FwdArgs<Elem> chunk_args(const Args<Elem>& a0, bool causal, const ScanPlan& plan) {
+    FwdArgs<Elem> a{};
+    const ScanTensor q{a0.q, a0.sq_b, a0.sq_t, a0.sq_h, a0.sq_x}, k{a0.k, a0.sk_b, a0.sk_t, a0.sk_h, a0.sk_x},
+        v{a0.v, a0.sv_b, a0.sv_t, a0.sv_h, a0.sv_x};
+    a.q = ck::make_view<Elem>(q, kAaren ? a0.D : a0.L);
+    a.k = ck::make_view<Elem>(k, kAaren ? a0.D : a0.L);
+    a.v = ck::make_view<Elem>(v, a0.Dv);
+    if (kAaren) a.q.vec = 0;  // q [B, H, D]: read once per block, element by element
+    a.o = a0.o;
+    a.B = a0.B; a.T = a0.T; a.H = a0.H; a.L = a0.L; a.D = a0.D; a.Dv = a0.Dv; a.N = a0.N;
+    a.NS = plan.NS;
+    a.Wd = (a0.Dv + 3) / 4 * 4;
+    a.cu = a0.cu_seqlens;
+    a.scale = a0.scale;
+    a.g = ck::make_geom(kAaren, a0.L, a0.D, plan.BV);
+    a.nBV = static_cast<int>(cdiv64(a0.Dv, plan.BV));
+    a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
+    a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
+    a.bidir = causal ? 0 : 1;
+    return a;
+}
+
+// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
+template <bool kAaren, typename Elem>
+cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& plan, void* workspace,
+                           int64_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    FwdArgs<Elem> a = chunk_args<kAaren>(a0, causal, plan);
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    const int64_t blocks = a.B * a.NS * a.H * a.nBV;
+    if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
+    auto out_kernel = causal ? chunk_out_kernel<kAaren, Elem> : bidir_out_kernel<Elem>;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes_out = ck::carve(a.g, true, nullptr).bytes;
+    cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes_sum));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(out_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(bytes_out));
+    if (err != cudaSuccess) return err;
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum),
+                       stream, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (plan.scan_blocks > 0) {
+        FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(out_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_out),
+                       stream, a);
+        err = cudaGetLastError();
+    }
+    return err;
+}
+
+// The causal one pass (onepass_kernel): N·H·⌈Dv/BV⌉ blocks.
+template <bool kAaren, typename Elem>
+cudaError_t launch_onepass(const Args<Elem>& a0, const ScanPlan& plan, cudaStream_t stream) {
+    const FwdArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
+    const int64_t blocks = a.N * a.H * a.nBV;
+    if (blocks == 0) return cudaSuccess;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto kernel = onepass_kernel<kAaren, Elem>;
+    const int64_t bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes), stream, a);
+    return cudaGetLastError();
+}
+
+// Latte bidirectional backward, chunk-parallel: the forward's chunked plan (mode forced) plus the Gm workspace.
+cudaError_t plan_bidir_backward(const ScanSizes& sz, ScanOptions opt, ScanPlan* plan) {
+    opt.mode = ScanMode::Chunked;
+    const cudaError_t err = plan_forward(false, sz, false, opt, plan);
+    if (err != cudaSuccess) return err;
+    plan->workspace_bytes += sz.B * plan->NS * sz.H * sz.L * ((sz.Dv + 3) / 4 * 4) * int64_t(sizeof(float));
+    return cudaSuccess;
+}
+
+// Five launches: chunk_sum_kernel, state_scan_kernel (whole-sequence state), bidir_dq_kernel, state_scan_kernel
+// (plain sum of Gm), bidir_dkv_kernel.
+template <typename Elem>
+cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, void* workspace,
+                                  int64_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    FwdArgs<Elem> a = chunk_args<false>(a0, false, plan);
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    a.ws_g = ws + ly.floats;
+    const ScanTensor dout{a0.dout, a0.sd_b, a0.sd_t, a0.sd_h, a0.sd_x};
+    a.dout = ck::make_view<Elem>(dout, a0.Dv);
+    a.dq = a0.dq; a.dk = a0.dk; a.dv = a0.dv;
+    a.mT = a.uT = a.wT = nullptr;
+    const int64_t blocks = a.B * a.NS * a.H * a.nBV, rows = a.B * a.NS * a.H;
+    if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto sum_kernel = chunk_sum_kernel<false, Elem>;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    auto dq_kernel = bidir_dq_kernel<Elem>;
+    auto dkv_kernel = bidir_dkv_kernel<Elem>;
+    const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes_sum));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess || rows == 0) return err;
+    FwdArgs<Elem> per_chunk = a;  // one block per chunk, all Dv tiles in a loop
+    per_chunk.nBV = 1;
+    FwdArgs<Elem> gsum = a;  // the plain sum of Gm along the chunks
+    gsum.plain_sum = 1;
+    gsum.ws_w = a.ws_g;
+    FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum), stream, a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(dq_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream, per_chunk);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, gsum);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(dkv_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream,
+                   per_chunk);
+    return cudaGetLastError();
+}
+
+// The forward: the plan's mode (chunked: launch_chunked; one pass: onepass_kernel, or forward_kernel when not causal).
+template <Kind KIND, typename T>
+cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* workspace, int64_t workspace_bytes,
+                        cudaStream_t stream) {
+    const ScanSizes sz{a.B, a.T, a.H, a.L, a.D, a.Dv, a.N, a.cu_seqlens};
+    ScanPlan plan{};
+    cudaError_t err = plan_forward(KIND == Kind::Aaren, sz, causal, opt, &plan);
+    if (err != cudaSuccess) return err;
+    if (plan.mode == ScanMode::Chunked)
+        return launch_chunked<KIND == Kind::Aaren, T>(a, causal, plan, workspace, workspace_bytes, stream);
+    int sms = 0, max_smem = 0;
+    if ((err = device_facts(opt, &sms, &max_smem)) != cudaSuccess) return err;
+    const bool fits = onepass_smem(KIND == Kind::Aaren, sz, plan.BV) <= max_smem;
+    if (causal && fits) return launch_onepass<KIND == Kind::Aaren, T>(a, plan, stream);
+    return launch_forward<KIND>(a, causal, stream);  // bidirectional, or a state too large for onepass_kernel
+}
+
 template <Kind KIND, typename T>
 cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
     if (a.N * a.H == 0) return cudaSuccess;
@@ -733,9 +1415,39 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
 
 // ------------------------------------------------------------------------------------------- launchers
 
+cudaError_t scan_fwd_plan(bool aaren, ScanSizes sz, bool causal, ScanOptions opt, ScanPlan* plan) {
+    if (aaren) sz.L = 1; else sz.D = sz.L;
+    if (!sizes_ok(sz) || plan == nullptr || (aaren && !causal)) return cudaErrorInvalidValue;
+    return plan_forward(aaren, sz, causal, opt, plan);
+}
+
+cudaError_t latte_bidir_bwd_plan(ScanSizes sz, ScanOptions opt, ScanPlan* plan) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || plan == nullptr) return cudaErrorInvalidValue;
+    return plan_bidir_backward(sz, opt, plan);
+}
+
+cudaError_t latte_bidir_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                            ScanOptions opt, void* dq, void* dk, void* dv, void* workspace, int64_t workspace_bytes,
+                            cudaStream_t stream) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || !dq || !dk || !dv) return cudaErrorInvalidValue;
+    ScanPlan plan{};
+    const cudaError_t err = plan_bidir_backward(sz, opt, &plan);
+    if (err != cudaSuccess) return err;
+    return dispatch(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
+        a.dq = static_cast<T*>(dq);
+        a.dk = static_cast<T*>(dk);
+        a.dv = static_cast<T*>(dv);
+        return launch_bidir_backward<T>(a, plan, workspace, workspace_bytes, stream);
+    });
+}
+
 cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,
                       const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT, float* wT,
-                      cudaStream_t stream) {
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     sz.L = 1;
     if (!sizes_ok(sz) || (m0 && (!u0 || !w0))) return cudaErrorInvalidValue;
     return dispatch(dtype, [&](auto tag) {
@@ -744,13 +1456,13 @@ cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
         a.m0 = m0; a.a0 = u0; a.S0 = w0;
         a.o = static_cast<T*>(o);
         a.mT = mT; a.aT = uT; a.ST = wT;
-        return launch_forward<Kind::Aaren>(a, true, stream);
+        return run_forward<Kind::Aaren>(a, true, opt, workspace, workspace_bytes, stream);
     });
 }
 
 cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, bool causal,
                       const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
-                      cudaStream_t stream) {
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     sz.D = sz.L;
     if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (!causal && m0)) return cudaErrorInvalidValue;
     return dispatch(dtype, [&](auto tag) {
@@ -761,7 +1473,7 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
         if (causal) {
             a.mT = mT; a.aT = aT; a.ST = ST;
         }
-        return launch_forward<Kind::Latte>(a, causal, stream);
+        return run_forward<Kind::Latte>(a, causal, opt, workspace, workspace_bytes, stream);
     });
 }
 
