@@ -27,7 +27,10 @@
 //   with G_T = dS_T, R_T = dα_T entering at the last step (e^{M_{T−1} − m_T} = 1), then
 //   dv_s = Σ_l e^{a_{s,l} − M_{s,l}} G_{s,l},   da_{s,l} = e^{a_{s,l} − M_{s,l}} (G_{s,l}·v_s + R_{s,l}),
 //   dS0 = e^{m0 − M_0} G_0,   dα0 = e^{m0 − M_0} R_0   (a zero-length sequence passes dS_T, dα_T through).
-// Two kernels: recompute_kernel repeats the forward sweep and stores, per position and latent, M, c and r
+// The causal backward runs chunk-parallel (the section "Causal backward, chunk-parallel" below: chunk summaries,
+// entering states, per-chunk cotangent maps, their reverse scan, per-chunk gradients on tensor cores). The two
+// sequential kernels here remain only as its fallback when a chunk's tiles do not fit in shared memory (very wide
+// L·Dv states; chunk_path_ok): recompute_kernel repeats the forward sweep and stores, per position and latent, M, c and r
 // (O(T·L) floats of workspace — num itself, O(T·L·Dv), is never stored), and for Latte dq = p ⊙ (z − Σ_l p z);
 // reverse_kernel walks the tiles from the last to the first with the state (G[L][Dv], R[L]) in shared memory.
 // Aaren: dk_t = scale·da_t q, dq = scale·Σ_t da_t k_t (per row; summed over rows by the caller when q is shared).
@@ -729,6 +732,653 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
     }
 }
 
+
+// =============================================================================================================
+// Causal backward, chunk-parallel (the Triton "chunked" backward of kernels/prefix_scan.py in CUDA C++).
+//
+// Time is cut into chunks of kC = 16 steps; chunk "slots" as in the Triton kernels: without cu_seqlens batch row
+// b owns slots [b·NS, b·NS + ⌈T/C⌉) with NS = ⌈T/C⌉; with cu_seqlens (B = 1) sequence n owns the slots from
+// cu[n]/C + n on (disjoint, NS = T/C + N in all; the slot of a block is found by a binary search over cu).
+// A per-slot row is  srow = (b·NS + slot)·H + h  (workspace arrays [B·NS·H, L(, Dv)] float32).
+//
+// Five launches (every chunk of every head in parallel except the two light element-wise scans):
+//   1. chunk_bwd_kernel<kSum>   grid B·NS·H: chunk summary (c_max, Σ_s e^{a−c_max}, Σ_s e^{a−c_max} v_s).
+//   2. state_scan_bwd_kernel    grid ⌈N·H·L·Dv / threads⌉: one thread per (row, l, d) combines the summaries in
+//                               order (online-softmax combine) → the state (m_in, α_in, S_in) ENTERING every chunk.
+//   3. chunk_bwd_kernel<kCot>   grid B·NS·H: each chunk's affine cotangent map, entering = f ⊙ leaving + (G, g),
+//                               f = e^{m_in − r} (r = max(m_in, c_max), the max leaving the chunk).
+//   4. cot_scan_kernel          grid like 2: reverse scan of the maps from (dS_T, dα_T) → the cotangent LEAVING
+//                               every chunk (written over (G, g)) and (dS0, dα0).
+//   5. chunk_bwd_kernel<kGrads> grid B·NS·H: dv, da, dp of every chunk, then dk / dq (Latte: dk = da,
+//                               dq = p ⊙ (dp − Σ_l p dp); Aaren: dk = scale·da q and the chunk's dq partial
+//                               scale·Σ_t da_t k_t), plus (Aaren) dq_sum_kernel: the partials summed over the
+//                               slots of each sequence in slot order (deterministic, no atomics).
+//
+// Chunk math (one block per (slot, head), all L latents and Dv columns; units of e^r per latent, E = e^{a−r},
+// den^r_t = Σ_{s≤t} E_s + α_in f, F = p/den^r, H = f/den^r, vd[t,s] = dy_t·v_s (s ≤ t), T = tril ones):
+//   z   = dp = (vd E) / den^r + (dy S_inᵀ) ⊙ H                       [C, L]
+//   P   = tril(F Eᵀ)                                                   [C, C]
+//   X   = E ⊙ (vdᵀ F − Tᵀ (F ⊙ z))   (= Σ_{t≥s} F_t E_s (vd[t,s] − z_t))
+//   dv  = Pᵀ dy + E dS,   da = X + E ⊙ (v dSᵀ + dα)                      (dS, dα: the cotangent leaving)
+//   G   = (p ⊙ H)ᵀ dy,     g = −Σ_t (p ⊙ H) ⊙ z                          (entering cotangent for zero leaving)
+// The products are block_gemm calls on float32 shared-memory tiles: mma.sync m16n8k8 TF32 (HMMA) for 16-bit
+// inputs (like Triton's "tf32" dots), exact FMA for float32 inputs.
+// Exact fallback: when the running max rises by more than kRiseLimit (40) inside a chunk for some latent (±1e4
+// logits) the block uses the per-position running max M_t instead of r: F_t E_s → c_t e^{a_s − M_t} (c = p/den_t,
+// den_t referenced to M_t), H → e^{m_in − M_t}/den_t; P, z and X are then formed by FMA loops with every exponent
+// ≤ 0 (exact and finite whatever the logits), the rest of the chunk is shared.
+// Tiles: C = 16 rows; latents padded to Lp = ⌈L/16⌉·16 (padded latents: a = −∞, p = 0, they add 0), values to
+// Dvp = ⌈Dv/16⌉·16. Row loads of v, do, k (and Latte q) move 16 bytes per thread (LDG.E.128) when the rows allow.
+// =============================================================================================================
+
+constexpr int kC = 16;                // chunk steps
+constexpr int kBwdThreads = 128;      // 4 warps per chunk block
+constexpr float kRiseLimit = 40.f;    // largest rise of the running max inside a chunk for the matrix form
+
+enum ChunkMode : int { kSum = 0, kCot = 1, kGrads = 2 };
+
+// The chunk products' implementation (common.cuh block_gemm): float32 inputs FMA; 16-bit inputs mma.sync TF32.
+template <typename T>
+constexpr int kScanGemm = std::is_same<T, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
+
+// A strided [B, T, H, X] input; vec: 16-byte row loads allowed (checked on the host).
+template <typename T>
+struct RowView {
+    const T* p;
+    int64_t sb, st, sh, sx;
+    int vec;
+};
+
+template <typename Elem>
+struct ChunkArgs {
+    RowView<Elem> q, k, v, dout;  // Aaren q: [B(or shared), H, D] with st unused
+    int64_t B, T, H, L, D, Dv, N, NS;
+    const int32_t* cu;
+    float scale;
+    int Lp, Dvp;
+    // workspace (float32, [R, L] / [R, L, Dv], R = B·NS·H)
+    float *m_s, *u_s, *m_ch, *u_ch, *w_ch, *f_ch, *du_ch, *dw_ch, *dq_part;
+    Elem *dq, *dk, *dv;  // outputs (Latte dq; Aaren dq goes to dq_part)
+};
+
+// Shared-memory tiles of chunk_bwd_kernel (floats; the host sizes the launch with the same code).
+struct ChunkSmem {
+    float *A, *PM, *E, *F, *Hh, *ID, *Z, *X;  // [C][ldL]
+    float *V, *DY, *OUT;                       // [C][ldV]
+    float *S1, *S2;                            // [Lp][ldV]: entering S (kSum: Eᵀv); leaving dS (kGrads) / G (kCot)
+    float *VD, *PP, *TRI;                      // [C][ldC]
+    float *m_in, *u_in, *r, *fin, *du, *cmax;  // [Lp]
+    float *Q;                                  // [D] Aaren's q
+    int ldL, ldV, ldC;
+    __host__ __device__ ChunkSmem(SmemCarver& sc, int Lp, int Dvp, int64_t Dq) {
+        ldL = Lp + 4;
+        ldV = Dvp + 4;
+        ldC = kC + 4;
+        float** cl[8] = {&A, &PM, &E, &F, &Hh, &ID, &Z, &X};
+        for (float** t : cl) *t = sc.take<float>(kC * ldL);
+        V = sc.take<float>(kC * ldV); DY = sc.take<float>(kC * ldV); OUT = sc.take<float>(kC * ldV);
+        S1 = sc.take<float>(static_cast<int64_t>(Lp) * ldV); S2 = sc.take<float>(static_cast<int64_t>(Lp) * ldV);
+        VD = sc.take<float>(kC * ldC); PP = sc.take<float>(kC * ldC); TRI = sc.take<float>(kC * ldC);
+        float** vl[6] = {&m_in, &u_in, &r, &fin, &du, &cmax};
+        for (float** t : vl) *t = sc.take<float>(Lp);
+        Q = sc.take<float>(Dq > 0 ? Dq : 1);
+    }
+};
+
+// Slot → (batch row b, sequence n, first step t0, steps len ≤ C; len ≤ 0: the slot is past its sequence's end).
+struct SlotInfo {
+    int64_t b, n, t0, len, srow, h;
+};
+
+template <typename T>
+__device__ __forceinline__ SlotInfo slot_info(const ChunkArgs<T>& a, int64_t blk) {
+    SlotInfo s;
+    s.srow = blk;
+    s.h = blk % a.H;
+    const int64_t bs = blk / a.H, slot = bs % a.NS;
+    s.b = bs / a.NS;
+    if (a.cu == nullptr) {
+        s.n = s.b;
+        s.t0 = slot * kC;
+        s.len = a.T - s.t0;
+    } else {  // the last sequence n whose first slot cu[n]/C + n is ≤ slot
+        int64_t lo = 0, hi = a.N - 1;
+        while (lo < hi) {
+            const int64_t mid = (lo + hi + 1) / 2;
+            if (static_cast<int64_t>(a.cu[mid]) / kC + mid <= slot) lo = mid; else hi = mid - 1;
+        }
+        s.n = lo;
+        const int64_t first = static_cast<int64_t>(a.cu[lo]) / kC + lo;
+        s.t0 = a.cu[lo] + (slot - first) * kC;
+        s.len = a.cu[lo + 1] - s.t0;
+    }
+    if (s.len > kC) s.len = kC;
+    return s;
+}
+
+// dst[r][c] = src[b, t0 + r, h, c] for r < len, c < X; `fill` elsewhere in [kC][cols]. With src.vec each thread
+// moves 16 bytes (one LDG.E.128) of one row; X is then a multiple of 16 / sizeof(T) (checked on the host).
+template <typename T>
+__device__ __forceinline__ void load_rows(float* dst, int ld, int cols, const RowView<T>& src, int64_t b, int64_t t0,
+                                          int64_t h, int64_t len, int64_t X, float fill) {
+    if (src.vec) {
+        constexpr int kVE = 16 / static_cast<int>(sizeof(T));
+        const int groups = cols / kVE;  // cols is a multiple of 16
+        for (int idx = threadIdx.x; idx < kC * groups; idx += blockDim.x) {
+            const int r = idx / groups, c0 = (idx - r * groups) * kVE;
+            if (r < len && c0 < X) {
+                const uint4 raw = *reinterpret_cast<const uint4*>(src.p + b * src.sb + (t0 + r) * src.st + h * src.sh + c0);
+                const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+                for (int j = 0; j < kVE; ++j) dst[r * ld + c0 + j] = to_float(e[j]);
+            } else {
+#pragma unroll
+                for (int j = 0; j < kVE; ++j) dst[r * ld + c0 + j] = fill;
+            }
+        }
+        return;
+    }
+    for (int idx = threadIdx.x; idx < kC * cols; idx += blockDim.x) {
+        const int r = idx / cols, c = idx - r * cols;
+        dst[r * ld + c] = (r < len && c < X) ? to_float(src.p[b * src.sb + (t0 + r) * src.st + h * src.sh + c * src.sx])
+                                             : fill;
+    }
+}
+
+// One chunk of the backward (modes above). Every thread of the block runs every phase (barriers between them).
+template <Kind KIND, typename T, int MODE>
+__global__ void __launch_bounds__(kBwdThreads) chunk_bwd_kernel(ChunkArgs<T> a) {
+    constexpr int kTC = kScanGemm<T>;
+    using mmau::block_gemm;
+    using mmau::kCol;
+    using mmau::kRow;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    SmemCarver sc(smem_raw);
+    const ChunkSmem sm(sc, a.Lp, a.Dvp, KIND == Kind::Aaren ? a.D : 0);
+    const SlotInfo si = slot_info(a, blockIdx.x);
+    if (si.len <= 0) return;  // uniform over the block: a slot past its sequence's end
+    const int tid_ = threadIdx.x, nth = blockDim.x, lane = tid_ & 31, warp = tid_ >> 5, nwarps = nth >> 5;
+    const int Lp = a.Lp, Dvp = a.Dvp, ldL = sm.ldL, ldV = sm.ldV, ldC = sm.ldC;
+    const int64_t L = a.L, Dv = a.Dv, len = si.len, b = si.b, h = si.h, t0 = si.t0;
+    const int64_t srow = si.srow;
+
+    // ---- logits A, mixing weights PM, values V (and cotangents DY)
+    if (KIND == Kind::Aaren) {
+        const T* qr = a.q.p + b * a.q.sb + h * a.q.sh;
+        for (int64_t j = tid_; j < a.D; j += nth) sm.Q[j] = to_float(qr[j * a.q.sx]);
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            sm.A[(i / Lp) * ldL + i % Lp] = -CUDART_INF_F;
+            sm.PM[(i / Lp) * ldL + i % Lp] = 0.f;
+        }
+        __syncthreads();
+        for (int t = warp; t < len; t += nwarps) {  // a_t = scale·(q·k_t): one warp per step
+            const T* kr = a.k.p + b * a.k.sb + (t0 + t) * a.k.st + h * a.k.sh;
+            float acc = 0.f;
+            for (int64_t j = lane; j < a.D; j += 32) acc += sm.Q[j] * to_float(kr[j * a.k.sx]);
+            acc = warp_sum(acc);
+            if (lane == 0) {
+                sm.A[t * ldL] = a.scale * acc;
+                sm.PM[t * ldL] = 1.f;
+            }
+        }
+    } else {
+        load_rows(sm.A, ldL, Lp, a.k, b, t0, h, len, L, -CUDART_INF_F);
+        if (MODE != kSum) load_rows(sm.PM, ldL, Lp, a.q, b, t0, h, len, L, -CUDART_INF_F);
+        __syncthreads();
+        if (MODE != kSum)
+            for (int t = warp; t < kC; t += nwarps) {  // p = softmax_l(q_t) in place (0 on padded rows/latents)
+                float* row = sm.PM + t * ldL;
+                float mx = -CUDART_INF_F;
+                for (int l = lane; l < Lp; l += 32) mx = fmaxf(mx, row[l]);
+                mx = warp_max(mx);
+                float sum = 0.f;
+                for (int l = lane; l < Lp; l += 32) sum += exp_shift(row[l], mx);
+                sum = warp_sum(sum);
+                const float inv = sum > 0.f ? 1.f / sum : 0.f;
+                for (int l = lane; l < Lp; l += 32) row[l] = exp_shift(row[l], mx) * inv;
+            }
+    }
+    load_rows(sm.V, ldV, Dvp, a.v, b, t0, h, len, Dv, 0.f);
+    if (MODE != kSum) load_rows(sm.DY, ldV, Dvp, a.dout, b, t0, h, len, Dv, 0.f);
+    __syncthreads();
+
+    // ---- per latent: chunk max; entering state; r, f
+    for (int l = tid_; l < Lp; l += nth) {
+        float cm = -CUDART_INF_F;
+        for (int t = 0; t < kC; ++t) cm = fmaxf(cm, sm.A[t * ldL + l]);
+        sm.cmax[l] = cm;
+        if (MODE != kSum) {
+            const float m_in = l < L ? a.m_ch[srow * L + l] : -CUDART_INF_F;
+            sm.m_in[l] = m_in;
+            sm.u_in[l] = l < L ? a.u_ch[srow * L + l] : 0.f;
+            const float r = fmaxf(m_in, cm);
+            sm.r[l] = r;
+            sm.fin[l] = exp_shift(m_in, r);
+            sm.du[l] = (MODE == kGrads && l < L) ? a.du_ch[srow * L + l] : 0.f;
+        }
+    }
+    __syncthreads();
+
+    if (MODE == kSum) {  // E_c = e^{a − c_max}; (c_max, Σ E_c, E_cᵀ v)
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            const int t = i / Lp, l = i - t * Lp;
+            sm.E[t * ldL + l] = exp_shift(sm.A[t * ldL + l], sm.cmax[l]);
+        }
+        __syncthreads();
+        block_gemm<kTC, kCol, kRow>(sm.S1, ldV, sm.E, ldL, sm.V, ldV, Lp, Dvp, kC, false);
+        for (int l = tid_; l < L; l += nth) {
+            float s = 0.f;
+            for (int t = 0; t < kC; ++t) s += sm.E[t * ldL + l];
+            a.m_s[srow * L + l] = sm.cmax[l];
+            a.u_s[srow * L + l] = s;
+        }
+        __syncthreads();
+        for (int64_t i = tid_; i < L * Dv; i += nth) a.w_ch[srow * L * Dv + i] = sm.S1[(i / Dv) * ldV + i % Dv];
+        return;
+    }
+
+    // ---- entering S (and the leaving cotangent dS), the fast-path test
+    for (int i = tid_; i < Lp * Dvp; i += nth) {
+        const int l = i / Dvp, d = i - l * Dvp;
+        const bool in = l < L && d < Dv;
+        sm.S1[l * ldV + d] = in ? a.w_ch[(srow * L + l) * Dv + d] : 0.f;
+        if (MODE == kGrads) sm.S2[l * ldV + d] = in ? a.dw_ch[(srow * L + l) * Dv + d] : 0.f;
+    }
+    bool rise = false;
+    for (int l = tid_; l < L; l += nth) rise |= sm.r[l] - fmaxf(sm.m_in[l], sm.A[l]) > kRiseLimit;
+    for (int i = tid_; i < kC * Lp; i += nth) {
+        const int t = i / Lp, l = i - t * Lp;
+        sm.E[t * ldL + l] = exp_shift(sm.A[t * ldL + l], sm.r[l]);  // e^{a_s − r} ≤ 1
+    }
+    for (int i = tid_; i < kC * kC; i += nth) {
+        const int t = i / kC, s = i - t * kC;
+        sm.TRI[t * ldC + s] = t >= s ? -1.f : 0.f;
+    }
+    const bool exact = __syncthreads_or(rise);
+
+    block_gemm<kTC, kRow, kCol>(sm.VD, ldC, sm.DY, ldV, sm.V, ldV, kC, kC, Dvp, false);   // dy vᵀ
+    block_gemm<kTC, kRow, kCol>(sm.Z, ldL, sm.DY, ldV, sm.S1, ldV, kC, Lp, Dvp, false);  // dy S_inᵀ
+    __syncthreads();
+    for (int i = tid_; i < kC * kC; i += nth) {
+        const int t = i / kC, s = i - t * kC;
+        if (s > t) sm.VD[t * ldC + s] = 0.f;
+    }
+    // per latent (serial over the C steps): den, F = p/den, H = f/den (fast: den^r; exact: den_t at M_t, and
+    // ID = M_t, X = 1/den_t)
+    for (int l = tid_; l < Lp; l += nth) {
+        const float m_in = sm.m_in[l], fin = sm.fin[l];
+        if (!exact) {
+            float den = sm.u_in[l] * fin;
+            for (int t = 0; t < kC; ++t) {
+                den += sm.E[t * ldL + l];
+                const float inv = den > 0.f ? 1.f / den : 1.f;
+                sm.ID[t * ldL + l] = inv;
+                sm.F[t * ldL + l] = sm.PM[t * ldL + l] * inv;
+                sm.Hh[t * ldL + l] = fin * inv;
+            }
+        } else {
+            float M = m_in, den = sm.u_in[l];
+            for (int t = 0; t < kC; ++t) {
+                const float at = sm.A[t * ldL + l];
+                const float Mn = fmaxf(M, at);
+                den = den * exp_shift(M, Mn) + exp_shift(at, Mn);
+                M = Mn;
+                const float inv = den > 0.f ? 1.f / den : 1.f;
+                sm.ID[t * ldL + l] = M;
+                sm.X[t * ldL + l] = inv;
+                sm.F[t * ldL + l] = sm.PM[t * ldL + l] * inv;
+                sm.Hh[t * ldL + l] = exp_shift(m_in, M) * inv;
+            }
+        }
+    }
+    __syncthreads();
+    // z = dp
+    if (!exact) {
+        block_gemm<kTC, kRow, kRow>(sm.X, ldL, sm.VD, ldC, sm.E, ldL, kC, Lp, kC, false);  // vd E
+        __syncthreads();
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
+            sm.Z[o] = sm.X[o] * sm.ID[o] + sm.Z[o] * sm.Hh[o];
+        }
+    } else {
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
+            const float Mt = sm.ID[o];
+            float acc = 0.f;
+            for (int s = 0; s <= t; ++s) acc += sm.VD[t * ldC + s] * exp_shift(sm.A[s * ldL + l], Mt);
+            sm.Z[o] = acc * sm.X[o] + sm.Z[o] * sm.Hh[o];
+        }
+    }
+    __syncthreads();
+    // Ff = p ⊙ H (in Hh); fast path: F ⊙ z (in ID); P; X = E ⊙ (vdᵀF − Tᵀ(F⊙z))
+    for (int i = tid_; i < kC * Lp; i += nth) {
+        const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
+        sm.Hh[o] *= sm.PM[o];
+        if (!exact) sm.ID[o] = sm.F[o] * sm.Z[o];
+    }
+    if (!exact) {
+        if (MODE == kGrads) {
+            block_gemm<kTC, kRow, kCol>(sm.PP, ldC, sm.F, ldL, sm.E, ldL, kC, kC, Lp, false);  // F Eᵀ
+            block_gemm<kTC, kCol, kRow>(sm.X, ldL, sm.VD, ldC, sm.F, ldL, kC, Lp, kC, false);  // vdᵀ F
+        }
+        __syncthreads();
+        if (MODE == kGrads) {
+            block_gemm<kTC, kCol, kRow>(sm.X, ldL, sm.TRI, ldC, sm.ID, ldL, kC, Lp, kC, true);  // − Tᵀ (F⊙z)
+            __syncthreads();
+            for (int i = tid_; i < kC * Lp; i += nth) {
+                const int s = i / Lp, l = i - s * Lp, o = s * ldL + l;
+                sm.X[o] *= sm.E[o];
+            }
+            for (int i = tid_; i < kC * kC; i += nth) {
+                const int t = i / kC, s = i - t * kC;
+                if (s > t) sm.PP[t * ldC + s] = 0.f;
+            }
+        }
+    } else if (MODE == kGrads) {  // every exponent ≤ 0: F_t E_s → c_t e^{a_s − M_t}
+        __syncthreads();
+        for (int i = tid_; i < kC * kC; i += nth) {
+            const int t = i / kC, s = i - t * kC;
+            float acc = 0.f;
+            if (s <= t)
+                for (int l = 0; l < Lp; ++l)
+                    acc += sm.F[t * ldL + l] * exp_shift(sm.A[s * ldL + l], sm.ID[t * ldL + l]);
+            sm.PP[t * ldC + s] = acc;
+        }
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            const int s = i / Lp, l = i - s * Lp;
+            const float as = sm.A[s * ldL + l];
+            float acc = 0.f;
+            for (int t = s; t < kC; ++t)
+                acc += sm.F[t * ldL + l] * exp_shift(as, sm.ID[t * ldL + l]) * (sm.VD[t * ldC + s] - sm.Z[t * ldL + l]);
+            sm.X[s * ldL + l] = acc;
+        }
+    }
+    __syncthreads();
+
+    if (MODE == kCot) {  // G = Ffᵀ dy, g = −Σ_t Ff z, f
+        block_gemm<kTC, kCol, kRow>(sm.S2, ldV, sm.Hh, ldL, sm.DY, ldV, Lp, Dvp, kC, false);
+        for (int l = tid_; l < L; l += nth) {
+            float g = 0.f;
+            for (int t = 0; t < kC; ++t) g -= sm.Hh[t * ldL + l] * sm.Z[t * ldL + l];
+            a.du_ch[srow * L + l] = g;
+            a.f_ch[srow * L + l] = sm.fin[l];
+        }
+        __syncthreads();
+        for (int64_t i = tid_; i < L * Dv; i += nth) a.dw_ch[srow * L * Dv + i] = sm.S2[(i / Dv) * ldV + i % Dv];
+        return;
+    }
+
+    // ---- kGrads: dv = Pᵀ dy + E dS;  da = X + E ⊙ (v dSᵀ + dα)
+    block_gemm<kTC, kCol, kRow>(sm.OUT, ldV, sm.PP, ldC, sm.DY, ldV, kC, Dvp, kC, false);
+    block_gemm<kTC, kRow, kCol>(sm.Hh, ldL, sm.V, ldV, sm.S2, ldV, kC, Lp, Dvp, false);  // v dSᵀ (Hh is free)
+    __syncthreads();
+    block_gemm<kTC, kRow, kRow>(sm.OUT, ldV, sm.E, ldL, sm.S2, ldV, kC, Dvp, Lp, true);
+    for (int i = tid_; i < kC * Lp; i += nth) {
+        const int s = i / Lp, l = i - s * Lp, o = s * ldL + l;
+        sm.X[o] += sm.E[o] * (sm.Hh[o] + sm.du[l]);
+    }
+    __syncthreads();
+    T* dv_out = a.dv + ((b * a.T + t0) * a.H + h) * Dv;
+    for (int64_t i = tid_; i < len * Dv; i += nth) {
+        const int64_t t = i / Dv, d = i - t * Dv;
+        dv_out[t * a.H * Dv + d] = from_float<T>(sm.OUT[t * ldV + d]);
+    }
+    if (KIND == Kind::Latte) {  // dk = da; dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_{·,0} first
+        T* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * L;
+        T* dq_out = a.dq + ((b * a.T + t0) * a.H + h) * L;
+        for (int64_t i = tid_; i < len * L; i += nth) {
+            const int64_t t = i / L, l = i - t * L;
+            dk_out[t * a.H * L + l] = from_float<T>(sm.X[t * ldL + l]);
+        }
+        for (int t = warp; t < len; t += nwarps) {
+            const float* zr = sm.Z + t * ldL;
+            const float* pr = sm.PM + t * ldL;
+            const float z0 = zr[0];
+            float s = 0.f;
+            for (int l = lane; l < L; l += 32) s += pr[l] * (zr[l] - z0);
+            s = warp_sum(s);
+            for (int l = lane; l < L; l += 32) dq_out[t * a.H * L + l] = from_float<T>(pr[l] * ((zr[l] - z0) - s));
+        }
+    } else {  // dk_t = scale·da_t q; the chunk's dq partial scale·Σ_t da_t k_t (t in order)
+        T* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * a.D;
+        for (int64_t i = tid_; i < len * a.D; i += nth) {
+            const int64_t t = i / a.D, j = i - t * a.D;
+            dk_out[t * a.H * a.D + j] = from_float<T>(a.scale * sm.X[t * ldL] * sm.Q[j]);
+        }
+        for (int64_t j = tid_; j < a.D; j += nth) {
+            float acc = 0.f;
+            for (int t = 0; t < len; ++t)
+                acc += sm.X[t * ldL] * to_float(a.k.p[b * a.k.sb + (t0 + t) * a.k.st + h * a.k.sh + j * a.k.sx]);
+            a.dq_part[srow * a.D + j] = a.scale * acc;
+        }
+    }
+}
+
+// The sequence n of a (n·H + h) row: its batch row, first slot, number of chunks.
+template <typename T>
+__device__ __forceinline__ void seq_slots(const ChunkArgs<T>& a, int64_t n, int64_t& b, int64_t& first,
+                                          int64_t& n_chunks) {
+    if (a.cu == nullptr) {
+        b = n;
+        first = 0;
+        n_chunks = (a.T + kC - 1) / kC;
+    } else {
+        b = 0;
+        first = static_cast<int64_t>(a.cu[n]) / kC + n;
+        n_chunks = (static_cast<int64_t>(a.cu[n + 1]) - a.cu[n] + kC - 1) / kC;
+    }
+}
+
+// Step 2: one thread per (n, h, l, d): the summaries combined in chunk order into the state entering each chunk
+// (m_ch/u_ch by the d = 0 thread; w_ch in place: the thread reads its element's summary before writing it).
+template <typename T>
+__global__ void state_scan_bwd_kernel(ChunkArgs<T> a, const float* m0, const float* u0, const float* w0) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t L = a.L, Dv = a.Dv;
+    if (i >= a.N * a.H * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
+    int64_t b, first, n_chunks;
+    seq_slots(a, n, b, first, n_chunks);
+    float m = m0 ? m0[nh * L + l] : -CUDART_INF_F, u = m0 ? u0[nh * L + l] : 0.f, w = m0 ? w0[i] : 0.f;
+    for (int64_t c = 0; c < n_chunks; ++c) {
+        const int64_t srow = (b * a.NS + first + c) * a.H + h;
+        const float cm = a.m_s[srow * L + l], cu = a.u_s[srow * L + l];
+        float* cell = a.w_ch + (srow * L + l) * Dv + d;
+        const float cw = *cell;
+        *cell = w;
+        if (d == 0) {
+            a.m_ch[srow * L + l] = m;
+            a.u_ch[srow * L + l] = u;
+        }
+        const SoftmaxMerge mg = softmax_merge(m, cm);
+        m = mg.m;
+        u = u * mg.fa + cu * mg.fb;
+        w = w * mg.fa + cw * mg.fb;
+    }
+}
+
+// Step 4: one thread per (n, h, l, d): the reverse scan of the chunk maps from (dS_T, dα_T); writes the cotangent
+// leaving every chunk over (G, g) (dα by the d = 0 thread) and (dS0, dα0) when asked. A zero-length sequence
+// passes (dS_T, dα_T) through.
+template <typename T>
+__global__ void cot_scan_kernel(ChunkArgs<T> a, const float* duT, const float* dwT, float* du0, float* dw0) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t L = a.L, Dv = a.Dv;
+    if (i >= a.N * a.H * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
+    int64_t b, first, n_chunks;
+    seq_slots(a, n, b, first, n_chunks);
+    float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
+    for (int64_t c = n_chunks - 1; c >= 0; --c) {
+        const int64_t srow = (b * a.NS + first + c) * a.H + h;
+        const float f = a.f_ch[srow * L + l];
+        float* cell = a.dw_ch + (srow * L + l) * Dv + d;
+        const float G = *cell;
+        *cell = dw;
+        dw = f * dw + G;
+        if (d == 0) {
+            const float g = a.du_ch[srow * L + l];
+            a.du_ch[srow * L + l] = du;
+            du = f * du + g;
+        }
+    }
+    if (dw0) dw0[i] = dw;
+    if (du0 && d == 0) du0[nh * L + l] = du;
+}
+
+// Aaren: dq_rows[n, h, :] = Σ over the chunk slots of sequence n (in slot order) of the dq partials.
+template <typename T>
+__global__ void dq_sum_kernel(ChunkArgs<T> a, float* dq_rows) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= a.N * a.H * a.D) return;
+    const int64_t j = i % a.D, nh = i / a.D, n = nh / a.H, h = nh % a.H;
+    int64_t b, first, n_chunks;
+    seq_slots(a, n, b, first, n_chunks);
+    float acc = 0.f;
+    for (int64_t c = 0; c < n_chunks; ++c) acc += a.dq_part[((b * a.NS + first + c) * a.H + h) * a.D + j];
+    dq_rows[i] = acc;
+}
+
+// ----- host side of the chunked backward
+
+// Chunk slots per batch row, the padded dims and the workspace (floats) of the chunked backward.
+struct ChunkPlan {
+    int64_t NS, R;  // slots per batch row; workspace rows B·NS·H
+    int Lp, Dvp;
+    int64_t smem_bytes, ws_floats;
+};
+
+inline ChunkPlan chunk_plan(const ScanSizes& sz, bool aaren) {
+    ChunkPlan p;
+    p.NS = sz.cu_seqlens ? sz.T / kC + sz.N : (sz.T + kC - 1) / kC;
+    p.R = sz.B * p.NS * sz.H;
+    p.Lp = static_cast<int>((sz.L + 15) / 16 * 16);
+    p.Dvp = static_cast<int>((sz.Dv + 15) / 16 * 16);
+    SmemCarver sc(nullptr);
+    ChunkSmem s(sc, p.Lp, p.Dvp, aaren ? sz.D : 0);
+    p.smem_bytes = sc.offset;
+    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
+    const int64_t rl = r4(p.R * sz.L), rld = r4(p.R * sz.L * sz.Dv);
+    p.ws_floats = 6 * rl + 2 * rld + (aaren ? r4(p.R * sz.D) : 0);
+    return p;
+}
+
+// Whether the chunked backward runs at these sizes: its tiles fit in the device's shared memory (else the
+// sequential kernels above run: the documented fallback for very wide states).
+inline cudaError_t chunk_path_ok(const ScanSizes& sz, bool aaren, bool* ok) {
+    int dev = 0, optin = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err != cudaSuccess) return err;
+    *ok = chunk_plan(sz, aaren).smem_bytes <= optin;
+    return cudaSuccess;
+}
+
+template <typename T>
+RowView<T> row_view(const ScanTensor& x, int64_t X) {
+    constexpr int64_t kVE = 16 / static_cast<int64_t>(sizeof(T));
+    const bool vec = x.data != nullptr && x.stride_x == 1 && X % kVE == 0 &&
+                     reinterpret_cast<uintptr_t>(x.data) % 16 == 0 && x.stride_b % kVE == 0 &&
+                     x.stride_t % kVE == 0 && x.stride_h % kVE == 0;
+    return RowView<T>{static_cast<const T*>(x.data), x.stride_b, x.stride_t, x.stride_h, x.stride_x, vec ? 1 : 0};
+}
+
+// Threads per block of an element-wise scan over `n` chains: 256, halved (down to 32) while the grid has fewer
+// blocks than SMs (the occupancy rule of kernels/occupancy.py for the light sequential scans).
+inline int scan_threads(int64_t n, int sms) {
+    int t = 256;
+    while (t > 32 && (n + t - 1) / t < sms) t /= 2;
+    return t;
+}
+
+template <Kind KIND, typename T>
+cudaError_t launch_chunked_backward(ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, const ScanSizes& sz,
+                                    float scale, const float* m0, const float* u0, const float* w0, const float* duT,
+                                    const float* dwT, float* ws, int64_t ws_floats, T* dq, float* dq_rows, T* dk,
+                                    T* dv, float* du0, float* dw0, cudaStream_t stream) {
+    const bool aaren = KIND == Kind::Aaren;
+    const ChunkPlan plan = chunk_plan(sz, aaren);
+    if (ws_floats < plan.ws_floats || (plan.ws_floats > 0 && ws == nullptr)) return cudaErrorInvalidValue;
+    ChunkArgs<T> a{};
+    a.q = row_view<T>(q, aaren ? 0 : sz.L);
+    if (aaren) a.q.vec = 0;
+    a.k = row_view<T>(k, aaren ? 0 : sz.L);
+    if (aaren) a.k.vec = 0;
+    a.v = row_view<T>(v, sz.Dv);
+    a.dout = row_view<T>(dout, sz.Dv);
+    a.B = sz.B; a.T = sz.T; a.H = sz.H; a.L = sz.L; a.D = sz.D; a.Dv = sz.Dv; a.N = sz.N; a.NS = plan.NS;
+    a.cu = sz.cu_seqlens;
+    a.scale = scale;
+    a.Lp = plan.Lp;
+    a.Dvp = plan.Dvp;
+    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
+    const int64_t rl = r4(plan.R * sz.L), rld = r4(plan.R * sz.L * sz.Dv);
+    float* p = ws;
+    a.m_s = p; p += rl; a.u_s = p; p += rl; a.m_ch = p; p += rl; a.u_ch = p; p += rl; a.f_ch = p; p += rl;
+    a.du_ch = p; p += rl; a.w_ch = p; p += rld; a.dw_ch = p; p += rld;
+    a.dq_part = aaren ? p : nullptr;
+    a.dq = dq; a.dk = dk; a.dv = dv;
+
+    int dev = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (err != cudaSuccess) return err;
+    const int64_t blocks = plan.R;
+    const size_t smem = static_cast<size_t>(plan.smem_bytes);
+    auto k_sum = chunk_bwd_kernel<KIND, T, kSum>;
+    auto k_cot = chunk_bwd_kernel<KIND, T, kCot>;
+    auto k_grads = chunk_bwd_kernel<KIND, T, kGrads>;
+    if (plan.smem_bytes > DEFAULT_SMEM) {
+        for (auto kern : {k_sum, k_cot, k_grads}) {
+            err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+            if (err != cudaSuccess) return err;
+        }
+    }
+    const int64_t chains = sz.N * sz.H * sz.L * sz.Dv;
+    const int st = scan_threads(chains, sms);
+    const unsigned scan_blocks = static_cast<unsigned>((chains + st - 1) / st);
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(k_sum, static_cast<unsigned>(blocks), kBwdThreads, smem, stream, a);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (chains > 0) {
+        auto kern = state_scan_bwd_kernel<T>;
+        FLASHTS_LAUNCH(kern, scan_blocks, st, 0, stream, a, m0, u0, w0);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(k_cot, static_cast<unsigned>(blocks), kBwdThreads, smem, stream, a);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (chains > 0) {
+        auto kern = cot_scan_kernel<T>;
+        FLASHTS_LAUNCH(kern, scan_blocks, st, 0, stream, a, duT, dwT, du0, dw0);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(k_grads, static_cast<unsigned>(blocks), kBwdThreads, smem, stream, a);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (aaren && sz.N * sz.H * sz.D > 0) {
+        const int64_t n = sz.N * sz.H * sz.D;
+        const int t = scan_threads(n, sms);
+        auto kern = dq_sum_kernel<T>;
+        FLASHTS_LAUNCH(kern, static_cast<unsigned>((n + t - 1) / t), t, 0, stream, a, dq_rows);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    return cudaSuccess;
+}
+
+// Workspace (floats) of the causal backward at these sizes: the chunked path's, or the sequential fallback's
+// 3·B·T·H·L (ws_M, ws_c, ws_r).
+inline cudaError_t bwd_workspace(const ScanSizes& sz, bool aaren, int64_t* floats) {
+    bool ok = false;
+    const cudaError_t err = chunk_path_ok(sz, aaren, &ok);
+    if (err != cudaSuccess) return err;
+    *floats = ok ? chunk_plan(sz, aaren).ws_floats : 3 * sz.B * sz.T * sz.H * sz.L;
+    return cudaSuccess;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- launchers
@@ -765,19 +1415,35 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
     });
 }
 
+cudaError_t scan_bwd_workspace(bool aaren, ScanSizes sz, bool causal, int64_t* floats) {
+    if (aaren) sz.L = 1; else sz.D = sz.L;
+    if (!floats || !sizes_ok(sz)) return cudaErrorInvalidValue;
+    *floats = 0;
+    if (!causal && !aaren) return cudaSuccess;
+    return bwd_workspace(sz, aaren, floats);
+}
+
 cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
                       float scale, const float* m0, const float* u0, const float* w0, const float* duT,
-                      const float* dwT, float* ws_M, float* ws_c, float* ws_r, float* dq_rows, void* dk, void* dv,
-                      float* du0, float* dw0, cudaStream_t stream) {
+                      const float* dwT, float* workspace, int64_t workspace_floats, float* dq_rows, void* dk,
+                      void* dv, float* du0, float* dw0, cudaStream_t stream) {
     sz.L = 1;
-    if (!sizes_ok(sz) || (m0 && (!u0 || !w0)) || !ws_M || !ws_c || !ws_r || !dq_rows || (du0 && !dw0))
-        return cudaErrorInvalidValue;
+    if (!sizes_ok(sz) || (m0 && (!u0 || !w0)) || !dq_rows || (du0 && !dw0)) return cudaErrorInvalidValue;
+    bool chunked = false;
+    cudaError_t err = chunk_path_ok(sz, true, &chunked);
+    if (err != cudaSuccess) return err;
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
+        if (chunked)  // the chunk-parallel backward
+            return launch_chunked_backward<Kind::Aaren, T>(dout, q, k, v, sz, scale, m0, u0, w0, duT, dwT, workspace,
+                                                          workspace_floats, nullptr, dq_rows, static_cast<T*>(dk),
+                                                          static_cast<T*>(dv), du0, dw0, stream);
+        const int64_t n = sz.B * sz.T * sz.H;  // fallback: the sequential kernels (ws_M, ws_c, ws_r)
+        if (workspace_floats < 3 * n || (n > 0 && !workspace)) return cudaErrorInvalidValue;
         Args<T> a = make_args<T>(q, k, v, dout, sz, scale);
         a.m0 = m0; a.a0 = u0; a.S0 = w0;
         a.daT = duT; a.dST = dwT;
-        a.ws_M = ws_M; a.ws_c = ws_c; a.ws_r = ws_r;
+        a.ws_M = workspace; a.ws_c = workspace + n; a.ws_r = workspace + 2 * n;
         a.dq_rows = dq_rows;
         a.dk = static_cast<T*>(dk);
         a.dv = static_cast<T*>(dv);
@@ -788,18 +1454,30 @@ cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, 
 
 cudaError_t latte_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
                       bool causal, const float* m0, const float* a0, const float* S0, const float* daT,
-                      const float* dST, float* ws_M, float* ws_c, float* ws_r, void* dq, void* dk, void* dv,
+                      const float* dST, float* workspace, int64_t workspace_floats, void* dq, void* dk, void* dv,
                       float* da0, float* dS0, cudaStream_t stream) {
     sz.D = sz.L;
     if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (da0 && !dS0)) return cudaErrorInvalidValue;
-    if (causal && (!ws_M || !ws_c || !ws_r)) return cudaErrorInvalidValue;
     if (!causal && (m0 || daT || dST || da0)) return cudaErrorInvalidValue;
+    bool chunked = false;
+    if (causal) {
+        const cudaError_t err = chunk_path_ok(sz, false, &chunked);
+        if (err != cudaSuccess) return err;
+    }
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
+        if (chunked)  // the chunk-parallel backward
+            return launch_chunked_backward<Kind::Latte, T>(dout, q, k, v, sz, 1.f, m0, a0, S0, daT, dST, workspace,
+                                                          workspace_floats, static_cast<T*>(dq), nullptr,
+                                                          static_cast<T*>(dk), static_cast<T*>(dv), da0, dS0, stream);
+        const int64_t n = sz.B * sz.T * sz.H * sz.L;  // bidirectional, or the sequential fallback (ws_M, ws_c, ws_r)
+        if (causal && (workspace_floats < 3 * n || (n > 0 && !workspace))) return cudaErrorInvalidValue;
         Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
         a.m0 = m0; a.a0 = a0; a.S0 = S0;
         a.daT = daT; a.dST = dST;
-        a.ws_M = ws_M; a.ws_c = ws_c; a.ws_r = ws_r;
+        if (causal) {
+            a.ws_M = workspace; a.ws_c = workspace + n; a.ws_r = workspace + 2 * n;
+        }
         a.dq = static_cast<T*>(dq);
         a.dk = static_cast<T*>(dk);
         a.dv = static_cast<T*>(dv);
