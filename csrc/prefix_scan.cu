@@ -814,13 +814,14 @@ struct ChunkSmem {
         ldL = Lp + 4;
         ldV = Dvp + 4;
         ldC = kC + 4;
-        float** cl[8] = {&A, &PM, &E, &F, &Hh, &ID, &Z, &X};
-        for (float** t : cl) *t = sc.take<float>(kC * ldL);
+        A = sc.take<float>(kC * ldL); PM = sc.take<float>(kC * ldL); E = sc.take<float>(kC * ldL);
+        F = sc.take<float>(kC * ldL); Hh = sc.take<float>(kC * ldL); ID = sc.take<float>(kC * ldL);
+        Z = sc.take<float>(kC * ldL); X = sc.take<float>(kC * ldL);
         V = sc.take<float>(kC * ldV); DY = sc.take<float>(kC * ldV); OUT = sc.take<float>(kC * ldV);
         S1 = sc.take<float>(static_cast<int64_t>(Lp) * ldV); S2 = sc.take<float>(static_cast<int64_t>(Lp) * ldV);
         VD = sc.take<float>(kC * ldC); PP = sc.take<float>(kC * ldC); TRI = sc.take<float>(kC * ldC);
-        float** vl[6] = {&m_in, &u_in, &r, &fin, &du, &cmax};
-        for (float** t : vl) *t = sc.take<float>(Lp);
+        m_in = sc.take<float>(Lp); u_in = sc.take<float>(Lp); r = sc.take<float>(Lp);
+        fin = sc.take<float>(Lp); du = sc.take<float>(Lp); cmax = sc.take<float>(Lp);
         Q = sc.take<float>(Dq > 0 ? Dq : 1);
     }
 };
@@ -887,7 +888,7 @@ __device__ __forceinline__ void load_rows(float* dst, int ld, int cols, const Ro
 
 // One chunk of the backward (modes above). Every thread of the block runs every phase (barriers between them).
 template <Kind KIND, typename T, int MODE>
-__global__ void __launch_bounds__(kBwdThreads) chunk_bwd_kernel(ChunkArgs<T> a) {
+__global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> a) {
     constexpr int kTC = kScanGemm<T>;
     using mmau::block_gemm;
     using mmau::kCol;
