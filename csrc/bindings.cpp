@@ -187,6 +187,29 @@ void check_same_input(const torch::Tensor& t, const char* fn, const char* name, 
     TORCH_CHECK(t.scalar_type() == ref.scalar_type(), fn, ": ", name, " must have dtype ", ref.scalar_type());
 }
 
+// The forward's launch options (this device's SMs and shared memory, the Auto rule) and the workspace its plan
+// needs (the chunk-parallel mode's float32 chunk states), from the caching allocator (undefined when none).
+struct ScanFwdWs {
+    flashts::scan::ScanOptions opt;
+    torch::Tensor ws;
+    int64_t bytes;
+    void* ptr() const { return bytes > 0 ? ws.data_ptr() : nullptr; }
+};
+
+ScanFwdWs scan_fwd_workspace(bool aaren, const flashts::scan::ScanSizes& sz, bool causal, const torch::Tensor& ref,
+                             const char* fn) {
+    const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+    ScanFwdWs w{{props->multiProcessorCount, static_cast<int>(props->sharedMemPerBlockOptin),
+                 flashts::scan::ScanMode::Auto},
+                {},
+                0};
+    flashts::scan::ScanPlan plan{};
+    check_err(flashts::scan::scan_fwd_plan(aaren, sz, causal, w.opt, &plan), fn);
+    w.bytes = plan.workspace_bytes;
+    if (w.bytes > 0) w.ws = torch::empty({w.bytes}, ref.options().dtype(at::kByte));
+    return w;
+}
+
 void aaren_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, OptTensor m0, OptTensor u0, OptTensor w0,
                OptTensor cu_seqlens, double scale, torch::Tensor o, torch::Tensor mT, torch::Tensor uT,
                torch::Tensor wT) {
@@ -209,9 +232,11 @@ void aaren_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, OptTensor m0, 
     check_out(wT, fn, "wT", k, at::kFloat, {N, H, Dv});
     const at::cuda::OptionalCUDAGuard guard(k.device());
     const flashts::scan::ScanSizes sz{B, T, H, 1, D, Dv, N, cu_ptr(cu_seqlens)};
+    const ScanFwdWs w = scan_fwd_workspace(true, sz, true, k, fn);
     check_err(flashts::scan::aaren_fwd(scan_dtype(k, fn), st_query(q), st4(k), st4(v), sz, static_cast<float>(scale),
                                        opt_ptr(m0), opt_ptr(u0), opt_ptr(w0), o.data_ptr(), mT.data_ptr<float>(),
-                                       uT.data_ptr<float>(), wT.data_ptr<float>(), at::cuda::getCurrentCUDAStream()),
+                                       uT.data_ptr<float>(), wT.data_ptr<float>(), w.opt, w.ptr(), w.bytes,
+                                       at::cuda::getCurrentCUDAStream()),
               fn);
 }
 
@@ -282,9 +307,10 @@ void latte_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, OptTensor m0, 
     check_out(o, fn, "o", q, q.scalar_type(), {B, T, H, Dv});
     const at::cuda::OptionalCUDAGuard guard(q.device());
     const flashts::scan::ScanSizes sz{B, T, H, L, L, Dv, N, cu_ptr(cu_seqlens)};
+    const ScanFwdWs w = scan_fwd_workspace(false, sz, causal, q, fn);
     check_err(flashts::scan::latte_fwd(scan_dtype(q, fn), st4(q), st4(k), st4(v), sz, causal, opt_ptr(m0),
                                        opt_ptr(a0), opt_ptr(S0), o.data_ptr(), opt_mut_ptr(mT), opt_mut_ptr(aT),
-                                       opt_mut_ptr(ST), at::cuda::getCurrentCUDAStream()),
+                                       opt_mut_ptr(ST), w.opt, w.ptr(), w.bytes, at::cuda::getCurrentCUDAStream()),
               fn);
 }
 

@@ -30,7 +30,7 @@
 // The causal backward runs chunk-parallel (the section "Causal backward, chunk-parallel" below: chunk summaries,
 // entering states, per-chunk cotangent maps, their reverse scan, per-chunk gradients on tensor cores). The two
 // sequential kernels here remain only as its fallback when a chunk's tiles do not fit in shared memory (very wide
-// L·Dv states; chunk_path_ok): recompute_kernel repeats the forward sweep and stores, per position and latent, M, c and r
+// L·Dv states; plan_backward): recompute_kernel repeats the forward sweep and stores, per position and latent, M, c and r
 // (O(T·L) floats of workspace — num itself, O(T·L·Dv), is never stored), and for Latte dq = p ⊙ (z − Σ_l p z);
 // reverse_kernel walks the tiles from the last to the first with the state (G[L][Dv], R[L]) in shared memory.
 // Aaren: dk_t = scale·da_t q, dq = scale·Σ_t da_t k_t (per row; summed over rows by the caller when q is shared).
@@ -41,8 +41,11 @@
 // dv_s = Σ_l π_{s,l} Gm_l and dk_{s,l} = π_{s,l} (v_s·Gm_l − mean_l·Gm_l), π = e^{k − max}/Z.
 //
 // cu_seqlens: the row of block (n, h) is [cu[n], cu[n+1]) of batch 0. Every index is int64 and bounds-checked.
+#include <type_traits>
+
 #include "common.cuh"
 #include "prefix_scan.h"
+#include "scan_chunk.cuh"
 
 namespace flashts {
 namespace scan {
@@ -319,6 +322,264 @@ __global__ void forward_kernel(Args<T> a, bool causal) {
             a.mT[r.row * L + l] = s.m[l];
             a.aT[r.row * L + l] = s.al[l];
         }
+    }
+}
+
+// ================================================================ chunk-parallel forward (causal, "chunked")
+//
+// The algorithm of kernels/prefix_scan.py SCAN_MODE "chunked", three kernels (math: csrc/scan_chunk.cuh):
+//   1. chunk_sum_kernel   per (batch row b, chunk slot, head h, Dv tile), every chunk in parallel: the chunk
+//      summary (c_max, Σ E_c, E_cᵀ v) into the workspace (Eᵀv on tensor cores for 16-bit inputs);
+//   2. state_scan_kernel  per (sequence n, head h, 4 consecutive state columns of one latent): walks the chunks
+//      of n in order with the combine (float32) and writes the state ENTERING every chunk (in place of its
+//      summary) and the final state (the initial state for an empty sequence);
+//   3. chunk_out_kernel   per (b, slot, h, Dv tile), every chunk in parallel: y from the entering state
+//      (fast path: y = tril(F Eᵀ) v + (F ⊙ f_in) S_in, three tile products; exact step-by-step fallback when
+//      the running max rises by more than kRiseLimit inside the chunk).
+// Workspace (float32, from the caller; layout ws_layout): per chunk cell ((b·NS + slot)·H + h) and latent l:
+// cmax, csum (summaries), m, u (entering state) [B·NS·H·L] each, and w [B·NS·H·L][Wd] (Wd = Dv rounded up to
+// 4; the summary Eᵀv, then the entering S, in place). 128 threads per block; chunk kernels: blockIdx.x =
+// ((b·NS + slot)·H + h)·nBV + Dv tile. The one-pass forward_kernel above stays the choice when N·H ≥ 2·SMs
+// (plan_forward: enough (sequence, head) rows to fill the GPU without the state round trip through memory).
+// Latte bidirectional (causal = false) uses the same summaries: state_scan_kernel (a.bidir) writes only the
+// whole-sequence state (m, α, S) to each sequence's first slot, then bidir_out_kernel computes y = p · (S/α)
+// per chunk (one [C, Lp] × [Lp, BV] tile product).
+
+namespace ck = chunk;
+
+template <typename Elem>
+constexpr int kGemmFor = std::is_same<Elem, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
+
+// Offsets (floats) of the workspace arrays; every array starts at a multiple of 4 floats (16 bytes).
+struct WsLayout {
+    int64_t cm, cs, m, u, w, floats;
+};
+
+__host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, int64_t L, int64_t Wd) {
+    const int64_t cells = B * NS * H * L, vec = (cells + 3) / 4 * 4;
+    return WsLayout{0, vec, 2 * vec, 3 * vec, 4 * vec, 4 * vec + cells * Wd};
+}
+
+template <typename Elem>
+struct ChunkArgs {
+    ck::View<Elem> q, k, v;
+    Elem* o;
+    int64_t B, T, H, L, D, Dv, N, NS, Wd;
+    const int32_t* cu;
+    float scale;
+    ck::Geom g;
+    int nBV;
+    int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
+    float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
+    const float *m0, *u0, *w0;
+    float *mT, *uT, *wT;
+};
+
+struct ChunkBlock {
+    int64_t b, slot, h, cell;
+    int tile;
+};
+
+template <typename Elem>
+__device__ __forceinline__ ChunkBlock chunk_block(const ChunkArgs<Elem>& a) {
+    ChunkBlock cb;
+    int64_t idx = blockIdx.x;
+    cb.tile = static_cast<int>(idx % a.nBV);
+    cb.cell = idx / a.nBV;  // (b·NS + slot)·H + h
+    cb.h = cb.cell % a.H;
+    cb.slot = (cb.cell / a.H) % a.NS;
+    cb.b = cb.cell / a.H / a.NS;
+    return cb;
+}
+
+// Step 1: the summary of one chunk (columns [e0, e0 + BV) of Eᵀv; cmax / csum by Dv tile 0).
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(ChunkArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, false, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV;
+    ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, nullptr);
+    ck::chunk_summary<kGemmFor<Elem>>(s, g);
+    const int64_t L = a.L, row0 = cb.cell * L;
+    if (cb.tile == 0)
+        for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
+            a.ws_cm[row0 + l] = s.cmax[l];
+            a.ws_cs[row0 + l] = s.csum[l];
+        }
+    const int groups = g.BV / 4, ldV = g.ldV();
+    for (int64_t idx = threadIdx.x; idx < L * groups; idx += blockDim.x) {
+        const int64_t l = idx / groups;
+        const int c = static_cast<int>(idx - l * groups) * 4;
+        if (e0 + c >= a.Wd) continue;
+        const float* src = s.S + l * ldV + c;
+        *reinterpret_cast<float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c) = make_float4(src[0], src[1], src[2], src[3]);
+    }
+}
+
+// Step 2: the sequential scan of the summaries of one (sequence, head): thread → (latent l, columns d0..d0+3).
+// The summaries are read kScanAhead chunks ahead of the combine (a ring of registers, static indices), so that
+// kScanAhead loads are in flight: the scan is a chain of NS dependent steps per thread and would otherwise pay
+// one memory round trip per chunk. Causal: the state entering chunk c replaces its summary; a.bidir: only the
+// whole-sequence total is written, to the sequence's first slot (the bidirectional forward's means).
+constexpr int kScanAhead = 8;
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem> a) {
+    const int64_t per_row = a.L * (a.Wd / 4);
+    const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = gid / per_row;  // n·H + h
+    if (row >= a.N * a.H) return;
+    const int64_t i = gid - row * per_row, l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t srow = row * L + l;  // state rows [N, H, L]
+    float m = a.m0 ? a.m0[srow] : -CUDART_INF_F, u = a.m0 ? a.u0[srow] : 0.f, w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    const int64_t step = a.H * L;  // next slot, same head and latent
+    const int64_t first = ((sq.b * a.NS + sq.base) * a.H + h) * L + l;
+    const bool entering = !a.bidir;
+    // running pointers: the chunk being combined (cur) and the one being fetched (ahead), same head and latent
+    const float *cm_ahead = a.ws_cm + first, *cs_ahead = a.ws_cs + first;
+    const float* w_ahead = a.ws_w + first * a.Wd + d0;
+    float *m_cur = a.ws_m + first, *u_cur = a.ws_u + first, *w_cur = a.ws_w + first * a.Wd + d0;
+    const int64_t wstep = step * a.Wd;
+    float ring_m[kScanAhead], ring_u[kScanAhead];
+    float4 ring_w[kScanAhead];
+#pragma unroll
+    for (int j = 0; j < kScanAhead; ++j) {
+        if (j < n_chunks) {
+            ring_m[j] = *cm_ahead;
+            ring_u[j] = *cs_ahead;
+            ring_w[j] = *reinterpret_cast<const float4*>(w_ahead);
+            cm_ahead += step;
+            cs_ahead += step;
+            w_ahead += wstep;
+        }
+    }
+    for (int64_t c0 = 0; c0 < n_chunks; c0 += kScanAhead) {
+#pragma unroll
+        for (int j = 0; j < kScanAhead; ++j) {
+            if (c0 + j < n_chunks) {
+                const float cm = ring_m[j], cs = ring_u[j], xs[4] = {ring_w[j].x, ring_w[j].y, ring_w[j].z,
+                                                                     ring_w[j].w};
+                if (c0 + j + kScanAhead < n_chunks) {  // refill this ring slot (issued before the stores below)
+                    ring_m[j] = *cm_ahead;
+                    ring_u[j] = *cs_ahead;
+                    ring_w[j] = *reinterpret_cast<const float4*>(w_ahead);
+                    cm_ahead += step;
+                    cs_ahead += step;
+                    w_ahead += wstep;
+                }
+                if (entering) {
+                    if (d0 == 0) {
+                        *m_cur = m;
+                        *u_cur = u;
+                    }
+                    *reinterpret_cast<float4*>(w_cur) = make_float4(w[0], w[1], w[2], w[3]);
+                }
+                m_cur += step;
+                u_cur += step;
+                w_cur += wstep;
+                ck::combine<4>(m, u, w, cm, cs, xs);
+            }
+        }
+    }
+    if (!entering && n_chunks > 0) {  // bidirectional: the whole-sequence state in the first slot
+        if (d0 == 0) {
+            a.ws_m[first] = m;
+            a.ws_u[first] = u;
+        }
+        *reinterpret_cast<float4*>(a.ws_w + first * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
+    }
+    if (a.mT) {
+        if (d0 == 0) {
+            a.mT[srow] = m;
+            a.uT[srow] = u;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (d0 + j < Dv) a.wT[srow * Dv + d0 + j] = w[j];
+    }
+}
+
+// Step 3: the outputs of one chunk (columns [e0, e0 + BV)) from the state entering it.
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV, ldV = g.ldV();
+    const int64_t L = a.L, row0 = cb.cell * L;
+    // the entering state (padded latents: the empty state); made visible by load_chunk's barriers
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = l < L ? a.ws_m[row0 + l] : -CUDART_INF_F;
+        s.u[l] = l < L ? a.ws_u[row0 + l] : 0.f;
+    }
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (l < L && e0 + c < a.Wd) x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+        float* d = s.S + l * ldV + c;
+        d[0] = x.x;
+        d[1] = x.y;
+        d[2] = x.z;
+        d[3] = x.w;
+    }
+    ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P);
+    ck::chunk_output<kGemmFor<Elem>>(s, g);
+    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+        const int64_t t = idx / cols, d = idx - t * cols;
+        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+    }
+}
+
+// Latte bidirectional, step 3: y = p · mean for one chunk (columns [e0, e0 + BV)), mean_l = S_l / α_l of the
+// whole sequence (its first slot, written by state_scan_kernel with a.bidir); a [C, Lp] × [Lp, BV] tile product.
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(ChunkArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int e0 = cb.tile * g.BV, ldV = g.ldV();
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L;
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        float inv = 0.f;
+        if (l < L && e0 + c < a.Wd) {
+            x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+            const float u = a.ws_u[row0 + l];
+            inv = u > 0.f ? 1.f / u : 0.f;  // u ≥ 1 for a non-empty sequence
+        }
+        float* d = s.S + l * ldV + c;
+        d[0] = x.x * inv;
+        d[1] = x.y * inv;
+        d[2] = x.z * inv;
+        d[3] = x.w * inv;
+    }
+    ck::load_chunk<false>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P, true);
+    mmau::block_gemm<kGemmFor<Elem>, mmau::kRow, mmau::kRow>(s.Y, ldV, s.P, g.ldL(), s.S, ldV, ck::kChunk, g.BV,
+                                                             g.Lp, false);
+    __syncthreads();
+    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+        const int64_t t = idx / cols, d = idx - t * cols;
+        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
     }
 }
 
@@ -687,6 +948,130 @@ cudaError_t launch_forward(Args<T> a, bool causal, cudaStream_t stream) {
     return FLASHTS_LAUNCH_CHECK();
 }
 
+// The device facts of the plan: opt's, or the current device's where opt has 0.
+cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
+    *sms = opt.sm_count;
+    *max_smem = opt.max_smem;
+    if (*sms > 0 && *max_smem > 0) return cudaSuccess;
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    if (*max_smem <= 0) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err == cudaSuccess && *sms <= 0) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+    return err;
+}
+
+constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
+
+// The occupancy rule (see ScanPlan in prefix_scan.h). sz: Aaren with L = 1, Latte with D = L.
+cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const ScanOptions& opt, ScanPlan* plan) {
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(opt, &sms, &max_smem);
+    if (err != cudaSuccess) return err;
+    const bool packed = sz.cu_seqlens != nullptr;
+    const int Dvp = round_up(static_cast<int>(sz.Dv), 16);
+    const int64_t NS = ck::num_slots(sz.T, sz.N, packed), Wd = (sz.Dv + 3) / 4 * 4;
+    auto fits = [&](int bv) {
+        const ck::Geom g = ck::make_geom(aaren, sz.L, sz.D, bv);
+        return ck::carve(g, true, nullptr).bytes <= max_smem && ck::carve(g, false, nullptr).bytes <= max_smem;
+    };
+    int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
+    while (bv0 > 16 && !fits(bv0)) bv0 = round_up(bv0 / 2, 16);
+    const bool chunk_ok = (causal || !aaren) && fits(bv0);
+    auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
+    const int64_t seq = sz.N * sz.H;
+    ScanMode mode = opt.mode;
+    if (mode == ScanMode::Auto) {
+        if (!chunk_ok || seq >= 2 * int64_t(sms)) mode = ScanMode::OnePass;
+        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq) mode = ScanMode::Chunked;
+        else mode = seq >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
+    }
+    if (mode == ScanMode::Chunked && !chunk_ok) return cudaErrorInvalidConfiguration;
+    int bv = bv0;
+    if (mode == ScanMode::Chunked)
+        while (chunk_blocks(bv) < sms && bv > 16) bv = round_up(bv / 2, 16);
+    plan->mode = mode;
+    plan->C = ck::kChunk;
+    plan->BV = bv;
+    plan->NS = mode == ScanMode::Chunked ? NS : 0;
+    plan->seq_blocks = seq;
+    plan->chunk_blocks = mode == ScanMode::Chunked ? chunk_blocks(bv) : 0;
+    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(seq * sz.L * (Wd / 4), ck::kThreads) : 0;
+    plan->workspace_bytes =
+        mode == ScanMode::Chunked ? ws_layout(sz.B, NS, sz.H, sz.L, Wd).floats * int64_t(sizeof(float)) : 0;
+    return cudaSuccess;
+}
+
+// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
+template <bool kAaren, typename Elem>
+cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& plan, void* workspace,
+                           int64_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    ChunkArgs<Elem> a{};
+    const ScanTensor q{a0.q, a0.sq_b, a0.sq_t, a0.sq_h, a0.sq_x}, k{a0.k, a0.sk_b, a0.sk_t, a0.sk_h, a0.sk_x},
+        v{a0.v, a0.sv_b, a0.sv_t, a0.sv_h, a0.sv_x};
+    a.q = ck::make_view<Elem>(q, kAaren ? a0.D : a0.L);
+    a.k = ck::make_view<Elem>(k, kAaren ? a0.D : a0.L);
+    a.v = ck::make_view<Elem>(v, a0.Dv);
+    if (kAaren) a.q.vec = 0;  // q [B, H, D]: read once per block, element by element
+    a.o = a0.o;
+    a.B = a0.B; a.T = a0.T; a.H = a0.H; a.L = a0.L; a.D = a0.D; a.Dv = a0.Dv; a.N = a0.N;
+    a.NS = plan.NS;
+    a.Wd = (a0.Dv + 3) / 4 * 4;
+    a.cu = a0.cu_seqlens;
+    a.scale = a0.scale;
+    a.g = ck::make_geom(kAaren, a0.L, a0.D, plan.BV);
+    a.nBV = static_cast<int>(cdiv64(a0.Dv, plan.BV));
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
+    a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
+    a.bidir = causal ? 0 : 1;
+    const int64_t blocks = a.B * a.NS * a.H * a.nBV;
+    if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
+    auto out_kernel = causal ? chunk_out_kernel<kAaren, Elem> : bidir_out_kernel<Elem>;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes_out = ck::carve(a.g, true, nullptr).bytes;
+    cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes_sum));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(out_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(bytes_out));
+    if (err != cudaSuccess) return err;
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum),
+                       stream, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (plan.scan_blocks > 0) {
+        FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (blocks > 0) {
+        FLASHTS_LAUNCH(out_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_out),
+                       stream, a);
+        err = cudaGetLastError();
+    }
+    return err;
+}
+
+// The forward: the plan's mode (one pass: forward_kernel; chunked: launch_chunked).
+template <Kind KIND, typename T>
+cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* workspace, int64_t workspace_bytes,
+                        cudaStream_t stream) {
+    const ScanSizes sz{a.B, a.T, a.H, a.L, a.D, a.Dv, a.N, a.cu_seqlens};
+    ScanPlan plan{};
+    cudaError_t err = plan_forward(KIND == Kind::Aaren, sz, causal, opt, &plan);
+    if (err != cudaSuccess) return err;
+    if (plan.mode == ScanMode::Chunked)
+        return launch_chunked<KIND == Kind::Aaren, T>(a, causal, plan, workspace, workspace_bytes, stream);
+    return launch_forward<KIND>(a, causal, stream);
+}
+
 template <Kind KIND, typename T>
 cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
     if (a.N * a.H == 0) return cudaSuccess;
@@ -736,264 +1121,136 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
 // =============================================================================================================
 // Causal backward, chunk-parallel (the Triton "chunked" backward of kernels/prefix_scan.py in CUDA C++).
 //
-// Time is cut into chunks of kC = 16 steps; chunk "slots" as in the Triton kernels: without cu_seqlens batch row
-// b owns slots [b·NS, b·NS + ⌈T/C⌉) with NS = ⌈T/C⌉; with cu_seqlens (B = 1) sequence n owns the slots from
-// cu[n]/C + n on (disjoint, NS = T/C + N in all; the slot of a block is found by a binary search over cu).
-// A per-slot row is  srow = (b·NS + slot)·H + h  (workspace arrays [B·NS·H, L(, Dv)] float32).
-//
-// Five launches (every chunk of every head in parallel except the two light element-wise scans):
-//   1. chunk_bwd_kernel<kSum>   grid B·NS·H: chunk summary (c_max, Σ_s e^{a−c_max}, Σ_s e^{a−c_max} v_s).
-//   2. state_scan_bwd_kernel    grid ⌈N·H·L·Dv / threads⌉: one thread per (row, l, d) combines the summaries in
-//                               order (online-softmax combine) → the state (m_in, α_in, S_in) ENTERING every chunk.
-//   3. chunk_bwd_kernel<kCot>   grid B·NS·H: each chunk's affine cotangent map, entering = f ⊙ leaving + (G, g),
+// Chunks of ck::kChunk = 16 steps and their slots as in the forward (csrc/scan_chunk.cuh: ck::slot_of); a chunk
+// "cell" is (b·NS + slot)·H + h, the workspace rows as in ws_layout. Launches (every chunk of every head in
+// parallel except the two light element-wise scans):
+//   1. chunk_sum_kernel + state_scan_kernel (the forward's, Dv tile of plan_forward in "chunked" mode): the state
+//      (m_in, α_in, S_in) ENTERING every chunk, in the forward's workspace layout (ws_m, ws_u, ws_w).
+//   2. chunk_bwd_kernel<kCot>   grid B·NS·H: each chunk's affine cotangent map, entering = f ⊙ leaving + (G, g),
 //                               f = e^{m_in − r} (r = max(m_in, c_max), the max leaving the chunk).
-//   4. cot_scan_kernel          grid like 2: reverse scan of the maps from (dS_T, dα_T) → the cotangent LEAVING
-//                               every chunk (written over (G, g)) and (dS0, dα0).
-//   5. chunk_bwd_kernel<kGrads> grid B·NS·H: dv, da, dp of every chunk, then dk / dq (Latte: dk = da,
+//   3. cot_scan_kernel          one thread per (sequence, head, l, d): reverse scan of the maps from (dS_T, dα_T)
+//                               → the cotangent LEAVING every chunk (written over (G, g)) and (dS0, dα0).
+//   4. chunk_bwd_kernel<kGrads> grid B·NS·H: dv, da, dp of every chunk, then dk / dq (Latte: dk = da,
 //                               dq = p ⊙ (dp − Σ_l p dp); Aaren: dk = scale·da q and the chunk's dq partial
-//                               scale·Σ_t da_t k_t), plus (Aaren) dq_sum_kernel: the partials summed over the
-//                               slots of each sequence in slot order (deterministic, no atomics).
+//                               scale·Σ_t da_t k_t), then (Aaren) dq_sum_kernel: the partials summed over the
+//                               chunks of each sequence in chunk order (deterministic, no atomics).
+// One chunk block covers all L latents and all Dv columns (so da, dp, dq, dk are complete per chunk: no Dv-tile
+// partials and no separate finish kernel).
 //
-// Chunk math (one block per (slot, head), all L latents and Dv columns; units of e^r per latent, E = e^{a−r},
-// den^r_t = Σ_{s≤t} E_s + α_in f, F = p/den^r, H = f/den^r, vd[t,s] = dy_t·v_s (s ≤ t), T = tril ones):
+// Chunk math (units of e^r per latent; E = e^{a−r}, den^r_t = Σ_{s≤t} E_s + α_in f, F = p/den^r, H = f/den^r,
+// vd[t,s] = dy_t·v_s (s ≤ t), T = the lower triangle of ones):
 //   z   = dp = (vd E) / den^r + (dy S_inᵀ) ⊙ H                       [C, L]
 //   P   = tril(F Eᵀ)                                                   [C, C]
 //   X   = E ⊙ (vdᵀ F − Tᵀ (F ⊙ z))   (= Σ_{t≥s} F_t E_s (vd[t,s] − z_t))
 //   dv  = Pᵀ dy + E dS,   da = X + E ⊙ (v dSᵀ + dα)                      (dS, dα: the cotangent leaving)
 //   G   = (p ⊙ H)ᵀ dy,     g = −Σ_t (p ⊙ H) ⊙ z                          (entering cotangent for zero leaving)
-// The products are block_gemm calls on float32 shared-memory tiles: mma.sync m16n8k8 TF32 (HMMA) for 16-bit
-// inputs (like Triton's "tf32" dots), exact FMA for float32 inputs.
-// Exact fallback: when the running max rises by more than kRiseLimit (40) inside a chunk for some latent (±1e4
-// logits) the block uses the per-position running max M_t instead of r: F_t E_s → c_t e^{a_s − M_t} (c = p/den_t,
-// den_t referenced to M_t), H → e^{m_in − M_t}/den_t; P, z and X are then formed by FMA loops with every exponent
-// ≤ 0 (exact and finite whatever the logits), the rest of the chunk is shared.
-// Tiles: C = 16 rows; latents padded to Lp = ⌈L/16⌉·16 (padded latents: a = −∞, p = 0, they add 0), values to
-// Dvp = ⌈Dv/16⌉·16. Row loads of v, do, k (and Latte q) move 16 bytes per thread (LDG.E.128) when the rows allow.
+// The products are block_gemm calls on float32 shared-memory tiles (kGemmFor: mma.sync m16n8k8 TF32 (HMMA) for
+// 16-bit inputs like Triton's "tf32" dots, exact FMA for float32 inputs).
+// Exact fallback: when the running max rises by more than ck::kRiseLimit (40) inside a chunk for some latent
+// (±1e4 logits) the block uses the per-position running max M_t instead of r: F_t E_s → c_t e^{a_s − M_t}
+// (c = p/den_t, den_t referenced to M_t), H → e^{m_in − M_t}/den_t; P, z and X are then FMA loops with every
+// exponent ≤ 0 (exact and finite whatever the logits); the rest of the chunk is shared with the fast path.
+// Tiles: ck::Geom with BV = Dvp (Dv rounded up to 16); inputs through ck::load_chunk / ck::load_tile (16-byte
+// row loads, LDG.E.128, when the rows allow).
 // =============================================================================================================
 
-constexpr int kC = 16;                // chunk steps
-constexpr int kBwdThreads = 128;      // 4 warps per chunk block
-constexpr float kRiseLimit = 40.f;    // largest rise of the running max inside a chunk for the matrix form
-
-enum ChunkMode : int { kSum = 0, kCot = 1, kGrads = 2 };
-
-// The chunk products' implementation (common.cuh block_gemm): float32 inputs FMA; 16-bit inputs mma.sync TF32.
-template <typename T>
-constexpr int kScanGemm = std::is_same<T, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
-
-// A strided [B, T, H, X] input; vec: 16-byte row loads allowed (checked on the host).
-template <typename T>
-struct RowView {
-    const T* p;
-    int64_t sb, st, sh, sx;
-    int vec;
-};
+enum ChunkMode : int { kCot = 1, kGrads = 2 };
 
 template <typename Elem>
-struct ChunkArgs {
-    RowView<Elem> q, k, v, dout;  // Aaren q: [B(or shared), H, D] with st unused
-    int64_t B, T, H, L, D, Dv, N, NS;
+struct BwdArgs {
+    ck::View<Elem> q, k, v, dout;
+    int64_t B, T, H, L, D, Dv, N, NS, Wd;
     const int32_t* cu;
     float scale;
-    int Lp, Dvp;
-    // workspace (float32, [R, L] / [R, L, Dv], R = B·NS·H)
-    float *m_s, *u_s, *m_ch, *u_ch, *w_ch, *f_ch, *du_ch, *dw_ch, *dq_part;
-    Elem *dq, *dk, *dv;  // outputs (Latte dq; Aaren dq goes to dq_part)
+    ck::Geom g;  // BV = Dvp: one block covers every value column
+    const float *m_ch, *u_ch, *w_ch;  // entering states (forward workspace: [cells·L], w row stride Wd)
+    float *f_ch, *du_ch, *dw_ch;      // cotangent maps, then the cotangents leaving ([cells·L], dw row stride Dv)
+    float* dq_part;                   // Aaren: [cells, D]
+    Elem *dq, *dk, *dv;               // Latte dq; Aaren's dq goes through dq_part
 };
 
-// Shared-memory tiles of chunk_bwd_kernel (floats; the host sizes the launch with the same code).
-struct ChunkSmem {
+// Shared-memory tiles of chunk_bwd_kernel (the host sizes the launch with the same code).
+struct BwdSmem {
     float *A, *PM, *E, *F, *Hh, *ID, *Z, *X;  // [C][ldL]
     float *V, *DY, *OUT;                       // [C][ldV]
-    float *S1, *S2;                            // [Lp][ldV]: entering S (kSum: Eᵀv); leaving dS (kGrads) / G (kCot)
+    float *S1, *S2;                            // [Lp][ldV]: entering S; leaving dS (kGrads) / G (kCot)
     float *VD, *PP, *TRI;                      // [C][ldC]
     float *m_in, *u_in, *r, *fin, *du, *cmax;  // [Lp]
-    float *Q;                                  // [D] Aaren's q
-    int ldL, ldV, ldC;
-    __host__ __device__ ChunkSmem(SmemCarver& sc, int Lp, int Dvp, int64_t Dq) {
-        ldL = Lp + 4;
-        ldV = Dvp + 4;
-        ldC = kC + 4;
-        A = sc.take<float>(kC * ldL); PM = sc.take<float>(kC * ldL); E = sc.take<float>(kC * ldL);
-        F = sc.take<float>(kC * ldL); Hh = sc.take<float>(kC * ldL); ID = sc.take<float>(kC * ldL);
-        Z = sc.take<float>(kC * ldL); X = sc.take<float>(kC * ldL);
-        V = sc.take<float>(kC * ldV); DY = sc.take<float>(kC * ldV); OUT = sc.take<float>(kC * ldV);
-        S1 = sc.take<float>(static_cast<int64_t>(Lp) * ldV); S2 = sc.take<float>(static_cast<int64_t>(Lp) * ldV);
-        VD = sc.take<float>(kC * ldC); PP = sc.take<float>(kC * ldC); TRI = sc.take<float>(kC * ldC);
-        m_in = sc.take<float>(Lp); u_in = sc.take<float>(Lp); r = sc.take<float>(Lp);
-        fin = sc.take<float>(Lp); du = sc.take<float>(Lp); cmax = sc.take<float>(Lp);
-        Q = sc.take<float>(Dq > 0 ? Dq : 1);
+    float *K, *Q;                              // Aaren: k tile [C][ldK], q [Dkp]
+    int64_t bytes;
+    __host__ __device__ BwdSmem(const ck::Geom& g, unsigned char* base) {
+        SmemCarver sc(base);
+        const int64_t C = ck::kChunk, cl = C * g.ldL(), cv = C * g.ldV(), cc = C * ck::Geom::ldC();
+        A = sc.take<float>(cl); PM = sc.take<float>(cl); E = sc.take<float>(cl); F = sc.take<float>(cl);
+        Hh = sc.take<float>(cl); ID = sc.take<float>(cl); Z = sc.take<float>(cl); X = sc.take<float>(cl);
+        V = sc.take<float>(cv); DY = sc.take<float>(cv); OUT = sc.take<float>(cv);
+        S1 = sc.take<float>(int64_t(g.Lp) * g.ldV()); S2 = sc.take<float>(int64_t(g.Lp) * g.ldV());
+        VD = sc.take<float>(cc); PP = sc.take<float>(cc); TRI = sc.take<float>(cc);
+        m_in = sc.take<float>(g.Lp); u_in = sc.take<float>(g.Lp); r = sc.take<float>(g.Lp);
+        fin = sc.take<float>(g.Lp); du = sc.take<float>(g.Lp); cmax = sc.take<float>(g.Lp);
+        K = Q = nullptr;
+        if (g.Dkp > 0) {
+            K = sc.take<float>(C * g.ldK());
+            Q = sc.take<float>(g.Dkp);
+        }
+        bytes = sc.offset;
     }
 };
 
-// Slot → (batch row b, sequence n, first step t0, steps len ≤ C; len ≤ 0: the slot is past its sequence's end).
-struct SlotInfo {
-    int64_t b, n, t0, len, srow, h;
-};
-
-template <typename T>
-__device__ __forceinline__ SlotInfo slot_info(const ChunkArgs<T>& a, int64_t blk) {
-    SlotInfo s;
-    s.srow = blk;
-    s.h = blk % a.H;
-    const int64_t bs = blk / a.H, slot = bs % a.NS;
-    s.b = bs / a.NS;
-    if (a.cu == nullptr) {
-        s.n = s.b;
-        s.t0 = slot * kC;
-        s.len = a.T - s.t0;
-    } else {  // the last sequence n whose first slot cu[n]/C + n is ≤ slot
-        int64_t lo = 0, hi = a.N - 1;
-        while (lo < hi) {
-            const int64_t mid = (lo + hi + 1) / 2;
-            if (static_cast<int64_t>(a.cu[mid]) / kC + mid <= slot) lo = mid; else hi = mid - 1;
-        }
-        s.n = lo;
-        const int64_t first = static_cast<int64_t>(a.cu[lo]) / kC + lo;
-        s.t0 = a.cu[lo] + (slot - first) * kC;
-        s.len = a.cu[lo + 1] - s.t0;
-    }
-    if (s.len > kC) s.len = kC;
-    return s;
-}
-
-// dst[r][c] = src[b, t0 + r, h, c] for r < len, c < X; `fill` elsewhere in [kC][cols]. With src.vec each thread
-// moves 16 bytes (one LDG.E.128) of one row; X is then a multiple of 16 / sizeof(T) (checked on the host).
-template <typename T>
-__device__ __forceinline__ void load_rows(float* dst, int ld, int cols, const RowView<T>& src, int64_t b, int64_t t0,
-                                          int64_t h, int64_t len, int64_t X, float fill) {
-    if (src.vec) {
-        constexpr int kVE = 16 / static_cast<int>(sizeof(T));
-        const int groups = cols / kVE;  // cols is a multiple of 16
-        for (int idx = threadIdx.x; idx < kC * groups; idx += blockDim.x) {
-            const int r = idx / groups, c0 = (idx - r * groups) * kVE;
-            if (r < len && c0 < X) {
-                const uint4 raw = *reinterpret_cast<const uint4*>(src.p + b * src.sb + (t0 + r) * src.st + h * src.sh + c0);
-                const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-                for (int j = 0; j < kVE; ++j) dst[r * ld + c0 + j] = to_float(e[j]);
-            } else {
-#pragma unroll
-                for (int j = 0; j < kVE; ++j) dst[r * ld + c0 + j] = fill;
-            }
-        }
-        return;
-    }
-    for (int idx = threadIdx.x; idx < kC * cols; idx += blockDim.x) {
-        const int r = idx / cols, c = idx - r * cols;
-        dst[r * ld + c] = (r < len && c < X) ? to_float(src.p[b * src.sb + (t0 + r) * src.st + h * src.sh + c * src.sx])
-                                             : fill;
-    }
-}
-
-// One chunk of the backward (modes above). Every thread of the block runs every phase (barriers between them).
-template <Kind KIND, typename T, int MODE>
-__global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> a) {
-    constexpr int kTC = kScanGemm<T>;
+// One chunk of the backward (kCot / kGrads above). Every thread of the block runs every phase (barriers between).
+// (min 1 block per SM: without it ptxas spilled 4-12 bytes in some instances on sm_90.)
+template <bool kAaren, typename Elem, int MODE>
+__global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem> a) {
+    constexpr int kTC = kGemmFor<Elem>;
+    constexpr int kC = ck::kChunk;
     using mmau::block_gemm;
     using mmau::kCol;
     using mmau::kRow;
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
-    SmemCarver sc(smem_raw);
-    const ChunkSmem sm(sc, a.Lp, a.Dvp, KIND == Kind::Aaren ? a.D : 0);
-    const SlotInfo si = slot_info(a, blockIdx.x);
-    if (si.len <= 0) return;  // uniform over the block: a slot past its sequence's end
+    const ck::Geom g = a.g;
+    const BwdSmem sm(g, smem_raw);
+    const int64_t cell = blockIdx.x, h = cell % a.H, slot = (cell / a.H) % a.NS, b = cell / a.H / a.NS;
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, b, slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
     const int tid_ = threadIdx.x, nth = blockDim.x, lane = tid_ & 31, warp = tid_ >> 5, nwarps = nth >> 5;
-    const int Lp = a.Lp, Dvp = a.Dvp, ldL = sm.ldL, ldV = sm.ldV, ldC = sm.ldC;
-    const int64_t L = a.L, Dv = a.Dv, len = si.len, b = si.b, h = si.h, t0 = si.t0;
-    const int64_t srow = si.srow;
+    const int Lp = g.Lp, Dvp = g.BV, ldL = g.ldL(), ldV = g.ldV(), ldC = ck::Geom::ldC();
+    const int64_t L = a.L, Dv = a.Dv, len = sl.len, t0 = sl.t0, srow = cell;
 
-    // ---- logits A, mixing weights PM, values V (and cotangents DY)
-    if (KIND == Kind::Aaren) {
-        const T* qr = a.q.p + b * a.q.sb + h * a.q.sh;
-        for (int64_t j = tid_; j < a.D; j += nth) sm.Q[j] = to_float(qr[j * a.q.sx]);
-        for (int i = tid_; i < kC * Lp; i += nth) {
-            sm.A[(i / Lp) * ldL + i % Lp] = -CUDART_INF_F;
-            sm.PM[(i / Lp) * ldL + i % Lp] = 0.f;
-        }
-        __syncthreads();
-        for (int t = warp; t < len; t += nwarps) {  // a_t = scale·(q·k_t): one warp per step
-            const T* kr = a.k.p + b * a.k.sb + (t0 + t) * a.k.st + h * a.k.sh;
-            float acc = 0.f;
-            for (int64_t j = lane; j < a.D; j += 32) acc += sm.Q[j] * to_float(kr[j * a.k.sx]);
-            acc = warp_sum(acc);
-            if (lane == 0) {
-                sm.A[t * ldL] = a.scale * acc;
-                sm.PM[t * ldL] = 1.f;
-            }
-        }
-    } else {
-        load_rows(sm.A, ldL, Lp, a.k, b, t0, h, len, L, -CUDART_INF_F);
-        if (MODE != kSum) load_rows(sm.PM, ldL, Lp, a.q, b, t0, h, len, L, -CUDART_INF_F);
-        __syncthreads();
-        if (MODE != kSum)
-            for (int t = warp; t < kC; t += nwarps) {  // p = softmax_l(q_t) in place (0 on padded rows/latents)
-                float* row = sm.PM + t * ldL;
-                float mx = -CUDART_INF_F;
-                for (int l = lane; l < Lp; l += 32) mx = fmaxf(mx, row[l]);
-                mx = warp_max(mx);
-                float sum = 0.f;
-                for (int l = lane; l < Lp; l += 32) sum += exp_shift(row[l], mx);
-                sum = warp_sum(sum);
-                const float inv = sum > 0.f ? 1.f / sum : 0.f;
-                for (int l = lane; l < Lp; l += 32) row[l] = exp_shift(row[l], mx) * inv;
-            }
-    }
-    load_rows(sm.V, ldV, Dvp, a.v, b, t0, h, len, Dv, 0.f);
-    if (MODE != kSum) load_rows(sm.DY, ldV, Dvp, a.dout, b, t0, h, len, Dv, 0.f);
-    __syncthreads();
+    // ---- tiles: logits A, mixing weights PM, values V (ck::load_chunk), cotangents DY
+    ck::load_tile(sm.DY, ldV, kC, Dvp, a.dout, b, t0, h, 0, sl.len, Dv);
+    ck::Tiles tl{};
+    tl.A = sm.A; tl.V = sm.V; tl.K = sm.K; tl.q = sm.Q;
+    ck::load_chunk<kAaren>(tl, g, a.q, a.k, a.v, b, h, t0, sl.len, a.D, Dv, 0, a.scale, sm.PM);
 
-    // ---- per latent: chunk max; entering state; r, f
+    // ---- per latent: chunk max, entering state, r, f; the entering S (and the leaving cotangent dS)
     for (int l = tid_; l < Lp; l += nth) {
         float cm = -CUDART_INF_F;
         for (int t = 0; t < kC; ++t) cm = fmaxf(cm, sm.A[t * ldL + l]);
         sm.cmax[l] = cm;
-        if (MODE != kSum) {
-            const float m_in = l < L ? a.m_ch[srow * L + l] : -CUDART_INF_F;
-            sm.m_in[l] = m_in;
-            sm.u_in[l] = l < L ? a.u_ch[srow * L + l] : 0.f;
-            const float r = fmaxf(m_in, cm);
-            sm.r[l] = r;
-            sm.fin[l] = exp_shift(m_in, r);
-            sm.du[l] = (MODE == kGrads && l < L) ? a.du_ch[srow * L + l] : 0.f;
-        }
+        const float m_in = l < L ? a.m_ch[srow * L + l] : -CUDART_INF_F;
+        sm.m_in[l] = m_in;
+        sm.u_in[l] = l < L ? a.u_ch[srow * L + l] : 0.f;
+        const float r = fmaxf(m_in, cm);
+        sm.r[l] = r;
+        sm.fin[l] = ck::exp_diff(m_in, r);
+        sm.du[l] = (MODE == kGrads && l < L) ? a.du_ch[srow * L + l] : 0.f;
     }
-    __syncthreads();
-
-    if (MODE == kSum) {  // E_c = e^{a − c_max}; (c_max, Σ E_c, E_cᵀ v)
-        for (int i = tid_; i < kC * Lp; i += nth) {
-            const int t = i / Lp, l = i - t * Lp;
-            sm.E[t * ldL + l] = exp_shift(sm.A[t * ldL + l], sm.cmax[l]);
-        }
-        __syncthreads();
-        block_gemm<kTC, kCol, kRow>(sm.S1, ldV, sm.E, ldL, sm.V, ldV, Lp, Dvp, kC, false);
-        for (int l = tid_; l < L; l += nth) {
-            float s = 0.f;
-            for (int t = 0; t < kC; ++t) s += sm.E[t * ldL + l];
-            a.m_s[srow * L + l] = sm.cmax[l];
-            a.u_s[srow * L + l] = s;
-        }
-        __syncthreads();
-        for (int64_t i = tid_; i < L * Dv; i += nth) a.w_ch[srow * L * Dv + i] = sm.S1[(i / Dv) * ldV + i % Dv];
-        return;
-    }
-
-    // ---- entering S (and the leaving cotangent dS), the fast-path test
     for (int i = tid_; i < Lp * Dvp; i += nth) {
         const int l = i / Dvp, d = i - l * Dvp;
         const bool in = l < L && d < Dv;
-        sm.S1[l * ldV + d] = in ? a.w_ch[(srow * L + l) * Dv + d] : 0.f;
+        sm.S1[l * ldV + d] = in ? a.w_ch[(srow * L + l) * a.Wd + d] : 0.f;
         if (MODE == kGrads) sm.S2[l * ldV + d] = in ? a.dw_ch[(srow * L + l) * Dv + d] : 0.f;
-    }
-    bool rise = false;
-    for (int l = tid_; l < L; l += nth) rise |= sm.r[l] - fmaxf(sm.m_in[l], sm.A[l]) > kRiseLimit;
-    for (int i = tid_; i < kC * Lp; i += nth) {
-        const int t = i / Lp, l = i - t * Lp;
-        sm.E[t * ldL + l] = exp_shift(sm.A[t * ldL + l], sm.r[l]);  // e^{a_s − r} ≤ 1
     }
     for (int i = tid_; i < kC * kC; i += nth) {
         const int t = i / kC, s = i - t * kC;
         sm.TRI[t * ldC + s] = t >= s ? -1.f : 0.f;
+    }
+    __syncthreads();
+    bool rise = false;  // the fast-path test: the running max rises by ≤ kRiseLimit inside the chunk
+    for (int l = tid_; l < L; l += nth) rise |= sm.r[l] - fmaxf(sm.m_in[l], sm.A[l]) > ck::kRiseLimit;
+    for (int i = tid_; i < kC * Lp; i += nth) {
+        const int t = i / Lp, l = i - t * Lp;
+        sm.E[t * ldL + l] = ck::exp_diff(sm.A[t * ldL + l], sm.r[l]);  // e^{a_s − r} ≤ 1
     }
     const bool exact = __syncthreads_or(rise);
 
@@ -1004,8 +1261,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
         const int t = i / kC, s = i - t * kC;
         if (s > t) sm.VD[t * ldC + s] = 0.f;
     }
-    // per latent (serial over the C steps): den, F = p/den, H = f/den (fast: den^r; exact: den_t at M_t, and
-    // ID = M_t, X = 1/den_t)
+    // per latent (serial over the C steps): den, F = p/den, H = f/den (fast: den^r, ID = 1/den^r; exact: den_t at
+    // the per-position max M_t, ID = M_t, X = 1/den_t)
     for (int l = tid_; l < Lp; l += nth) {
         const float m_in = sm.m_in[l], fin = sm.fin[l];
         if (!exact) {
@@ -1022,13 +1279,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
             for (int t = 0; t < kC; ++t) {
                 const float at = sm.A[t * ldL + l];
                 const float Mn = fmaxf(M, at);
-                den = den * exp_shift(M, Mn) + exp_shift(at, Mn);
+                den = den * ck::exp_diff(M, Mn) + ck::exp_diff(at, Mn);
                 M = Mn;
                 const float inv = den > 0.f ? 1.f / den : 1.f;
                 sm.ID[t * ldL + l] = M;
                 sm.X[t * ldL + l] = inv;
                 sm.F[t * ldL + l] = sm.PM[t * ldL + l] * inv;
-                sm.Hh[t * ldL + l] = exp_shift(m_in, M) * inv;
+                sm.Hh[t * ldL + l] = ck::exp_diff(m_in, M) * inv;
             }
         }
     }
@@ -1046,12 +1303,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
             const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
             const float Mt = sm.ID[o];
             float acc = 0.f;
-            for (int s = 0; s <= t; ++s) acc += sm.VD[t * ldC + s] * exp_shift(sm.A[s * ldL + l], Mt);
+            for (int s = 0; s <= t; ++s) acc += sm.VD[t * ldC + s] * ck::exp_diff(sm.A[s * ldL + l], Mt);
             sm.Z[o] = acc * sm.X[o] + sm.Z[o] * sm.Hh[o];
         }
     }
     __syncthreads();
-    // Ff = p ⊙ H (in Hh); fast path: F ⊙ z (in ID); P; X = E ⊙ (vdᵀF − Tᵀ(F⊙z))
+    // Ff = p ⊙ H (in Hh); fast path: F ⊙ z (in ID), P = tril(F Eᵀ), X = E ⊙ (vdᵀF − Tᵀ(F⊙z))
     for (int i = tid_; i < kC * Lp; i += nth) {
         const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
         sm.Hh[o] *= sm.PM[o];
@@ -1082,7 +1339,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
             float acc = 0.f;
             if (s <= t)
                 for (int l = 0; l < Lp; ++l)
-                    acc += sm.F[t * ldL + l] * exp_shift(sm.A[s * ldL + l], sm.ID[t * ldL + l]);
+                    acc += sm.F[t * ldL + l] * ck::exp_diff(sm.A[s * ldL + l], sm.ID[t * ldL + l]);
             sm.PP[t * ldC + s] = acc;
         }
         for (int i = tid_; i < kC * Lp; i += nth) {
@@ -1090,7 +1347,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
             const float as = sm.A[s * ldL + l];
             float acc = 0.f;
             for (int t = s; t < kC; ++t)
-                acc += sm.F[t * ldL + l] * exp_shift(as, sm.ID[t * ldL + l]) * (sm.VD[t * ldC + s] - sm.Z[t * ldL + l]);
+                acc += sm.F[t * ldL + l] * ck::exp_diff(as, sm.ID[t * ldL + l]) *
+                       (sm.VD[t * ldC + s] - sm.Z[t * ldL + l]);
             sm.X[s * ldL + l] = acc;
         }
     }
@@ -1099,9 +1357,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
     if (MODE == kCot) {  // G = Ffᵀ dy, g = −Σ_t Ff z, f
         block_gemm<kTC, kCol, kRow>(sm.S2, ldV, sm.Hh, ldL, sm.DY, ldV, Lp, Dvp, kC, false);
         for (int l = tid_; l < L; l += nth) {
-            float g = 0.f;
-            for (int t = 0; t < kC; ++t) g -= sm.Hh[t * ldL + l] * sm.Z[t * ldL + l];
-            a.du_ch[srow * L + l] = g;
+            float gsum = 0.f;
+            for (int t = 0; t < kC; ++t) gsum -= sm.Hh[t * ldL + l] * sm.Z[t * ldL + l];
+            a.du_ch[srow * L + l] = gsum;
             a.f_ch[srow * L + l] = sm.fin[l];
         }
         __syncthreads();
@@ -1119,17 +1377,17 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
         sm.X[o] += sm.E[o] * (sm.Hh[o] + sm.du[l]);
     }
     __syncthreads();
-    T* dv_out = a.dv + ((b * a.T + t0) * a.H + h) * Dv;
+    Elem* dv_out = a.dv + ((b * a.T + t0) * a.H + h) * Dv;
     for (int64_t i = tid_; i < len * Dv; i += nth) {
         const int64_t t = i / Dv, d = i - t * Dv;
-        dv_out[t * a.H * Dv + d] = from_float<T>(sm.OUT[t * ldV + d]);
+        dv_out[t * a.H * Dv + d] = from_float<Elem>(sm.OUT[t * ldV + d]);
     }
-    if (KIND == Kind::Latte) {  // dk = da; dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_{·,0} first
-        T* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * L;
-        T* dq_out = a.dq + ((b * a.T + t0) * a.H + h) * L;
+    if (!kAaren) {  // dk = da; dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_{·,0} first
+        Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * L;
+        Elem* dq_out = a.dq + ((b * a.T + t0) * a.H + h) * L;
         for (int64_t i = tid_; i < len * L; i += nth) {
             const int64_t t = i / L, l = i - t * L;
-            dk_out[t * a.H * L + l] = from_float<T>(sm.X[t * ldL + l]);
+            dk_out[t * a.H * L + l] = from_float<Elem>(sm.X[t * ldL + l]);
         }
         for (int t = warp; t < len; t += nwarps) {
             const float* zr = sm.Z + t * ldL;
@@ -1138,153 +1396,99 @@ __global__ void __launch_bounds__(kBwdThreads, 1) chunk_bwd_kernel(ChunkArgs<T> 
             float s = 0.f;
             for (int l = lane; l < L; l += 32) s += pr[l] * (zr[l] - z0);
             s = warp_sum(s);
-            for (int l = lane; l < L; l += 32) dq_out[t * a.H * L + l] = from_float<T>(pr[l] * ((zr[l] - z0) - s));
+            for (int l = lane; l < L; l += 32) dq_out[t * a.H * L + l] = from_float<Elem>(pr[l] * ((zr[l] - z0) - s));
         }
-    } else {  // dk_t = scale·da_t q; the chunk's dq partial scale·Σ_t da_t k_t (t in order)
-        T* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * a.D;
+    } else {  // dk_t = scale·da_t q; the chunk's dq partial scale·Σ_t da_t k_t (t in order; k from the K tile)
+        Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * a.D;
         for (int64_t i = tid_; i < len * a.D; i += nth) {
             const int64_t t = i / a.D, j = i - t * a.D;
-            dk_out[t * a.H * a.D + j] = from_float<T>(a.scale * sm.X[t * ldL] * sm.Q[j]);
+            dk_out[t * a.H * a.D + j] = from_float<Elem>(a.scale * sm.X[t * ldL] * sm.Q[j]);
         }
         for (int64_t j = tid_; j < a.D; j += nth) {
             float acc = 0.f;
-            for (int t = 0; t < len; ++t)
-                acc += sm.X[t * ldL] * to_float(a.k.p[b * a.k.sb + (t0 + t) * a.k.st + h * a.k.sh + j * a.k.sx]);
+            for (int t = 0; t < len; ++t) acc += sm.X[t * ldL] * sm.K[t * g.ldK() + j];
             a.dq_part[srow * a.D + j] = a.scale * acc;
         }
     }
 }
 
-// The sequence n of a (n·H + h) row: its batch row, first slot, number of chunks.
-template <typename T>
-__device__ __forceinline__ void seq_slots(const ChunkArgs<T>& a, int64_t n, int64_t& b, int64_t& first,
-                                          int64_t& n_chunks) {
-    if (a.cu == nullptr) {
-        b = n;
-        first = 0;
-        n_chunks = (a.T + kC - 1) / kC;
-    } else {
-        b = 0;
-        first = static_cast<int64_t>(a.cu[n]) / kC + n;
-        n_chunks = (static_cast<int64_t>(a.cu[n + 1]) - a.cu[n] + kC - 1) / kC;
-    }
-}
-
-// Step 2: one thread per (n, h, l, d): the summaries combined in chunk order into the state entering each chunk
-// (m_ch/u_ch by the d = 0 thread; w_ch in place: the thread reads its element's summary before writing it).
-template <typename T>
-__global__ void state_scan_bwd_kernel(ChunkArgs<T> a, const float* m0, const float* u0, const float* w0) {
+// One thread per (n, h, l, d): the reverse scan of the chunk maps from (dS_T, dα_T); writes the cotangent leaving
+// every chunk over (G, g) (dα by the d = 0 thread: it alone reads and writes du_ch) and (dS0, dα0) when asked.
+// A zero-length sequence passes (dS_T, dα_T) through.
+template <typename Elem>
+__global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* dwT, float* du0, float* dw0) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t L = a.L, Dv = a.Dv;
     if (i >= a.N * a.H * L * Dv) return;
     const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
-    int64_t b, first, n_chunks;
-    seq_slots(a, n, b, first, n_chunks);
-    float m = m0 ? m0[nh * L + l] : -CUDART_INF_F, u = m0 ? u0[nh * L + l] : 0.f, w = m0 ? w0[i] : 0.f;
-    for (int64_t c = 0; c < n_chunks; ++c) {
-        const int64_t srow = (b * a.NS + first + c) * a.H + h;
-        const float cm = a.m_s[srow * L + l], cu = a.u_s[srow * L + l];
-        float* cell = a.w_ch + (srow * L + l) * Dv + d;
-        const float cw = *cell;
-        *cell = w;
-        if (d == 0) {
-            a.m_ch[srow * L + l] = m;
-            a.u_ch[srow * L + l] = u;
-        }
-        const SoftmaxMerge mg = softmax_merge(m, cm);
-        m = mg.m;
-        u = u * mg.fa + cu * mg.fb;
-        w = w * mg.fa + cw * mg.fb;
-    }
-}
-
-// Step 4: one thread per (n, h, l, d): the reverse scan of the chunk maps from (dS_T, dα_T); writes the cotangent
-// leaving every chunk over (G, g) (dα by the d = 0 thread) and (dS0, dα0) when asked. A zero-length sequence
-// passes (dS_T, dα_T) through.
-template <typename T>
-__global__ void cot_scan_kernel(ChunkArgs<T> a, const float* duT, const float* dwT, float* du0, float* dw0) {
-    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    const int64_t L = a.L, Dv = a.Dv;
-    if (i >= a.N * a.H * L * Dv) return;
-    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
-    int64_t b, first, n_chunks;
-    seq_slots(a, n, b, first, n_chunks);
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
     float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
     for (int64_t c = n_chunks - 1; c >= 0; --c) {
-        const int64_t srow = (b * a.NS + first + c) * a.H + h;
-        const float f = a.f_ch[srow * L + l];
-        float* cell = a.dw_ch + (srow * L + l) * Dv + d;
+        const int64_t row = ((sq.b * a.NS + sq.base + c) * a.H + h) * L + l;
+        const float f = a.f_ch[row];
+        float* cell = a.dw_ch + row * Dv + d;
         const float G = *cell;
         *cell = dw;
         dw = f * dw + G;
         if (d == 0) {
-            const float g = a.du_ch[srow * L + l];
-            a.du_ch[srow * L + l] = du;
-            du = f * du + g;
+            const float gu = a.du_ch[row];
+            a.du_ch[row] = du;
+            du = f * du + gu;
         }
     }
     if (dw0) dw0[i] = dw;
     if (du0 && d == 0) du0[nh * L + l] = du;
 }
 
-// Aaren: dq_rows[n, h, :] = Σ over the chunk slots of sequence n (in slot order) of the dq partials.
-template <typename T>
-__global__ void dq_sum_kernel(ChunkArgs<T> a, float* dq_rows) {
+// Aaren: dq_rows[n, h, :] = the dq partials of the chunks of sequence n summed in chunk order.
+template <typename Elem>
+__global__ void dq_sum_kernel(BwdArgs<Elem> a, float* dq_rows) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= a.N * a.H * a.D) return;
     const int64_t j = i % a.D, nh = i / a.D, n = nh / a.H, h = nh % a.H;
-    int64_t b, first, n_chunks;
-    seq_slots(a, n, b, first, n_chunks);
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
     float acc = 0.f;
-    for (int64_t c = 0; c < n_chunks; ++c) acc += a.dq_part[((b * a.NS + first + c) * a.H + h) * a.D + j];
+    for (int64_t c = 0; c < n_chunks; ++c) acc += a.dq_part[((sq.b * a.NS + sq.base + c) * a.H + h) * a.D + j];
     dq_rows[i] = acc;
 }
 
 // ----- host side of the chunked backward
 
-// Chunk slots per batch row, the padded dims and the workspace (floats) of the chunked backward.
-struct ChunkPlan {
-    int64_t NS, R;  // slots per batch row; workspace rows B·NS·H
-    int Lp, Dvp;
-    int64_t smem_bytes, ws_floats;
+// The backward's plan: the forward's chunked plan (entering states; its workspace first), the chunk tiles of
+// chunk_bwd_kernel and the backward's own workspace (f, g/dα, G/dS per chunk cell; Aaren's dq partials).
+struct BwdPlan {
+    bool chunked;       // false: the sequential fallback (tiles too large for the shared memory)
+    ScanPlan fwd;       // the forward's plan in "chunked" mode
+    ck::Geom g;         // BV = Dvp
+    int64_t smem_bytes, cells, fwd_floats, ws_floats;
 };
 
-inline ChunkPlan chunk_plan(const ScanSizes& sz, bool aaren) {
-    ChunkPlan p;
-    p.NS = sz.cu_seqlens ? sz.T / kC + sz.N : (sz.T + kC - 1) / kC;
-    p.R = sz.B * p.NS * sz.H;
-    p.Lp = static_cast<int>((sz.L + 15) / 16 * 16);
-    p.Dvp = static_cast<int>((sz.Dv + 15) / 16 * 16);
-    SmemCarver sc(nullptr);
-    ChunkSmem s(sc, p.Lp, p.Dvp, aaren ? sz.D : 0);
-    p.smem_bytes = sc.offset;
-    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
-    const int64_t rl = r4(p.R * sz.L), rld = r4(p.R * sz.L * sz.Dv);
-    p.ws_floats = 6 * rl + 2 * rld + (aaren ? r4(p.R * sz.D) : 0);
-    return p;
-}
-
-// Whether the chunked backward runs at these sizes: its tiles fit in the device's shared memory (else the
-// sequential kernels above run: the documented fallback for very wide states).
-inline cudaError_t chunk_path_ok(const ScanSizes& sz, bool aaren, bool* ok) {
-    int dev = 0, optin = 0;
-    cudaError_t err = cudaGetDevice(&dev);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+inline cudaError_t plan_backward(bool aaren, const ScanSizes& sz, BwdPlan* p) {
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(ScanOptions{0, 0, ScanMode::Auto}, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    *ok = chunk_plan(sz, aaren).smem_bytes <= optin;
+    *p = BwdPlan{};
+    p->g = ck::make_geom(aaren, sz.L, sz.D, round_up(static_cast<int>(sz.Dv), 16));
+    p->smem_bytes = BwdSmem(p->g, nullptr).bytes;
+    err = plan_forward(aaren, sz, true, ScanOptions{sms, max_smem, ScanMode::Chunked}, &p->fwd);
+    if (err == cudaErrorInvalidConfiguration || (err == cudaSuccess && p->smem_bytes > max_smem)) {
+        p->chunked = false;
+        p->ws_floats = 3 * sz.B * sz.T * sz.H * sz.L;  // ws_M, ws_c, ws_r of the sequential kernels
+        return cudaSuccess;
+    }
+    if (err != cudaSuccess) return err;
+    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
+    p->chunked = true;
+    p->cells = sz.B * p->fwd.NS * sz.H;
+    p->fwd_floats = r4(p->fwd.workspace_bytes / int64_t(sizeof(float)));
+    p->ws_floats = p->fwd_floats + 2 * r4(p->cells * sz.L) + r4(p->cells * sz.L * sz.Dv) +
+                   (aaren ? r4(p->cells * sz.D) : 0);
     return cudaSuccess;
 }
 
-template <typename T>
-RowView<T> row_view(const ScanTensor& x, int64_t X) {
-    constexpr int64_t kVE = 16 / static_cast<int64_t>(sizeof(T));
-    const bool vec = x.data != nullptr && x.stride_x == 1 && X % kVE == 0 &&
-                     reinterpret_cast<uintptr_t>(x.data) % 16 == 0 && x.stride_b % kVE == 0 &&
-                     x.stride_t % kVE == 0 && x.stride_h % kVE == 0;
-    return RowView<T>{static_cast<const T*>(x.data), x.stride_b, x.stride_t, x.stride_h, x.stride_x, vec ? 1 : 0};
-}
-
-// Threads per block of an element-wise scan over `n` chains: 256, halved (down to 32) while the grid has fewer
+// Threads per block of an element-wise scan over n chains: 256, halved (down to 32) while the grid has fewer
 // blocks than SMs (the occupancy rule of kernels/occupancy.py for the light sequential scans).
 inline int scan_threads(int64_t n, int sms) {
     int t = 256;
@@ -1292,101 +1496,123 @@ inline int scan_threads(int64_t n, int sms) {
     return t;
 }
 
-template <Kind KIND, typename T>
-cudaError_t launch_chunked_backward(ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, const ScanSizes& sz,
-                                    float scale, const float* m0, const float* u0, const float* w0, const float* duT,
-                                    const float* dwT, float* ws, int64_t ws_floats, T* dq, float* dq_rows, T* dk,
-                                    T* dv, float* du0, float* dw0, cudaStream_t stream) {
-    const bool aaren = KIND == Kind::Aaren;
-    const ChunkPlan plan = chunk_plan(sz, aaren);
-    if (ws_floats < plan.ws_floats || (plan.ws_floats > 0 && ws == nullptr)) return cudaErrorInvalidValue;
-    ChunkArgs<T> a{};
-    a.q = row_view<T>(q, aaren ? 0 : sz.L);
-    if (aaren) a.q.vec = 0;
-    a.k = row_view<T>(k, aaren ? 0 : sz.L);
-    if (aaren) a.k.vec = 0;
-    a.v = row_view<T>(v, sz.Dv);
-    a.dout = row_view<T>(dout, sz.Dv);
-    a.B = sz.B; a.T = sz.T; a.H = sz.H; a.L = sz.L; a.D = sz.D; a.Dv = sz.Dv; a.N = sz.N; a.NS = plan.NS;
-    a.cu = sz.cu_seqlens;
-    a.scale = scale;
-    a.Lp = plan.Lp;
-    a.Dvp = plan.Dvp;
-    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
-    const int64_t rl = r4(plan.R * sz.L), rld = r4(plan.R * sz.L * sz.Dv);
-    float* p = ws;
-    a.m_s = p; p += rl; a.u_s = p; p += rl; a.m_ch = p; p += rl; a.u_ch = p; p += rl; a.f_ch = p; p += rl;
-    a.du_ch = p; p += rl; a.w_ch = p; p += rld; a.dw_ch = p; p += rld;
-    a.dq_part = aaren ? p : nullptr;
-    a.dq = dq; a.dk = dk; a.dv = dv;
-
-    int dev = 0, sms = 0;
-    cudaError_t err = cudaGetDevice(&dev);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+template <bool kAaren, typename Elem>
+cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v,
+                                    const ScanSizes& sz, float scale, const float* m0, const float* u0,
+                                    const float* w0, const float* duT, const float* dwT, float* ws,
+                                    int64_t ws_floats, Elem* dq, float* dq_rows, Elem* dk, Elem* dv, float* du0,
+                                    float* dw0, cudaStream_t stream) {
+    if (ws_floats < plan.ws_floats || (plan.ws_floats > 0 && ws == nullptr) ||
+        reinterpret_cast<uintptr_t>(ws) % 16 != 0)
+        return cudaErrorInvalidValue;
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(ScanOptions{0, 0, ScanMode::Auto}, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    const int64_t blocks = plan.R;
-    const size_t smem = static_cast<size_t>(plan.smem_bytes);
-    auto k_sum = chunk_bwd_kernel<KIND, T, kSum>;
-    auto k_cot = chunk_bwd_kernel<KIND, T, kCot>;
-    auto k_grads = chunk_bwd_kernel<KIND, T, kGrads>;
-    if (plan.smem_bytes > DEFAULT_SMEM) {
-        for (auto kern : {k_sum, k_cot, k_grads}) {
-            err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-            if (err != cudaSuccess) return err;
+    const ScanPlan& fp = plan.fwd;
+    // 1. the states entering every chunk: the forward's chunk_sum_kernel + state_scan_kernel
+    ChunkArgs<Elem> fa{};
+    fa.q = ck::make_view<Elem>(q, kAaren ? sz.D : sz.L);
+    fa.k = ck::make_view<Elem>(k, kAaren ? sz.D : sz.L);
+    fa.v = ck::make_view<Elem>(v, sz.Dv);
+    if (kAaren) fa.q.vec = 0;  // q [B, H, D]: read once per block, element by element
+    fa.B = sz.B; fa.T = sz.T; fa.H = sz.H; fa.L = sz.L; fa.D = sz.D; fa.Dv = sz.Dv; fa.N = sz.N;
+    fa.NS = fp.NS;
+    fa.Wd = (sz.Dv + 3) / 4 * 4;
+    fa.cu = sz.cu_seqlens;
+    fa.scale = scale;
+    fa.g = ck::make_geom(kAaren, sz.L, sz.D, fp.BV);
+    fa.nBV = static_cast<int>(cdiv64(sz.Dv, fp.BV));
+    const WsLayout ly = ws_layout(fa.B, fa.NS, fa.H, fa.L, fa.Wd);
+    fa.ws_cm = ws + ly.cm; fa.ws_cs = ws + ly.cs; fa.ws_m = ws + ly.m; fa.ws_u = ws + ly.u; fa.ws_w = ws + ly.w;
+    fa.m0 = m0; fa.u0 = u0; fa.w0 = w0;
+    fa.bidir = 0;
+    const int64_t sum_blocks = fa.B * fa.NS * fa.H * fa.nBV;
+    if (sum_blocks > 0x7fffffffLL || plan.cells > 0x7fffffffLL) return cudaErrorInvalidValue;
+    {
+        auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
+        auto scan_kernel = state_scan_kernel<Elem>;
+        const int64_t bytes_sum = ck::carve(fa.g, false, nullptr).bytes;
+        err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes_sum));
+        if (err != cudaSuccess) return err;
+        if (sum_blocks > 0) {
+            FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(sum_blocks), ck::kThreads, static_cast<size_t>(bytes_sum),
+                           stream, fa);
+            if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+        }
+        if (fp.scan_blocks > 0) {
+            FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(fp.scan_blocks), ck::kThreads, 0, stream, fa);
+            if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
         }
     }
+    // 2.-4. the cotangent maps, their reverse scan, the gradients
+    BwdArgs<Elem> a{};
+    a.q = fa.q; a.k = fa.k; a.v = fa.v;
+    a.dout = ck::make_view<Elem>(dout, sz.Dv);
+    a.B = sz.B; a.T = sz.T; a.H = sz.H; a.L = sz.L; a.D = sz.D; a.Dv = sz.Dv; a.N = sz.N; a.NS = fp.NS; a.Wd = fa.Wd;
+    a.cu = sz.cu_seqlens;
+    a.scale = scale;
+    a.g = plan.g;
+    a.m_ch = fa.ws_m; a.u_ch = fa.ws_u; a.w_ch = fa.ws_w;
+    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
+    float* p = ws + plan.fwd_floats;
+    a.f_ch = p; p += r4(plan.cells * sz.L);
+    a.du_ch = p; p += r4(plan.cells * sz.L);
+    a.dw_ch = p; p += r4(plan.cells * sz.L * sz.Dv);
+    a.dq_part = kAaren ? p : nullptr;
+    a.dq = dq; a.dk = dk; a.dv = dv;
+    const size_t smem = static_cast<size_t>(plan.smem_bytes);
+    auto k_cot = chunk_bwd_kernel<kAaren, Elem, kCot>;
+    auto k_grads = chunk_bwd_kernel<kAaren, Elem, kGrads>;
+    err = cudaFuncSetAttribute(k_cot, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(k_grads, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
     const int64_t chains = sz.N * sz.H * sz.L * sz.Dv;
     const int st = scan_threads(chains, sms);
-    const unsigned scan_blocks = static_cast<unsigned>((chains + st - 1) / st);
-    if (blocks > 0) {
-        FLASHTS_LAUNCH(k_sum, static_cast<unsigned>(blocks), kBwdThreads, smem, stream, a);
+    if (plan.cells > 0) {
+        FLASHTS_LAUNCH(k_cot, static_cast<unsigned>(plan.cells), ck::kThreads, smem, stream, a);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
     if (chains > 0) {
-        auto kern = state_scan_bwd_kernel<T>;
-        FLASHTS_LAUNCH(kern, scan_blocks, st, 0, stream, a, m0, u0, w0);
+        auto kern = cot_scan_kernel<Elem>;
+        FLASHTS_LAUNCH(kern, static_cast<unsigned>(cdiv64(chains, st)), st, 0, stream, a, duT, dwT, du0, dw0);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
-    if (blocks > 0) {
-        FLASHTS_LAUNCH(k_cot, static_cast<unsigned>(blocks), kBwdThreads, smem, stream, a);
+    if (plan.cells > 0) {
+        FLASHTS_LAUNCH(k_grads, static_cast<unsigned>(plan.cells), ck::kThreads, smem, stream, a);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
-    if (chains > 0) {
-        auto kern = cot_scan_kernel<T>;
-        FLASHTS_LAUNCH(kern, scan_blocks, st, 0, stream, a, duT, dwT, du0, dw0);
-        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
-    }
-    if (blocks > 0) {
-        FLASHTS_LAUNCH(k_grads, static_cast<unsigned>(blocks), kBwdThreads, smem, stream, a);
-        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
-    }
-    if (aaren && sz.N * sz.H * sz.D > 0) {
+    if (kAaren && sz.N * sz.H * sz.D > 0) {
         const int64_t n = sz.N * sz.H * sz.D;
         const int t = scan_threads(n, sms);
-        auto kern = dq_sum_kernel<T>;
-        FLASHTS_LAUNCH(kern, static_cast<unsigned>((n + t - 1) / t), t, 0, stream, a, dq_rows);
+        auto kern = dq_sum_kernel<Elem>;
+        FLASHTS_LAUNCH(kern, static_cast<unsigned>(cdiv64(n, t)), t, 0, stream, a, dq_rows);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
     return cudaSuccess;
 }
 
-// Workspace (floats) of the causal backward at these sizes: the chunked path's, or the sequential fallback's
-// 3·B·T·H·L (ws_M, ws_c, ws_r).
+// Workspace (floats) of the causal backward at these sizes: the chunked path's, or the sequential fallback's.
 inline cudaError_t bwd_workspace(const ScanSizes& sz, bool aaren, int64_t* floats) {
-    bool ok = false;
-    const cudaError_t err = chunk_path_ok(sz, aaren, &ok);
-    if (err != cudaSuccess) return err;
-    *floats = ok ? chunk_plan(sz, aaren).ws_floats : 3 * sz.B * sz.T * sz.H * sz.L;
-    return cudaSuccess;
+    BwdPlan plan;
+    const cudaError_t err = plan_backward(aaren, sz, &plan);
+    if (err == cudaSuccess) *floats = plan.ws_floats;
+    return err;
 }
 
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- launchers
 
+cudaError_t scan_fwd_plan(bool aaren, ScanSizes sz, bool causal, ScanOptions opt, ScanPlan* plan) {
+    if (aaren) sz.L = 1; else sz.D = sz.L;
+    if (!sizes_ok(sz) || plan == nullptr || (aaren && !causal)) return cudaErrorInvalidValue;
+    return plan_forward(aaren, sz, causal, opt, plan);
+}
+
 cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,
                       const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT, float* wT,
-                      cudaStream_t stream) {
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     sz.L = 1;
     if (!sizes_ok(sz) || (m0 && (!u0 || !w0))) return cudaErrorInvalidValue;
     return dispatch(dtype, [&](auto tag) {
@@ -1395,13 +1621,13 @@ cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
         a.m0 = m0; a.a0 = u0; a.S0 = w0;
         a.o = static_cast<T*>(o);
         a.mT = mT; a.aT = uT; a.ST = wT;
-        return launch_forward<Kind::Aaren>(a, true, stream);
+        return run_forward<Kind::Aaren>(a, true, opt, workspace, workspace_bytes, stream);
     });
 }
 
 cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, bool causal,
                       const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
-                      cudaStream_t stream) {
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
     sz.D = sz.L;
     if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (!causal && m0)) return cudaErrorInvalidValue;
     return dispatch(dtype, [&](auto tag) {
@@ -1412,7 +1638,7 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
         if (causal) {
             a.mT = mT; a.aT = aT; a.ST = ST;
         }
-        return launch_forward<Kind::Latte>(a, causal, stream);
+        return run_forward<Kind::Latte>(a, causal, opt, workspace, workspace_bytes, stream);
     });
 }
 
@@ -1430,15 +1656,15 @@ cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, 
                       void* dv, float* du0, float* dw0, cudaStream_t stream) {
     sz.L = 1;
     if (!sizes_ok(sz) || (m0 && (!u0 || !w0)) || !dq_rows || (du0 && !dw0)) return cudaErrorInvalidValue;
-    bool chunked = false;
-    cudaError_t err = chunk_path_ok(sz, true, &chunked);
+    BwdPlan plan;
+    const cudaError_t err = plan_backward(true, sz, &plan);
     if (err != cudaSuccess) return err;
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        if (chunked)  // the chunk-parallel backward
-            return launch_chunked_backward<Kind::Aaren, T>(dout, q, k, v, sz, scale, m0, u0, w0, duT, dwT, workspace,
-                                                          workspace_floats, nullptr, dq_rows, static_cast<T*>(dk),
-                                                          static_cast<T*>(dv), du0, dw0, stream);
+        if (plan.chunked)  // the chunk-parallel backward
+            return launch_chunked_backward<true, T>(plan, dout, q, k, v, sz, scale, m0, u0, w0, duT, dwT, workspace,
+                                                    workspace_floats, nullptr, dq_rows, static_cast<T*>(dk),
+                                                    static_cast<T*>(dv), du0, dw0, stream);
         const int64_t n = sz.B * sz.T * sz.H;  // fallback: the sequential kernels (ws_M, ws_c, ws_r)
         if (workspace_floats < 3 * n || (n > 0 && !workspace)) return cudaErrorInvalidValue;
         Args<T> a = make_args<T>(q, k, v, dout, sz, scale);
@@ -1460,17 +1686,17 @@ cudaError_t latte_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, 
     sz.D = sz.L;
     if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (da0 && !dS0)) return cudaErrorInvalidValue;
     if (!causal && (m0 || daT || dST || da0)) return cudaErrorInvalidValue;
-    bool chunked = false;
+    BwdPlan plan{};
     if (causal) {
-        const cudaError_t err = chunk_path_ok(sz, false, &chunked);
+        const cudaError_t err = plan_backward(false, sz, &plan);
         if (err != cudaSuccess) return err;
     }
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        if (chunked)  // the chunk-parallel backward
-            return launch_chunked_backward<Kind::Latte, T>(dout, q, k, v, sz, 1.f, m0, a0, S0, daT, dST, workspace,
-                                                          workspace_floats, static_cast<T*>(dq), nullptr,
-                                                          static_cast<T*>(dk), static_cast<T*>(dv), da0, dS0, stream);
+        if (plan.chunked)  // the chunk-parallel backward
+            return launch_chunked_backward<false, T>(plan, dout, q, k, v, sz, 1.f, m0, a0, S0, daT, dST, workspace,
+                                                     workspace_floats, static_cast<T*>(dq), nullptr,
+                                                     static_cast<T*>(dk), static_cast<T*>(dv), da0, dS0, stream);
         const int64_t n = sz.B * sz.T * sz.H * sz.L;  // bidirectional, or the sequential fallback (ws_M, ws_c, ws_r)
         if (causal && (workspace_floats < 3 * n || (n > 0 && !workspace))) return cudaErrorInvalidValue;
         Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);

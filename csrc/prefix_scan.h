@@ -34,17 +34,51 @@ struct ScanSizes {
     const int32_t* cu_seqlens;  // nullptr or [N + 1]
 };
 
+// Forward launch mode: Auto = the occupancy rule (ScanPlan), OnePass = one block per (sequence, head) walking
+// its whole sequence (forward_kernel), Chunked = the chunk-parallel forward (chunk summaries, a light scan of
+// the states, every chunk's outputs in parallel; bidirectional Latte: the summaries' whole-sequence total, then
+// y = p·mean per chunk).
+enum class ScanMode : int { Auto = 0, OnePass = 1, Chunked = 2 };
+
+struct ScanOptions {
+    int sm_count;   // SMs of the device (0 = query the current device)
+    int max_smem;   // cudaDevAttrMaxSharedMemoryPerBlockOptin (0 = query the current device)
+    ScanMode mode;  // Auto: the rule below
+};
+
+// The forward's launch plan (scan_fwd_plan): the occupancy rule of kernels/occupancy.py applied to these kernels.
+// seq_blocks = N·H (the one pass); chunk_blocks = B·NS·H·⌈Dv/BV⌉ (each chunk kernel; NS chunk slots of 16 steps
+// per batch row: ⌈T/16⌉, or ⌊T/16⌋ + N when packed); scan_blocks: the state scan's blocks (128 threads, one per
+// 4 state columns of one latent of one (sequence, head)). Rule: one pass when seq_blocks ≥ 2·SMs;
+// else chunked when chunk_blocks ≥ SMs and > seq_blocks; else the mode with more blocks at BV = 16. Chunked:
+// BV (from min(64, Dv rounded up to 16)) is halved while chunk_blocks < SMs (down to 16) or the tiles do not
+// fit the shared memory. workspace_bytes: the float32 chunk states the chunked mode needs (0 in one-pass mode).
+struct ScanPlan {
+    ScanMode mode;
+    int C;       // chunk steps (16)
+    int BV;      // Dv tile of the chunk kernels
+    int64_t NS;  // chunk slots per batch row
+    int64_t seq_blocks, chunk_blocks, scan_blocks;
+    int64_t workspace_bytes;
+};
+
+// The forward's plan (aaren = true: Aaren, sz.L ignored; false: Latte, sz.D ignored). cudaErrorInvalidValue
+// for bad sizes.
+cudaError_t scan_fwd_plan(bool aaren, ScanSizes sz, bool causal, ScanOptions opt, ScanPlan* plan);
+
 // Forward. Aaren: a_t = scale·(q·k_t), p = 1. Latte: a = k (latent logits), p = softmax_l(q_t).
 // m0/a0/S0: the initial state (all three nullptr = the empty state (−inf, 0, 0)).
 // causal (Latte only; Aaren is always causal): o_t = Σ_l p_{t,l} · num_{t,l} / den_{t,l} over s ≤ t, and
 // the final state is written to mT/aT/ST. Not causal: the means run over the whole sequence; mT/aT/ST
 // may be nullptr (nothing is written there).
+// opt / workspace: the plan (scan_fwd_plan with the same sizes and options) and device memory of at least
+// plan.workspace_bytes (16-byte aligned; may be nullptr when that is 0; cudaErrorInvalidValue when too small).
 cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,
                       const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT, float* wT,
-                      cudaStream_t stream);
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream);
 cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, bool causal,
                       const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
-                      cudaStream_t stream);
+                      ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream);
 
 // Backward (the maxima carry no gradient). dout = do; daT/dST: final-state cotangents (nullptr = 0).
 // Causal: the chunk-parallel backward (chunk summaries → entering states → per-chunk cotangent maps → their reverse

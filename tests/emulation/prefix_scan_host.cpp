@@ -1,8 +1,13 @@
 // csrc/prefix_scan.cu (Aaren / Latte forward and backward kernels) compiled as host C++ and run by the CUDA
 // emulation harness (cuda_host.h: one fiber per CUDA thread). Called through ctypes by
-// tests/test_cuda_emulation.py. Strides: 4 element strides [b, t, h, x] per tensor; sizes: B, T, H, L, D, Dv, N.
-// Every function returns the cudaError_t of the launcher (0 = success).
+// tests/test_cuda_emulation.py and tests/test_prefix_scan_cuda_emulation_fwd.py. Strides: 4 element strides
+// [b, t, h, x] per tensor; sizes: B, T, H, L, D, Dv, N. Every function returns the cudaError_t of the launcher
+// (0 = success). emu_aaren_fwd / emu_latte_fwd: the Auto plan of the emulated H200 (132 SMs), the workspace
+// allocated here; the _ex variants take the mode (0 auto, 1 one pass, 2 chunked), the SM count and the caller's
+// workspace (emu_scan_fwd_plan gives its size).
 #include "cuda_host.h"
+
+#include <cstdlib>
 
 #include "prefix_scan.cu"
 
@@ -23,22 +28,65 @@ std::vector<float> bwd_workspace(bool aaren, const int64_t* z, const int32_t* cu
     *rc = scan_bwd_workspace(aaren, sizes(z, cu), causal, &n);
     return std::vector<float>(static_cast<size_t>(n > 0 ? n : 1), std::numeric_limits<float>::quiet_NaN());
 }
+ScanOptions options(int mode, int sms) { return ScanOptions{sms, 0, static_cast<ScanMode>(mode)}; }
+// A workspace for the Auto plan (freed when the call returns).
+struct AutoWs {
+    void* p = nullptr;
+    int64_t bytes = 0;
+    AutoWs(bool aaren, const ScanSizes& sz, bool causal) {
+        ScanPlan plan{};
+        if (scan_fwd_plan(aaren, sz, causal, options(0, 0), &plan) == cudaSuccess && plan.workspace_bytes > 0) {
+            bytes = plan.workspace_bytes;
+            p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        }
+    }
+    ~AutoWs() { free(p); }
+};
 }  // namespace
 
 EMU_API int emu_aaren_fwd(int dtype, const void* q, const int64_t* sq, const void* k, const int64_t* sk,
                           const void* v, const int64_t* sv, const int64_t* sz, const int32_t* cu, float scale,
                           const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT,
                           float* wT) {
+    const AutoWs ws(true, sizes(sz, cu), true);
     return aaren_fwd(static_cast<DType>(dtype), st(q, sq), st(k, sk), st(v, sv), sizes(sz, cu), scale, m0, u0, w0, o,
-                     mT, uT, wT, nullptr);
+                     mT, uT, wT, options(0, 0), ws.p, ws.bytes, nullptr);
 }
 
 EMU_API int emu_latte_fwd(int dtype, const void* q, const int64_t* sq, const void* k, const int64_t* sk,
                           const void* v, const int64_t* sv, const int64_t* sz, const int32_t* cu, int causal,
                           const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT,
                           float* ST) {
+    const AutoWs ws(false, sizes(sz, cu), causal != 0);
     return latte_fwd(static_cast<DType>(dtype), st(q, sq), st(k, sk), st(v, sv), sizes(sz, cu), causal != 0, m0, a0,
-                     S0, o, mT, aT, ST, nullptr);
+                     S0, o, mT, aT, ST, options(0, 0), ws.p, ws.bytes, nullptr);
+}
+
+// out[8]: mode, C, BV, NS, seq_blocks, chunk_blocks, scan_blocks, workspace_bytes
+EMU_API int emu_scan_fwd_plan(int aaren, const int64_t* sz, const int32_t* cu, int causal, int mode, int sms,
+                              int64_t* out) {
+    ScanPlan p{};
+    const cudaError_t err = scan_fwd_plan(aaren != 0, sizes(sz, cu), causal != 0, options(mode, sms), &p);
+    const int64_t vals[8] = {static_cast<int64_t>(p.mode), p.C, p.BV, p.NS, p.seq_blocks, p.chunk_blocks,
+                             p.scan_blocks, p.workspace_bytes};
+    for (int i = 0; i < 8; ++i) out[i] = vals[i];
+    return err;
+}
+
+EMU_API int emu_aaren_fwd_ex(int dtype, const void* q, const int64_t* sq, const void* k, const int64_t* sk,
+                             const void* v, const int64_t* sv, const int64_t* sz, const int32_t* cu, float scale,
+                             const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT,
+                             float* wT, int mode, int sms, void* ws, int64_t ws_bytes) {
+    return aaren_fwd(static_cast<DType>(dtype), st(q, sq), st(k, sk), st(v, sv), sizes(sz, cu), scale, m0, u0, w0, o,
+                     mT, uT, wT, options(mode, sms), ws, ws_bytes, nullptr);
+}
+
+EMU_API int emu_latte_fwd_ex(int dtype, const void* q, const int64_t* sq, const void* k, const int64_t* sk,
+                             const void* v, const int64_t* sv, const int64_t* sz, const int32_t* cu, int causal,
+                             const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT,
+                             float* ST, int mode, int sms, void* ws, int64_t ws_bytes) {
+    return latte_fwd(static_cast<DType>(dtype), st(q, sq), st(k, sk), st(v, sv), sizes(sz, cu), causal != 0, m0, a0,
+                     S0, o, mT, aT, ST, options(mode, sms), ws, ws_bytes, nullptr);
 }
 
 EMU_API int emu_aaren_bwd(int dtype, const void* dout, const int64_t* sd, const void* q, const int64_t* sq,
@@ -73,6 +121,6 @@ EMU_API int emu_latte_bwd(int dtype, const void* dout, const int64_t* sd, const 
 EMU_API int emu_scan_bwd_chunked(int aaren, const int64_t* sz, const int32_t* cu) {
     ScanSizes s = sizes(sz, cu);
     if (aaren) s.L = 1;
-    bool ok = false;
-    return chunk_path_ok(s, aaren != 0, &ok) == cudaSuccess && ok ? 1 : 0;
+    BwdPlan plan{};
+    return plan_backward(aaren != 0, s, &plan) == cudaSuccess && plan.chunked ? 1 : 0;
 }
