@@ -1164,7 +1164,7 @@ struct BwdArgs {
     float scale;
     ck::Geom g;  // BV = Dvp: one block covers every value column
     const float *m_ch, *u_ch, *w_ch;  // entering states (forward workspace: [cells·L], w row stride Wd)
-    float *f_ch, *du_ch, *dw_ch;      // cotangent maps, then the cotangents leaving ([cells·L], dw row stride Dv)
+    float *f_ch, *du_ch, *dw_ch;      // cotangent maps, then the cotangents leaving ([cells·L], dw row stride Wd)
     float* dq_part;                   // Aaren: [cells, D]
     Elem *dq, *dk, *dv;               // Latte dq; Aaren's dq goes through dq_part
 };
@@ -1235,11 +1235,20 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
         sm.fin[l] = ck::exp_diff(m_in, r);
         sm.du[l] = (MODE == kGrads && l < L) ? a.du_ch[srow * L + l] : 0.f;
     }
-    for (int i = tid_; i < Lp * Dvp; i += nth) {
-        const int l = i / Dvp, d = i - l * Dvp;
-        const bool in = l < L && d < Dv;
-        sm.S1[l * ldV + d] = in ? a.w_ch[(srow * L + l) * a.Wd + d] : 0.f;
-        if (MODE == kGrads) sm.S2[l * ldV + d] = in ? a.dw_ch[(srow * L + l) * Dv + d] : 0.f;
+    const int groups = Dvp / 4;  // 16-byte loads of the state rows (row stride Wd, a multiple of 4; 0 past Dv)
+    for (int i = tid_; i < Lp * groups; i += nth) {
+        const int l = i / groups, c = (i - l * groups) * 4;
+        const bool in = l < L && c < a.Wd;
+        const float4 x = in ? *reinterpret_cast<const float4*>(a.w_ch + (srow * L + l) * a.Wd + c)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        float* d1 = sm.S1 + l * ldV + c;
+        d1[0] = x.x; d1[1] = x.y; d1[2] = x.z; d1[3] = x.w;
+        if (MODE == kGrads) {
+            const float4 y = in ? *reinterpret_cast<const float4*>(a.dw_ch + (srow * L + l) * a.Wd + c)
+                                : make_float4(0.f, 0.f, 0.f, 0.f);
+            float* d2 = sm.S2 + l * ldV + c;
+            d2[0] = y.x; d2[1] = y.y; d2[2] = y.z; d2[3] = y.w;
+        }
     }
     for (int i = tid_; i < kC * kC; i += nth) {
         const int t = i / kC, s = i - t * kC;
@@ -1363,7 +1372,11 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
             a.f_ch[srow * L + l] = sm.fin[l];
         }
         __syncthreads();
-        for (int64_t i = tid_; i < L * Dv; i += nth) a.dw_ch[srow * L * Dv + i] = sm.S2[(i / Dv) * ldV + i % Dv];
+        for (int i = tid_; i < L * (a.Wd / 4); i += nth) {  // G rows (stride Wd; columns past Dv hold 0)
+            const int l = i / (a.Wd / 4), c = (i - l * (a.Wd / 4)) * 4;
+            const float* src = sm.S2 + l * ldV + c;
+            *reinterpret_cast<float4*>(a.dw_ch + (srow * L + l) * a.Wd + c) = make_float4(src[0], src[1], src[2], src[3]);
+        }
         return;
     }
 
@@ -1427,7 +1440,7 @@ __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* 
     for (int64_t c = n_chunks - 1; c >= 0; --c) {
         const int64_t row = ((sq.b * a.NS + sq.base + c) * a.H + h) * L + l;
         const float f = a.f_ch[row];
-        float* cell = a.dw_ch + row * Dv + d;
+        float* cell = a.dw_ch + row * a.Wd + d;
         const float G = *cell;
         *cell = dw;
         dw = f * dw + G;
@@ -1483,7 +1496,7 @@ inline cudaError_t plan_backward(bool aaren, const ScanSizes& sz, BwdPlan* p) {
     p->chunked = true;
     p->cells = sz.B * p->fwd.NS * sz.H;
     p->fwd_floats = r4(p->fwd.workspace_bytes / int64_t(sizeof(float)));
-    p->ws_floats = p->fwd_floats + 2 * r4(p->cells * sz.L) + r4(p->cells * sz.L * sz.Dv) +
+    p->ws_floats = p->fwd_floats + 2 * r4(p->cells * sz.L) + p->cells * sz.L * r4(sz.Dv) +
                    (aaren ? r4(p->cells * sz.D) : 0);
     return cudaSuccess;
 }
@@ -1557,7 +1570,7 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
     float* p = ws + plan.fwd_floats;
     a.f_ch = p; p += r4(plan.cells * sz.L);
     a.du_ch = p; p += r4(plan.cells * sz.L);
-    a.dw_ch = p; p += r4(plan.cells * sz.L * sz.Dv);
+    a.dw_ch = p; p += plan.cells * sz.L * a.Wd;
     a.dq_part = kAaren ? p : nullptr;
     a.dq = dq; a.dk = dk; a.dv = dv;
     const size_t smem = static_cast<size_t>(plan.smem_bytes);
