@@ -1427,31 +1427,53 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
 
 // One thread per (n, h, l, d): the reverse scan of the chunk maps from (dS_T, dα_T); writes the cotangent leaving
 // every chunk over (G, g) (dα by the d = 0 thread: it alone reads and writes du_ch) and (dS0, dα0) when asked.
-// A zero-length sequence passes (dS_T, dα_T) through.
+// A zero-length sequence passes (dS_T, dα_T) through. The maps are read kScanAhead chunks ahead of the combine
+// (a register ring with static indices, like state_scan_kernel): the chain of NS dependent steps per thread
+// would otherwise pay one memory round trip per chunk. (A chunk's row is read before it is overwritten: the
+// ring runs ahead towards earlier chunks, the stores trail behind.)
 template <typename Elem>
 __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* dwT, float* du0, float* dw0) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    const int64_t L = a.L, Dv = a.Dv;
+    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd;
     if (i >= a.N * a.H * L * Dv) return;
     const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
     const ck::Seq sq = ck::sequence(a.cu, n, a.T);
     const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    const int64_t step = a.H * L;  // the previous chunk slot, same head and latent
+    const bool lead = d == 0;
     float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
-    for (int64_t c = n_chunks - 1; c >= 0; --c) {
-        const int64_t row = ((sq.b * a.NS + sq.base + c) * a.H + h) * L + l;
-        const float f = a.f_ch[row];
-        float* cell = a.dw_ch + row * a.Wd + d;
-        const float G = *cell;
-        *cell = dw;
-        dw = f * dw + G;
-        if (d == 0) {
-            const float gu = a.du_ch[row];
-            a.du_ch[row] = du;
-            du = f * du + gu;
+    int64_t ahead = ((sq.b * a.NS + sq.base + n_chunks - 1) * a.H + h) * L + l, cur = ahead;
+    float ring_f[kScanAhead], ring_G[kScanAhead], ring_g[kScanAhead];
+#pragma unroll
+    for (int j = 0; j < kScanAhead; ++j) {
+        if (j < n_chunks) {
+            ring_f[j] = a.f_ch[ahead];
+            ring_G[j] = a.dw_ch[ahead * Wd + d];
+            ring_g[j] = lead ? a.du_ch[ahead] : 0.f;
+            ahead -= step;
+        }
+    }
+    for (int64_t c0 = 0; c0 < n_chunks; c0 += kScanAhead) {
+#pragma unroll
+        for (int j = 0; j < kScanAhead; ++j) {
+            if (c0 + j < n_chunks) {
+                const float f = ring_f[j], G = ring_G[j], gu = ring_g[j];
+                if (c0 + j + kScanAhead < n_chunks) {  // refill this ring slot (an earlier chunk)
+                    ring_f[j] = a.f_ch[ahead];
+                    ring_G[j] = a.dw_ch[ahead * Wd + d];
+                    ring_g[j] = lead ? a.du_ch[ahead] : 0.f;
+                    ahead -= step;
+                }
+                a.dw_ch[cur * Wd + d] = dw;  // the cotangent leaving chunk `cur`
+                if (lead) a.du_ch[cur] = du;
+                dw = f * dw + G;
+                du = f * du + gu;
+                cur -= step;
+            }
         }
     }
     if (dw0) dw0[i] = dw;
-    if (du0 && d == 0) du0[nh * L + l] = du;
+    if (du0 && lead) du0[nh * L + l] = du;
 }
 
 // Aaren: dq_rows[n, h, :] = the dq partials of the chunks of sequence n summed in chunk order.

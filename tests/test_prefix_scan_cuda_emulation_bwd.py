@@ -4,7 +4,8 @@ against ``flashts.reference`` in float64: dq, dk, dv and the initial-state cotan
 
 The kernels are the real ones (``tests/emulation/prefix_scan_host.cpp`` calls the C++ launchers ``aaren_bwd`` /
 ``latte_bwd``; its workspace is NaN-poisoned, the outputs are NaN-filled inside NaN canaries). Cases: T in
-{1, 17, 63, 100} (one chunk of one step, ragged last chunks, several chunks), L not a multiple of 16, odd Dv,
+{1, 17, 63, 100, 150} (one chunk of one step, ragged last chunks, several chunks, more chunks than the scans
+read ahead), L not a multiple of 16, odd Dv,
 16-byte row loads (Dv, L multiples of 8) and strided element loads, with and without an initial state and
 final-state cotangents, cu_seqlens packed (with an empty sequence) against a loop over the sequences, ±1e4
 logits (the exact per-position fallback chunks), a shuffled thread schedule, and the sequential fallback for
@@ -126,6 +127,8 @@ CASES = [  # (kind, B, T, H, L (Aaren: D), Dv, dtype, state, cot, big logits, sc
     ("latte", 2, 100, 1, 19, 33, torch.bfloat16, True, False, False, 0),
     ("latte", 1, 1, 2, 3, 5, torch.bfloat16, True, True, False, 0),  # (no state: dq = 0 exactly)
     ("latte", 1, 40, 2, 9, 16, torch.float32, True, True, True, 1),
+    ("latte", 1, 150, 1, 3, 5, torch.float32, True, True, False, 0),  # > 8 chunks: the scans' read-ahead ring wraps
+    ("aaren", 1, 150, 1, 4, 6, torch.bfloat16, True, True, False, 0),
 ]
 
 
