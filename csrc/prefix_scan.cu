@@ -11,6 +11,9 @@
 //   M_t = max(M_{t−1}, a_t),  F_t = e^{M_{t−1} − M_t},  E_t = e^{a_t − M_t}  (both ≤ 1; exp_shift maps −inf to 0)
 //   den_t = den_{t−1} F_t + E_t,   num_t = num_{t−1} F_t + E_t v_t.
 //
+// The forward (causal and bidirectional) is chunk-parallel on tensor cores: see "chunk-parallel forward" below
+// and csrc/scan_chunk.cuh; forward_kernel (described next) remains only for the bidirectional one pass.
+//
 // Blocking. One thread block per row, blockDim = (32, G): warp w owns the latents l ≡ w (mod G), lane j owns the
 // value columns d ≡ j (mod 32). The block walks time in tiles of C steps; per tile, separated by __syncthreads():
 //   1. load: logits (Aaren: a warp-reduced dot q·k_t per step), p (Latte: a warp softmax over l per step), v, dy
@@ -361,7 +364,7 @@ __host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, 
 }
 
 template <typename Elem>
-struct ChunkArgs {
+struct FwdArgs {
     ck::View<Elem> q, k, v;
     Elem* o;
     int64_t B, T, H, L, D, Dv, N, NS, Wd;
@@ -370,9 +373,14 @@ struct ChunkArgs {
     ck::Geom g;
     int nBV;
     int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
+    int plain_sum;  // state_scan_kernel: a plain sum of ws_w along the chunks (no maxima; bidirectional backward)
     float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
     const float *m0, *u0, *w0;
     float *mT, *uT, *wT;
+    // bidirectional backward: dout, gradients, the per-chunk Gm = Pᵀ dy workspace [cells][L][Wd]
+    ck::View<Elem> dout;
+    Elem *dq, *dk, *dv;
+    float* ws_g;
 };
 
 struct ChunkBlock {
@@ -381,7 +389,7 @@ struct ChunkBlock {
 };
 
 template <typename Elem>
-__device__ __forceinline__ ChunkBlock chunk_block(const ChunkArgs<Elem>& a) {
+__device__ __forceinline__ ChunkBlock chunk_block(const FwdArgs<Elem>& a) {
     ChunkBlock cb;
     int64_t idx = blockIdx.x;
     cb.tile = static_cast<int>(idx % a.nBV);
@@ -394,7 +402,7 @@ __device__ __forceinline__ ChunkBlock chunk_block(const ChunkArgs<Elem>& a) {
 
 // Step 1: the summary of one chunk (columns [e0, e0 + BV) of Eᵀv; cmax / csum by Dv tile 0).
 template <bool kAaren, typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const ck::Geom g = a.g;
     const ck::Tiles s = ck::carve(g, false, smem_raw);
@@ -428,7 +436,7 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(ChunkArgs<Elem>
 constexpr int kScanAhead = 8;
 
 template <typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> a) {
     const int64_t per_row = a.L * (a.Wd / 4);
     const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t row = gid / per_row;  // n·H + h
@@ -486,12 +494,17 @@ __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem
                 m_cur += step;
                 u_cur += step;
                 w_cur += wstep;
-                ck::combine<4>(m, u, w, cm, cs, xs);
+                if (a.plain_sum) {
+#pragma unroll
+                    for (int jj = 0; jj < 4; ++jj) w[jj] += xs[jj];
+                } else {
+                    ck::combine<4>(m, u, w, cm, cs, xs);
+                }
             }
         }
     }
     if (!entering && n_chunks > 0) {  // bidirectional: the whole-sequence state in the first slot
-        if (d0 == 0) {
+        if (d0 == 0 && !a.plain_sum) {
             a.ws_m[first] = m;
             a.ws_u[first] = u;
         }
@@ -510,7 +523,7 @@ __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(ChunkArgs<Elem
 
 // Step 3: the outputs of one chunk (columns [e0, e0 + BV)) from the state entering it.
 template <bool kAaren, typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const ck::Geom g = a.g;
     const ck::Tiles s = ck::carve(g, true, smem_raw);
@@ -544,10 +557,58 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(ChunkArgs<Elem>
     }
 }
 
+// One pass (causal; ScanMode::OnePass): one block per (sequence, head, Dv tile) walks the chunks of its sequence
+// with the state (m, α, S [Lp][BV]) in shared memory — per chunk the same chunk_output as chunk_out_kernel, then
+// the chunk summary (Eᵀv into W) combined into the state. No workspace; writes y and the final state.
+// blockIdx.x = (n·H + h)·nBV + Dv tile.
+template <bool kAaren, typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) onepass_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const int tile = static_cast<int>(blockIdx.x % a.nBV);
+    const int64_t row = blockIdx.x / a.nBV, n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int e0 = tile * g.BV, ldV = g.ldV();
+    const int64_t cols = Dv - e0 < g.BV ? Dv - e0 : g.BV;
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = (a.m0 && l < L) ? a.m0[row * L + l] : -CUDART_INF_F;
+        s.u[l] = (a.m0 && l < L) ? a.u0[row * L + l] : 0.f;
+    }
+    for (int idx = threadIdx.x; idx < g.Lp * g.BV; idx += blockDim.x) {
+        const int l = idx / g.BV, d = idx - (idx / g.BV) * g.BV;
+        s.S[l * ldV + d] = (a.m0 && l < L && d < cols) ? a.w0[(row * L + l) * Dv + e0 + d] : 0.f;
+    }
+    for (int64_t t0 = sq.bos; t0 < sq.eos; t0 += ck::kChunk) {
+        const int len = static_cast<int>(sq.eos - t0 < ck::kChunk ? sq.eos - t0 : ck::kChunk);
+        ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
+        ck::chunk_output<kImpl>(s, g);
+        for (int64_t idx = threadIdx.x; idx < len * cols; idx += blockDim.x) {
+            const int64_t t = idx / cols, d = idx - t * cols;
+            a.o[((sq.b * a.T + t0 + t) * a.H + h) * Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+        }
+        ck::chunk_summary<kImpl>(s, g, s.W);
+        ck::combine_summary(s, g);
+    }
+    __syncthreads();  // (a zero-length sequence: the initial state loads above)
+    if (a.mT) {
+        if (tile == 0)
+            for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
+                a.mT[row * L + l] = s.m[l];
+                a.uT[row * L + l] = s.u[l];
+            }
+        for (int64_t idx = threadIdx.x; idx < L * cols; idx += blockDim.x) {
+            const int64_t l = idx / cols, d = idx - l * cols;
+            a.wT[(row * L + l) * Dv + e0 + d] = s.S[l * ldV + d];
+        }
+    }
+}
+
 // Latte bidirectional, step 3: y = p · mean for one chunk (columns [e0, e0 + BV)), mean_l = S_l / α_l of the
 // whole sequence (its first slot, written by state_scan_kernel with a.bidir); a [C, Lp] × [Lp, BV] tile product.
 template <typename Elem>
-__global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(ChunkArgs<Elem> a) {
+__global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(FwdArgs<Elem> a) {
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const ck::Geom g = a.g;
     const ck::Tiles s = ck::carve(g, true, smem_raw);
@@ -580,6 +641,144 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(ChunkArgs<Elem>
     for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
         const int64_t t = idx / cols, d = idx - t * cols;
         a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+    }
+}
+
+// ---------------------------------------------------------------- Latte bidirectional backward, chunk-parallel
+//
+// With the whole-sequence state (m, α, S) per latent (the forward's chunk_sum_kernel + state_scan_kernel with
+// a.bidir), mean_l = S_l/α_l, π_{s,l} = e^{k_{s,l} − m_l}/α_l, Gm_l = Σ_t p_{t,l} dy_t [L, Dv]:
+//   dp_{t,l} = dy_t·mean_l,  dq = p ⊙ (dp − Σ_l p dp),  dv_s = Σ_l π_{s,l} Gm_l,
+//   dk_{s,l} = π_{s,l} (v_s·Gm_l − mean_l·Gm_l).
+// bidir_dq_kernel (per chunk, all Dv tiles in a loop): Gm_c = P_cᵀ dY_c → ws_g, dP = dY meanᵀ → dq;
+// state_scan_kernel (a.plain_sum): Gm = Σ_c Gm_c into the sequence's first slot of ws_g;
+// bidir_dkv_kernel (per chunk, all Dv tiles): dv = π Gm, V Gmᵀ and mean·Gm → dk. Tile products on tensor cores
+// (16-bit inputs) as in the forward. blockIdx.x = (b·NS + slot)·H + h (a.nBV = 1 for these launches).
+
+// Loads mean = S/α (into dst) of the first slot row0 (columns [e0, e0 + BV)); padded rows/columns 0.
+template <typename Elem>
+__device__ __forceinline__ void load_mean(const FwdArgs<Elem>& a, int64_t row0, int e0, float* dst, int ldV) {
+    const ck::Geom& g = a.g;
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        float inv = 0.f;
+        if (l < a.L && e0 + c < a.Wd) {
+            x = *reinterpret_cast<const float4*>(a.ws_w + (row0 + l) * a.Wd + e0 + c);
+            const float u = a.ws_u[row0 + l];
+            inv = u > 0.f ? 1.f / u : 0.f;
+        }
+        float* d = dst + l * ldV + c;
+        d[0] = x.x * inv;
+        d[1] = x.y * inv;
+        d[2] = x.z * inv;
+        d[3] = x.w * inv;
+    }
+}
+
+// Copies a [Lp][BV] tile of a [cells][L][Wd] workspace row block (columns [e0, e0 + BV)) into dst (or back).
+__device__ __forceinline__ void tile_io(float* ws, int64_t row0, int64_t L, int64_t Wd, int e0, float* tile, int ldV,
+                                       const ck::Geom& g, bool store) {
+    const int groups = g.BV / 4;
+    for (int idx = threadIdx.x; idx < g.Lp * groups; idx += blockDim.x) {
+        const int l = idx / groups, c = (idx - l * groups) * 4;
+        float* t = tile + l * ldV + c;
+        if (store) {
+            if (l < L && e0 + c < Wd)
+                *reinterpret_cast<float4*>(ws + (row0 + l) * Wd + e0 + c) = make_float4(t[0], t[1], t[2], t[3]);
+        } else {
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (l < L && e0 + c < Wd) x = *reinterpret_cast<const float4*>(ws + (row0 + l) * Wd + e0 + c);
+            t[0] = x.x;
+            t[1] = x.y;
+            t[2] = x.z;
+            t[3] = x.w;
+        }
+    }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int ldV = g.ldV(), ldL = g.ldL(), C = ck::kChunk;
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L, crow = cb.cell * L;
+    ck::load_chunk<false>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, 0, a.scale, s.P, true);
+    for (int e0 = 0; e0 < a.Dv; e0 += g.BV) {
+        ck::load_tile(s.V, ldV, C, g.BV, a.dout, cb.b, sl.t0, cb.h, e0, sl.len, a.Dv - e0);  // dY
+        load_mean(a, row0, e0, s.S, ldV);
+        __syncthreads();
+        mmau::block_gemm<kImpl, mmau::kCol, mmau::kRow>(s.W, ldV, s.P, ldL, s.V, ldV, g.Lp, g.BV, C, false);  // Pᵀ dY
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kCol>(s.F, ldL, s.V, ldV, s.S, ldV, C, g.Lp, g.BV, e0 > 0);  // dY meanᵀ
+        __syncthreads();
+        tile_io(a.ws_g, crow, L, a.Wd, e0, s.W, ldV, g, true);
+        __syncthreads();  // (W, V, S are reused by the next tile)
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    for (int t = warp; t < sl.len; t += n_warps) {  // dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_0 first
+        const float z0 = s.F[t * ldL];
+        float pz = 0.f;
+        for (int l = lane; l < L; l += 32) pz += s.P[t * ldL + l] * (s.F[t * ldL + l] - z0);
+        pz = warp_sum(pz);
+        for (int l = lane; l < L; l += 32)
+            a.dq[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
+                from_float<Elem>(s.P[t * ldL + l] * ((s.F[t * ldL + l] - z0) - pz));
+    }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) bidir_dkv_kernel(FwdArgs<Elem> a) {
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    constexpr int kImpl = kGemmFor<Elem>;
+    const ck::Geom g = a.g;
+    const ck::Tiles s = ck::carve(g, true, smem_raw, true);
+    const ChunkBlock cb = chunk_block(a);
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, cb.b, cb.slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int ldV = g.ldV(), ldL = g.ldL(), C = ck::kChunk;
+    const int64_t L = a.L, row0 = ((sl.seq.b * a.NS + sl.seq.base) * a.H + cb.h) * L;
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        s.m[l] = l < L ? a.ws_m[row0 + l] : 0.f;
+        const float u = l < L ? a.ws_u[row0 + l] : 0.f;
+        s.u[l] = u > 0.f ? 1.f / u : 0.f;
+        s.r[l] = 0.f;  // mean_l·Gm_l
+    }
+    ck::load_tile(s.A, ldL, C, g.Lp, a.k, cb.b, sl.t0, cb.h, 0, sl.len, L);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < C * g.Lp; idx += blockDim.x) {  // π = e^{k − m}/α (0 when masked)
+        const int t = idx / g.Lp, l = idx - t * g.Lp;
+        s.E[t * ldL + l] = (t < sl.len && l < L) ? ck::exp_diff(s.A[t * ldL + l], s.m[l]) * s.u[l] : 0.f;
+    }
+    for (int e0 = 0; e0 < a.Dv; e0 += g.BV) {
+        ck::load_tile(s.V, ldV, C, g.BV, a.v, cb.b, sl.t0, cb.h, e0, sl.len, a.Dv - e0);
+        tile_io(a.ws_g, row0, L, a.Wd, e0, s.S, ldV, g, false);  // Gm (whole sequence)
+        load_mean(a, row0, e0, s.W, ldV);
+        __syncthreads();
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kRow>(s.Y, ldV, s.E, ldL, s.S, ldV, C, g.BV, g.Lp, false);  // π Gm
+        mmau::block_gemm<kImpl, mmau::kRow, mmau::kCol>(s.F, ldL, s.V, ldV, s.S, ldV, C, g.Lp, g.BV, e0 > 0);  // V Gmᵀ
+        for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+            float acc = 0.f;
+            for (int d = 0; d < g.BV; ++d) acc = fmaf(s.W[l * ldV + d], s.S[l * ldV + d], acc);
+            s.r[l] += acc;
+        }
+        __syncthreads();
+        const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
+        for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
+            const int64_t t = idx / cols, d = idx - t * cols;
+            a.dv[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+        }
+        __syncthreads();
+    }
+    for (int64_t idx = threadIdx.x; idx < sl.len * L; idx += blockDim.x) {
+        const int64_t t = idx / L, l = idx - t * L;
+        a.dk[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
+            from_float<Elem>(s.E[t * ldL + l] * (s.F[t * ldL + l] - s.r[l]));
     }
 }
 
@@ -963,6 +1162,17 @@ cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
 
 constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
 
+// Shared memory of the chunk kernels (chunked mode: the larger of the summary and output kernels) and of
+// onepass_kernel, at Dv tile bv.
+int64_t chunk_smem(bool aaren, const ScanSizes& sz, int bv) {
+    const ck::Geom g = ck::make_geom(aaren, sz.L, sz.D, bv);
+    const int64_t a = ck::carve(g, true, nullptr).bytes, b = ck::carve(g, false, nullptr).bytes;
+    return a > b ? a : b;
+}
+int64_t onepass_smem(bool aaren, const ScanSizes& sz, int bv) {
+    return ck::carve(ck::make_geom(aaren, sz.L, sz.D, bv), true, nullptr, true).bytes;
+}
+
 // The occupancy rule (see ScanPlan in prefix_scan.h). sz: Aaren with L = 1, Latte with D = L.
 cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const ScanOptions& opt, ScanPlan* plan) {
     int sms = 0, max_smem = 0;
@@ -971,45 +1181,41 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
     const bool packed = sz.cu_seqlens != nullptr;
     const int Dvp = round_up(static_cast<int>(sz.Dv), 16);
     const int64_t NS = ck::num_slots(sz.T, sz.N, packed), Wd = (sz.Dv + 3) / 4 * 4;
-    auto fits = [&](int bv) {
-        const ck::Geom g = ck::make_geom(aaren, sz.L, sz.D, bv);
-        return ck::carve(g, true, nullptr).bytes <= max_smem && ck::carve(g, false, nullptr).bytes <= max_smem;
-    };
     int bv0 = Dvp < kMaxBV ? Dvp : kMaxBV;
-    while (bv0 > 16 && !fits(bv0)) bv0 = round_up(bv0 / 2, 16);
-    const bool chunk_ok = (causal || !aaren) && fits(bv0);
+    while (bv0 > 16 && chunk_smem(aaren, sz, bv0) > max_smem) bv0 = round_up(bv0 / 2, 16);
+    const bool chunk_ok = (causal || !aaren) && chunk_smem(aaren, sz, bv0) <= max_smem;
+    // one pass: onepass_kernel (causal, N·H·⌈Dv/BV⌉ blocks) or, bidirectional, forward_kernel (N·H blocks)
     auto chunk_blocks = [&](int bv) { return sz.B * NS * sz.H * cdiv64(Dvp, bv); };
-    const int64_t seq = sz.N * sz.H;
+    auto seq_blocks = [&](int bv) { return sz.N * sz.H * (causal ? cdiv64(Dvp, bv) : 1); };
     ScanMode mode = opt.mode;
     if (mode == ScanMode::Auto) {
-        if (!chunk_ok || seq >= 2 * int64_t(sms)) mode = ScanMode::OnePass;
-        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq) mode = ScanMode::Chunked;
-        else mode = seq >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
+        if (!chunk_ok || seq_blocks(bv0) >= 2 * int64_t(sms)) mode = ScanMode::OnePass;
+        else if (chunk_blocks(bv0) >= sms && chunk_blocks(bv0) > seq_blocks(bv0)) mode = ScanMode::Chunked;
+        else mode = seq_blocks(16) >= chunk_blocks(16) ? ScanMode::OnePass : ScanMode::Chunked;
     }
     if (mode == ScanMode::Chunked && !chunk_ok) return cudaErrorInvalidConfiguration;
     int bv = bv0;
-    if (mode == ScanMode::Chunked)
+    if (mode == ScanMode::Chunked) {
         while (chunk_blocks(bv) < sms && bv > 16) bv = round_up(bv / 2, 16);
+    } else {
+        while (bv > 16 && (seq_blocks(bv) < sms || onepass_smem(aaren, sz, bv) > max_smem)) bv = round_up(bv / 2, 16);
+    }
     plan->mode = mode;
     plan->C = ck::kChunk;
     plan->BV = bv;
     plan->NS = mode == ScanMode::Chunked ? NS : 0;
-    plan->seq_blocks = seq;
+    plan->seq_blocks = seq_blocks(bv);
     plan->chunk_blocks = mode == ScanMode::Chunked ? chunk_blocks(bv) : 0;
-    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(seq * sz.L * (Wd / 4), ck::kThreads) : 0;
+    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(sz.N * sz.H * sz.L * (Wd / 4), ck::kThreads) : 0;
     plan->workspace_bytes =
         mode == ScanMode::Chunked ? ws_layout(sz.B, NS, sz.H, sz.L, Wd).floats * int64_t(sizeof(float)) : 0;
     return cudaSuccess;
 }
 
-// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
+// The kernels' arguments for the plan (workspace pointers set by launch_chunked).
 template <bool kAaren, typename Elem>
-cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& plan, void* workspace,
-                           int64_t workspace_bytes, cudaStream_t stream) {
-    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
-        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
-        return cudaErrorInvalidValue;
-    ChunkArgs<Elem> a{};
+FwdArgs<Elem> chunk_args(const Args<Elem>& a0, bool causal, const ScanPlan& plan) {
+    FwdArgs<Elem> a{};
     const ScanTensor q{a0.q, a0.sq_b, a0.sq_t, a0.sq_h, a0.sq_x}, k{a0.k, a0.sk_b, a0.sk_t, a0.sk_h, a0.sk_x},
         v{a0.v, a0.sv_b, a0.sv_t, a0.sv_h, a0.sv_x};
     a.q = ck::make_view<Elem>(q, kAaren ? a0.D : a0.L);
@@ -1024,12 +1230,23 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
     a.scale = a0.scale;
     a.g = ck::make_geom(kAaren, a0.L, a0.D, plan.BV);
     a.nBV = static_cast<int>(cdiv64(a0.Dv, plan.BV));
-    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
-    float* ws = static_cast<float*>(workspace);
-    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
     a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
     a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
     a.bidir = causal ? 0 : 1;
+    return a;
+}
+
+// The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
+template <bool kAaren, typename Elem>
+cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& plan, void* workspace,
+                           int64_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    FwdArgs<Elem> a = chunk_args<kAaren>(a0, causal, plan);
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
     const int64_t blocks = a.B * a.NS * a.H * a.nBV;
     if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
@@ -1059,7 +1276,81 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
     return err;
 }
 
-// The forward: the plan's mode (one pass: forward_kernel; chunked: launch_chunked).
+// The causal one pass (onepass_kernel): N·H·⌈Dv/BV⌉ blocks.
+template <bool kAaren, typename Elem>
+cudaError_t launch_onepass(const Args<Elem>& a0, const ScanPlan& plan, cudaStream_t stream) {
+    const FwdArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
+    const int64_t blocks = a.N * a.H * a.nBV;
+    if (blocks == 0) return cudaSuccess;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto kernel = onepass_kernel<kAaren, Elem>;
+    const int64_t bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes), stream, a);
+    return cudaGetLastError();
+}
+
+// Latte bidirectional backward, chunk-parallel: the forward's chunked plan (mode forced) plus the Gm workspace.
+cudaError_t plan_bidir_backward(const ScanSizes& sz, ScanOptions opt, ScanPlan* plan) {
+    opt.mode = ScanMode::Chunked;
+    const cudaError_t err = plan_forward(false, sz, false, opt, plan);
+    if (err != cudaSuccess) return err;
+    plan->workspace_bytes += sz.B * plan->NS * sz.H * sz.L * ((sz.Dv + 3) / 4 * 4) * int64_t(sizeof(float));
+    return cudaSuccess;
+}
+
+// Five launches: chunk_sum_kernel, state_scan_kernel (whole-sequence state), bidir_dq_kernel, state_scan_kernel
+// (plain sum of Gm), bidir_dkv_kernel.
+template <typename Elem>
+cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, void* workspace,
+                                  int64_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == nullptr) ||
+        reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+        return cudaErrorInvalidValue;
+    FwdArgs<Elem> a = chunk_args<false>(a0, false, plan);
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
+    float* ws = static_cast<float*>(workspace);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    a.ws_g = ws + ly.floats;
+    const ScanTensor dout{a0.dout, a0.sd_b, a0.sd_t, a0.sd_h, a0.sd_x};
+    a.dout = ck::make_view<Elem>(dout, a0.Dv);
+    a.dq = a0.dq; a.dk = a0.dk; a.dv = a0.dv;
+    a.mT = a.uT = a.wT = nullptr;
+    const int64_t blocks = a.B * a.NS * a.H * a.nBV, rows = a.B * a.NS * a.H;
+    if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    auto sum_kernel = chunk_sum_kernel<false, Elem>;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    auto dq_kernel = bidir_dq_kernel<Elem>;
+    auto dkv_kernel = bidir_dkv_kernel<Elem>;
+    const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes_sum));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess || rows == 0) return err;
+    FwdArgs<Elem> per_chunk = a;  // one block per chunk, all Dv tiles in a loop
+    per_chunk.nBV = 1;
+    FwdArgs<Elem> gsum = a;  // the plain sum of Gm along the chunks
+    gsum.plain_sum = 1;
+    gsum.ws_w = a.ws_g;
+    FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum), stream, a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(dq_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream, per_chunk);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, gsum);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    FLASHTS_LAUNCH(dkv_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream,
+                   per_chunk);
+    return cudaGetLastError();
+}
+
+// The forward: the plan's mode (chunked: launch_chunked; one pass: onepass_kernel, or forward_kernel when not causal).
 template <Kind KIND, typename T>
 cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* workspace, int64_t workspace_bytes,
                         cudaStream_t stream) {
@@ -1069,7 +1360,11 @@ cudaError_t run_forward(Args<T> a, bool causal, const ScanOptions& opt, void* wo
     if (err != cudaSuccess) return err;
     if (plan.mode == ScanMode::Chunked)
         return launch_chunked<KIND == Kind::Aaren, T>(a, causal, plan, workspace, workspace_bytes, stream);
-    return launch_forward<KIND>(a, causal, stream);
+    int sms = 0, max_smem = 0;
+    if ((err = device_facts(opt, &sms, &max_smem)) != cudaSuccess) return err;
+    const bool fits = onepass_smem(KIND == Kind::Aaren, sz, plan.BV) <= max_smem;
+    if (causal && fits) return launch_onepass<KIND == Kind::Aaren, T>(a, plan, stream);
+    return launch_forward<KIND>(a, causal, stream);  // bidirectional, or a state too large for onepass_kernel
 }
 
 template <Kind KIND, typename T>
@@ -1545,22 +1840,11 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
     if (err != cudaSuccess) return err;
     const ScanPlan& fp = plan.fwd;
     // 1. the states entering every chunk: the forward's chunk_sum_kernel + state_scan_kernel
-    ChunkArgs<Elem> fa{};
-    fa.q = ck::make_view<Elem>(q, kAaren ? sz.D : sz.L);
-    fa.k = ck::make_view<Elem>(k, kAaren ? sz.D : sz.L);
-    fa.v = ck::make_view<Elem>(v, sz.Dv);
-    if (kAaren) fa.q.vec = 0;  // q [B, H, D]: read once per block, element by element
-    fa.B = sz.B; fa.T = sz.T; fa.H = sz.H; fa.L = sz.L; fa.D = sz.D; fa.Dv = sz.Dv; fa.N = sz.N;
-    fa.NS = fp.NS;
-    fa.Wd = (sz.Dv + 3) / 4 * 4;
-    fa.cu = sz.cu_seqlens;
-    fa.scale = scale;
-    fa.g = ck::make_geom(kAaren, sz.L, sz.D, fp.BV);
-    fa.nBV = static_cast<int>(cdiv64(sz.Dv, fp.BV));
+    Args<Elem> a0 = make_args<Elem>(q, k, v, dout, sz, scale);
+    a0.m0 = m0; a0.a0 = u0; a0.S0 = w0;  // (no final state: mT/aT/ST stay nullptr)
+    FwdArgs<Elem> fa = chunk_args<kAaren>(a0, true, fp);
     const WsLayout ly = ws_layout(fa.B, fa.NS, fa.H, fa.L, fa.Wd);
     fa.ws_cm = ws + ly.cm; fa.ws_cs = ws + ly.cs; fa.ws_m = ws + ly.m; fa.ws_u = ws + ly.u; fa.ws_w = ws + ly.w;
-    fa.m0 = m0; fa.u0 = u0; fa.w0 = w0;
-    fa.bidir = 0;
     const int64_t sum_blocks = fa.B * fa.NS * fa.H * fa.nBV;
     if (sum_blocks > 0x7fffffffLL || plan.cells > 0x7fffffffLL) return cudaErrorInvalidValue;
     {
@@ -1645,6 +1929,30 @@ cudaError_t scan_fwd_plan(bool aaren, ScanSizes sz, bool causal, ScanOptions opt
     return plan_forward(aaren, sz, causal, opt, plan);
 }
 
+cudaError_t latte_bidir_bwd_plan(ScanSizes sz, ScanOptions opt, ScanPlan* plan) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || plan == nullptr) return cudaErrorInvalidValue;
+    return plan_bidir_backward(sz, opt, plan);
+}
+
+cudaError_t latte_bidir_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                            ScanOptions opt, void* dq, void* dk, void* dv, void* workspace, int64_t workspace_bytes,
+                            cudaStream_t stream) {
+    sz.D = sz.L;
+    if (!sizes_ok(sz) || !dq || !dk || !dv) return cudaErrorInvalidValue;
+    ScanPlan plan{};
+    const cudaError_t err = plan_bidir_backward(sz, opt, &plan);
+    if (err != cudaSuccess) return err;
+    return dispatch(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
+        a.dq = static_cast<T*>(dq);
+        a.dk = static_cast<T*>(dk);
+        a.dv = static_cast<T*>(dv);
+        return launch_bidir_backward<T>(a, plan, workspace, workspace_bytes, stream);
+    });
+}
+
 cudaError_t aaren_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz, float scale,
                       const float* m0, const float* u0, const float* w0, void* o, float* mT, float* uT, float* wT,
                       ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream) {
@@ -1681,7 +1989,12 @@ cudaError_t scan_bwd_workspace(bool aaren, ScanSizes sz, bool causal, int64_t* f
     if (aaren) sz.L = 1; else sz.D = sz.L;
     if (!floats || !sizes_ok(sz)) return cudaErrorInvalidValue;
     *floats = 0;
-    if (!causal && !aaren) return cudaSuccess;
+    if (!causal && !aaren) {  // Latte bidirectional: the chunk-parallel backward's, or none (sequential fallback)
+        ScanPlan plan{};
+        const cudaError_t err = plan_bidir_backward(sz, ScanOptions{0, 0, ScanMode::Auto}, &plan);
+        if (err == cudaSuccess) *floats = (plan.workspace_bytes + 3) / 4;
+        return err == cudaErrorInvalidConfiguration ? cudaSuccess : err;
+    }
     return bwd_workspace(sz, aaren, floats);
 }
 
@@ -1722,12 +2035,25 @@ cudaError_t latte_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, 
     if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (da0 && !dS0)) return cudaErrorInvalidValue;
     if (!causal && (m0 || daT || dST || da0)) return cudaErrorInvalidValue;
     BwdPlan plan{};
+    ScanPlan bidir{};  // bidirectional: the chunk-parallel backward when it fits (bidir_ok), else bidir_bwd_kernel
+    bool bidir_ok = false;
     if (causal) {
         const cudaError_t err = plan_backward(false, sz, &plan);
         if (err != cudaSuccess) return err;
+    } else {
+        const cudaError_t err = plan_bidir_backward(sz, ScanOptions{0, 0, ScanMode::Auto}, &bidir);
+        if (err != cudaSuccess && err != cudaErrorInvalidConfiguration) return err;
+        bidir_ok = err == cudaSuccess;
     }
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
+        if (bidir_ok) {
+            Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
+            a.dq = static_cast<T*>(dq);
+            a.dk = static_cast<T*>(dk);
+            a.dv = static_cast<T*>(dv);
+            return launch_bidir_backward<T>(a, bidir, workspace, workspace_floats * int64_t(sizeof(float)), stream);
+        }
         if (plan.chunked)  // the chunk-parallel backward
             return launch_chunked_backward<false, T>(plan, dout, q, k, v, sz, 1.f, m0, a0, S0, daT, dST, workspace,
                                                      workspace_floats, static_cast<T*>(dq), nullptr,

@@ -80,7 +80,18 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
                       const float* m0, const float* a0, const float* S0, void* o, float* mT, float* aT, float* ST,
                       ScanOptions opt, void* workspace, int64_t workspace_bytes, cudaStream_t stream);
 
+// Latte bidirectional backward, chunk-parallel (the forward's chunk summaries and whole-sequence state, then
+// per chunk Gm_c = pᵀdy and dq, the sum of Gm over the chunks, per chunk dv and dk; tensor cores for 16-bit
+// inputs): dq, dk [B, T, H, L], dv [B, T, H, Dv] contiguous in the input type. workspace: at least
+// latte_bidir_bwd_plan(...).workspace_bytes (16-byte aligned). latte_bwd with causal = false runs it (its workspace
+// from scan_bwd_workspace) when its tiles fit, else the sequential bidir_bwd_kernel.
+cudaError_t latte_bidir_bwd_plan(ScanSizes sz, ScanOptions opt, ScanPlan* plan);
+cudaError_t latte_bidir_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
+                            ScanOptions opt, void* dq, void* dk, void* dv, void* workspace, int64_t workspace_bytes,
+                            cudaStream_t stream);
+
 // Backward (the maxima carry no gradient). dout = do; daT/dST: final-state cotangents (nullptr = 0).
+// Bidirectional (Latte, causal = false): latte_bidir_bwd's kernels when they fit, else the sequential kernel.
 // Causal: the chunk-parallel backward (chunk summaries → entering states → per-chunk cotangent maps → their reverse
 // scan → per-chunk gradients; see prefix_scan.cu) whenever its chunk tiles fit in shared memory, else the
 // sequential recompute/reverse kernels (the fallback for very wide states). Either way `workspace` holds at least

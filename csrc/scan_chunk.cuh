@@ -192,12 +192,13 @@ __host__ __device__ inline Geom make_geom(bool aaren, int64_t L, int64_t D, int 
 // Shared-memory tiles of the chunk kernels (nullptr where a kernel does not use one); `bytes` is the total.
 // out = false: the summary kernel (A, E, V, S as the Eᵀv tile, K/q for Aaren, cmax/csum);
 // out = true: the output kernel (everything; S = the entering state, m/u its scalars).
+// one_pass (with out): also W [Lp][ldV], the chunk's Eᵀv while S holds the running state.
 struct Tiles {
-    float *A, *P, *E, *F, *V, *Y, *S, *Pm, *K, *q, *m, *u, *r, *f, *cmax, *csum;
+    float *A, *P, *E, *F, *V, *Y, *S, *Pm, *K, *q, *m, *u, *r, *f, *cmax, *csum, *W;
     int64_t bytes;
 };
 
-__host__ __device__ inline Tiles carve(const Geom& g, bool out, unsigned char* base) {
+__host__ __device__ inline Tiles carve(const Geom& g, bool out, unsigned char* base, bool one_pass = false) {
     SmemCarver sc(base);
     Tiles t{};
     const int C = kChunk;
@@ -220,6 +221,7 @@ __host__ __device__ inline Tiles carve(const Geom& g, bool out, unsigned char* b
         t.u = sc.take<float>(g.Lp);
         t.r = sc.take<float>(g.Lp);
         t.f = sc.take<float>(g.Lp);
+        if (one_pass) t.W = sc.take<float>(int64_t(g.Lp) * g.ldV());
     }
     t.bytes = sc.offset;
     return t;
@@ -298,13 +300,33 @@ __device__ __forceinline__ void summary_scalars(const Tiles& s, const Geom& g) {
     }
 }
 
-// Block-wide (barriers): the chunk summary (cmax, csum, W = E_cᵀ V [Lp][BV] into S). Ends readable.
+// Block-wide (barriers): the chunk summary (cmax, csum, E_cᵀ V [Lp][BV] into W, by default the S tile). Ends
+// readable.
 template <int kImpl>
-__device__ __forceinline__ void chunk_summary(const Tiles& s, const Geom& g) {
+__device__ __forceinline__ void chunk_summary(const Tiles& s, const Geom& g, float* W = nullptr) {
     summary_scalars(s, g);
     __syncthreads();
-    mmau::block_gemm<kImpl, mmau::kCol, mmau::kRow>(s.S, g.ldV(), s.E, g.ldL(), s.V, g.ldV(), g.Lp, g.BV, kChunk,
-                                                     false);
+    mmau::block_gemm<kImpl, mmau::kCol, mmau::kRow>(W ? W : s.S, g.ldV(), s.E, g.ldL(), s.V, g.ldV(), g.Lp, g.BV,
+                                                     kChunk, false);
+    __syncthreads();
+}
+
+// Block-wide (barriers): the running state (m, u [Lp], S [Lp][BV]) ← (m, u, S) ⊕ (cmax, csum, W) — the combine
+// with a chunk summary (one-pass kernels). Uses r / f as the per-latent factors. Ends readable.
+__device__ __forceinline__ void combine_summary(const Tiles& s, const Geom& g) {
+    for (int l = threadIdx.x; l < g.Lp; l += blockDim.x) {
+        const SoftmaxMerge f = softmax_merge(s.m[l], s.cmax[l]);
+        s.m[l] = f.m;
+        s.u[l] = s.u[l] * f.fa + s.csum[l] * f.fb;
+        s.r[l] = f.fa;
+        s.f[l] = f.fb;
+    }
+    __syncthreads();
+    const int ldV = g.ldV();
+    for (int idx = threadIdx.x; idx < g.Lp * g.BV; idx += blockDim.x) {
+        const int l = idx / g.BV, d = idx - (idx / g.BV) * g.BV;
+        s.S[l * ldV + d] = s.S[l * ldV + d] * s.r[l] + s.W[l * ldV + d] * s.f[l];
+    }
     __syncthreads();
 }
 

@@ -9,7 +9,8 @@ read ahead), L not a multiple of 16, odd Dv,
 16-byte row loads (Dv, L multiples of 8) and strided element loads, with and without an initial state and
 final-state cotangents, cu_seqlens packed (with an empty sequence) against a loop over the sequences, ±1e4
 logits (the exact per-position fallback chunks), a shuffled thread schedule, and the sequential fallback for
-states too wide for the chunk tiles.
+states too wide for the chunk tiles. Also: latte_bwd with causal = False through the launcher (the chunk-parallel
+bidirectional backward of the forward's chunk summaries).
 """
 import ctypes
 
@@ -211,3 +212,29 @@ def test_scan_bwd_fallback_for_wide_states(libs):
     out.check()
     for name, a, b in zip(["dq", "dk", "dv", "da0", "dS0"], [dq, dk, dv, da0, dS0], want):
         assert _rel(a, b) < 2e-5, name
+
+
+@pytest.mark.parametrize("dtype,cu", [(torch.bfloat16, [0, 13, 13, 50]), (torch.float32, None)])
+def test_latte_bidirectional_bwd_through_launcher(libs, dtype, cu):
+    """latte_bwd with causal = False runs the chunk-parallel bidirectional backward (its workspace from
+    scan_bwd_workspace): dq, dk, dv vs the float64 reference."""
+    lib = libs["prefix_scan"]
+    B, T, H, L, Dv = (1, cu[-1], 2, 7, 24) if cu else (2, 37, 1, 18, 9)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    g = torch.Generator().manual_seed(11)
+    (q, k, v, do), (q64, k64, v64, do64) = _inputs("latte", B, T, H, L, Dv, dtype, g, False)
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q64, k64, v64))
+    o = ref.latte_attention(qr, kr, vr, causal=False, cu_seqlens=cu_t)
+    want = torch.autograd.grad((o * do64).sum(), [qr, kr, vr])
+    N = B if cu is None else len(cu) - 1
+    sz = torch.tensor([B, T, H, L, L, Dv, N], dtype=torch.int64)
+    assert lib.emu_latte_bidir_bwd_chunked(_ptr(sz), _ptr(cu_t)) == 1
+    out, strides = Out(), Strides()
+    dq, dk, dv = out(B, T, H, L, dtype=dtype), out(B, T, H, L, dtype=dtype), out(B, T, H, Dv, dtype=dtype)
+    rc = lib.emu_latte_bwd(DTYPES[dtype], _ptr(do), strides(do), _ptr(q), strides(q), _ptr(k), strides(k), _ptr(v),
+                           strides(v), _ptr(sz), _ptr(cu_t), 0, None, None, None, None, None, None, None, None,
+                           _ptr(dq), _ptr(dk), _ptr(dv), None, None)
+    assert rc == 0, _last_error(lib)
+    out.check()
+    for name, a, b in zip(["dq", "dk", "dv"], [dq, dk, dv], want):
+        assert _rel(a, b) < _tol(dtype), name

@@ -165,6 +165,7 @@ AAREN = [  # (B, T, H, D, Dv, dtype, state, shared_q, cu, order, sms)
     (1, 63, 2, 7, 9, BF16, True, False, [0, 17, 17, 63], 2, 0),   # packed, an empty sequence, shuffled
     (1, 40, 1, 16, 40, F32, False, False, None, 0, 1),      # 1 SM: BV 48 (one tile), contiguous float4 loads
     (1, 300, 1, 3, 4, F32, True, False, None, 0, 0),        # 19 chunks: the state scan's prefetch ring wraps
+    (1, 33, 1, 64, 130, BF16, True, False, None, 0, 1),     # goal head dim; 1 SM: 3 Dv tiles of 64
 ]
 
 
@@ -193,6 +194,7 @@ LATTE = [  # (B, T, H, L, Dv, dtype, state, cu, order, sms)
     (1, 63, 1, 24, 8, BF16, True, [0, 5, 40, 40, 63], 3, 0),  # packed (16-byte loads), shuffled
     (1, 33, 1, 5, 37, BF16, True, None, 0, 1),              # 1 SM: one Dv tile of 48
     (1, 300, 1, 3, 4, F32, True, [0, 140, 141, 300], 0, 0),  # 9 and 10 chunks per sequence (> the ring)
+    (1, 20, 1, 40, 66, F32, True, None, 0, 1),              # Lp = 48; 1 SM: Dv tiles of 64 and 2
 ]
 
 
@@ -263,6 +265,33 @@ def test_latte_bidirectional_chunked_forward(lib, schedule, B, T, H, L, Dv, dtyp
     assert _rel(o, one.to(F64)) < TOL[dtype]
 
 
+ONE_PASS_CASES = [  # (aaren, B, T, H, X, Dv, dtype, state, cu, sms, extreme)
+    (True, 1, 63, 2, 7, 9, BF16, True, [0, 17, 17, 63], 0, False),   # packed, an empty sequence
+    (False, 2, 37, 1, 20, 33, F32, True, None, 0, False),            # 3 Dv tiles of 16
+    (False, 1, 40, 2, 5, 7, BF16, True, None, 1, True),              # ±1e4 logits: the exact fallback
+    (True, 2, 1, 2, 5, 7, F32, False, None, 1, False),               # T = 1
+]
+
+
+@pytest.mark.parametrize("aaren,B,T,H,X,Dv,dtype,state,cu,sms,extreme", ONE_PASS_CASES)
+def test_one_pass_forward(lib, aaren, B, T, H, X, Dv, dtype, state, cu, sms, extreme):
+    """ScanMode::OnePass (onepass_kernel: the same chunk functions, the state in shared memory) vs the reference."""
+    g = torch.Generator().manual_seed(4000 + T + X)
+    N = B if cu is None else len(cu) - 1
+    q, q64 = _input((B, H, X) if aaren else (B, T, H, X), (0, 1, 2) if aaren else (0, 2, 1, 3), dtype, g)
+    k, k64 = _input((B, T, H, X), (0, 1, 2, 3), dtype, g, scale=1e4 if extreme else 2.0)
+    v, v64 = _input((B, T, H, Dv), (0, 1, 2, 3), dtype, g)
+    st = _state(g, N, H, X, Dv, aaren) if state else None
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    if aaren:
+        want = ref.aaren_attention(q64, k64, v64, scale=0.5, initial_state=st, output_final_state=True,
+                                   cu_seqlens=cu_t)
+    else:
+        want = ref.latte_attention(q64, k64, v64, causal=True, initial_state=st, output_final_state=True,
+                                   cu_seqlens=cu_t)
+    _check(_forward(lib, aaren, dtype, q, k, v, st, cu, ONE_PASS, sms, 0.5), want, dtype)
+
+
 def test_packed_matches_loop_and_one_pass(lib):
     """Packed sequences give what each sequence gives alone, and the chunked mode what the one pass gives."""
     g = torch.Generator().manual_seed(5)
@@ -298,8 +327,47 @@ def test_plan_goal_shapes(lib):
     aaren = _plan(lib, True, [8, 8192, 8, 1, 64, 64, 8], sms=132)
     assert (aaren["mode"], aaren["BV"], aaren["chunk_blocks"], aaren["scan_blocks"]) == (CHUNKED, 64, 32768, 8)
     small = _plan(lib, True, [512, 96, 8, 1, 16, 16, 512], sms=132)
-    assert small["mode"] == ONE_PASS and small["workspace_bytes"] == 0
+    assert (small["mode"], small["BV"], small["seq_blocks"], small["workspace_bytes"]) == (ONE_PASS, 16, 4096, 0)
+    wide = _plan(lib, False, [64, 96, 4, 16, 16, 128, 64], sms=132)  # N·H = 256: split Dv to 2 tiles of 64
+    assert (wide["mode"], wide["BV"], wide["seq_blocks"]) == (ONE_PASS, 64, 512)
     tiny = _plan(lib, False, [1, 40, 2, 5, 5, 33, 1], sms=132)  # 3 slots × 2 heads: Dv split to 16
     assert (tiny["mode"], tiny["BV"], tiny["chunk_blocks"]) == (CHUNKED, 16, 3 * 2 * 3)
     bidir = _plan(lib, False, [8, 8192, 8, 64, 64, 64, 8], causal=False, sms=132)
     assert (bidir["mode"], bidir["chunk_blocks"]) == (CHUNKED, 32768)
+
+
+BIDIR_BWD = [  # (B, T, H, L, Dv, dtype, cu, sms)
+    (2, 17, 2, 5, 7, F32, None, 0),
+    (1, 63, 2, 20, 33, BF16, None, 0),                      # Dv tiles of 16 looped inside the blocks
+    (1, 63, 1, 24, 8, BF16, [0, 1, 30, 30, 63], 1),          # packed (16-byte loads), an empty sequence
+    (2, 2, 1, 3, 70, F32, None, 1),                         # T = 2 (at T = 1 dq is exactly 0); tiles of 64 and 6
+]
+
+
+@pytest.mark.parametrize("B,T,H,L,Dv,dtype,cu,sms", BIDIR_BWD)
+def test_latte_bidirectional_backward(lib, B, T, H, L, Dv, dtype, cu, sms):
+    """latte_bidir_bwd (chunk-parallel bidirectional backward) vs the float64 reference's autograd."""
+    g = torch.Generator().manual_seed(5000 + T + L + Dv)
+    q, q64 = _input((B, T, H, L), (0, 1, 2, 3), dtype, g, scale=2.0)
+    k, k64 = _input((B, T, H, L), (0, 2, 1, 3), dtype, g, scale=3.0)
+    v, v64 = _input((B, T, H, Dv), (0, 1, 2, 3), dtype, g)
+    do, do64 = _input((B, T, H, Dv), (0, 1, 2, 3), dtype, g)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q64, k64, v64))
+    o_ref = ref.latte_attention(qr, kr, vr, causal=False, cu_seqlens=cu_t)
+    want = torch.autograd.grad((o_ref * do64).sum(), [qr, kr, vr])
+    N = B if cu is None else len(cu) - 1
+    mem = Mem()
+    sz = mem.i64([B, T, H, L, L, Dv, N])
+    nbytes = torch.zeros(1, dtype=torch.int64)
+    args = [DT[dtype], _p(do), mem.i64(do.stride()), _p(q), mem.i64(q.stride()), _p(k), mem.i64(k.stride()), _p(v),
+            mem.i64(v.stride()), sz, _p(cu_t), sms]
+    assert lib.emu_latte_bidir_bwd(*args, None, None, None, None, ctypes.c_int64(0), _p(nbytes)) == 0
+    ws = mem.out(int(nbytes) // 4)
+    dq, dk, dv = mem.out(B, T, H, L, dtype=dtype), mem.out(B, T, H, L, dtype=dtype), mem.out(B, T, H, Dv, dtype=dtype)
+    rc = lib.emu_latte_bidir_bwd(*args, _p(dq), _p(dk), _p(dv), _p(ws), ctypes.c_int64(int(nbytes)), _p(nbytes))
+    assert rc == 0, emu_build.last_error(lib)
+    mem.check()
+    tol = TOL[dtype] if dtype == F32 else 6e-2
+    for name, a, b in zip(["dq", "dk", "dv"], [dq, dk, dv], want):
+        assert _rel(a, b) < tol, name

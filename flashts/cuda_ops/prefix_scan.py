@@ -7,7 +7,11 @@ v ``[T, Dv]`` and the state (m, α, S) per latent::
     y_t = Σ_l p_{t,l} num_{t,l} / den_{t,l}                      (Aaren: L = 1, a = scale·q·k, p = 1;
                                                                   Latte: a = k, p = softmax_l(q_t))
 
-Blocking (see the header of csrc/prefix_scan.cu): one thread block per (sequence, head) walks time in tiles of
+Forward (csrc/prefix_scan.cu "chunk-parallel forward", csrc/scan_chunk.cuh): chunks of 16 steps — chunk summaries
+in parallel, a light scan of the states, every chunk's outputs in parallel (tensor-core tile products for 16-bit
+inputs), or one block per (sequence, head, Dv tile) over its chunks when N·H fills the GPU (the occupancy rule);
+the binding allocates the chunk-state workspace. Backward blocking (see the header of csrc/prefix_scan.cu): one
+thread block per (sequence, head) walks time in tiles of
 up to 32 steps with the state in shared memory; inside a tile the per-latent maxima/normalisers are a
 sequential loop per latent, the (latent, value-column) recurrences run on (warp, lane) pairs and the sum over
 latents is a fixed-order reduction of per-warp partials (deterministic).

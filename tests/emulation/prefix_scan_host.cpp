@@ -29,7 +29,8 @@ std::vector<float> bwd_workspace(bool aaren, const int64_t* z, const int32_t* cu
     return std::vector<float>(static_cast<size_t>(n > 0 ? n : 1), std::numeric_limits<float>::quiet_NaN());
 }
 ScanOptions options(int mode, int sms) { return ScanOptions{sms, 0, static_cast<ScanMode>(mode)}; }
-// A workspace for the Auto plan (freed when the call returns).
+// A workspace for the Auto plan, NaN-poisoned (an element read before it is written spreads NaN into the
+// outputs); freed when the call returns.
 struct AutoWs {
     void* p = nullptr;
     int64_t bytes = 0;
@@ -37,7 +38,10 @@ struct AutoWs {
         ScanPlan plan{};
         if (scan_fwd_plan(aaren, sz, causal, options(0, 0), &plan) == cudaSuccess && plan.workspace_bytes > 0) {
             bytes = plan.workspace_bytes;
-            p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+            const size_t n = static_cast<size_t>((bytes + 63) / 64 * 16);
+            float* f = static_cast<float*>(aligned_alloc(64, n * sizeof(float)));
+            for (size_t i = 0; i < n; ++i) f[i] = __builtin_nanf("");
+            p = f;
         }
     }
     ~AutoWs() { free(p); }
@@ -89,6 +93,19 @@ EMU_API int emu_latte_fwd_ex(int dtype, const void* q, const int64_t* sq, const 
                      S0, o, mT, aT, ST, options(mode, sms), ws, ws_bytes, nullptr);
 }
 
+// Latte bidirectional backward, chunk-parallel; out_bytes: the workspace size (call with ws == nullptr to get it).
+EMU_API int emu_latte_bidir_bwd(int dtype, const void* dout, const int64_t* sd, const void* q, const int64_t* sq,
+                                const void* k, const int64_t* sk, const void* v, const int64_t* sv, const int64_t* sz,
+                                const int32_t* cu, int sms, void* dq, void* dk, void* dv, void* ws, int64_t ws_bytes,
+                                int64_t* out_bytes) {
+    ScanPlan plan{};
+    const cudaError_t err = latte_bidir_bwd_plan(sizes(sz, cu), options(2, sms), &plan);
+    *out_bytes = plan.workspace_bytes;
+    if (err != cudaSuccess || ws == nullptr) return err;
+    return latte_bidir_bwd(static_cast<DType>(dtype), st(dout, sd), st(q, sq), st(k, sk), st(v, sv), sizes(sz, cu),
+                           options(2, sms), dq, dk, dv, ws, ws_bytes, nullptr);
+}
+
 EMU_API int emu_aaren_bwd(int dtype, const void* dout, const int64_t* sd, const void* q, const int64_t* sq,
                           const void* k, const int64_t* sk, const void* v, const int64_t* sv, const int64_t* sz,
                           const int32_t* cu, float scale, const float* m0, const float* u0, const float* w0,
@@ -123,4 +140,12 @@ EMU_API int emu_scan_bwd_chunked(int aaren, const int64_t* sz, const int32_t* cu
     if (aaren) s.L = 1;
     BwdPlan plan{};
     return plan_backward(aaren != 0, s, &plan) == cudaSuccess && plan.chunked ? 1 : 0;
+}
+
+// 1 when latte_bwd with causal = false runs the chunk-parallel bidirectional backward at these sizes.
+EMU_API int emu_latte_bidir_bwd_chunked(const int64_t* sz, const int32_t* cu) {
+    ScanSizes s = sizes(sz, cu);
+    s.D = s.L;
+    ScanPlan plan{};
+    return plan_bidir_backward(s, ScanOptions{0, 0, ScanMode::Auto}, &plan) == cudaSuccess ? 1 : 0;
 }
