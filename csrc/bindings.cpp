@@ -72,16 +72,30 @@ flashts::autocorr::DType ac_dtype(const torch::Tensor& t, const char* fn) {
 const float2* c2(const torch::Tensor& t) { return reinterpret_cast<const float2*>(t.data_ptr()); }
 float2* c2_mut(torch::Tensor& t) { return reinterpret_cast<float2*>(t.data_ptr()); }
 
-// cross[b, f] = mean_{h,e} qf · conj(kf); qf, kf contiguous complex64 [B, F, H, E]; cross complex64 [B, F].
-void autocorr_spectrum_mean(torch::Tensor qf, torch::Tensor kf, torch::Tensor cross) {
-    const char* fn = "autocorr_spectrum_mean";
-    TORCH_CHECK(qf.dim() == 4, fn, ": qf must be [B, F, H, E]");
-    check_out(qf, fn, "qf", qf, at::kComplexFloat, qf.sizes());
-    check_out(kf, fn, "kf", qf, at::kComplexFloat, qf.sizes());
+// A [B, F, Cb] complex64 spectrum (any strides, in complex elements) as the launchers take it.
+flashts::autocorr::Spectrum ac_spectrum(torch::Tensor& t) {
+    return {reinterpret_cast<float2*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+void check_spectra(const torch::Tensor& qf, const torch::Tensor& kf, const char* fn) {
+    TORCH_CHECK(qf.dim() == 3, fn, ": qf must be [B, F, C]");
+    check_cuda(qf, fn, "qf", qf);
+    check_cuda(kf, fn, "kf", qf);
+    TORCH_CHECK(qf.scalar_type() == at::kComplexFloat && kf.scalar_type() == at::kComplexFloat, fn,
+                ": qf and kf must be complex64");
+    TORCH_CHECK(kf.sizes() == qf.sizes(), fn, ": kf must have the shape of qf ", qf.sizes(), ", got ", kf.sizes());
+}
+
+// cross[b, f] (+)= inv_c · Σ_c qf · conj(kf) over one block of channels; qf, kf complex64 [B, F, Cb] (any
+// strides); cross contiguous complex64 [B, F]; `accumulate` adds to cross instead of overwriting it.
+void autocorr_cross_spectrum(torch::Tensor qf, torch::Tensor kf, torch::Tensor cross, double inv_c, bool accumulate) {
+    const char* fn = "autocorr_cross_spectrum";
+    check_spectra(qf, kf, fn);
     check_out(cross, fn, "cross", qf, at::kComplexFloat, {qf.size(0), qf.size(1)});
     const at::cuda::OptionalCUDAGuard guard(qf.device());
-    check_err(flashts::autocorr::spectrum_mean(c2(qf), c2(kf), c2_mut(cross), qf.size(0), qf.size(1),
-                                                qf.size(2) * qf.size(3), at::cuda::getCurrentCUDAStream()),
+    check_err(flashts::autocorr::cross_spectrum(ac_spectrum(qf), ac_spectrum(kf), c2_mut(cross), qf.size(0),
+                                                qf.size(1), qf.size(2), static_cast<float>(inv_c), accumulate,
+                                                at::cuda::getCurrentCUDAStream()),
               fn);
 }
 
@@ -122,29 +136,56 @@ void autocorr_delay_dots(torch::Tensor g, torch::Tensor x, torch::Tensor delays,
     check_out(delays, fn, "delays", g, at::kLong, {B, K});
     check_out(dw, fn, "dw", g, at::kFloat, {B, K});
     const at::cuda::OptionalCUDAGuard guard(g.device());
-    auto partials = torch::empty({flashts::autocorr::partials_size(B, K, L, H, D)}, g.options().dtype(at::kFloat));
+    auto partials = torch::empty({flashts::autocorr::partials_size(B, K, L)}, g.options().dtype(at::kFloat));
     check_err(flashts::autocorr::delay_dots(ac_dtype(g, fn), g.data_ptr(), g.stride(0), g.stride(1), g.stride(2),
                                             g.stride(3), x.data_ptr(), x.stride(0), x.stride(1), x.stride(2),
                                             x.stride(3), x.size(1), B, L, H, D, delays.data_ptr<int64_t>(), K,
                                             partials.data_ptr<float>(), dw.data_ptr<float>(),
+                                            at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                                             at::cuda::getCurrentCUDAStream()),
               fn);
 }
 
-// dqf = kf · scale·drf, dkf = qf · conj(scale·drf); qf, kf, dqf, dkf contiguous complex64 [B, F, H, E].
-void autocorr_spectrum_grad(torch::Tensor qf, torch::Tensor kf, torch::Tensor drf, double scale, torch::Tensor dqf,
-                            torch::Tensor dkf) {
+// The backward's delay gradient, fused: dw[b, i] = <g, x shifted by τ_i> (+ dweights), and the softmax backward
+// scattered to the selected delays: dr[b, τ_i] = w_i (dw_i − Σ_j w_j dw_j), 0 elsewhere. weights, dweights
+// (optional), dw: float [B, K]; dr: float [B, L] (L = g's time length); all contiguous.
+void autocorr_delay_grad(torch::Tensor g, torch::Tensor x, torch::Tensor delays, torch::Tensor weights,
+                         OptTensor dweights, torch::Tensor dw, torch::Tensor dr) {
+    const char* fn = "autocorr_delay_grad";
+    TORCH_CHECK(g.dim() == 4 && x.dim() == 4, fn, ": g and x must be [B, T, H, D]");
+    check_cuda(g, fn, "g", g);
+    check_cuda(x, fn, "x", g);
+    TORCH_CHECK(x.scalar_type() == g.scalar_type(), fn, ": g and x must share a dtype");
+    const int64_t B = g.size(0), L = g.size(1), H = g.size(2), D = g.size(3);
+    TORCH_CHECK(x.size(0) == B && x.size(2) == H && x.size(3) == D, fn, ": x must be [B, T_x, H, D] like g");
+    TORCH_CHECK(delays.dim() == 2 && delays.size(0) == B, fn, ": delays must be [B, K]");
+    const int64_t K = delays.size(1);
+    check_out(delays, fn, "delays", g, at::kLong, {B, K});
+    check_out(weights, fn, "weights", g, at::kFloat, {B, K});
+    check_state(dweights, fn, "dweights", g, {B, K});
+    check_out(dw, fn, "dw", g, at::kFloat, {B, K});
+    check_out(dr, fn, "dr", g, at::kFloat, {B, L});
+    const at::cuda::OptionalCUDAGuard guard(g.device());
+    auto partials = torch::empty({flashts::autocorr::partials_size(B, K, L)}, g.options().dtype(at::kFloat));
+    check_err(flashts::autocorr::delay_grad(ac_dtype(g, fn), g.data_ptr(), g.stride(0), g.stride(1), g.stride(2),
+                                            g.stride(3), x.data_ptr(), x.stride(0), x.stride(1), x.stride(2),
+                                            x.stride(3), x.size(1), B, L, H, D, delays.data_ptr<int64_t>(),
+                                            weights.data_ptr<float>(), opt_ptr(dweights), K,
+                                            partials.data_ptr<float>(), dw.data_ptr<float>(), dr.data_ptr<float>(),
+                                            at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                            at::cuda::getCurrentCUDAStream()),
+              fn);
+}
+
+// In place, one block of channels: kf ← kf · scale·drf (spectrum of dq), qf ← qf · conj(scale·drf) (spectrum of
+// dk); qf, kf complex64 [B, F, Cb] (any strides); drf contiguous complex64 [B, F].
+void autocorr_spectrum_grad(torch::Tensor qf, torch::Tensor kf, torch::Tensor drf, double scale) {
     const char* fn = "autocorr_spectrum_grad";
-    TORCH_CHECK(qf.dim() == 4, fn, ": qf must be [B, F, H, E]");
-    check_out(qf, fn, "qf", qf, at::kComplexFloat, qf.sizes());
-    check_out(kf, fn, "kf", qf, at::kComplexFloat, qf.sizes());
+    check_spectra(qf, kf, fn);
     check_out(drf, fn, "drf", qf, at::kComplexFloat, {qf.size(0), qf.size(1)});
-    check_out(dqf, fn, "dqf", qf, at::kComplexFloat, qf.sizes());
-    check_out(dkf, fn, "dkf", qf, at::kComplexFloat, qf.sizes());
     const at::cuda::OptionalCUDAGuard guard(qf.device());
-    check_err(flashts::autocorr::spectrum_grad(c2(qf), c2(kf), c2(drf), static_cast<float>(scale), c2_mut(dqf),
-                                                c2_mut(dkf), qf.size(0), qf.size(1), qf.size(2) * qf.size(3),
-                                                at::cuda::getCurrentCUDAStream()),
+    check_err(flashts::autocorr::spectrum_grad(ac_spectrum(qf), ac_spectrum(kf), c2(drf), static_cast<float>(scale),
+                                               qf.size(0), qf.size(1), qf.size(2), at::cuda::getCurrentCUDAStream()),
               fn);
 }
 
@@ -360,14 +401,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     register_linear_attention(m);
     register_sliding_window(m);
     // auto-correlation (SPEC §3)
-    m.def("autocorr_spectrum_mean", &autocorr_spectrum_mean, "cross[b,f] = mean_c qf conj(kf)", py::arg("qf"),
-          py::arg("kf"), py::arg("cross"));
+    m.def("autocorr_cross_spectrum", &autocorr_cross_spectrum, "cross[b,f] (+)= inv_c sum_c qf conj(kf)",
+          py::arg("qf"), py::arg("kf"), py::arg("cross"), py::arg("inv_c"), py::arg("accumulate"));
     m.def("autocorr_aggregate", &autocorr_aggregate, "time-delay aggregation (sign=+1) or its transpose (-1)",
           py::arg("x"), py::arg("delays"), py::arg("weights"), py::arg("sign"), py::arg("L"), py::arg("out"));
     m.def("autocorr_delay_dots", &autocorr_delay_dots, "dw[b,i] = <g, x shifted by delay i> (deterministic)",
           py::arg("g"), py::arg("x"), py::arg("delays"), py::arg("dw"));
-    m.def("autocorr_spectrum_grad", &autocorr_spectrum_grad, "dqf = kf*s*drf, dkf = qf*conj(s*drf)", py::arg("qf"),
-          py::arg("kf"), py::arg("drf"), py::arg("scale"), py::arg("dqf"), py::arg("dkf"));
+    m.def("autocorr_delay_grad", &autocorr_delay_grad, "dw and the softmax backward scattered to the delays (dr)",
+          py::arg("g"), py::arg("x"), py::arg("delays"), py::arg("weights"), py::arg("dweights"), py::arg("dw"),
+          py::arg("dr"));
+    m.def("autocorr_spectrum_grad", &autocorr_spectrum_grad, "in place: kf *= s*drf, qf *= conj(s*drf)",
+          py::arg("qf"), py::arg("kf"), py::arg("drf"), py::arg("scale"));
     // Aaren (SPEC §4) and Latte (SPEC §5)
     m.def("aaren_fwd", &aaren_fwd, "Aaren forward", py::arg("q"), py::arg("k"), py::arg("v"), py::arg("m0"),
           py::arg("u0"), py::arg("w0"), py::arg("cu_seqlens"), py::arg("scale"), py::arg("o"), py::arg("mT"),

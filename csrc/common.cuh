@@ -564,14 +564,23 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float c[4], const float a[4], c
 
 // Which implementation block_gemm uses: plain FMA, wmma (m16n16k16 / TF32 m16n16k8), or mma.sync m16n8k8 TF32
 // (float tiles only; M a multiple of 16, N and K multiples of 8; each warp owns whole 16×8 tiles of C).
-enum GemmImpl : int { kGemmFma = 0, kGemmWmma = 1, kGemmMma = 2 };
+// kGemmMma3xTf32: the same mma.sync product on float tiles with every operand split as x = hi + lo (hi = TF32(x),
+// lo = TF32(x − hi)) and c += lo_a·hi_b + hi_a·lo_b + hi_a·hi_b (three HMMA per k-step, the lo·lo term dropped):
+// ~2⁻²¹ relative error per product, near float32 — what Triton calls input_precision="tf32x3".
+enum GemmImpl : int { kGemmFma = 0, kGemmWmma = 1, kGemmMma = 2, kGemmMma3xTf32 = 3 };
+
+// x = hi + lo with hi, lo exactly representable in TF32 (hi has the low 13 mantissa bits cleared).
+__device__ __forceinline__ void split_tf32(float x, float& hi, float& lo) {
+    hi = __uint_as_float(tf32_bits(x) & 0xffffe000u);
+    lo = x - hi;
+}
 
 // kImpl: a GemmImpl (callers may pass a bool: true = wmma, false = FMA); see the file comment for the rules.
 template <int kImpl, int LA, int LB, typename T>
 __device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
                                            int K, bool accumulate) {
 #if FLASHTS_MMAU_TENSOR_CORES
-    if constexpr (kImpl == kGemmMma && std::is_same<T, float>::value) {
+    if constexpr ((kImpl == kGemmMma || kImpl == kGemmMma3xTf32) && std::is_same<T, float>::value) {
 #if defined(__CUDA_ARCH__) || defined(FLASHTS_HOST_EMU)
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
         const int tiles_n = N / 8, tiles = (M / 16) * tiles_n;
@@ -583,6 +592,15 @@ __device__ __forceinline__ void block_gemm(float* C, int ldc, const T* A, int ld
                 float a[4], b[2];
                 mma_gather_a<LA>(a, A, lda, m0, k0, lane);
                 mma_gather_b<LB>(b, B, ldb, k0, n0, lane);
+                if constexpr (kImpl == kGemmMma3xTf32) {
+                    float a_lo[4], b_lo[2];
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) split_tf32(a[i], a[i], a_lo[i]);
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) split_tf32(b[i], b[i], b_lo[i]);
+                    mma_tf32_m16n8k8(c, a_lo, b);  // small terms first
+                    mma_tf32_m16n8k8(c, a, b_lo);
+                }
                 mma_tf32_m16n8k8(c, a, b);
             }
             mma_scatter_c(c, C, ldc, m0, n0, lane);

@@ -47,6 +47,7 @@
 //
 // Every index is int64; every global access is bounds-checked against the sequence and D / Dv. The
 // products and reductions have a fixed order, so results are deterministic.
+#include <cstdlib>
 #include <type_traits>
 
 #include "linear_attention.h"
@@ -61,11 +62,12 @@ using mmau::block_gemm;
 using mmau::kCol;
 using mmau::kRow;
 
-// The chunk products' implementation (common.cuh block_gemm): float32 inputs FMA; float16 / bfloat16 inputs
-// mma.sync m16n8k8 TF32 on the float32 tiles (was wmma m16n16k8 TF32 until 2026-12-03, same precision; set
-// mmau::kGemmWmma here to go back).
+// The chunk products' implementation (common.cuh block_gemm), all on mma.sync m16n8k8 TF32 over the float32
+// tiles: float16 / bfloat16 inputs one TF32 product (10 mantissa bits ≥ the inputs'; was wmma m16n16k8 TF32
+// until 2026-12-03, same precision); float32 inputs three (3xTF32: operands split hi + lo, ~2⁻²¹ relative error,
+// as the Triton kernels' input_precision="tf32x3"; exact FMA until 2026-12-03 — set mmau::kGemmFma here for it).
 template <typename Tin>
-constexpr int kGemmFor = std::is_same<Tin, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
+constexpr int kGemmFor = std::is_same<Tin, float>::value ? mmau::kGemmMma3xTf32 : mmau::kGemmMma;
 
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kPad = ld_pad<float>();
@@ -106,15 +108,21 @@ struct Params {
     // chunk cotangent summaries Q̃ᵀ dO', Q̃ᵀ dden into ws2 instead of K̃ᵀ V, colsum K̃ into ws.
     int par, dstate;
     float* ws2;
+    // the sequential kernels' cp.async pipeline (see "cp.async pipeline" below): 1 = the staging tiles are carved
+    // and every input whose rows allow 16-byte copies (View::vec) is staged one chunk ahead
+    int pipe;
 };
 
-// Shared-memory tiles of one kernel kind (float32, row-major, leading dims ldD / ldV / ldC).
+// Shared-memory tiles of one kernel kind (float32, row-major, leading dims ldD / ldV / ldC), and with stage_elem
+// = sizeof(Tin) > 0 the cp.async staging tiles of the sequential kernels (raw input rows of the NEXT chunk,
+// [C][Dp] for q, k and [C][Dvp] for v, do, row stride Dp / Dvp elements: a multiple of 32 bytes).
 struct Tiles {
     float *Q, *K, *V, *dO, *A, *M, *X1, *X2, *S, *z, *v1, *v2;
+    unsigned char *sQ, *sK, *sV, *sdO;  // staging (nullptr without)
     int64_t bytes;
 };
 
-__host__ __device__ inline Tiles carve(int kind, int C, int Dp, int Dvp, unsigned char* base) {
+__host__ __device__ inline Tiles carve(int kind, int C, int Dp, int Dvp, unsigned char* base, int stage_elem = 0) {
     const int ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
     SmemCarver sc(base);
     Tiles t;
@@ -130,6 +138,11 @@ __host__ __device__ inline Tiles carve(int kind, int C, int Dp, int Dvp, unsigne
     t.z = sc.take<float>(Dp);                                             // z / dz
     t.v1 = sc.take<float>(C);                                             // den (fwd) / inv (bwd_dq)
     t.v2 = sc.take<float>(C);                                             // dden (bwd)
+    const int64_t sD = int64_t(C) * Dp * stage_elem, sV = int64_t(C) * Dvp * stage_elem;
+    t.sQ = stage_elem > 0 ? sc.take<unsigned char>(sD) : nullptr;
+    t.sK = stage_elem > 0 ? sc.take<unsigned char>(sD) : nullptr;
+    t.sV = stage_elem > 0 ? sc.take<unsigned char>(sV) : nullptr;
+    t.sdO = stage_elem > 0 && kind != kFwd ? sc.take<unsigned char>(sV) : nullptr;
     t.bytes = sc.offset;
     return t;
 }
@@ -175,6 +188,19 @@ __device__ __forceinline__ float dphi(float x, int fmap) {
     return 1.f;
 }
 
+// One 16-byte group (16 / sizeof(Tin) elements of row r from column c0) into the float32 tile: f(x, r) of each
+// element when the group lies inside the data (inside), zeros otherwise.
+template <typename Tin, typename F>
+__device__ __forceinline__ void put_group(float* dst, int ld, int r, int c0, const uint4& raw, bool inside, F f) {
+    constexpr int kVE = 16 / static_cast<int>(sizeof(Tin));
+    float vals[kVE];
+    const Tin* e = reinterpret_cast<const Tin*>(&raw);
+#pragma unroll
+    for (int j = 0; j < kVE; ++j) vals[j] = inside ? f(to_float(e[j]), r) : 0.f;
+#pragma unroll
+    for (int j = 0; j < kVE; ++j) dst[r * ld + c0 + j] = vals[j];
+}
+
 // dst[r][c] = f(src[b, t_first + r, h, c], r) for r < len, c < X; 0 elsewhere in [rows][cols].
 // With src.vec (checked on the host) each thread moves 16 bytes (16 / sizeof(Tin) elements of one row) per
 // step: one LDG.E.128; cols must then be a multiple of 16 / sizeof(Tin) (the padded dims are multiples of 16).
@@ -186,19 +212,11 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, int rows, int cols
         const int groups = cols / kVE;
         for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
             const int r = idx / groups, c0 = (idx - (idx / groups) * groups) * kVE;
-            float vals[kVE];
-            if (r < len && c0 < X) {  // X is a multiple of kVE: the whole group is inside the row
-                const uint4 raw = *reinterpret_cast<const uint4*>(src.p + b * src.sb + (t_first + r) * src.st +
-                                                                  h * src.sh + c0);
-                const Tin* e = reinterpret_cast<const Tin*>(&raw);
-#pragma unroll
-                for (int j = 0; j < kVE; ++j) vals[j] = f(to_float(e[j]), r);
-            } else {
-#pragma unroll
-                for (int j = 0; j < kVE; ++j) vals[j] = 0.f;
-            }
-#pragma unroll
-            for (int j = 0; j < kVE; ++j) dst[r * ld + c0 + j] = vals[j];
+            const bool inside = r < len && c0 < X;  // X is a multiple of kVE: the whole group is inside the row
+            uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+            if (inside)
+                raw = *reinterpret_cast<const uint4*>(src.p + b * src.sb + (t_first + r) * src.st + h * src.sh + c0);
+            put_group<Tin>(dst, ld, r, c0, raw, inside, f);
         }
         return;
     }
@@ -207,6 +225,64 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, int rows, int cols
         float val = 0.f;
         if (r < len && c < X) val = f(src.get(b, t_first + r, h, c), r);
         dst[r * ld + c] = val;
+    }
+}
+
+// ---------------------------------------------------------------------------------------- cp.async pipeline
+// The sequential kernels (fwd_kernel; bwd_dq_kernel / bwd_dkv_kernel when not p.par) walk their chunks one after
+// the other; with p.pipe the raw input rows of the NEXT chunk are copied into staging tiles (carve: sQ, sK, sV,
+// sdO, [C][cols] of Tin) by 16-byte cp.async (LDGSTS; predicated: a group past the sequence end or past X is
+// zero-filled without reading) while the current chunk is computed:
+//     stage(first chunk)
+//     per chunk (of either sweep): cp_async_wait<0>; land every tile (staging -> float32 tile, φ / scale
+//               applied; zeros outside); __syncthreads; stage(next chunk); compute on the float32 tiles; __syncthreads
+// The float32 tiles and the staging tiles are the two buffers (the staging is free again once every thread has
+// landed it: the barrier before the next stage()). stage_tile and land_tile walk the 16-byte groups with the
+// SAME thread mapping, so each thread converts only the groups it copied itself: cp_async_wait<0> (its own
+// copies) suffices before land_tile, no barrier. An input whose rows do not allow 16-byte copies (View::vec = 0:
+// strided rows, X not a multiple of 16 / sizeof(Tin), unaligned) is not staged: land_tile loads it from global
+// memory (load_tile, scalar path) at the top of the chunk; without p.pipe every tile is loaded so (the
+// pre-pipeline code path). Staging costs shared memory (seq_config decides; budget per kernel there). The
+// single-chunk kernels (chunk_state_kernel,
+// chunk_out_kernel, the p.par backward) load one set of tiles and then compute: a copy could overlap nothing,
+// so they keep load_tile's 16-byte loads (LDG.E.128).
+
+// Issues the cp.async copies of rows [t_first, t_first + len) of src (head h, columns [0, X)) into the staging
+// tile st [rows][cols] (nothing when st is nullptr or src does not allow 16-byte copies). Caller commits.
+template <typename Tin>
+__device__ __forceinline__ void stage_tile(unsigned char* st_raw, int rows, int cols, const View<Tin>& src,
+                                           int64_t b, int64_t t_first, int64_t h, int len, int64_t X) {
+    if (st_raw == nullptr || !src.vec) return;
+    constexpr int kVE = 16 / static_cast<int>(sizeof(Tin));
+    Tin* st = reinterpret_cast<Tin*>(st_raw);
+    const int groups = cols / kVE;
+#pragma unroll 1
+    for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
+        const int r = idx / groups, c0 = (idx - (idx / groups) * groups) * kVE;
+        const bool inside = r < len && c0 < X;
+        const Tin* gp = inside ? src.p + b * src.sb + (t_first + r) * src.st + h * src.sh + c0 : src.p;
+        cp_async_16(st + r * cols + c0, gp, inside);
+    }
+}
+
+// The float32 tile of the step from its staging tile (after cp_async_wait; same arguments as the stage_tile
+// call that filled it), or, for an input that is not staged, load_tile from global memory.
+template <typename Tin, typename F>
+__device__ __forceinline__ void land_tile(float* dst, int ld, int rows, int cols, const unsigned char* st_raw,
+                                          const View<Tin>& src, int64_t b, int64_t t_first, int64_t h, int len,
+                                          int64_t X, F f) {
+    if (st_raw == nullptr || !src.vec) {
+        load_tile(dst, ld, rows, cols, src, b, t_first, h, len, X, f);
+        return;
+    }
+    constexpr int kVE = 16 / static_cast<int>(sizeof(Tin));
+    const Tin* st = reinterpret_cast<const Tin*>(st_raw);
+    const int groups = cols / kVE;
+#pragma unroll 1
+    for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {  // stage_tile's mapping
+        const int r = idx / groups, c0 = (idx - (idx / groups) * groups) * kVE;
+        const uint4 raw = *reinterpret_cast<const uint4*>(st + r * cols + c0);
+        put_group<Tin>(dst, ld, r, c0, raw, r < len && c0 < X, f);
     }
 }
 
@@ -252,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
     constexpr int kTC = kGemmFor<Tin>;
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
-    const Tiles sm = carve(kFwd, C, Dp, Dvp, smem_raw);
+    const Tiles sm = carve(kFwd, C, Dp, Dvp, smem_raw, p.pipe ? int(sizeof(Tin)) : 0);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *As = sm.A, *Num = sm.X2, *Ss = sm.S, *zs = sm.z, *dens = sm.v1;
     const RowInfo ri = row_info(p);
     const int64_t state_row = ri.n * p.H + ri.h;
@@ -265,26 +341,44 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(Params<Tin> p) {
     init_state(Ss, ldV, zs, p.S0, p.z0, state_row, p.D, p.Dv, Dp, Dvp);
     __syncthreads();
     const int64_t n_chunks = cdiv64(ri.len, C);
-    if (!p.causal) {  // sweep 1: the whole-sequence state
-        for (int64_t c = 0; c < n_chunks; ++c) {
-            const int64_t t_first = ri.t0 + c * C;
-            const int len = chunk_len(ri.len, c, C);
-            load_tile(Ks, ldD, C, Dp, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
-            load_tile(Vs, ldV, C, Dvp, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
-            __syncthreads();
-            add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
-            __syncthreads();
+    const bool pipe = p.pipe != 0;
+    // The cp.async pipeline (above): stage(sweep1, c) copies the inputs of chunk c of the non-causal sweep 1
+    // (K, V) or of the main loop (Q; and K, V when causal).
+    const int64_t n1 = p.causal ? 0 : n_chunks;  // chunks of sweep 1
+    auto stage = [&](bool sweep1, int64_t c) {
+        if (!pipe) return;
+        const int64_t t_first = ri.t0 + c * C;
+        const int len = chunk_len(ri.len, c, C);
+        if (!sweep1) stage_tile(sm.sQ, C, Dp, p.q, ri.b, t_first, ri.h, len, p.D);
+        if (sweep1 || p.causal) {
+            stage_tile(sm.sK, C, Dp, p.k, ri.b, t_first, ri.hk, len, p.D);
+            stage_tile(sm.sV, C, Dvp, p.v, ri.b, t_first, ri.hk, len, p.Dv);
         }
+        cp_async_commit();
+    };
+    if (n_chunks > 0) stage(n1 > 0, 0);
+    for (int64_t c = 0; c < n1; ++c) {  // non-causal sweep 1: the whole-sequence state
+        const int64_t t_first = ri.t0 + c * C;
+        const int len = chunk_len(ri.len, c, C);
+        if (pipe) cp_async_wait<0>();
+        land_tile(Ks, ldD, C, Dp, sm.sK, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
+        land_tile(Vs, ldV, C, Dvp, sm.sV, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
+        __syncthreads();
+        stage(c + 1 < n1, c + 1 < n1 ? c + 1 : 0);
+        add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
+        __syncthreads();
     }
     for (int64_t c = 0; c < n_chunks; ++c) {
         const int64_t t_first = ri.t0 + c * C;
         const int len = chunk_len(ri.len, c, C);
-        load_tile(Qs, ldD, C, Dp, p.q, ri.b, t_first, ri.h, len, p.D, fq);
+        if (pipe) cp_async_wait<0>();
+        land_tile(Qs, ldD, C, Dp, sm.sQ, p.q, ri.b, t_first, ri.h, len, p.D, fq);
         if (p.causal) {
-            load_tile(Ks, ldD, C, Dp, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
-            load_tile(Vs, ldV, C, Dvp, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
+            land_tile(Ks, ldD, C, Dp, sm.sK, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
+            land_tile(Vs, ldV, C, Dvp, sm.sV, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
         }
         __syncthreads();
+        if (c + 1 < n_chunks) stage(false, c + 1);
         if (p.causal) block_gemm<kTC, kRow, kCol>(As, ldC, Qs, ldD, Ks, ldD, C, C, Dp, false);  // Q̃ K̃ᵀ
         block_gemm<kTC, kRow, kRow>(Num, ldV, Qs, ldD, Ss, ldV, C, Dvp, Dp, false);            // Q̃ S
         __syncthreads();
@@ -642,13 +736,15 @@ __device__ __forceinline__ void init_state_ws(float* S, int ldV, float* z, const
 
 // ============================================================================================== backward
 
-// Forward-order sweep: den, inv, dden (-> workspace) and dq.
+// Forward-order sweep: den, inv, dden (-> workspace) and dq. (min 1 block per SM: with the cp.async pipeline
+// ptxas spilled 8-64 bytes at its default cap of 128 registers; it takes 180-208 now. Shared memory allows one
+// block per SM anyway at D >= 64 — 140 KB and more, the chunk-parallel backward included.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(Params<Tin> p) {
     constexpr int kTC = kGemmFor<Tin>;
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
-    const Tiles sm = carve(kBwdDq, C, Dp, Dvp, smem_raw);
+    const Tiles sm = carve(kBwdDq, C, Dp, Dvp, smem_raw, p.pipe ? int(sizeof(Tin)) : 0);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *dOs = sm.dO, *As = sm.A, *Ms = sm.M, *G = sm.X1, *Ss = sm.S,
           *zs = sm.z, *invs = sm.v1, *ddens = sm.v2;
     RowInfo ri;
@@ -670,27 +766,48 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
     __syncthreads();
     const int64_t n_chunks = cdiv64(ri.len, C);
     const int64_t c_lo = p.par ? c_par : 0, c_hi = p.par ? c_par + 1 : n_chunks;
-    if (!p.causal && !p.par) {
-        for (int64_t c = 0; c < n_chunks; ++c) {
-            const int64_t t_first = ri.t0 + c * C;
-            const int len = chunk_len(ri.len, c, C);
-            load_tile(Ks, ldD, C, Dp, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
-            load_tile(Vs, ldV, C, Dvp, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
-            __syncthreads();
-            add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
-            __syncthreads();
+    const bool pipe = p.pipe != 0;  // never with p.par (one chunk: nothing to overlap)
+    // The cp.async pipeline: stage(sweep1, c) copies the inputs of chunk c of the non-causal sweep 1 (K, V) or
+    // of the main loop (Q, dO; and K, V when causal).
+    const int64_t n1 = (!p.causal && !p.par) ? n_chunks : 0;  // chunks of sweep 1
+    auto stage = [&](bool sweep1, int64_t c) {
+        if (!pipe) return;
+        const int64_t t_first = ri.t0 + c * C;
+        const int len = chunk_len(ri.len, c, C);
+        if (!sweep1) {
+            stage_tile(sm.sQ, C, Dp, p.q, ri.b, t_first, ri.h, len, p.D);
+            stage_tile(sm.sdO, C, Dvp, p.dout, ri.b, t_first, ri.h, len, p.Dv);
         }
+        if (sweep1 || p.causal) {
+            stage_tile(sm.sK, C, Dp, p.k, ri.b, t_first, ri.hk, len, p.D);
+            stage_tile(sm.sV, C, Dvp, p.v, ri.b, t_first, ri.hk, len, p.Dv);
+        }
+        cp_async_commit();
+    };
+    if (c_lo < c_hi) stage(n1 > 0, n1 > 0 ? 0 : c_lo);
+    for (int64_t c = 0; c < n1; ++c) {  // non-causal sweep 1: the whole-sequence state (then c_lo = 0)
+        const int64_t t_first = ri.t0 + c * C;
+        const int len = chunk_len(ri.len, c, C);
+        if (pipe) cp_async_wait<0>();
+        land_tile(Ks, ldD, C, Dp, sm.sK, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
+        land_tile(Vs, ldV, C, Dvp, sm.sV, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
+        __syncthreads();
+        stage(c + 1 < n1, c + 1 < n1 ? c + 1 : 0);
+        add_outer<kTC>(Ss, ldV, zs, Ks, ldD, Vs, nullptr, C, Dp, Dvp);
+        __syncthreads();
     }
     for (int64_t c = c_lo; c < c_hi; ++c) {
         const int64_t t_first = ri.t0 + c * C;
         const int len = chunk_len(ri.len, c, C);
-        load_tile(Qs, ldD, C, Dp, p.q, ri.b, t_first, ri.h, len, p.D, fq);
-        load_tile(dOs, ldV, C, Dvp, p.dout, ri.b, t_first, ri.h, len, p.Dv, raw);
+        if (pipe) cp_async_wait<0>();
+        land_tile(Qs, ldD, C, Dp, sm.sQ, p.q, ri.b, t_first, ri.h, len, p.D, fq);
+        land_tile(dOs, ldV, C, Dvp, sm.sdO, p.dout, ri.b, t_first, ri.h, len, p.Dv, raw);
         if (p.causal) {
-            load_tile(Ks, ldD, C, Dp, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
-            load_tile(Vs, ldV, C, Dvp, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
+            land_tile(Ks, ldD, C, Dp, sm.sK, p.k, ri.b, t_first, ri.hk, len, p.D, fk);
+            land_tile(Vs, ldV, C, Dvp, sm.sV, p.v, ri.b, t_first, ri.hk, len, p.Dv, raw);
         }
         __syncthreads();
+        if (c + 1 < c_hi) stage(false, c + 1);
         if (p.causal) {
             if (p.normalize) block_gemm<kTC, kRow, kCol>(As, ldC, Qs, ldD, Ks, ldD, C, C, Dp, false);  // Q̃ K̃ᵀ
             block_gemm<kTC, kRow, kCol>(Ms, ldC, dOs, ldV, Vs, ldV, C, C, Dvp, false);                 // dO Vᵀ
@@ -753,13 +870,14 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(Params<Tin> p) {
     }
 }
 
-// Reverse-order sweep: dk, dv (per query head, float32) and the initial-state cotangents.
+// Reverse-order sweep: dk, dv (per query head, float32) and the initial-state cotangents. (2 blocks per SM: the
+// 128-register cap; without the hint ptxas capped the float32 instance at 80 registers and spilled.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
+__global__ void __launch_bounds__(kThreads, 2) bwd_dkv_kernel(Params<Tin> p) {
     constexpr int kTC = kGemmFor<Tin>;
     FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int C = p.C, Dp = p.Dp, Dvp = p.Dvp, ldD = Dp + kPad, ldV = Dvp + kPad, ldC = C + kPad;
-    const Tiles sm = carve(kBwdDkv, C, Dp, Dvp, smem_raw);
+    const Tiles sm = carve(kBwdDkv, C, Dp, Dvp, smem_raw, p.pipe ? int(sizeof(Tin)) : 0);
     float *Qs = sm.Q, *Ks = sm.K, *Vs = sm.V, *dOs = sm.dO, *As = sm.A, *Ms = sm.M, *dK = sm.X1, *dV = sm.X2,
           *dS = sm.S, *dz = sm.z, *ddens = sm.v2;
     RowInfo ri;
@@ -784,34 +902,56 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(Params<Tin> p) {
     __syncthreads();
     const int64_t n_chunks = cdiv64(ri.len, C);
     const int64_t c_lo = p.par ? c_par : 0, c_hi = p.par ? c_par + 1 : n_chunks;
-    // dO'_t = inv_t·do_t (rows of the chunk starting at t_first); dden_t into ddens
+    // dO'_t = inv_t·do_t (rows of the chunk starting at t_first; from the staging tile when staged); dden_t into
+    // ddens
     auto load_dout = [&](int64_t t_first, int len) {
         auto f = [=](float x, int t) { return normalize ? x * ws_inv[(b * T + t_first + t) * H + h] : x; };
-        load_tile(dOs, ldV, C, Dvp, p.dout, b, t_first, h, len, p.Dv, f);
+        land_tile(dOs, ldV, C, Dvp, sm.sdO, p.dout, b, t_first, h, len, p.Dv, f);
         for (int t = threadIdx.x; t < C; t += blockDim.x)
             ddens[t] = (normalize && t < len) ? p.ws_dden[(b * T + t_first + t) * H + h] : 0.f;
     };
-    if (!p.causal && !p.par) {  // sweep 1: dS = dS_T + Σ_t q̃_t dO'_tᵀ over the whole sequence
-        for (int64_t c = 0; c < n_chunks; ++c) {
-            const int64_t t_first = ri.t0 + c * C;
-            const int len = chunk_len(ri.len, c, C);
-            load_tile(Qs, ldD, C, Dp, p.q, b, t_first, h, len, p.D, fq);
-            load_dout(t_first, len);
-            __syncthreads();
-            add_outer<kTC>(dS, ldV, dz, Qs, ldD, dOs, ddens, C, Dp, Dvp);
-            __syncthreads();
+    const bool pipe = p.pipe != 0;  // never with p.par (one chunk: nothing to overlap)
+    // The cp.async pipeline: stage(sweep1, c) copies the inputs of chunk c of the non-causal sweep 1 (Q, dO) or
+    // of the main (reverse) loop (K, V; and Q, dO when causal).
+    const int64_t n1 = (!p.causal && !p.par) ? n_chunks : 0;  // chunks of sweep 1
+    auto stage = [&](bool sweep1, int64_t c) {
+        if (!pipe) return;
+        const int64_t t_first = ri.t0 + c * C;
+        const int len = chunk_len(ri.len, c, C);
+        if (sweep1 || p.causal) {
+            stage_tile(sm.sQ, C, Dp, p.q, b, t_first, h, len, p.D);
+            stage_tile(sm.sdO, C, Dvp, p.dout, b, t_first, h, len, p.Dv);
         }
+        if (!sweep1) {
+            stage_tile(sm.sK, C, Dp, p.k, b, t_first, ri.hk, len, p.D);
+            stage_tile(sm.sV, C, Dvp, p.v, b, t_first, ri.hk, len, p.Dv);
+        }
+        cp_async_commit();
+    };
+    if (c_lo < c_hi) stage(n1 > 0, n1 > 0 ? 0 : c_hi - 1);
+    for (int64_t c = 0; c < n1; ++c) {  // non-causal sweep 1: dS = dS_T + Σ_t q̃_t dO'_tᵀ over the whole sequence
+        const int64_t t_first = ri.t0 + c * C;
+        const int len = chunk_len(ri.len, c, C);
+        if (pipe) cp_async_wait<0>();
+        land_tile(Qs, ldD, C, Dp, sm.sQ, p.q, b, t_first, h, len, p.D, fq);
+        load_dout(t_first, len);
+        __syncthreads();
+        stage(c + 1 < n1, c + 1 < n1 ? c + 1 : c_hi - 1);
+        add_outer<kTC>(dS, ldV, dz, Qs, ldD, dOs, ddens, C, Dp, Dvp);
+        __syncthreads();
     }
     for (int64_t c = c_hi - 1; c >= c_lo; --c) {
         const int64_t t_first = ri.t0 + c * C;
         const int len = chunk_len(ri.len, c, C);
-        load_tile(Ks, ldD, C, Dp, p.k, b, t_first, ri.hk, len, p.D, fk);
-        load_tile(Vs, ldV, C, Dvp, p.v, b, t_first, ri.hk, len, p.Dv, raw);
+        if (pipe) cp_async_wait<0>();
+        land_tile(Ks, ldD, C, Dp, sm.sK, p.k, b, t_first, ri.hk, len, p.D, fk);
+        land_tile(Vs, ldV, C, Dvp, sm.sV, p.v, b, t_first, ri.hk, len, p.Dv, raw);
         if (p.causal) {
-            load_tile(Qs, ldD, C, Dp, p.q, b, t_first, h, len, p.D, fq);
+            land_tile(Qs, ldD, C, Dp, sm.sQ, p.q, b, t_first, h, len, p.D, fq);
             load_dout(t_first, len);
         }
         __syncthreads();
+        if (c - 1 >= c_lo) stage(false, c - 1);
         block_gemm<kTC, kRow, kCol>(dK, ldD, Vs, ldV, dS, ldV, C, Dp, Dvp, false);  // V dSᵀ
         block_gemm<kTC, kRow, kRow>(dV, ldV, Ks, ldD, dS, ldV, C, Dvp, Dp, false);  // K̃ dS
         if (p.causal) {
@@ -903,26 +1043,85 @@ cudaError_t device_facts(const LinOptions& opt, int* sms, int* max_smem) {
     return err;
 }
 
-// Picks the largest chunk whose tiles fit, sets the shared-memory limit and launches one block per (n, h).
+// The launch configuration of a sequential kernel (fwd_kernel, or bwd_dq_kernel / bwd_dkv_kernel in one pass):
+// the largest chunk C whose float32 tiles fit max_smem, and whether the cp.async staging tiles of the next chunk
+// are added (pipe; LinOptions::pipeline: 1 off, 2 on where they fit, 0 auto). Auto stages when some input allows
+// 16-byte copies (any_vec), the staged tiles fit, and the resident blocks per SM (registers and shared memory:
+// cudaOccupancyMaxActiveBlocksPerMultiprocessor) do not drop: a second resident block hides the loads as well
+// as the prefetch does, so the staging must not cost one. Dynamic shared memory at the goal head dims, 16-bit
+// inputs, sm_90 (227 KB per block, 228 KB per SM; carve, bytes with the staging in brackets):
+//   fwd_kernel     D = Dv = 64:  C 64, 105,216 (129,792: 1 block/SM instead of 2 -> auto: not staged)
+//                  D = Dv = 128: C 64, 221,184 (270,336 > 227 KB -> not staged)
+//   bwd_dq_kernel  D = Dv = 64:  C 64, 140,032 (172,800, 1 block/SM either way -> staged)
+//                  D = Dv = 128: C 32, 162,048 (194,816 -> staged)
+//   bwd_dkv_kernel D = Dv = 64:  C 64, 157,440 (190,208 -> staged)
+//                  D = Dv = 128: C 32, 178,944 (211,712 -> staged)
+// (tests/test_linear_cuda_emulation.py test_sequential_staging_budget checks these numbers.)
+struct SeqConfig {
+    int C, pipe;
+    int64_t bytes;
+};
+
 template <typename Tin>
-cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int max_smem, int force_chunk,
-                   cudaStream_t stream) {
-    if (p.N * p.H == 0) return cudaSuccess;
-    cudaError_t err = cudaSuccess;
-    int64_t bytes = 0;
-    p.C = 0;
+cudaError_t seq_config(int kind, void (*kernel)(Params<Tin>), int Dp, int Dvp, int max_smem, int force_chunk,
+                       int pipeline, bool any_vec, SeqConfig* cfg) {
+    cfg->C = 0;
+    cfg->pipe = 0;
+    cfg->bytes = 0;
     for (int C : kChunks) {
         if (force_chunk > 0 && C != force_chunk) continue;
-        bytes = carve(kind, C, p.Dp, p.Dvp, nullptr).bytes;
-        if (bytes <= max_smem) {
-            p.C = C;
+        cfg->bytes = carve(kind, C, Dp, Dvp, nullptr).bytes;
+        if (cfg->bytes <= max_smem) {
+            cfg->C = C;
             break;
         }
     }
-    if (p.C == 0) return cudaErrorInvalidConfiguration;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (cfg->C == 0) return cudaErrorInvalidConfiguration;
+    const int64_t staged = carve(kind, cfg->C, Dp, Dvp, nullptr, int(sizeof(Tin))).bytes;
+    if (pipeline == 1 || staged > max_smem || (pipeline == 0 && !any_vec)) return cudaSuccess;
+    if (pipeline == 0) {
+        // (the occupancy query counts 0 blocks above the kernel's dynamic shared-memory limit: raise it first)
+        int plain_blocks = 0, staged_blocks = 0;
+        cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(staged));
+        if (err == cudaSuccess)
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&plain_blocks, kernel, kThreads,
+                                                                static_cast<size_t>(cfg->bytes));
+        if (err == cudaSuccess)
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&staged_blocks, kernel, kThreads,
+                                                                static_cast<size_t>(staged));
+        if (err != cudaSuccess) return err;
+        if (staged_blocks < plain_blocks) return cudaSuccess;
+    }
+    cfg->pipe = 1;
+    cfg->bytes = staged;
+    return cudaSuccess;
+}
+
+// LinOptions::pipeline, or for 0 (auto) FLASHTS_LINEAR_PIPELINE=0 / =1 from the environment (off / on where it
+// fits: to time both on a GPU).
+int pipeline_of(const LinOptions& opt) {
+    if (opt.pipeline != 0) return opt.pipeline;
+    const char* env = std::getenv("FLASHTS_LINEAR_PIPELINE");
+    if (env != nullptr && env[0] == '0') return 1;
+    if (env != nullptr && env[0] == '1') return 2;
+    return 0;
+}
+
+// Launches a sequential kernel (seq_config's chunk and staging), one block per (n, h).
+template <typename Tin>
+cudaError_t launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int max_smem, int force_chunk,
+                   int pipeline, cudaStream_t stream) {
+    if (p.N * p.H == 0) return cudaSuccess;
+    const bool any_vec = p.q.vec || p.k.vec || p.v.vec || (kind != kFwd && p.dout.vec);
+    SeqConfig cfg{};
+    cudaError_t err = seq_config<Tin>(kind, kernel, p.Dp, p.Dvp, max_smem, force_chunk, pipeline, any_vec, &cfg);
     if (err != cudaSuccess) return err;
-    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(p.N * p.H), kThreads, static_cast<size_t>(bytes), stream, p);
+    p.C = cfg.C;
+    p.pipe = cfg.pipe;
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cfg.bytes));
+    if (err != cudaSuccess) return err;
+    FLASHTS_LAUNCH(kernel, static_cast<unsigned>(p.N * p.H), kThreads, static_cast<size_t>(cfg.bytes), stream, p);
     return cudaGetLastError();
 }
 
@@ -1042,7 +1241,7 @@ cudaError_t fwd_typed(LinInput q, LinInput k, LinInput v, LinSizes sz, LinOption
     int sms = 0, max_smem = 0;
     err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, opt.chunk, stream);
+    return launch<Tin>(kFwd, fwd_kernel<Tin>, p, max_smem, opt.chunk, pipeline_of(opt), stream);
 }
 
 // The chunk-parallel backward (B·NS·H blocks per main kernel), six launches on `stream`:
@@ -1146,9 +1345,9 @@ cudaError_t bwd_typed(LinInput dout, LinInput q, LinInput k, LinInput v, LinInpu
     int sms = 0, max_smem = 0;
     err = device_facts(opt, &sms, &max_smem);
     if (err != cudaSuccess) return err;
-    err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, opt.chunk, stream);
+    err = launch<Tin>(kBwdDq, bwd_dq_kernel<Tin>, p, max_smem, opt.chunk, pipeline_of(opt), stream);
     if (err != cudaSuccess) return err;
-    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, max_smem, opt.chunk, stream);
+    return launch<Tin>(kBwdDkv, bwd_dkv_kernel<Tin>, p, max_smem, opt.chunk, pipeline_of(opt), stream);
 }
 
 }  // namespace

@@ -56,6 +56,11 @@ struct LinOptions {
     int max_smem;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
     FwdMode fwd_mode;
     int chunk;  // 0: the largest chunk that fits (64, 32, 16); else that chunk size (tests use it)
+    // cp.async staging of the next chunk in the SEQUENTIAL kernels (one-pass forward, one-pass backward):
+    // 0 = auto (staged when the staging tiles fit and do not lower the blocks per SM), 1 = off, 2 = on where
+    // the staging tiles fit (tests use 1 / 2); with 0 the environment's FLASHTS_LINEAR_PIPELINE=0 / 1 means 1 / 2
+    // (to time both on a GPU). See SeqConfig in linear_attention.cu.
+    int pipeline;
 };
 
 // The forward's launch plan (linear_attention_fwd_plan): the occupancy rule of kernels/occupancy.py applied to

@@ -50,7 +50,8 @@ NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr"
 def _pip_cuda_bin() -> list[str]:
     dirs = []
     for p in sys.path:
-        for sub in ("nvidia/cu13/bin", "nvidia/cuda_cuobjdump/bin", "nvidia/cuda_nvdisasm/bin"):
+        for sub in ("nvidia/cu13/bin", "nvidia/cuda_cuobjdump/bin", "nvidia/cuda_nvdisasm/bin",
+                    "triton/backends/nvidia/bin"):  # Triton's wheel bundles cuobjdump + nvdisasm too
             d = os.path.join(p, sub)
             if os.path.isdir(d):
                 dirs.append(d)
@@ -231,10 +232,11 @@ def _expand(template: str, hmma_types=(), ldg_types=()) -> dict[str, tuple[bool,
 
 
 EXPECTED: dict[str, tuple[bool, bool]] = {}
-# linear attention: mma.sync TF32 tensor cores for 16-bit inputs, FMA for float32; 16-byte loads of contiguous rows
-# (scalar fallback for strided ones); the chunk-parallel forward (chunk_state / state_scan / chunk_out).
+# linear attention: mma.sync TF32 tensor cores for every input type (one product for 16-bit inputs, 3xTF32 for
+# float32); 16-byte loads of contiguous rows (scalar fallback for strided ones); the chunk-parallel forward
+# (chunk_state / state_scan / chunk_out).
 for _k in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkv_kernel", "chunk_state_kernel", "chunk_out_kernel"):
-    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_16, ldg_types=_ALL))
+    EXPECTED.update(_expand("linear::%s<{T}>" % _k, hmma_types=_ALL, ldg_types=_ALL))
 EXPECTED.update(_expand("linear::state_scan_kernel<{T}>", ldg_types=_ALL))
 # sliding window: wmma f16/bf16 tensor cores in the tile kernels, FMA for float32; delta is a row reduction.
 for _k in ("fwd_kernel", "dq_kernel", "dkdv_kernel"):
@@ -258,10 +260,16 @@ for _kind in ("Aaren", "Latte"):
     for _k in ("forward_kernel", "recompute_kernel", "reverse_kernel"):
         EXPECTED.update(_expand("scan::%s<%s,{T}>" % (_k, _kind)))
 EXPECTED.update(_expand("scan::bidir_bwd_kernel<{T}>"))
-# auto-correlation: elementwise / reduction kernels around cuFFT (no matrix products).
-EXPECTED.update(_expand("autocorr::aggregate_kernel<{T}>"))
-EXPECTED.update(_expand("autocorr::delay_dots_partial_kernel<{T}>"))
-for _k in ("spectrum_mean_kernel", "delay_dots_final_kernel", "spectrum_grad_kernel"):
+# auto-correlation: elementwise / reduction kernels around cuFFT (no matrix products); <T, VEC>: VEC > 1 = the
+# 16-byte path (contiguous (h, d) rows), VEC = 1 the strided gather; <true> = the 16-byte spectrum path.
+for _k in ("aggregate_kernel", "delay_dots_partial_kernel"):
+    for _t, _v in (("f32", 4), ("f16", 8), ("bf16", 8)):
+        EXPECTED[f"autocorr::{_k}<{_t},1>"] = (False, False)
+        EXPECTED[f"autocorr::{_k}<{_t},{_v}>"] = (False, True)
+for _k in ("cross_spectrum_kernel", "spectrum_grad_kernel"):
+    EXPECTED[f"autocorr::{_k}<false>"] = (False, False)
+    EXPECTED[f"autocorr::{_k}<true>"] = (False, True)
+for _k in ("delay_dots_final_kernel", "delay_grad_kernel"):
     EXPECTED["autocorr::" + _k] = (False, False)
 
 # decode steps (csrc/decode_step.cu): the VEC > 1 instances read the float32 state (or the ring's k/v rows) with
@@ -306,12 +314,6 @@ def _autocorr_K(L: int) -> int:
     return min(L, max(1, int(math.floor(math.log(L)))))
 
 
-def _dot_chunks(B: int, K: int, L: int, HD: int) -> int:
-    n = min(max(1, -(-L * HD // 16384)), L)
-    rows = -(-L // n)
-    return -(-L // rows)
-
-
 def goal_grids() -> dict[str, str]:
     """Kernel family -> 'blocks at the goal shapes' (bf16), from the launchers' rules."""
     g: dict[str, str] = {}
@@ -340,19 +342,24 @@ def goal_grids() -> dict[str, str]:
     for k in ("forward_kernel", "recompute_kernel", "reverse_kernel", "bidir_bwd_kernel"):
         g[f"scan::{k}"] = "B·H = 64"
     B, H, E = 32, 8, 64
-    parts = {k: [] for k in ("spectrum_mean", "aggregate", "dpart", "dfinal", "sgrad")}
-    for L in (720, 8192):
+    N = H * E
+    parts = {k: [] for k in ("spec", "agg", "dpart", "dgrad")}
+    for L in (720, 8192):  # ports of the launchers' rules (csrc/auto_correlation.cu); bf16 (VEC 8), float32 (VEC 4)
         F, K = L // 2 + 1, _autocorr_K(L)
-        parts["spectrum_mean"].append(f"L={L}: {B * F}")
-        parts["aggregate"].append(f"L={L}: {B * L}")
-        parts["dpart"].append(f"L={L}: {B * K * _dot_chunks(B, K, L, H * E)}")
-        parts["dfinal"].append(f"L={L}: {B * K}")
-        parts["sgrad"].append(f"L={L}: {min(-(-B * F * H * E // 256), 1 << 20)}")
-    g["autocorr::spectrum_mean_kernel"] = "B·F: " + ", ".join(parts["spectrum_mean"])
-    g["autocorr::aggregate_kernel"] = "B·L: " + ", ".join(parts["aggregate"])
-    g["autocorr::delay_dots_partial_kernel"] = "B·K·chunks: " + ", ".join(parts["dpart"])
-    g["autocorr::delay_dots_final_kernel"] = "B·K: " + ", ".join(parts["dfinal"])
-    g["autocorr::spectrum_grad_kernel"] = "⌈B·F·H·E/256⌉: " + ", ".join(parts["sgrad"])
+        blocks = -(-N // max(1, min(N, (1 << 24) // (B * L))))  # FFT channel blocks of the glue
+        tiles = -(-L // 32)
+        chunks = min(K, max(1, -(-4 * SMS // (B * tiles))))
+        kpb = min(8, -(-K // chunks))
+        parts["spec"].append(f"L={L}: {-(-B * F // 8)} × {blocks} launch(es)")
+        parts["agg"].append(f"L={L}: bf16 {B * tiles * -(-N // 128)}, f32 {B * tiles * -(-N // 64)}")
+        parts["dpart"].append(f"L={L}: {B * tiles * -(-K // kpb)} ({kpb} delays each)")
+        parts["dgrad"].append(f"L={L}: {B}")
+    g["autocorr::cross_spectrum_kernel"] = "⌈B·F/8⌉ per channel block: " + ", ".join(parts["spec"])
+    g["autocorr::spectrum_grad_kernel"] = g["autocorr::cross_spectrum_kernel"]
+    g["autocorr::aggregate_kernel"] = "B·⌈T/32⌉·⌈H·D/(16·VEC)⌉: " + ", ".join(parts["agg"])
+    g["autocorr::delay_dots_partial_kernel"] = "B·⌈L/32⌉·delay chunks: " + ", ".join(parts["dpart"])
+    g["autocorr::delay_grad_kernel"] = "B: " + ", ".join(parts["dgrad"])
+    g["autocorr::delay_dots_final_kernel"] = "⌈B·K/4⌉ (launcher tests only; the backward uses delay_grad)"
     g.update(DECODE_GRIDS)
     return g
 

@@ -9,8 +9,8 @@ elsewhere. tests/conftest.py sets FLASHTS_POISON=1, so every output buffer the b
   E ≠ D, odd sizes, K from 1 to L, cotangents on o and/or the weights, |r| ~ 1e4, non-contiguous inputs.
   Inputs come from test_auto_correlation's tie-avoiding generator and the selected delays are compared first
   (with the reference and with the torch backend) so that a near-tie is reported as such.
-* Sizes that cross every kernel edge: H·D wider than one aggregation pass (128 threads × 4 columns), K above
-  one staged chunk of delays (256), several row chunks in the delay-dot partials, L = 1.
+* Sizes that cross every kernel edge: H·D wider than one channel tile (16 threads × 16-byte vectors), K above
+  one shared-memory stage of delays (64) and above one delay-dots chunk (8), several time tiles (32 rows), L = 1.
 * Each launcher against plain torch (aggregate with sign ±1 and the alignment rows, delay dots, the spectrum
   kernels); the backend functions' contract; deterministic backward; a stride-0 cotangent.
 """
@@ -229,8 +229,8 @@ def test_aggregate_launcher(dtype, sign, T_in, L, T_out):
 
 
 def test_aggregate_launcher_many_delays():
-    """K = 600 > 256 delays (three staged chunks), H·D = 520 > 512 (two column passes), dv-like T_out > L,
-    two row chunks of delay-dot partials."""
+    """K = 600 delays (ten shared-memory stages of 64, 75 delay-dots chunks of 8), H·D = 520 (several channel
+    tiles), dv-like T_out > L, two time tiles of delay-dot partials."""
     B, T_in, L, T_out, H, D, K = 2, 40, 40, 50, 2, 260, 600
     x = torch.randn(B, T_in, H, D, device=DEV)
     delays = torch.randint(-1000, 1000, (B, K), dtype=torch.int64, device=DEV)
@@ -263,19 +263,48 @@ def test_delay_dots_launcher(T_x):
     assert rel_err(dw.cpu(), ref) < 1e-5
 
 
-def test_spectrum_launchers():
-    B, Fq, H, E = 2, 9, 3, 4
-    qf = torch.randn(B, Fq, H, E, dtype=torch.complex64, device=DEV)
-    kf = torch.randn(B, Fq, H, E, dtype=torch.complex64, device=DEV)
+@pytest.mark.parametrize("with_dweights", [False, True])
+def test_delay_grad_launcher(with_dweights):
+    """Fused dw (+ dweights) + softmax backward + scatter into a zero dr row, vs torch."""
+    B, L, T_x, H, D, K = 3, 37, 30, 2, 8, 5
+    g = torch.randn(B, L, H, D, device=DEV)
+    x = torch.randn(B, T_x, H, D, device=DEV)
+    delays = torch.stack([torch.randperm(L)[:K] for _ in range(B)]).to(DEV)
+    weights = torch.softmax(torch.randn(B, K, device=DEV), dim=-1)
+    dweights = torch.randn(B, K, device=DEV) if with_dweights else None
+    dw = torch.full((B, K), float("nan"), device=DEV)
+    dr = torch.full((B, L), float("nan"), device=DEV)
+    _ext().autocorr_delay_grad(g, x, delays, weights, dweights, dw, dr)
+    x_al = torch.zeros(B, L, H, D, dtype=torch.float64)
+    x_al[:, :T_x] = x.double().cpu()
+    gd, dl = g.double().cpu(), delays.cpu()
+    dw_ref = torch.stack([torch.stack([(gd[b] * x_al[b, (torch.arange(L) + int(dl[b, i])) % L]).sum()
+                                       for i in range(K)]) for b in range(B)])
+    if with_dweights:
+        dw_ref = dw_ref + dweights.double().cpu()
+    w = weights.double().cpu()
+    dr_ref = torch.zeros(B, L, dtype=torch.float64).scatter_(1, dl, w * (dw_ref - (w * dw_ref).sum(-1, keepdim=True)))
+    assert rel_err(dw.cpu(), dw_ref) < 1e-5 and rel_err(dr.cpu(), dr_ref) < 1e-5
+
+
+@pytest.mark.parametrize("sliced", [False, True])
+def test_spectrum_launchers(sliced):
+    """Fused cross-spectrum (overwrite, then accumulate) and the in-place spectrum products, on contiguous
+    (16-byte path) and strided channel axes."""
+    B, Fq, C = 2, 9, 12
+    wide = torch.randn(2, B, Fq, 2 * C if sliced else C, dtype=torch.complex64, device=DEV)
+    qf, kf = (w[..., ::2] if sliced else w for w in wide)
     cross = torch.full((B, Fq), float("nan"), dtype=torch.complex64, device=DEV)
-    _ext().autocorr_spectrum_mean(qf, kf, cross)
-    ref = (qf.cdouble() * kf.cdouble().conj()).mean(dim=(2, 3))
+    _ext().autocorr_cross_spectrum(qf, kf, cross, 1.0 / C, False)
+    ref = (qf.cdouble() * kf.cdouble().conj()).mean(dim=-1)
     assert rel_err(torch.view_as_real(cross).cpu(), torch.view_as_real(ref).cpu()) < 1e-6
+    _ext().autocorr_cross_spectrum(qf, kf, cross, 1.0 / C, True)
+    assert rel_err(torch.view_as_real(cross).cpu(), torch.view_as_real(2 * ref).cpu()) < 1e-6
     drf = torch.randn(B, Fq, dtype=torch.complex64, device=DEV)
-    dqf, dkf = (torch.full_like(qf, float("nan")) for _ in range(2))
-    _ext().autocorr_spectrum_grad(qf, kf, drf, 0.25, dqf, dkf)
-    g = (0.25 * drf.cdouble())[:, :, None, None]
-    for got, want in ((dqf, kf.cdouble() * g), (dkf, qf.cdouble() * g.conj())):
+    q0, k0 = qf.cdouble(), kf.cdouble()
+    _ext().autocorr_spectrum_grad(qf, kf, drf, 0.25)
+    g = (0.25 * drf.cdouble())[:, :, None]
+    for got, want in ((kf, k0 * g), (qf, q0 * g.conj())):
         assert rel_err(torch.view_as_real(got).cpu(), torch.view_as_real(want).cpu()) < 1e-6
 
 

@@ -39,7 +39,6 @@ LIBS = {
     "selftest": os.path.join(EMU, "harness_selftest.cu"),
     "prefix_scan": os.path.join(EMU, "prefix_scan_host.cpp"),
     "decode_step": os.path.join(EMU, "decode_step_host.cpp"),
-    "auto_correlation": os.path.join(EMU, "auto_correlation_host.cpp"),
 }
 
 
@@ -724,87 +723,3 @@ def test_decode_macchiato_step(libs, schedule, dtype, Dv, left, order):
         assert _rel(kw, kw_ref) < 1e-6 and _rel(vw, vw_ref) < 1e-6
     c = _rescale(m, m_ref)
     assert _rel(a.to(F64) * c, a_ref) < 2e-5 and _rel(S.to(F64) * c.unsqueeze(-1), S_ref) < 2e-5
-
-
-# ------------------------------------------------------------------------------------------- auto-correlation
-
-class _EmulatedAutocorrExtension:
-    """The autocorr_* functions of flashts._C (csrc/bindings.cpp), same arguments, on the emulated kernels."""
-
-    def __init__(self, lib):
-        self.lib = lib
-        lib.emu_autocorr_partials_size.restype = ctypes.c_int64
-
-    def _check(self, rc):
-        assert rc == 0, _last_error(self.lib)
-
-    def autocorr_spectrum_mean(self, qf, kf, cross):
-        B, F, H, E = qf.shape
-        assert qf.is_contiguous() and kf.is_contiguous() and cross.is_contiguous()
-        self._check(self.lib.emu_autocorr_spectrum_mean(_ptr(qf), _ptr(kf), _ptr(cross), ctypes.c_int64(B),
-                                                        ctypes.c_int64(F), ctypes.c_int64(H * E)))
-
-    def autocorr_aggregate(self, x, delays, weights, sign, L, out):
-        B, T_in, H, D = x.shape
-        assert delays.dtype == torch.int64 and weights.dtype == torch.float32 and out.is_contiguous()
-        sx = torch.tensor(x.stride(), dtype=torch.int64)
-        i64 = ctypes.c_int64
-        self._check(self.lib.emu_autocorr_aggregate(DTYPES[x.dtype], _ptr(x), _ptr(sx), i64(B), i64(T_in), i64(H),
-                                                    i64(D), _ptr(delays), _ptr(weights), i64(delays.shape[1]),
-                                                    int(sign), i64(L), _ptr(out), i64(out.shape[1])))
-
-    def autocorr_delay_dots(self, g, x, delays, dw):
-        B, L, H, D = g.shape
-        K = delays.shape[1]
-        i64 = ctypes.c_int64
-        partials = torch.full((self.lib.emu_autocorr_partials_size(i64(B), i64(K), i64(L), i64(H), i64(D)),),
-                              float("nan"))
-        sg, sx = torch.tensor(g.stride(), dtype=torch.int64), torch.tensor(x.stride(), dtype=torch.int64)
-        self._check(self.lib.emu_autocorr_delay_dots(DTYPES[g.dtype], _ptr(g), _ptr(sg), _ptr(x), _ptr(sx),
-                                                     i64(x.shape[1]), i64(B), i64(L), i64(H), i64(D), _ptr(delays),
-                                                     i64(K), _ptr(partials), _ptr(dw)))
-
-    def autocorr_spectrum_grad(self, qf, kf, drf, scale, dqf, dkf):
-        B, F, H, E = qf.shape
-        i64 = ctypes.c_int64
-        self._check(self.lib.emu_autocorr_spectrum_grad(_ptr(qf), _ptr(kf), _ptr(drf), ctypes.c_float(scale),
-                                                        _ptr(dqf), _ptr(dkf), i64(B), i64(F), i64(H * E)))
-
-
-AUTOCORR_CASES = [  # (B, L, S, H, E, D, factor, mode, dtype, order)
-    (2, 19, 13, 2, 3, 5, 1.0, "train", torch.float32, 1),
-    (2, 12, 17, 1, 4, 33, 2.0, "infer", torch.float32, 2),
-    (1, 64, 64, 2, 2, 130, 1.0, "infer", torch.float32, 0),  # two row chunks in delay_dots
-    (2, 16, 16, 2, 4, 8, 1.0, "train", torch.bfloat16, 0),
-]
-
-
-@pytest.mark.parametrize("B,L,S,H,E,D,factor,mode,dtype,order", AUTOCORR_CASES)
-def test_auto_correlation_kernels(libs, schedule, monkeypatch, B, L, S, H, E, D, factor, mode, dtype, order):
-    """flashts/cuda_ops/auto_correlation.py (FFTs in torch on the CPU) with the emulated kernels of
-    csrc/auto_correlation.cu, forward and backward, against the reference's autograd in float64."""
-    from flashts.cuda_ops import auto_correlation as cuda_ac
-    from flashts.reference.auto_correlation import top_k_delays
-    lib = libs["auto_correlation"]
-    schedule(lib, order)
-    monkeypatch.setattr(cuda_ac, "extension", lambda: _EmulatedAutocorrExtension(lib))
-    g = torch.Generator().manual_seed(B * 1000 + L + S + D)
-    q, q64 = _strided_input((B, L, H, E), (0, 2, 1, 3), dtype, g)
-    k, k64 = _strided_input((B, S, H, E), (2, 0, 1, 3), dtype, g)
-    v, v64 = _strided_input((B, S, H, D), (0, 1, 3, 2), dtype, g)
-    do, do64 = _strided_input((B, L, H, D), (0, 1, 2, 3), dtype, g)
-    top_k = top_k_delays(L, factor)
-    dweights = torch.randn(B, top_k, generator=g, dtype=F64)
-
-    qr, kr, vr = (x.clone().requires_grad_() for x in (q64, k64, v64))
-    o_ref, (delays_ref, w_ref) = ref.auto_correlation(qr, kr, vr, factor=factor, mode=mode, return_delays=True)
-    loss = (o_ref * do64).sum() + (w_ref * dweights).sum()
-    dq_ref, dk_ref, dv_ref = torch.autograd.grad(loss, [qr, kr, vr])
-
-    o, delays, weights = cuda_ac.auto_correlation_fwd(q, k, v, top_k, mode)
-    assert torch.equal(delays, delays_ref), "different delays selected"
-    tol = _tol(dtype) if dtype == torch.float32 else 4e-2
-    assert _rel(weights, w_ref) < tol and _rel(o, o_ref) < tol
-    dq, dk, dv = cuda_ac.auto_correlation_bwd(do, dweights.float(), q, k, v, delays, weights, top_k, mode)
-    for name, a, b in (("dq", dq, dq_ref), ("dk", dk, dk_ref), ("dv", dv, dv_ref)):
-        assert _rel(a, b) < (tol if dtype == torch.float32 else 8e-2), name

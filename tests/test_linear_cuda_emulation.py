@@ -95,7 +95,7 @@ def plan(lib, backward, B, T, H, Hk, D, Dv, N, packed, causal=True, mode="auto",
     out = (ctypes.c_int64 * 7)()
     cu = torch.zeros(N + 1, dtype=torch.int32) if packed else None   # only its presence matters for the plan
     err = lib.emu_linear_plan(0, int(backward), _sizes(B, T, H, Hk, D, Dv, N), _p(cu),
-                              _ints(int(causal), 0, 1, MODE[mode], chunk), out)
+                              _ints(int(causal), 0, 1, MODE[mode], chunk, 0), out)
     assert err == 0
     return dict(zip(("mode", "C", "BV", "NS", "seq_blocks", "chunk_blocks", "workspace_bytes"), list(out)))
 
@@ -104,11 +104,11 @@ def _nan(shape, dtype=F32):
     return torch.full(shape, float("nan"), dtype=dtype)
 
 
-def run_fwd(lib, q, k, v, S0, z0, cu, causal, fmap, normalize, scale, eps, mode, chunk):
+def run_fwd(lib, q, k, v, S0, z0, cu, causal, fmap, normalize, scale, eps, mode, chunk, pipeline=0):
     B, T, H, D = q.shape
     Hk, Dv = k.shape[2], v.shape[-1]
     N = B if cu is None else cu.numel() - 1
-    opt = _ints(int(causal), FMAP[fmap], int(normalize), MODE[mode], chunk)
+    opt = _ints(int(causal), FMAP[fmap], int(normalize), MODE[mode], chunk, pipeline)
     pl = plan(lib, False, B, T, H, Hk, D, Dv, N, cu is not None, causal, mode, chunk)
     o, ST, zT = _nan((B, T, H, Dv), q.dtype), _nan((N, H, D, Dv)), _nan((N, H, D))
     ws = _nan((max(pl["workspace_bytes"] // 4, 1),))               # the workspace is never cleared: NaN
@@ -119,11 +119,12 @@ def run_fwd(lib, q, k, v, S0, z0, cu, causal, fmap, normalize, scale, eps, mode,
     return o, ST, zT, pl
 
 
-def run_bwd(lib, do, dST, dzT, q, k, v, o, S0, z0, cu, causal, fmap, normalize, scale, eps, mode, chunk):
+def run_bwd(lib, do, dST, dzT, q, k, v, o, S0, z0, cu, causal, fmap, normalize, scale, eps, mode, chunk,
+            pipeline=0):
     B, T, H, D = q.shape
     Hk, Dv = k.shape[2], v.shape[-1]
     N = B if cu is None else cu.numel() - 1
-    opt = _ints(int(causal), FMAP[fmap], int(normalize), MODE[mode], chunk)
+    opt = _ints(int(causal), FMAP[fmap], int(normalize), MODE[mode], chunk, pipeline)
     pl = plan(lib, True, B, T, H, Hk, D, Dv, N, cu is not None, causal, mode, chunk)
     ws = _nan((max(pl["workspace_bytes"] // 4, 1),))
     ws_inv, ws_dden = _nan((B, T, H)), _nan((B, T, H))
@@ -343,6 +344,114 @@ def test_thread_schedules_agree(lib):
             lib.flashts_emu_set_schedule(schedule)
             o, ST, zT, _ = run_fwd(lib, q, k, v, S0, z0, None, True, "elu", True, 1.0, 1e-6, "chunked", 16)
             grads = run_bwd(lib, do, dST, dzT, q, k, v, o, S0, z0, None, True, "elu", True, 1.0, 1e-6, "chunked", 16)
+            results.append([o, ST, zT, *grads[:5]])
+    finally:
+        lib.flashts_emu_set_schedule(0)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+# ------------------------------------------------------------------------------------ cp.async pipeline
+
+PIPE = {"auto": 0, "off": 1, "on": 2}
+
+
+def seq_config(lib, dtype, kind, D, Dv, chunk=0, pipeline="auto"):
+    out = (ctypes.c_int64 * 3)()
+    assert lib.emu_linear_seq_config({F32: 0, torch.float16: 1, BF16: 2}[dtype], kind, D, Dv, chunk,
+                                     PIPE[pipeline], out) == 0
+    return dict(zip(("C", "pipe", "bytes"), list(out)))
+
+
+def test_sequential_staging_budget(lib):
+    """The sequential kernels' chunk, cp.async staging and dynamic shared memory at the goal head dims on the
+    (emulated) H200, as documented above SeqConfig in csrc/linear_attention.cu: staging only where it fits in
+    227 KB and does not lower the blocks per SM (the emulated occupancy counts threads and shared memory)."""
+    want = {  # (kind, D): (C, staged, bytes) for 16-bit inputs; kind 0 fwd_kernel, 1 bwd_dq, 2 bwd_dkv
+        (0, 64): (64, 0, 105216), (0, 128): (64, 0, 221184),
+        (1, 64): (64, 1, 172800), (1, 128): (32, 1, 194816),
+        (2, 64): (64, 1, 190208), (2, 128): (32, 1, 211712),
+    }
+    for (kind, D), (C, staged, nbytes) in want.items():
+        got = seq_config(lib, BF16, kind, D, D)
+        assert (got["C"], got["pipe"], got["bytes"]) == (C, staged, nbytes), (kind, D, got)
+        assert got["bytes"] <= 232448
+        off = seq_config(lib, BF16, kind, D, D, pipeline="off")
+        assert off["pipe"] == 0 and off["C"] == C
+        if staged:
+            assert got["bytes"] - off["bytes"] == C * D * 2 * (3 if kind == 0 else 4)
+    assert seq_config(lib, BF16, 0, 64, 64, pipeline="on")["pipe"] == 1         # forced: fits, 1 block per SM
+    assert seq_config(lib, BF16, 0, 128, 128, pipeline="on")["pipe"] == 0       # does not fit at C = 64
+    assert seq_config(lib, BF16, 0, 32, 32)["pipe"] == 1                        # 3 blocks per SM either way
+    assert seq_config(lib, F32, 2, 128, 128)["pipe"] == 0                       # float32 staging: 275 KB
+
+
+# (causal, fmap, normalize, B, T, H, Hk, D, Dv, dtype, layout): "contiguous" stages q, k, v (and do) with 16-byte
+# cp.async; "strided_q" has a strided q (and do) row: the fallback loads for those beside staged k, v;
+# D = 19 leaves only v staged (D not a multiple of 16 / sizeof).
+PIPE_CASES = [
+    (True, "elu", True, 2, 37, 2, 1, 24, 40, BF16, "contiguous"),
+    (False, "elu", True, 1, 37, 2, 2, 16, 8, F32, "contiguous"),
+    (True, "relu", False, 1, 40, 2, 1, 16, 16, F32, "strided_q"),
+    (False, "identity", True, 1, 33, 1, 1, 19, 16, BF16, "contiguous"),
+]
+
+
+def _strided_copy(x, g):
+    y = torch.randn(*x.shape[:-1], 2 * x.shape[-1], generator=g).to(x.dtype)[..., ::2]
+    y.copy_(x)
+    return y
+
+
+@pytest.mark.parametrize("case", PIPE_CASES, ids=lambda c: f"{'causal' if c[0] else 'full'}-{c[1]}-D{c[7]}-"
+                         f"{'bf16' if c[9] is BF16 else 'f32'}-{c[10]}")
+def test_pipelined_sequential_kernels(lib, case):
+    """One-pass forward and backward with the cp.async staging forced on give the SAME bits as with it off (the
+    staging changes only how the tiles reach shared memory), and match the float64 reference; several chunks of
+    16 with a partial last one, both sweeps of the non-causal kernels."""
+    causal, fmap, normalize, B, T, H, Hk, D, Dv, dtype, layout = case
+    for kind in range(3):
+        cfg = seq_config(lib, dtype, kind, D, Dv, chunk=16, pipeline="on")
+        assert cfg["pipe"] == 1 and cfg["C"] == 16
+    (q, k, v), (S0, z0) = make(B, T, H, Hk, D, Dv, dtype, seed=T + D + 7)
+    g = torch.Generator().manual_seed(5)
+    do = torch.randn(B, T, H, Dv, generator=g).to(dtype)
+    dST, dzT = torch.randn(B, H, D, Dv, generator=g), torch.randn(B, H, D, generator=g)
+    if layout == "strided_q":
+        q, do = _strided_copy(q, g), _strided_copy(do, g)
+    scale, eps = 0.9, 1e-6
+    runs = []
+    for pipeline in (PIPE["on"], PIPE["off"]):
+        o, ST, zT, _ = run_fwd(lib, q, k, v, S0, z0, None, causal, fmap, normalize, scale, eps, "one_pass", 16,
+                               pipeline)
+        grads = run_bwd(lib, do, dST, dzT, q, k, v, o, S0, z0, None, causal, fmap, normalize, scale, eps,
+                        "one_pass", 16, pipeline)
+        runs.append([o, ST, zT, *grads[:5]])
+    for name, a, b in zip(("o", "S_T", "z_T", "dq", "dk", "dv", "dS0", "dz0"), *runs):
+        assert torch.equal(a, b), name
+    o, ST, zT, dq, dk, dv, dS0, dz0 = runs[0]
+    o_r, grads = reference(q, k, v, S0, z0, None, causal, fmap, normalize, scale, eps, cot=(do, dST, dzT))
+    _, S_r, z_r = reference(q, k, v, S0, z0, None, causal, fmap, normalize, scale, eps)
+    tol = TOL[dtype] if dtype is BF16 else 1e-4
+    assert rel(o, o_r) < tol and rel(ST, S_r) < tol and rel(zT, z_r) < tol
+    for name, x, r in zip(("dq", "dk", "dv", "dS0", "dz0"), (dq, dk, dv, dS0, dz0), grads):
+        assert rel(x, r) < tol, name
+
+
+def test_pipelined_thread_schedules_agree(lib):
+    """The staged one-pass kernels give the same bits when the emulated threads run in reverse or shuffled order:
+    each thread converts only the 16-byte groups it copied itself (a copy lands at its issuer's wait)."""
+    (q, k, v), (S0, z0) = make(1, 37, 2, 1, 24, 16, BF16, seed=41)
+    g = torch.Generator().manual_seed(6)
+    do = torch.randn(1, 37, 2, 16, generator=g).to(BF16)
+    dST, dzT = torch.randn(1, 2, 24, 16, generator=g), torch.randn(1, 2, 24, generator=g)
+    results = []
+    try:
+        for schedule in (0, 1, 7):
+            lib.flashts_emu_set_schedule(schedule)
+            o, ST, zT, _ = run_fwd(lib, q, k, v, S0, z0, None, True, "elu", True, 1.0, 1e-6, "one_pass", 16, 2)
+            grads = run_bwd(lib, do, dST, dzT, q, k, v, o, S0, z0, None, True, "elu", True, 1.0, 1e-6, "one_pass",
+                            16, 2)
             results.append([o, ST, zT, *grads[:5]])
     finally:
         lib.flashts_emu_set_schedule(0)

@@ -9,9 +9,10 @@ state once and call the op (or these functions with ``out=``) inside the capture
 nothing and never synchronise with the host. Only :func:`swa_ring_step` launches twice (the attention kernel,
 then ``pos += 1`` in place) and :func:`macchiato_step` three times (the kernel, then ``n_win`` advanced in place).
 
-The op layer reaches the first three for ``backend="cuda"`` when ``T == 1`` with an initial state and without
-``cu_seqlens`` (see :func:`use_decode_step`; ``FLASHTS_CUDA_DECODE=0`` turns that off). ``backend="auto"`` does
-not pick the CUDA backend for them: no GPU measurement exists yet (``python -m bench.decode`` is the one to run).
+The op layer reaches the first three and :func:`macchiato_step` for ``backend="cuda"`` when ``T == 1`` with an
+initial state and without ``cu_seqlens`` (see :func:`use_decode_step`; ``FLASHTS_CUDA_DECODE=0`` turns that off).
+``backend="auto"`` does not pick the CUDA backend for them: no GPU measurement exists yet (``python -m bench.decode``
+is the one to run).
 
 Example (on a GPU, with flashts._C built)::
 
@@ -165,3 +166,21 @@ def latte_fwd_step(q, k, v, m0, a0, S0):
     o = new_empty((B, 1, H, Dv), dtype=q.dtype, device=q.device)
     latte_step(q[:, 0], k[:, 0], v[:, 0], m, a, S, out=o[:, 0])
     return o, m, a, S
+
+
+def macchiato_fwd_step(q, k, v, mix, latent_k, k_win, v_win, n_win, m0, a0, S0, left, scale):
+    """``latte_macchiato_attention_fwd`` for T == 1 with a state (all six parts given, W = ``left`` >= 0):
+    -> (o [B,1,H,Dv], m_T, a_T, S_T, k_win_T, v_win_T, n_win_T) — float32 state copies advanced by the one
+    kernel (the caller's state is not modified), n_win_T int32."""
+    B, _, H, D = q.shape
+    Dv, L = v.shape[-1], latent_k.shape[-1]
+    kw = _state_copy(k_win, (B, left, H, D), 0.0, q.device)
+    vw = _state_copy(v_win, (B, left, H, Dv), 0.0, q.device)
+    nw = n_win.to(device=q.device, dtype=torch.int32, copy=True).contiguous()
+    m = _state_copy(m0, (B, H, L), float("-inf"), q.device)
+    a = _state_copy(a0, (B, H, L), 0.0, q.device)
+    S = _state_copy(S0, (B, H, L, Dv), 0.0, q.device)
+    o = new_empty((B, 1, H, Dv), dtype=q.dtype, device=q.device)
+    macchiato_step(q[:, 0], k[:, 0], v[:, 0], mix[:, 0], latent_k[:, 0], kw, vw, nw, m, a, S, scale=scale,
+                   out=o[:, 0])
+    return o, m, a, S, kw, vw, nw

@@ -38,6 +38,7 @@ from ._common import cast_for_autocast, contiguous, no_autocast, opt, packed_off
 OP = "latte_macchiato_attention"
 _backend.register(OP, "torch", "flashts.torch_ops.macchiato")
 _backend.register(OP, "triton", "flashts.ops._macchiato_triton", gpu_rank=1)
+_backend.register(OP, "cuda", "flashts.cuda_ops.macchiato", gpu_rank=2)
 
 
 @torch.library.custom_op("flashts::latte_macchiato_attention_fwd", mutates_args=())
