@@ -308,13 +308,15 @@ void aaren_bwd(torch::Tensor dout, OptTensor duT, OptTensor dwT, torch::Tensor q
     check_state(du0, fn, "du0", k, {N, H});
     check_state(dw0, fn, "dw0", k, {N, H, Dv});
     const at::cuda::OptionalCUDAGuard guard(k.device());
-    auto ws = torch::empty({3, B, T, H}, k.options().dtype(at::kFloat));  // M, c, r per position
     const flashts::scan::ScanSizes sz{B, T, H, 1, D, Dv, N, cu_ptr(cu_seqlens)};
+    int64_t ws_floats = 0;  // chunk states and cotangent maps (or the sequential fallback's per-position arrays)
+    check_err(flashts::scan::scan_bwd_workspace(true, sz, true, &ws_floats), fn);
+    auto ws = torch::empty({std::max<int64_t>(ws_floats, 1)}, k.options().dtype(at::kFloat));
     check_err(flashts::scan::aaren_bwd(scan_dtype(k, fn), st4(dout), st_query(q), st4(k), st4(v), sz,
                                        static_cast<float>(scale), opt_ptr(m0), opt_ptr(u0), opt_ptr(w0), opt_ptr(duT),
-                                       opt_ptr(dwT), ws[0].data_ptr<float>(), ws[1].data_ptr<float>(),
-                                       ws[2].data_ptr<float>(), dq_rows.data_ptr<float>(), dk.data_ptr(), dv.data_ptr(),
-                                       opt_mut_ptr(du0), opt_mut_ptr(dw0), at::cuda::getCurrentCUDAStream()),
+                                       opt_ptr(dwT), ws.data_ptr<float>(), ws_floats, dq_rows.data_ptr<float>(),
+                                       dk.data_ptr(), dv.data_ptr(), opt_mut_ptr(du0), opt_mut_ptr(dw0),
+                                       at::cuda::getCurrentCUDAStream()),
               fn);
 }
 
@@ -377,15 +379,15 @@ void latte_bwd(torch::Tensor dout, OptTensor daT, OptTensor dST, torch::Tensor q
     check_state(da0, fn, "da0", q, {N, H, L});
     check_state(dS0, fn, "dS0", q, {N, H, L, Dv});
     const at::cuda::OptionalCUDAGuard guard(q.device());
-    torch::Tensor ws;
-    if (causal) ws = torch::empty({3, B, T, H, L}, q.options().dtype(at::kFloat));  // M, c, r per position
-    float* ws_M = causal ? ws[0].data_ptr<float>() : nullptr;
-    float* ws_c = causal ? ws[1].data_ptr<float>() : nullptr;
-    float* ws_r = causal ? ws[2].data_ptr<float>() : nullptr;
     const flashts::scan::ScanSizes sz{B, T, H, L, L, Dv, N, cu_ptr(cu_seqlens)};
+    int64_t ws_floats = 0;  // causal: chunk states and cotangent maps (or the sequential fallback's arrays)
+    check_err(flashts::scan::scan_bwd_workspace(false, sz, causal, &ws_floats), fn);
+    torch::Tensor ws;
+    if (ws_floats > 0) ws = torch::empty({ws_floats}, q.options().dtype(at::kFloat));
     check_err(flashts::scan::latte_bwd(scan_dtype(q, fn), st4(dout), st4(q), st4(k), st4(v), sz, causal, opt_ptr(m0),
-                                       opt_ptr(a0), opt_ptr(S0), opt_ptr(daT), opt_ptr(dST), ws_M, ws_c, ws_r,
-                                       dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), opt_mut_ptr(da0), opt_mut_ptr(dS0),
+                                       opt_ptr(a0), opt_ptr(S0), opt_ptr(daT), opt_ptr(dST),
+                                       ws_floats > 0 ? ws.data_ptr<float>() : nullptr, ws_floats, dq.data_ptr(),
+                                       dk.data_ptr(), dv.data_ptr(), opt_mut_ptr(da0), opt_mut_ptr(dS0),
                                        at::cuda::getCurrentCUDAStream()),
               fn);
 }

@@ -30,7 +30,10 @@
 //   with G_T = dS_T, R_T = dα_T entering at the last step (e^{M_{T−1} − m_T} = 1), then
 //   dv_s = Σ_l e^{a_{s,l} − M_{s,l}} G_{s,l},   da_{s,l} = e^{a_{s,l} − M_{s,l}} (G_{s,l}·v_s + R_{s,l}),
 //   dS0 = e^{m0 − M_0} G_0,   dα0 = e^{m0 − M_0} R_0   (a zero-length sequence passes dS_T, dα_T through).
-// Two kernels: recompute_kernel repeats the forward sweep and stores, per position and latent, M, c and r
+// The causal backward runs chunk-parallel (the section "Causal backward, chunk-parallel" below: chunk summaries,
+// entering states, per-chunk cotangent maps, their reverse scan, per-chunk gradients on tensor cores). The two
+// sequential kernels here remain only as its fallback when a chunk's tiles do not fit in shared memory (very wide
+// L·Dv states; plan_backward): recompute_kernel repeats the forward sweep and stores, per position and latent, M, c and r
 // (O(T·L) floats of workspace — num itself, O(T·L·Dv), is never stored), and for Latte dq = p ⊙ (z − Σ_l p z);
 // reverse_kernel walks the tiles from the last to the first with the state (G[L][Dv], R[L]) in shared memory.
 // Aaren: dk_t = scale·da_t q, dq = scale·Σ_t da_t k_t (per row; summed over rows by the caller when q is shared).
@@ -1411,6 +1414,513 @@ cudaError_t launch_backward(Args<T> a, bool causal, cudaStream_t stream) {
     }
 }
 
+
+// =============================================================================================================
+// Causal backward, chunk-parallel (the Triton "chunked" backward of kernels/prefix_scan.py in CUDA C++).
+//
+// Chunks of ck::kChunk = 16 steps and their slots as in the forward (csrc/scan_chunk.cuh: ck::slot_of); a chunk
+// "cell" is (b·NS + slot)·H + h, the workspace rows as in ws_layout. Launches (every chunk of every head in
+// parallel except the two light element-wise scans):
+//   1. chunk_sum_kernel + state_scan_kernel (the forward's, Dv tile of plan_forward in "chunked" mode): the state
+//      (m_in, α_in, S_in) ENTERING every chunk, in the forward's workspace layout (ws_m, ws_u, ws_w).
+//   2. chunk_bwd_kernel<kCot>   grid B·NS·H: each chunk's affine cotangent map, entering = f ⊙ leaving + (G, g),
+//                               f = e^{m_in − r} (r = max(m_in, c_max), the max leaving the chunk).
+//   3. cot_scan_kernel          one thread per (sequence, head, l, d): reverse scan of the maps from (dS_T, dα_T)
+//                               → the cotangent LEAVING every chunk (written over (G, g)) and (dS0, dα0).
+//   4. chunk_bwd_kernel<kGrads> grid B·NS·H: dv, da, dp of every chunk, then dk / dq (Latte: dk = da,
+//                               dq = p ⊙ (dp − Σ_l p dp); Aaren: dk = scale·da q and the chunk's dq partial
+//                               scale·Σ_t da_t k_t), then (Aaren) dq_sum_kernel: the partials summed over the
+//                               chunks of each sequence in chunk order (deterministic, no atomics).
+// One chunk block covers all L latents and all Dv columns (so da, dp, dq, dk are complete per chunk: no Dv-tile
+// partials and no separate finish kernel).
+//
+// Chunk math (units of e^r per latent; E = e^{a−r}, den^r_t = Σ_{s≤t} E_s + α_in f, F = p/den^r, H = f/den^r,
+// vd[t,s] = dy_t·v_s (s ≤ t), T = the lower triangle of ones):
+//   z   = dp = (vd E) / den^r + (dy S_inᵀ) ⊙ H                       [C, L]
+//   P   = tril(F Eᵀ)                                                   [C, C]
+//   X   = E ⊙ (vdᵀ F − Tᵀ (F ⊙ z))   (= Σ_{t≥s} F_t E_s (vd[t,s] − z_t))
+//   dv  = Pᵀ dy + E dS,   da = X + E ⊙ (v dSᵀ + dα)                      (dS, dα: the cotangent leaving)
+//   G   = (p ⊙ H)ᵀ dy,     g = −Σ_t (p ⊙ H) ⊙ z                          (entering cotangent for zero leaving)
+// The products are block_gemm calls on float32 shared-memory tiles (kGemmFor: mma.sync m16n8k8 TF32 (HMMA) for
+// 16-bit inputs like Triton's "tf32" dots, exact FMA for float32 inputs).
+// Exact fallback: when the running max rises by more than ck::kRiseLimit (40) inside a chunk for some latent
+// (±1e4 logits) the block uses the per-position running max M_t instead of r: F_t E_s → c_t e^{a_s − M_t}
+// (c = p/den_t, den_t referenced to M_t), H → e^{m_in − M_t}/den_t; P, z and X are then FMA loops with every
+// exponent ≤ 0 (exact and finite whatever the logits); the rest of the chunk is shared with the fast path.
+// Tiles: ck::Geom with BV = Dvp (Dv rounded up to 16); inputs through ck::load_chunk / ck::load_tile (16-byte
+// row loads, LDG.E.128, when the rows allow).
+// =============================================================================================================
+
+enum ChunkMode : int { kCot = 1, kGrads = 2 };
+
+template <typename Elem>
+struct BwdArgs {
+    ck::View<Elem> q, k, v, dout;
+    int64_t B, T, H, L, D, Dv, N, NS, Wd;
+    const int32_t* cu;
+    float scale;
+    ck::Geom g;  // BV = Dvp: one block covers every value column
+    const float *m_ch, *u_ch, *w_ch;  // entering states (forward workspace: [cells·L], w row stride Wd)
+    float *f_ch, *du_ch, *dw_ch;      // cotangent maps, then the cotangents leaving ([cells·L], dw row stride Wd)
+    float* dq_part;                   // Aaren: [cells, D]
+    Elem *dq, *dk, *dv;               // Latte dq; Aaren's dq goes through dq_part
+};
+
+// Shared-memory tiles of chunk_bwd_kernel (the host sizes the launch with the same code).
+struct BwdSmem {
+    float *A, *PM, *E, *F, *Hh, *ID, *Z, *X;  // [C][ldL]
+    float *V, *DY, *OUT;                       // [C][ldV]
+    float *S1, *S2;                            // [Lp][ldV]: entering S; leaving dS (kGrads) / G (kCot)
+    float *VD, *PP, *TRI;                      // [C][ldC]
+    float *m_in, *u_in, *r, *fin, *du, *cmax;  // [Lp]
+    float *K, *Q;                              // Aaren: k tile [C][ldK], q [Dkp]
+    int64_t bytes;
+    __host__ __device__ BwdSmem(const ck::Geom& g, unsigned char* base) {
+        SmemCarver sc(base);
+        const int64_t C = ck::kChunk, cl = C * g.ldL(), cv = C * g.ldV(), cc = C * ck::Geom::ldC();
+        A = sc.take<float>(cl); PM = sc.take<float>(cl); E = sc.take<float>(cl); F = sc.take<float>(cl);
+        Hh = sc.take<float>(cl); ID = sc.take<float>(cl); Z = sc.take<float>(cl); X = sc.take<float>(cl);
+        V = sc.take<float>(cv); DY = sc.take<float>(cv); OUT = sc.take<float>(cv);
+        S1 = sc.take<float>(int64_t(g.Lp) * g.ldV()); S2 = sc.take<float>(int64_t(g.Lp) * g.ldV());
+        VD = sc.take<float>(cc); PP = sc.take<float>(cc); TRI = sc.take<float>(cc);
+        m_in = sc.take<float>(g.Lp); u_in = sc.take<float>(g.Lp); r = sc.take<float>(g.Lp);
+        fin = sc.take<float>(g.Lp); du = sc.take<float>(g.Lp); cmax = sc.take<float>(g.Lp);
+        K = Q = nullptr;
+        if (g.Dkp > 0) {
+            K = sc.take<float>(C * g.ldK());
+            Q = sc.take<float>(g.Dkp);
+        }
+        bytes = sc.offset;
+    }
+};
+
+// One chunk of the backward (kCot / kGrads above). Every thread of the block runs every phase (barriers between).
+// (min 1 block per SM: without it ptxas spilled 4-12 bytes in some instances on sm_90.)
+template <bool kAaren, typename Elem, int MODE>
+__global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem> a) {
+    constexpr int kTC = kGemmFor<Elem>;
+    constexpr int kC = ck::kChunk;
+    using mmau::block_gemm;
+    using mmau::kCol;
+    using mmau::kRow;
+    FLASHTS_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const ck::Geom g = a.g;
+    const BwdSmem sm(g, smem_raw);
+    const int64_t cell = blockIdx.x, h = cell % a.H, slot = (cell / a.H) % a.NS, b = cell / a.H / a.NS;
+    const ck::Slot sl = ck::slot_of(a.cu, a.N, a.T, b, slot);
+    if (sl.len <= 0) return;  // idle slot (uniform over the block)
+    const int tid_ = threadIdx.x, nth = blockDim.x, lane = tid_ & 31, warp = tid_ >> 5, nwarps = nth >> 5;
+    const int Lp = g.Lp, Dvp = g.BV, ldL = g.ldL(), ldV = g.ldV(), ldC = ck::Geom::ldC();
+    const int64_t L = a.L, Dv = a.Dv, len = sl.len, t0 = sl.t0, srow = cell;
+
+    // ---- tiles: logits A, mixing weights PM, values V (ck::load_chunk), cotangents DY
+    ck::load_tile(sm.DY, ldV, kC, Dvp, a.dout, b, t0, h, 0, sl.len, Dv);
+    ck::Tiles tl{};
+    tl.A = sm.A; tl.V = sm.V; tl.K = sm.K; tl.q = sm.Q;
+    ck::load_chunk<kAaren>(tl, g, a.q, a.k, a.v, b, h, t0, sl.len, a.D, Dv, 0, a.scale, sm.PM);
+
+    // ---- per latent: chunk max, entering state, r, f; the entering S (and the leaving cotangent dS)
+    for (int l = tid_; l < Lp; l += nth) {
+        float cm = -CUDART_INF_F;
+        for (int t = 0; t < kC; ++t) cm = fmaxf(cm, sm.A[t * ldL + l]);
+        sm.cmax[l] = cm;
+        const float m_in = l < L ? a.m_ch[srow * L + l] : -CUDART_INF_F;
+        sm.m_in[l] = m_in;
+        sm.u_in[l] = l < L ? a.u_ch[srow * L + l] : 0.f;
+        const float r = fmaxf(m_in, cm);
+        sm.r[l] = r;
+        sm.fin[l] = ck::exp_diff(m_in, r);
+        sm.du[l] = (MODE == kGrads && l < L) ? a.du_ch[srow * L + l] : 0.f;
+    }
+    const int groups = Dvp / 4;  // 16-byte loads of the state rows (row stride Wd, a multiple of 4; 0 past Dv)
+    for (int i = tid_; i < Lp * groups; i += nth) {
+        const int l = i / groups, c = (i - l * groups) * 4;
+        const bool in = l < L && c < a.Wd;
+        const float4 x = in ? *reinterpret_cast<const float4*>(a.w_ch + (srow * L + l) * a.Wd + c)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        float* d1 = sm.S1 + l * ldV + c;
+        d1[0] = x.x; d1[1] = x.y; d1[2] = x.z; d1[3] = x.w;
+        if (MODE == kGrads) {
+            const float4 y = in ? *reinterpret_cast<const float4*>(a.dw_ch + (srow * L + l) * a.Wd + c)
+                                : make_float4(0.f, 0.f, 0.f, 0.f);
+            float* d2 = sm.S2 + l * ldV + c;
+            d2[0] = y.x; d2[1] = y.y; d2[2] = y.z; d2[3] = y.w;
+        }
+    }
+    for (int i = tid_; i < kC * kC; i += nth) {
+        const int t = i / kC, s = i - t * kC;
+        sm.TRI[t * ldC + s] = t >= s ? -1.f : 0.f;
+    }
+    __syncthreads();
+    bool rise = false;  // the fast-path test: the running max rises by ≤ kRiseLimit inside the chunk
+    for (int l = tid_; l < L; l += nth) rise |= sm.r[l] - fmaxf(sm.m_in[l], sm.A[l]) > ck::kRiseLimit;
+    for (int i = tid_; i < kC * Lp; i += nth) {
+        const int t = i / Lp, l = i - t * Lp;
+        sm.E[t * ldL + l] = ck::exp_diff(sm.A[t * ldL + l], sm.r[l]);  // e^{a_s − r} ≤ 1
+    }
+    const bool exact = __syncthreads_or(rise);
+
+    block_gemm<kTC, kRow, kCol>(sm.VD, ldC, sm.DY, ldV, sm.V, ldV, kC, kC, Dvp, false);   // dy vᵀ
+    block_gemm<kTC, kRow, kCol>(sm.Z, ldL, sm.DY, ldV, sm.S1, ldV, kC, Lp, Dvp, false);  // dy S_inᵀ
+    __syncthreads();
+    for (int i = tid_; i < kC * kC; i += nth) {
+        const int t = i / kC, s = i - t * kC;
+        if (s > t) sm.VD[t * ldC + s] = 0.f;
+    }
+    // per latent (serial over the C steps): den, F = p/den, H = f/den (fast: den^r, ID = 1/den^r; exact: den_t at
+    // the per-position max M_t, ID = M_t, X = 1/den_t)
+    for (int l = tid_; l < Lp; l += nth) {
+        const float m_in = sm.m_in[l], fin = sm.fin[l];
+        if (!exact) {
+            float den = sm.u_in[l] * fin;
+            for (int t = 0; t < kC; ++t) {
+                den += sm.E[t * ldL + l];
+                const float inv = den > 0.f ? 1.f / den : 1.f;
+                sm.ID[t * ldL + l] = inv;
+                sm.F[t * ldL + l] = sm.PM[t * ldL + l] * inv;
+                sm.Hh[t * ldL + l] = fin * inv;
+            }
+        } else {
+            float M = m_in, den = sm.u_in[l];
+            for (int t = 0; t < kC; ++t) {
+                const float at = sm.A[t * ldL + l];
+                const float Mn = fmaxf(M, at);
+                den = den * ck::exp_diff(M, Mn) + ck::exp_diff(at, Mn);
+                M = Mn;
+                const float inv = den > 0.f ? 1.f / den : 1.f;
+                sm.ID[t * ldL + l] = M;
+                sm.X[t * ldL + l] = inv;
+                sm.F[t * ldL + l] = sm.PM[t * ldL + l] * inv;
+                sm.Hh[t * ldL + l] = ck::exp_diff(m_in, M) * inv;
+            }
+        }
+    }
+    __syncthreads();
+    // z = dp
+    if (!exact) {
+        block_gemm<kTC, kRow, kRow>(sm.X, ldL, sm.VD, ldC, sm.E, ldL, kC, Lp, kC, false);  // vd E
+        __syncthreads();
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
+            sm.Z[o] = sm.X[o] * sm.ID[o] + sm.Z[o] * sm.Hh[o];
+        }
+    } else {
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
+            const float Mt = sm.ID[o];
+            float acc = 0.f;
+            for (int s = 0; s <= t; ++s) acc += sm.VD[t * ldC + s] * ck::exp_diff(sm.A[s * ldL + l], Mt);
+            sm.Z[o] = acc * sm.X[o] + sm.Z[o] * sm.Hh[o];
+        }
+    }
+    __syncthreads();
+    // Ff = p ⊙ H (in Hh); fast path: F ⊙ z (in ID), P = tril(F Eᵀ), X = E ⊙ (vdᵀF − Tᵀ(F⊙z))
+    for (int i = tid_; i < kC * Lp; i += nth) {
+        const int t = i / Lp, l = i - t * Lp, o = t * ldL + l;
+        sm.Hh[o] *= sm.PM[o];
+        if (!exact) sm.ID[o] = sm.F[o] * sm.Z[o];
+    }
+    if (!exact) {
+        if (MODE == kGrads) {
+            block_gemm<kTC, kRow, kCol>(sm.PP, ldC, sm.F, ldL, sm.E, ldL, kC, kC, Lp, false);  // F Eᵀ
+            block_gemm<kTC, kCol, kRow>(sm.X, ldL, sm.VD, ldC, sm.F, ldL, kC, Lp, kC, false);  // vdᵀ F
+        }
+        __syncthreads();
+        if (MODE == kGrads) {
+            block_gemm<kTC, kCol, kRow>(sm.X, ldL, sm.TRI, ldC, sm.ID, ldL, kC, Lp, kC, true);  // − Tᵀ (F⊙z)
+            __syncthreads();
+            for (int i = tid_; i < kC * Lp; i += nth) {
+                const int s = i / Lp, l = i - s * Lp, o = s * ldL + l;
+                sm.X[o] *= sm.E[o];
+            }
+            for (int i = tid_; i < kC * kC; i += nth) {
+                const int t = i / kC, s = i - t * kC;
+                if (s > t) sm.PP[t * ldC + s] = 0.f;
+            }
+        }
+    } else if (MODE == kGrads) {  // every exponent ≤ 0: F_t E_s → c_t e^{a_s − M_t}
+        __syncthreads();
+        for (int i = tid_; i < kC * kC; i += nth) {
+            const int t = i / kC, s = i - t * kC;
+            float acc = 0.f;
+            if (s <= t)
+                for (int l = 0; l < Lp; ++l)
+                    acc += sm.F[t * ldL + l] * ck::exp_diff(sm.A[s * ldL + l], sm.ID[t * ldL + l]);
+            sm.PP[t * ldC + s] = acc;
+        }
+        for (int i = tid_; i < kC * Lp; i += nth) {
+            const int s = i / Lp, l = i - s * Lp;
+            const float as = sm.A[s * ldL + l];
+            float acc = 0.f;
+            for (int t = s; t < kC; ++t)
+                acc += sm.F[t * ldL + l] * ck::exp_diff(as, sm.ID[t * ldL + l]) *
+                       (sm.VD[t * ldC + s] - sm.Z[t * ldL + l]);
+            sm.X[s * ldL + l] = acc;
+        }
+    }
+    __syncthreads();
+
+    if (MODE == kCot) {  // G = Ffᵀ dy, g = −Σ_t Ff z, f
+        block_gemm<kTC, kCol, kRow>(sm.S2, ldV, sm.Hh, ldL, sm.DY, ldV, Lp, Dvp, kC, false);
+        for (int l = tid_; l < L; l += nth) {
+            float gsum = 0.f;
+            for (int t = 0; t < kC; ++t) gsum -= sm.Hh[t * ldL + l] * sm.Z[t * ldL + l];
+            a.du_ch[srow * L + l] = gsum;
+            a.f_ch[srow * L + l] = sm.fin[l];
+        }
+        __syncthreads();
+        for (int i = tid_; i < L * (a.Wd / 4); i += nth) {  // G rows (stride Wd; columns past Dv hold 0)
+            const int l = i / (a.Wd / 4), c = (i - l * (a.Wd / 4)) * 4;
+            const float* src = sm.S2 + l * ldV + c;
+            *reinterpret_cast<float4*>(a.dw_ch + (srow * L + l) * a.Wd + c) = make_float4(src[0], src[1], src[2], src[3]);
+        }
+        return;
+    }
+
+    // ---- kGrads: dv = Pᵀ dy + E dS;  da = X + E ⊙ (v dSᵀ + dα)
+    block_gemm<kTC, kCol, kRow>(sm.OUT, ldV, sm.PP, ldC, sm.DY, ldV, kC, Dvp, kC, false);
+    block_gemm<kTC, kRow, kCol>(sm.Hh, ldL, sm.V, ldV, sm.S2, ldV, kC, Lp, Dvp, false);  // v dSᵀ (Hh is free)
+    __syncthreads();
+    block_gemm<kTC, kRow, kRow>(sm.OUT, ldV, sm.E, ldL, sm.S2, ldV, kC, Dvp, Lp, true);
+    for (int i = tid_; i < kC * Lp; i += nth) {
+        const int s = i / Lp, l = i - s * Lp, o = s * ldL + l;
+        sm.X[o] += sm.E[o] * (sm.Hh[o] + sm.du[l]);
+    }
+    __syncthreads();
+    Elem* dv_out = a.dv + ((b * a.T + t0) * a.H + h) * Dv;
+    for (int64_t i = tid_; i < len * Dv; i += nth) {
+        const int64_t t = i / Dv, d = i - t * Dv;
+        dv_out[t * a.H * Dv + d] = from_float<Elem>(sm.OUT[t * ldV + d]);
+    }
+    if (!kAaren) {  // dk = da; dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_{·,0} first
+        Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * L;
+        Elem* dq_out = a.dq + ((b * a.T + t0) * a.H + h) * L;
+        for (int64_t i = tid_; i < len * L; i += nth) {
+            const int64_t t = i / L, l = i - t * L;
+            dk_out[t * a.H * L + l] = from_float<Elem>(sm.X[t * ldL + l]);
+        }
+        for (int t = warp; t < len; t += nwarps) {
+            const float* zr = sm.Z + t * ldL;
+            const float* pr = sm.PM + t * ldL;
+            const float z0 = zr[0];
+            float s = 0.f;
+            for (int l = lane; l < L; l += 32) s += pr[l] * (zr[l] - z0);
+            s = warp_sum(s);
+            for (int l = lane; l < L; l += 32) dq_out[t * a.H * L + l] = from_float<Elem>(pr[l] * ((zr[l] - z0) - s));
+        }
+    } else {  // dk_t = scale·da_t q; the chunk's dq partial scale·Σ_t da_t k_t (t in order; k from the K tile)
+        Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * a.D;
+        for (int64_t i = tid_; i < len * a.D; i += nth) {
+            const int64_t t = i / a.D, j = i - t * a.D;
+            dk_out[t * a.H * a.D + j] = from_float<Elem>(a.scale * sm.X[t * ldL] * sm.Q[j]);
+        }
+        for (int64_t j = tid_; j < a.D; j += nth) {
+            float acc = 0.f;
+            for (int t = 0; t < len; ++t) acc += sm.X[t * ldL] * sm.K[t * g.ldK() + j];
+            a.dq_part[srow * a.D + j] = a.scale * acc;
+        }
+    }
+}
+
+// One thread per (n, h, l, d): the reverse scan of the chunk maps from (dS_T, dα_T); writes the cotangent leaving
+// every chunk over (G, g) (dα by the d = 0 thread: it alone reads and writes du_ch) and (dS0, dα0) when asked.
+// A zero-length sequence passes (dS_T, dα_T) through. The maps are read kScanAhead chunks ahead of the combine
+// (a register ring with static indices, like state_scan_kernel): the chain of NS dependent steps per thread
+// would otherwise pay one memory round trip per chunk. (A chunk's row is read before it is overwritten: the
+// ring runs ahead towards earlier chunks, the stores trail behind.)
+template <typename Elem>
+__global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* dwT, float* du0, float* dw0) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd;
+    if (i >= a.N * a.H * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    const int64_t step = a.H * L;  // the previous chunk slot, same head and latent
+    const bool lead = d == 0;
+    float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
+    int64_t ahead = ((sq.b * a.NS + sq.base + n_chunks - 1) * a.H + h) * L + l, cur = ahead;
+    float ring_f[kScanAhead], ring_G[kScanAhead], ring_g[kScanAhead];
+#pragma unroll
+    for (int j = 0; j < kScanAhead; ++j) {
+        if (j < n_chunks) {
+            ring_f[j] = a.f_ch[ahead];
+            ring_G[j] = a.dw_ch[ahead * Wd + d];
+            ring_g[j] = lead ? a.du_ch[ahead] : 0.f;
+            ahead -= step;
+        }
+    }
+    for (int64_t c0 = 0; c0 < n_chunks; c0 += kScanAhead) {
+#pragma unroll
+        for (int j = 0; j < kScanAhead; ++j) {
+            if (c0 + j < n_chunks) {
+                const float f = ring_f[j], G = ring_G[j], gu = ring_g[j];
+                if (c0 + j + kScanAhead < n_chunks) {  // refill this ring slot (an earlier chunk)
+                    ring_f[j] = a.f_ch[ahead];
+                    ring_G[j] = a.dw_ch[ahead * Wd + d];
+                    ring_g[j] = lead ? a.du_ch[ahead] : 0.f;
+                    ahead -= step;
+                }
+                a.dw_ch[cur * Wd + d] = dw;  // the cotangent leaving chunk `cur`
+                if (lead) a.du_ch[cur] = du;
+                dw = f * dw + G;
+                du = f * du + gu;
+                cur -= step;
+            }
+        }
+    }
+    if (dw0) dw0[i] = dw;
+    if (du0 && lead) du0[nh * L + l] = du;
+}
+
+// Aaren: dq_rows[n, h, :] = the dq partials of the chunks of sequence n summed in chunk order.
+template <typename Elem>
+__global__ void dq_sum_kernel(BwdArgs<Elem> a, float* dq_rows) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= a.N * a.H * a.D) return;
+    const int64_t j = i % a.D, nh = i / a.D, n = nh / a.H, h = nh % a.H;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    float acc = 0.f;
+    for (int64_t c = 0; c < n_chunks; ++c) acc += a.dq_part[((sq.b * a.NS + sq.base + c) * a.H + h) * a.D + j];
+    dq_rows[i] = acc;
+}
+
+// ----- host side of the chunked backward
+
+// The backward's plan: the forward's chunked plan (entering states; its workspace first), the chunk tiles of
+// chunk_bwd_kernel and the backward's own workspace (f, g/dα, G/dS per chunk cell; Aaren's dq partials).
+struct BwdPlan {
+    bool chunked;       // false: the sequential fallback (tiles too large for the shared memory)
+    ScanPlan fwd;       // the forward's plan in "chunked" mode
+    ck::Geom g;         // BV = Dvp
+    int64_t smem_bytes, cells, fwd_floats, ws_floats;
+};
+
+inline cudaError_t plan_backward(bool aaren, const ScanSizes& sz, BwdPlan* p) {
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(ScanOptions{0, 0, ScanMode::Auto}, &sms, &max_smem);
+    if (err != cudaSuccess) return err;
+    *p = BwdPlan{};
+    p->g = ck::make_geom(aaren, sz.L, sz.D, round_up(static_cast<int>(sz.Dv), 16));
+    p->smem_bytes = BwdSmem(p->g, nullptr).bytes;
+    err = plan_forward(aaren, sz, true, ScanOptions{sms, max_smem, ScanMode::Chunked}, &p->fwd);
+    if (err == cudaErrorInvalidConfiguration || (err == cudaSuccess && p->smem_bytes > max_smem)) {
+        p->chunked = false;
+        p->ws_floats = 3 * sz.B * sz.T * sz.H * sz.L;  // ws_M, ws_c, ws_r of the sequential kernels
+        return cudaSuccess;
+    }
+    if (err != cudaSuccess) return err;
+    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
+    p->chunked = true;
+    p->cells = sz.B * p->fwd.NS * sz.H;
+    p->fwd_floats = r4(p->fwd.workspace_bytes / int64_t(sizeof(float)));
+    p->ws_floats = p->fwd_floats + 2 * r4(p->cells * sz.L) + p->cells * sz.L * r4(sz.Dv) +
+                   (aaren ? r4(p->cells * sz.D) : 0);
+    return cudaSuccess;
+}
+
+// Threads per block of an element-wise scan over n chains: 256, halved (down to 32) while the grid has fewer
+// blocks than SMs (the occupancy rule of kernels/occupancy.py for the light sequential scans).
+inline int scan_threads(int64_t n, int sms) {
+    int t = 256;
+    while (t > 32 && (n + t - 1) / t < sms) t /= 2;
+    return t;
+}
+
+template <bool kAaren, typename Elem>
+cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v,
+                                    const ScanSizes& sz, float scale, const float* m0, const float* u0,
+                                    const float* w0, const float* duT, const float* dwT, float* ws,
+                                    int64_t ws_floats, Elem* dq, float* dq_rows, Elem* dk, Elem* dv, float* du0,
+                                    float* dw0, cudaStream_t stream) {
+    if (ws_floats < plan.ws_floats || (plan.ws_floats > 0 && ws == nullptr) ||
+        reinterpret_cast<uintptr_t>(ws) % 16 != 0)
+        return cudaErrorInvalidValue;
+    int sms = 0, max_smem = 0;
+    cudaError_t err = device_facts(ScanOptions{0, 0, ScanMode::Auto}, &sms, &max_smem);
+    if (err != cudaSuccess) return err;
+    const ScanPlan& fp = plan.fwd;
+    // 1. the states entering every chunk: the forward's chunk_sum_kernel + state_scan_kernel
+    Args<Elem> a0 = make_args<Elem>(q, k, v, dout, sz, scale);
+    a0.m0 = m0; a0.a0 = u0; a0.S0 = w0;  // (no final state: mT/aT/ST stay nullptr)
+    FwdArgs<Elem> fa = chunk_args<kAaren>(a0, true, fp);
+    const WsLayout ly = ws_layout(fa.B, fa.NS, fa.H, fa.L, fa.Wd);
+    fa.ws_cm = ws + ly.cm; fa.ws_cs = ws + ly.cs; fa.ws_m = ws + ly.m; fa.ws_u = ws + ly.u; fa.ws_w = ws + ly.w;
+    const int64_t sum_blocks = fa.B * fa.NS * fa.H * fa.nBV;
+    if (sum_blocks > 0x7fffffffLL || plan.cells > 0x7fffffffLL) return cudaErrorInvalidValue;
+    {
+        auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
+        auto scan_kernel = state_scan_kernel<Elem>;
+        const int64_t bytes_sum = ck::carve(fa.g, false, nullptr).bytes;
+        err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes_sum));
+        if (err != cudaSuccess) return err;
+        if (sum_blocks > 0) {
+            FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(sum_blocks), ck::kThreads, static_cast<size_t>(bytes_sum),
+                           stream, fa);
+            if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+        }
+        if (fp.scan_blocks > 0) {
+            FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(fp.scan_blocks), ck::kThreads, 0, stream, fa);
+            if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+        }
+    }
+    // 2.-4. the cotangent maps, their reverse scan, the gradients
+    BwdArgs<Elem> a{};
+    a.q = fa.q; a.k = fa.k; a.v = fa.v;
+    a.dout = ck::make_view<Elem>(dout, sz.Dv);
+    a.B = sz.B; a.T = sz.T; a.H = sz.H; a.L = sz.L; a.D = sz.D; a.Dv = sz.Dv; a.N = sz.N; a.NS = fp.NS; a.Wd = fa.Wd;
+    a.cu = sz.cu_seqlens;
+    a.scale = scale;
+    a.g = plan.g;
+    a.m_ch = fa.ws_m; a.u_ch = fa.ws_u; a.w_ch = fa.ws_w;
+    auto r4 = [](int64_t n) { return (n + 3) / 4 * 4; };
+    float* p = ws + plan.fwd_floats;
+    a.f_ch = p; p += r4(plan.cells * sz.L);
+    a.du_ch = p; p += r4(plan.cells * sz.L);
+    a.dw_ch = p; p += plan.cells * sz.L * a.Wd;
+    a.dq_part = kAaren ? p : nullptr;
+    a.dq = dq; a.dk = dk; a.dv = dv;
+    const size_t smem = static_cast<size_t>(plan.smem_bytes);
+    auto k_cot = chunk_bwd_kernel<kAaren, Elem, kCot>;
+    auto k_grads = chunk_bwd_kernel<kAaren, Elem, kGrads>;
+    err = cudaFuncSetAttribute(k_cot, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(k_grads, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+    const int64_t chains = sz.N * sz.H * sz.L * sz.Dv;
+    const int st = scan_threads(chains, sms);
+    if (plan.cells > 0) {
+        FLASHTS_LAUNCH(k_cot, static_cast<unsigned>(plan.cells), ck::kThreads, smem, stream, a);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (chains > 0) {
+        auto kern = cot_scan_kernel<Elem>;
+        FLASHTS_LAUNCH(kern, static_cast<unsigned>(cdiv64(chains, st)), st, 0, stream, a, duT, dwT, du0, dw0);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (plan.cells > 0) {
+        FLASHTS_LAUNCH(k_grads, static_cast<unsigned>(plan.cells), ck::kThreads, smem, stream, a);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    if (kAaren && sz.N * sz.H * sz.D > 0) {
+        const int64_t n = sz.N * sz.H * sz.D;
+        const int t = scan_threads(n, sms);
+        auto kern = dq_sum_kernel<Elem>;
+        FLASHTS_LAUNCH(kern, static_cast<unsigned>(cdiv64(n, t)), t, 0, stream, a, dq_rows);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    }
+    return cudaSuccess;
+}
+
+// Workspace (floats) of the causal backward at these sizes: the chunked path's, or the sequential fallback's.
+inline cudaError_t bwd_workspace(const ScanSizes& sz, bool aaren, int64_t* floats) {
+    BwdPlan plan;
+    const cudaError_t err = plan_backward(aaren, sz, &plan);
+    if (err == cudaSuccess) *floats = plan.ws_floats;
+    return err;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- launchers
@@ -1477,19 +1987,40 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
     });
 }
 
+cudaError_t scan_bwd_workspace(bool aaren, ScanSizes sz, bool causal, int64_t* floats) {
+    if (aaren) sz.L = 1; else sz.D = sz.L;
+    if (!floats || !sizes_ok(sz)) return cudaErrorInvalidValue;
+    *floats = 0;
+    if (!causal && !aaren) {  // Latte bidirectional: the chunk-parallel backward's, or none (sequential fallback)
+        ScanPlan plan{};
+        const cudaError_t err = plan_bidir_backward(sz, ScanOptions{0, 0, ScanMode::Auto}, &plan);
+        if (err == cudaSuccess) *floats = (plan.workspace_bytes + 3) / 4;
+        return err == cudaErrorInvalidConfiguration ? cudaSuccess : err;
+    }
+    return bwd_workspace(sz, aaren, floats);
+}
+
 cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
                       float scale, const float* m0, const float* u0, const float* w0, const float* duT,
-                      const float* dwT, float* ws_M, float* ws_c, float* ws_r, float* dq_rows, void* dk, void* dv,
-                      float* du0, float* dw0, cudaStream_t stream) {
+                      const float* dwT, float* workspace, int64_t workspace_floats, float* dq_rows, void* dk,
+                      void* dv, float* du0, float* dw0, cudaStream_t stream) {
     sz.L = 1;
-    if (!sizes_ok(sz) || (m0 && (!u0 || !w0)) || !ws_M || !ws_c || !ws_r || !dq_rows || (du0 && !dw0))
-        return cudaErrorInvalidValue;
+    if (!sizes_ok(sz) || (m0 && (!u0 || !w0)) || !dq_rows || (du0 && !dw0)) return cudaErrorInvalidValue;
+    BwdPlan plan;
+    const cudaError_t err = plan_backward(true, sz, &plan);
+    if (err != cudaSuccess) return err;
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
+        if (plan.chunked)  // the chunk-parallel backward
+            return launch_chunked_backward<true, T>(plan, dout, q, k, v, sz, scale, m0, u0, w0, duT, dwT, workspace,
+                                                    workspace_floats, nullptr, dq_rows, static_cast<T*>(dk),
+                                                    static_cast<T*>(dv), du0, dw0, stream);
+        const int64_t n = sz.B * sz.T * sz.H;  // fallback: the sequential kernels (ws_M, ws_c, ws_r)
+        if (workspace_floats < 3 * n || (n > 0 && !workspace)) return cudaErrorInvalidValue;
         Args<T> a = make_args<T>(q, k, v, dout, sz, scale);
         a.m0 = m0; a.a0 = u0; a.S0 = w0;
         a.daT = duT; a.dST = dwT;
-        a.ws_M = ws_M; a.ws_c = ws_c; a.ws_r = ws_r;
+        a.ws_M = workspace; a.ws_c = workspace + n; a.ws_r = workspace + 2 * n;
         a.dq_rows = dq_rows;
         a.dk = static_cast<T*>(dk);
         a.dv = static_cast<T*>(dv);
@@ -1500,18 +2031,43 @@ cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, 
 
 cudaError_t latte_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
                       bool causal, const float* m0, const float* a0, const float* S0, const float* daT,
-                      const float* dST, float* ws_M, float* ws_c, float* ws_r, void* dq, void* dk, void* dv,
+                      const float* dST, float* workspace, int64_t workspace_floats, void* dq, void* dk, void* dv,
                       float* da0, float* dS0, cudaStream_t stream) {
     sz.D = sz.L;
     if (!sizes_ok(sz) || (m0 && (!a0 || !S0)) || (da0 && !dS0)) return cudaErrorInvalidValue;
-    if (causal && (!ws_M || !ws_c || !ws_r)) return cudaErrorInvalidValue;
     if (!causal && (m0 || daT || dST || da0)) return cudaErrorInvalidValue;
+    BwdPlan plan{};
+    ScanPlan bidir{};  // bidirectional: the chunk-parallel backward when it fits (bidir_ok), else bidir_bwd_kernel
+    bool bidir_ok = false;
+    if (causal) {
+        const cudaError_t err = plan_backward(false, sz, &plan);
+        if (err != cudaSuccess) return err;
+    } else {
+        const cudaError_t err = plan_bidir_backward(sz, ScanOptions{0, 0, ScanMode::Auto}, &bidir);
+        if (err != cudaSuccess && err != cudaErrorInvalidConfiguration) return err;
+        bidir_ok = err == cudaSuccess;
+    }
     return dispatch(dtype, [&](auto tag) {
         using T = typename decltype(tag)::type;
+        if (bidir_ok) {
+            Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
+            a.dq = static_cast<T*>(dq);
+            a.dk = static_cast<T*>(dk);
+            a.dv = static_cast<T*>(dv);
+            return launch_bidir_backward<T>(a, bidir, workspace, workspace_floats * int64_t(sizeof(float)), stream);
+        }
+        if (plan.chunked)  // the chunk-parallel backward
+            return launch_chunked_backward<false, T>(plan, dout, q, k, v, sz, 1.f, m0, a0, S0, daT, dST, workspace,
+                                                     workspace_floats, static_cast<T*>(dq), nullptr,
+                                                     static_cast<T*>(dk), static_cast<T*>(dv), da0, dS0, stream);
+        const int64_t n = sz.B * sz.T * sz.H * sz.L;  // bidirectional, or the sequential fallback (ws_M, ws_c, ws_r)
+        if (causal && (workspace_floats < 3 * n || (n > 0 && !workspace))) return cudaErrorInvalidValue;
         Args<T> a = make_args<T>(q, k, v, dout, sz, 1.f);
         a.m0 = m0; a.a0 = a0; a.S0 = S0;
         a.daT = daT; a.dST = dST;
-        a.ws_M = ws_M; a.ws_c = ws_c; a.ws_r = ws_r;
+        if (causal) {
+            a.ws_M = workspace; a.ws_c = workspace + n; a.ws_r = workspace + 2 * n;
+        }
         a.dq = static_cast<T*>(dq);
         a.dk = static_cast<T*>(dk);
         a.dv = static_cast<T*>(dv);

@@ -83,26 +83,30 @@ cudaError_t latte_fwd(DType dtype, ScanTensor q, ScanTensor k, ScanTensor v, Sca
 // Latte bidirectional backward, chunk-parallel (the forward's chunk summaries and whole-sequence state, then
 // per chunk Gm_c = pᵀdy and dq, the sum of Gm over the chunks, per chunk dv and dk; tensor cores for 16-bit
 // inputs): dq, dk [B, T, H, L], dv [B, T, H, Dv] contiguous in the input type. workspace: at least
-// latte_bidir_bwd_plan(...).workspace_bytes (16-byte aligned). Not yet called by latte_bwd (which runs the
-// sequential bidir_bwd_kernel for causal = false): wiring it in needs that workspace in the binding.
+// latte_bidir_bwd_plan(...).workspace_bytes (16-byte aligned). latte_bwd with causal = false runs it (its workspace
+// from scan_bwd_workspace) when its tiles fit, else the sequential bidir_bwd_kernel.
 cudaError_t latte_bidir_bwd_plan(ScanSizes sz, ScanOptions opt, ScanPlan* plan);
 cudaError_t latte_bidir_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
                             ScanOptions opt, void* dq, void* dk, void* dv, void* workspace, int64_t workspace_bytes,
                             cudaStream_t stream);
 
 // Backward (the maxima carry no gradient). dout = do; daT/dST: final-state cotangents (nullptr = 0).
-// Workspace (causal): ws_M, ws_c, ws_r, float32 [B, T, H, L] each (forward maxima, p/den, −p/den·(dy·mean)
-// per position, written by a recompute sweep and read by the reverse sweep).
+// Bidirectional (Latte, causal = false): latte_bidir_bwd's kernels when they fit, else the sequential kernel.
+// Causal: the chunk-parallel backward (chunk summaries → entering states → per-chunk cotangent maps → their reverse
+// scan → per-chunk gradients; see prefix_scan.cu) whenever its chunk tiles fit in shared memory, else the
+// sequential recompute/reverse kernels (the fallback for very wide states). Either way `workspace` holds at least
+// scan_bwd_workspace(...) floats (float32 device memory, 16-byte aligned; cudaErrorInvalidValue when smaller).
 // Initial-state gradients da0/dS0 are written when non-null (then m0 must be given or nullptr for the
 // empty state). Aaren: dq_rows float32 [N, H, D] holds Σ_t of each (sequence, head) — the caller sums it
 // over the sequences when q is shared.
+cudaError_t scan_bwd_workspace(bool aaren, ScanSizes sz, bool causal, int64_t* floats);
 cudaError_t aaren_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
                       float scale, const float* m0, const float* u0, const float* w0, const float* duT,
-                      const float* dwT, float* ws_M, float* ws_c, float* ws_r, float* dq_rows, void* dk, void* dv,
-                      float* du0, float* dw0, cudaStream_t stream);
+                      const float* dwT, float* workspace, int64_t workspace_floats, float* dq_rows, void* dk,
+                      void* dv, float* du0, float* dw0, cudaStream_t stream);
 cudaError_t latte_bwd(DType dtype, ScanTensor dout, ScanTensor q, ScanTensor k, ScanTensor v, ScanSizes sz,
                       bool causal, const float* m0, const float* a0, const float* S0, const float* daT,
-                      const float* dST, float* ws_M, float* ws_c, float* ws_r, void* dq, void* dk, void* dv,
+                      const float* dST, float* workspace, int64_t workspace_floats, void* dq, void* dk, void* dv,
                       float* da0, float* dS0, cudaStream_t stream);
 
 }  // namespace scan
