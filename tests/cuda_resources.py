@@ -255,7 +255,19 @@ for _t in _16:  # δ = rowsum(dO·O) with 16-byte loads
         EXPECTED[f"swa::fa_delta_kernel<{_t},{_pl}>"] = (False, True)
 # kernels that must keep their cp.async (LDGSTS) tile loads
 EXPECTED_CP_ASYNC = {k for k in EXPECTED if k.startswith("swa::fa2_")}
-# prefix scan (Aaren / Latte): sequential-in-time FMA scans, no tensor cores, scalar loads.
+# prefix scan (Aaren / Latte), chunk-parallel (csrc/scan_chunk.cuh; <kAaren, T[, phase]>): chunk products on
+# mma.sync TF32 for 16-bit inputs (exact FMA for float32, as Triton's "ieee"), 16-byte row loads where aligned.
+for _a in ("false", "true"):
+    for _k in ("chunk_sum_kernel", "chunk_out_kernel", "onepass_kernel"):
+        EXPECTED.update(_expand("scan::%s<%s,{T}>" % (_k, _a), hmma_types=_16, ldg_types=_ALL))
+    for _ph in (1, 2):  # 1: per-chunk cotangent maps, 2: per-chunk gradients
+        EXPECTED.update(_expand("scan::chunk_bwd_kernel<%s,{T},%d>" % (_a, _ph), hmma_types=_16, ldg_types=_ALL))
+for _k in ("bidir_out_kernel", "bidir_dq_kernel", "bidir_dkv_kernel"):
+    EXPECTED.update(_expand("scan::%s<{T}>" % _k, hmma_types=_16, ldg_types=_ALL))
+EXPECTED.update(_expand("scan::state_scan_kernel<{T}>", ldg_types=_ALL))
+for _k in ("cot_scan_kernel", "dq_sum_kernel"):
+    EXPECTED.update(_expand("scan::%s<{T}>" % _k))
+# the old sequential-in-time FMA scans: fallbacks only (state too wide for the chunk tiles; bidirectional one pass).
 for _kind in ("Aaren", "Latte"):
     for _k in ("forward_kernel", "recompute_kernel", "reverse_kernel"):
         EXPECTED.update(_expand("scan::%s<%s,{T}>" % (_k, _kind)))
@@ -340,7 +352,19 @@ def goal_grids() -> dict[str, str]:
         g[f"swa::fa2_{k}_kernel"] = f"B·H·⌈T/64⌉ = {4 * 16 * -(-T // 64)} (D=64 and 128)"
     g["swa::fa2_fwd_kernel"] = f"B·H·⌈T/(64·MT)⌉: D=64 (MT=2): {4 * 16 * -(-T // 128)}, D=128: {4 * 16 * -(-T // 64)}"
     for k in ("forward_kernel", "recompute_kernel", "reverse_kernel", "bidir_bwd_kernel"):
-        g[f"scan::{k}"] = "B·H = 64"
+        g[f"scan::{k}"] = "B·H = 64 (fallback only: very wide L·Dv states)"
+    # prefix scan, goal shapes Latte L64 / Aaren D64, B8 H8 T8192 Dv64, chunk C = 16 (ports of scan_fwd_plan and
+    # the backward launchers: chunked mode, BV = 64; state scans one thread per (sequence, head, l, 4 columns))
+    NSC = -(-8192 // 16)
+    g["scan::chunk_sum_kernel"] = f"B·⌈T/16⌉·H·⌈Dv/BV⌉ = {8 * NSC * 8} (Latte and Aaren)"
+    g["scan::chunk_out_kernel"] = g["scan::chunk_sum_kernel"]
+    g["scan::chunk_bwd_kernel"] = f"B·⌈T/16⌉·H = {8 * NSC * 8} (Latte and Aaren; 128 threads)"
+    g["scan::state_scan_kernel"] = f"⌈N·H·L·⌈Dv/4⌉/128⌉: Latte {-(-8 * 8 * 64 * 16 // 128)}, Aaren {-(-8 * 8 * 16 // 128)}"
+    g["scan::cot_scan_kernel"] = "one thread per (sequence, head, l, d): Latte 1024 × 256 threads, Aaren 128 × 32"
+    g["scan::dq_sum_kernel"] = "Aaren: 128 × 32 threads"
+    g["scan::onepass_kernel"] = "N·H·⌈Dv/BV⌉ (picked when ≥ 2·SMs, e.g. B512 H8 T96 D16: 4096; not at the goal shapes)"
+    for k in ("bidir_out_kernel", "bidir_dq_kernel", "bidir_dkv_kernel"):
+        g[f"scan::{k}"] = f"B·⌈T/16⌉·H = {8 * NSC * 8} (Latte bidirectional, not a goal shape)"
     B, H, E = 32, 8, 64
     N = H * E
     parts = {k: [] for k in ("spec", "agg", "dpart", "dgrad")}
