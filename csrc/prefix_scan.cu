@@ -356,13 +356,21 @@ template <typename Elem>
 constexpr int kGemmFor = std::is_same<Elem, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
 
 // Offsets (floats) of the workspace arrays; every array starts at a multiple of 4 floats (16 bytes).
+// Two-level state scan (group_rows = N·H·L·G > 0, G > 1 groups): lm, lu [cells·L] (the state entering each chunk
+// relative to its group's start: pass 1 writes them, pass 3 reads them) and gm, gu [group_rows], gw [group_rows][Wd]
+// (each group's total; gw then holds the state entering the group), gem, geu [group_rows] (m, α entering the group).
 struct WsLayout {
-    int64_t cm, cs, m, u, w, floats;
+    int64_t cm, cs, m, u, w, lm, lu, gm, gu, gem, geu, gw, floats;
 };
 
-__host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, int64_t L, int64_t Wd) {
-    const int64_t cells = B * NS * H * L, vec = (cells + 3) / 4 * 4;
-    return WsLayout{0, vec, 2 * vec, 3 * vec, 4 * vec, 4 * vec + cells * Wd};
+__host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, int64_t L, int64_t Wd,
+                                              int64_t group_rows = 0) {
+    const int64_t cells = B * NS * H * L, vec = (cells + 3) / 4 * 4, end = 4 * vec + cells * Wd;
+    if (group_rows <= 0) return WsLayout{0, vec, 2 * vec, 3 * vec, 4 * vec, 0, 0, 0, 0, 0, 0, 0, end};
+    const int64_t gvec = (group_rows + 3) / 4 * 4, g0 = end + 2 * vec;
+    return WsLayout{0,       vec,          2 * vec,      3 * vec,      4 * vec,      end, end + vec,
+                    g0,      g0 + gvec,    g0 + 2 * gvec, g0 + 3 * gvec, g0 + 4 * gvec,
+                    g0 + 4 * gvec + group_rows * Wd};
 }
 
 template <typename Elem>
@@ -377,6 +385,10 @@ struct FwdArgs {
     int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
     int plain_sum;  // state_scan_kernel: a plain sum of ws_w along the chunks (no maxima; bidirectional backward)
     float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
+    // two-level state scan (G > 1): G groups of CPG chunks per sequence; workspace arrays as in ws_layout
+    int G;
+    int64_t CPG;
+    float *ws_lm, *ws_lu, *ws_gm, *ws_gu, *ws_gem, *ws_geu, *ws_gw;
     const float *m0, *u0, *w0;
     float *mT, *uT, *wT;
     // bidirectional backward: dout, gradients, the per-chunk Gm = Pᵀ dy workspace [cells][L][Wd]
@@ -435,29 +447,64 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(FwdArgs<Elem> a
 // kScanAhead loads are in flight: the scan is a chain of NS dependent steps per thread and would otherwise pay
 // one memory round trip per chunk. Causal: the state entering chunk c replaces its summary; a.bidir: only the
 // whole-sequence total is written, to the sequence's first slot (the bidirectional forward's means).
+// Two-level (a.G > 1 groups of a.CPG chunks per sequence; the combine is associative): this kernel is pass 1,
+// thread → (row, group, l, d0), each group scanned from the empty state: the state entering each chunk relative to
+// its group (m, α into ws_lm / ws_lu, S in place of the summary) and the group's total (ws_gm, ws_gu, ws_gw);
+// group_scan_kernel (pass 2) combines the totals in order (the initial state first) into the state entering each
+// group and writes the final / whole-sequence state; group_apply_kernel (pass 3, causal) combines each group's
+// entering state with its chunks' relative states.
 constexpr int kScanAhead = 8;
+
+// The end of a scan of one (sequence, head, latent, 4 columns) with its total state (m, u, w): the bidirectional
+// whole-sequence state in the sequence's first slot, the final state.
+template <typename Elem>
+__device__ __forceinline__ void scan_finish(const FwdArgs<Elem>& a, int64_t first, int64_t srow, int64_t d0,
+                                            int64_t n_chunks, float m, float u, const float* w) {
+    if (a.bidir && n_chunks > 0) {
+        if (d0 == 0 && !a.plain_sum) {
+            a.ws_m[first] = m;
+            a.ws_u[first] = u;
+        }
+        *reinterpret_cast<float4*>(a.ws_w + first * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
+    }
+    if (a.mT) {
+        if (d0 == 0) {
+            a.mT[srow] = m;
+            a.uT[srow] = u;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (d0 + j < a.Dv) a.wT[srow * a.Dv + d0 + j] = w[j];
+    }
+}
 
 template <typename Elem>
 __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> a) {
-    const int64_t per_row = a.L * (a.Wd / 4);
+    const int64_t per_group = a.L * (a.Wd / 4), per_row = per_group * a.G;
     const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t row = gid / per_row;  // n·H + h
     if (row >= a.N * a.H) return;
-    const int64_t i = gid - row * per_row, l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t grp = (gid - row * per_row) / per_group, i = gid - row * per_row - grp * per_group;
+    const int64_t l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
     const int64_t n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const bool grouped = a.G > 1;
     const ck::Seq sq = ck::sequence(a.cu, n, a.T);
     const int64_t srow = row * L + l;  // state rows [N, H, L]
-    float m = a.m0 ? a.m0[srow] : -CUDART_INF_F, u = a.m0 ? a.u0[srow] : 0.f, w[4];
+    const bool init = a.m0 && !grouped;  // groups start from the empty state (the initial state enters in pass 2)
+    float m = init ? a.m0[srow] : -CUDART_INF_F, u = init ? a.u0[srow] : 0.f, w[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
-    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    for (int j = 0; j < 4; ++j) w[j] = (init && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grouped ? grp * a.CPG : 0;
+    const int64_t c_end = grouped ? (c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks) : seq_chunks;
+    const int64_t n_chunks = c_end > c_begin ? c_end - c_begin : 0;
     const int64_t step = a.H * L;  // next slot, same head and latent
-    const int64_t first = ((sq.b * a.NS + sq.base) * a.H + h) * L + l;
+    const int64_t first = ((sq.b * a.NS + sq.base + c_begin) * a.H + h) * L + l;
     const bool entering = !a.bidir;
     // running pointers: the chunk being combined (cur) and the one being fetched (ahead), same head and latent
     const float *cm_ahead = a.ws_cm + first, *cs_ahead = a.ws_cs + first;
     const float* w_ahead = a.ws_w + first * a.Wd + d0;
-    float *m_cur = a.ws_m + first, *u_cur = a.ws_u + first, *w_cur = a.ws_w + first * a.Wd + d0;
+    float *m_cur = (grouped ? a.ws_lm : a.ws_m) + first, *u_cur = (grouped ? a.ws_lu : a.ws_u) + first;
+    float* w_cur = a.ws_w + first * a.Wd + d0;
     const int64_t wstep = step * a.Wd;
     float ring_m[kScanAhead], ring_u[kScanAhead];
     float4 ring_w[kScanAhead];
@@ -505,21 +552,87 @@ __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> 
             }
         }
     }
-    if (!entering && n_chunks > 0) {  // bidirectional: the whole-sequence state in the first slot
-        if (d0 == 0 && !a.plain_sum) {
-            a.ws_m[first] = m;
-            a.ws_u[first] = u;
-        }
-        *reinterpret_cast<float4*>(a.ws_w + first * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
-    }
-    if (a.mT) {
+    if (grouped) {  // pass 1: the group's total
+        const int64_t gidx = (row * a.G + grp) * L + l;
         if (d0 == 0) {
-            a.mT[srow] = m;
-            a.uT[srow] = u;
+            a.ws_gm[gidx] = m;
+            a.ws_gu[gidx] = u;
         }
+        *reinterpret_cast<float4*>(a.ws_gw + gidx * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
+    } else {
+        scan_finish(a, first, srow, d0, n_chunks, m, u, w);
+    }
+}
+
+// Two-level scan, pass 2: thread → (row, l, d0); the group totals of the sequence combined in order from the
+// initial state: the state entering each group (m, α into ws_gem / ws_geu, S over the total in ws_gw), then the
+// final / whole-sequence state (scan_finish). G is small (≤ SMs·128 / chains): a short chain per thread.
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) group_scan_kernel(FwdArgs<Elem> a) {
+    const int64_t per_row = a.L * (a.Wd / 4);
+    const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = gid / per_row;
+    if (row >= a.N * a.H) return;
+    const int64_t i = gid - row * per_row, l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t srow = row * L + l;
+    float m = a.m0 ? a.m0[srow] : -CUDART_INF_F, u = a.m0 ? a.u0[srow] : 0.f, w[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-            if (d0 + j < Dv) a.wT[srow * Dv + d0 + j] = w[j];
+    for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), groups = cdiv64(n_chunks, a.CPG);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+        const int64_t gidx = (row * a.G + grp) * L + l;
+        const float gm = a.ws_gm[gidx], gu = a.ws_gu[gidx];
+        float* gw = a.ws_gw + gidx * a.Wd + d0;
+        const float4 t = *reinterpret_cast<const float4*>(gw);
+        const float xs[4] = {t.x, t.y, t.z, t.w};
+        if (d0 == 0) {
+            a.ws_gem[gidx] = m;
+            a.ws_geu[gidx] = u;
+        }
+        *reinterpret_cast<float4*>(gw) = make_float4(w[0], w[1], w[2], w[3]);
+        if (a.plain_sum) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w[j] += xs[j];
+        } else {
+            ck::combine<4>(m, u, w, gm, gu, xs);
+        }
+    }
+    scan_finish(a, ((sq.b * a.NS + sq.base) * a.H + h) * L + l, srow, d0, n_chunks, m, u, w);
+}
+
+// Two-level scan, pass 3 (causal): thread → (row, group, l, d0) as in pass 1; the state entering each chunk of the
+// group = (the state entering the group) ⊕ (the chunk's state relative to the group), into ws_m, ws_u, ws_w.
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) group_apply_kernel(FwdArgs<Elem> a) {
+    const int64_t per_group = a.L * (a.Wd / 4), per_row = per_group * a.G;
+    const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = gid / per_row;
+    if (row >= a.N * a.H) return;
+    const int64_t grp = (gid - row * per_row) / per_group, i = gid - row * per_row - grp * per_group;
+    const int64_t l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t n = row / a.H, h = row - n * a.H, L = a.L;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grp * a.CPG;
+    const int64_t c_end = c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks;
+    if (c_end <= c_begin) return;
+    const int64_t gidx = (row * a.G + grp) * L + l;
+    const float em = a.ws_gem[gidx], eu = a.ws_geu[gidx];
+    const float4 ew = *reinterpret_cast<const float4*>(a.ws_gw + gidx * a.Wd + d0);
+    const int64_t step = a.H * L;
+    int64_t cell = ((sq.b * a.NS + sq.base + c_begin) * a.H + h) * L + l;
+    for (int64_t c = c_begin; c < c_end; ++c, cell += step) {
+        float m = em, u = eu, w[4] = {ew.x, ew.y, ew.z, ew.w};
+        float* wp = a.ws_w + cell * a.Wd + d0;
+        const float4 lw = *reinterpret_cast<const float4*>(wp);
+        const float xs[4] = {lw.x, lw.y, lw.z, lw.w};
+        ck::combine<4>(m, u, w, a.ws_lm[cell], a.ws_lu[cell], xs);
+        if (d0 == 0) {
+            a.ws_m[cell] = m;
+            a.ws_u[cell] = u;
+        }
+        *reinterpret_cast<float4*>(wp) = make_float4(w[0], w[1], w[2], w[3]);
     }
 }
 
@@ -1163,6 +1276,7 @@ cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
 }
 
 constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
+constexpr int64_t kMinGroupChunks = kScanAhead;  // two-level state scan: the fewest chunks per group
 
 // Shared memory of the chunk kernels (chunked mode: the larger of the summary and output kernels) and of
 // onepass_kernel, at Dv tile bv.
@@ -1208,9 +1322,26 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
     plan->NS = mode == ScanMode::Chunked ? NS : 0;
     plan->seq_blocks = seq_blocks(bv);
     plan->chunk_blocks = mode == ScanMode::Chunked ? chunk_blocks(bv) : 0;
-    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(sz.N * sz.H * sz.L * (Wd / 4), ck::kThreads) : 0;
+    // the state scan: one level when its chains fill the SMs, else G groups (two-level; see state_scan_kernel)
+    const int64_t chains = sz.N * sz.H * sz.L * (Wd / 4);
+    int64_t G = 1, cpg = NS;
+    if (mode == ScanMode::Chunked && chains > 0 && cdiv64(chains, ck::kThreads) < sms) {
+        const int64_t most = NS / kMinGroupChunks, want = cdiv64(int64_t(sms) * ck::kThreads, chains);
+        G = want < most ? want : most;
+        if (G > 1) {
+            cpg = cdiv64(NS, G);
+            G = cdiv64(NS, cpg);  // no empty trailing group
+        } else {
+            G = 1;
+        }
+    }
+    plan->scan_groups = mode == ScanMode::Chunked ? static_cast<int>(G) : 0;
+    plan->scan_group_chunks = mode == ScanMode::Chunked ? cpg : 0;
+    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(chains * G, ck::kThreads) : 0;
     plan->workspace_bytes =
-        mode == ScanMode::Chunked ? ws_layout(sz.B, NS, sz.H, sz.L, Wd).floats * int64_t(sizeof(float)) : 0;
+        mode == ScanMode::Chunked
+            ? ws_layout(sz.B, NS, sz.H, sz.L, Wd, G > 1 ? sz.N * sz.H * sz.L * G : 0).floats * int64_t(sizeof(float))
+            : 0;
     return cudaSuccess;
 }
 
@@ -1235,7 +1366,38 @@ FwdArgs<Elem> chunk_args(const Args<Elem>& a0, bool causal, const ScanPlan& plan
     a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
     a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
     a.bidir = causal ? 0 : 1;
+    a.G = plan.scan_groups > 1 ? plan.scan_groups : 1;
+    a.CPG = plan.scan_group_chunks;
     return a;
+}
+
+// The workspace arrays of the plan (ws_layout) in a's pointers.
+template <typename Elem>
+void bind_workspace(FwdArgs<Elem>& a, float* ws) {
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd, a.G > 1 ? a.N * a.H * a.L * a.G : 0);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    if (a.G > 1) {
+        a.ws_lm = ws + ly.lm; a.ws_lu = ws + ly.lu; a.ws_gm = ws + ly.gm; a.ws_gu = ws + ly.gu;
+        a.ws_gem = ws + ly.gem; a.ws_geu = ws + ly.geu; a.ws_gw = ws + ly.gw;
+    }
+}
+
+// The state scan of the plan: state_scan_kernel, and when two-level (a.G > 1) group_scan_kernel and (causal)
+// group_apply_kernel.
+template <typename Elem>
+cudaError_t launch_state_scan(const FwdArgs<Elem>& a, const ScanPlan& plan, cudaStream_t stream) {
+    if (plan.scan_blocks <= 0) return cudaSuccess;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+    cudaError_t err = FLASHTS_LAUNCH_CHECK();
+    if (err != cudaSuccess || a.G <= 1) return err;
+    auto group_kernel = group_scan_kernel<Elem>;
+    const int64_t chains = a.N * a.H * a.L * (a.Wd / 4);
+    FLASHTS_LAUNCH(group_kernel, static_cast<unsigned>(cdiv64(chains, ck::kThreads)), ck::kThreads, 0, stream, a);
+    if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess || a.bidir) return err;
+    auto apply_kernel = group_apply_kernel<Elem>;
+    FLASHTS_LAUNCH(apply_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+    return FLASHTS_LAUNCH_CHECK();
 }
 
 // The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
@@ -1246,14 +1408,11 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
         reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
         return cudaErrorInvalidValue;
     FwdArgs<Elem> a = chunk_args<kAaren>(a0, causal, plan);
-    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
-    float* ws = static_cast<float*>(workspace);
-    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    bind_workspace(a, static_cast<float*>(workspace));
     const int64_t blocks = a.B * a.NS * a.H * a.nBV;
     if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
     auto out_kernel = causal ? chunk_out_kernel<kAaren, Elem> : bidir_out_kernel<Elem>;
-    auto scan_kernel = state_scan_kernel<Elem>;
     const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes_out = ck::carve(a.g, true, nullptr).bytes;
     cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(bytes_sum));
@@ -1266,10 +1425,7 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
                        stream, a);
         if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
-    if (plan.scan_blocks > 0) {
-        FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
-        if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    }
+    if ((err = launch_state_scan(a, plan, stream)) != cudaSuccess) return err;
     if (blocks > 0) {
         FLASHTS_LAUNCH(out_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_out),
                        stream, a);
@@ -1312,10 +1468,9 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
         reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
         return cudaErrorInvalidValue;
     FwdArgs<Elem> a = chunk_args<false>(a0, false, plan);
-    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
     float* ws = static_cast<float*>(workspace);
-    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
-    a.ws_g = ws + ly.floats;
+    bind_workspace(a, ws);
+    a.ws_g = ws + ws_layout(a.B, a.NS, a.H, a.L, a.Wd, a.G > 1 ? a.N * a.H * a.L * a.G : 0).floats;
     const ScanTensor dout{a0.dout, a0.sd_b, a0.sd_t, a0.sd_h, a0.sd_x};
     a.dout = ck::make_view<Elem>(dout, a0.Dv);
     a.dq = a0.dq; a.dk = a0.dk; a.dv = a0.dv;
@@ -1323,7 +1478,6 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
     const int64_t blocks = a.B * a.NS * a.H * a.nBV, rows = a.B * a.NS * a.H;
     if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto sum_kernel = chunk_sum_kernel<false, Elem>;
-    auto scan_kernel = state_scan_kernel<Elem>;
     auto dq_kernel = bidir_dq_kernel<Elem>;
     auto dkv_kernel = bidir_dkv_kernel<Elem>;
     const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes = ck::carve(a.g, true, nullptr, true).bytes;
@@ -1341,12 +1495,10 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
     gsum.ws_w = a.ws_g;
     FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum), stream, a);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_state_scan(a, plan, stream)) != cudaSuccess) return err;
     FLASHTS_LAUNCH(dq_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream, per_chunk);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, gsum);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_state_scan(gsum, plan, stream)) != cudaSuccess) return err;
     FLASHTS_LAUNCH(dkv_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream,
                    per_chunk);
     return cudaGetLastError();
@@ -1845,13 +1997,11 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
     Args<Elem> a0 = make_args<Elem>(q, k, v, dout, sz, scale);
     a0.m0 = m0; a0.a0 = u0; a0.S0 = w0;  // (no final state: mT/aT/ST stay nullptr)
     FwdArgs<Elem> fa = chunk_args<kAaren>(a0, true, fp);
-    const WsLayout ly = ws_layout(fa.B, fa.NS, fa.H, fa.L, fa.Wd);
-    fa.ws_cm = ws + ly.cm; fa.ws_cs = ws + ly.cs; fa.ws_m = ws + ly.m; fa.ws_u = ws + ly.u; fa.ws_w = ws + ly.w;
+    bind_workspace(fa, ws);
     const int64_t sum_blocks = fa.B * fa.NS * fa.H * fa.nBV;
     if (sum_blocks > 0x7fffffffLL || plan.cells > 0x7fffffffLL) return cudaErrorInvalidValue;
     {
         auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
-        auto scan_kernel = state_scan_kernel<Elem>;
         const int64_t bytes_sum = ck::carve(fa.g, false, nullptr).bytes;
         err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes_sum));
         if (err != cudaSuccess) return err;
@@ -1860,10 +2010,7 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
                            stream, fa);
             if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
         }
-        if (fp.scan_blocks > 0) {
-            FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(fp.scan_blocks), ck::kThreads, 0, stream, fa);
-            if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
-        }
+        if ((err = launch_state_scan(fa, fp, stream)) != cudaSuccess) return err;
     }
     // 2.-4. the cotangent maps, their reverse scan, the gradients
     BwdArgs<Elem> a{};
