@@ -1276,7 +1276,21 @@ cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
 }
 
 constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
-constexpr int64_t kMinGroupChunks = kScanAhead;  // two-level state scan: the fewest chunks per group
+constexpr int64_t kMinGroupChunks = kScanAhead;  // two-level scans: the fewest chunks per group
+
+// The groups of a two-level scan of `chains` independent chains over NS chunk slots: G = 1 (one level, cpg = NS)
+// when ⌈chains / 128⌉ blocks fill the SMs; else G = ⌈SMs·128 / chains⌉ groups (at most NS / kMinGroupChunks) of
+// cpg = ⌈NS / G⌉ chunks, G then recomputed as ⌈NS / cpg⌉ (no empty trailing group).
+inline void scan_groups(int64_t chains, int64_t NS, int sms, int64_t* G, int64_t* cpg) {
+    *G = 1;
+    *cpg = NS;
+    if (chains <= 0 || cdiv64(chains, ck::kThreads) >= sms) return;
+    const int64_t most = NS / kMinGroupChunks, want = cdiv64(int64_t(sms) * ck::kThreads, chains);
+    const int64_t g = want < most ? want : most;
+    if (g <= 1) return;
+    *cpg = cdiv64(NS, g);
+    *G = cdiv64(NS, *cpg);
+}
 
 // Shared memory of the chunk kernels (chunked mode: the larger of the summary and output kernels) and of
 // onepass_kernel, at Dv tile bv.
@@ -1325,16 +1339,7 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
     // the state scan: one level when its chains fill the SMs, else G groups (two-level; see state_scan_kernel)
     const int64_t chains = sz.N * sz.H * sz.L * (Wd / 4);
     int64_t G = 1, cpg = NS;
-    if (mode == ScanMode::Chunked && chains > 0 && cdiv64(chains, ck::kThreads) < sms) {
-        const int64_t most = NS / kMinGroupChunks, want = cdiv64(int64_t(sms) * ck::kThreads, chains);
-        G = want < most ? want : most;
-        if (G > 1) {
-            cpg = cdiv64(NS, G);
-            G = cdiv64(NS, cpg);  // no empty trailing group
-        } else {
-            G = 1;
-        }
-    }
+    if (mode == ScanMode::Chunked) scan_groups(chains, NS, sms, &G, &cpg);
     plan->scan_groups = mode == ScanMode::Chunked ? static_cast<int>(G) : 0;
     plan->scan_group_chunks = mode == ScanMode::Chunked ? cpg : 0;
     plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(chains * G, ck::kThreads) : 0;
@@ -1615,6 +1620,9 @@ struct BwdArgs {
     const float *m_ch, *u_ch, *w_ch;  // entering states (forward workspace: [cells·L], w row stride Wd)
     float *f_ch, *du_ch, *dw_ch;      // cotangent maps, then the cotangents leaving ([cells·L], dw row stride Wd)
     float* dq_part;                   // Aaren: [cells, D]
+    int G;                            // two-level cotangent scan: G groups of CPG chunks (1: one level)
+    int64_t CPG;
+    float *g_f, *g_du, *g_dw;         // the group maps ([N·H·G·L], g_dw [N·H·G·L][Dv])
     Elem *dq, *dk, *dv;               // Latte dq; Aaren's dq goes through dq_part
 };
 
@@ -1880,18 +1888,29 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
 // (a register ring with static indices, like state_scan_kernel): the chain of NS dependent steps per thread
 // would otherwise pay one memory round trip per chunk. (A chunk's row is read before it is overwritten: the
 // ring runs ahead towards earlier chunks, the stores trail behind.)
+// Two-level (a.G > 1 groups of a.CPG chunks; the maps x ↦ f x + G compose associatively): this kernel is pass 1,
+// thread → (n, h, group, l, d), each group scanned from a zero cotangent leaving it: the cotangent leaving each
+// chunk relative to the group (over (G, g)) and the group's map (Π f, the offsets) into g_f / g_du / g_dw;
+// cot_group_scan_kernel (pass 2) applies the group maps in reverse order from (dS_T, dα_T) (the cotangent leaving
+// each group, over the offsets; dS0, dα0); cot_group_apply_kernel (pass 3) adds (Π of the later f) · (the group's
+// leaving cotangent) to each chunk's relative one.
 template <typename Elem>
 __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* dwT, float* du0, float* dw0) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd;
-    if (i >= a.N * a.H * L * Dv) return;
-    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
+    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd, G = a.G;
+    if (i >= a.N * a.H * G * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, grp = (i / (L * Dv)) % G, nh = i / (G * L * Dv), n = nh / a.H,
+                  h = nh % a.H;
+    const bool grouped = G > 1;
     const ck::Seq sq = ck::sequence(a.cu, n, a.T);
-    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grouped ? grp * a.CPG : 0;
+    const int64_t c_end = grouped ? (c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks) : seq_chunks;
+    const int64_t n_chunks = c_end > c_begin ? c_end - c_begin : 0;
     const int64_t step = a.H * L;  // the previous chunk slot, same head and latent
     const bool lead = d == 0;
-    float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
-    int64_t ahead = ((sq.b * a.NS + sq.base + n_chunks - 1) * a.H + h) * L + l, cur = ahead;
+    const int64_t chain = nh * L * Dv + l * Dv + d;  // [N, H, L, Dv]
+    float dw = (dwT && !grouped) ? dwT[chain] : 0.f, du = (duT && !grouped) ? duT[nh * L + l] : 0.f, fprod = 1.f;
+    int64_t ahead = ((sq.b * a.NS + sq.base + c_begin + n_chunks - 1) * a.H + h) * L + l, cur = ahead;
     float ring_f[kScanAhead], ring_G[kScanAhead], ring_g[kScanAhead];
 #pragma unroll
     for (int j = 0; j < kScanAhead; ++j) {
@@ -1906,7 +1925,7 @@ __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* 
 #pragma unroll
         for (int j = 0; j < kScanAhead; ++j) {
             if (c0 + j < n_chunks) {
-                const float f = ring_f[j], G = ring_G[j], gu = ring_g[j];
+                const float f = ring_f[j], Gc = ring_G[j], gu = ring_g[j];
                 if (c0 + j + kScanAhead < n_chunks) {  // refill this ring slot (an earlier chunk)
                     ring_f[j] = a.f_ch[ahead];
                     ring_G[j] = a.dw_ch[ahead * Wd + d];
@@ -1915,14 +1934,76 @@ __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* 
                 }
                 a.dw_ch[cur * Wd + d] = dw;  // the cotangent leaving chunk `cur`
                 if (lead) a.du_ch[cur] = du;
-                dw = f * dw + G;
+                dw = f * dw + Gc;
                 du = f * du + gu;
+                fprod *= f;
                 cur -= step;
             }
         }
     }
+    if (grouped) {  // pass 1: the group's map x ↦ fprod · x + (du, dw)
+        const int64_t gidx = (nh * G + grp) * L + l;
+        a.g_dw[gidx * Dv + d] = dw;
+        if (lead) {
+            a.g_f[gidx] = fprod;
+            a.g_du[gidx] = du;
+        }
+        return;
+    }
+    if (dw0) dw0[chain] = dw;
+    if (du0 && lead) du0[nh * L + l] = du;
+}
+
+// Two-level cotangent scan, pass 2: thread → (n, h, l, d); the group maps applied in reverse group order from
+// (dS_T, dα_T): the cotangent leaving each group over its offsets (g_dw; g_du by the d = 0 thread), then (dS0, dα0).
+template <typename Elem>
+__global__ void cot_group_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* dwT, float* du0, float* dw0) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t L = a.L, Dv = a.Dv, G = a.G;
+    if (i >= a.N * a.H * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t groups = cdiv64(cdiv64(sq.eos - sq.bos, ck::kChunk), a.CPG);
+    const bool lead = d == 0;
+    float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
+    for (int64_t grp = groups - 1; grp >= 0; --grp) {
+        const int64_t gidx = (nh * G + grp) * L + l;
+        const float f = a.g_f[gidx], off = a.g_dw[gidx * Dv + d];
+        a.g_dw[gidx * Dv + d] = dw;  // the cotangent leaving group grp
+        if (lead) {
+            const float offu = a.g_du[gidx];
+            a.g_du[gidx] = du;
+            du = f * du + offu;
+        }
+        dw = f * dw + off;
+    }
     if (dw0) dw0[i] = dw;
     if (du0 && lead) du0[nh * L + l] = du;
+}
+
+// Two-level cotangent scan, pass 3: thread → (n, h, group, l, d) as in pass 1; the cotangent leaving chunk c of the
+// group = its relative one + (Π of f over the later chunks of the group) · (the cotangent leaving the group).
+template <typename Elem>
+__global__ void cot_group_apply_kernel(BwdArgs<Elem> a) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd, G = a.G;
+    if (i >= a.N * a.H * G * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, grp = (i / (L * Dv)) % G, nh = i / (G * L * Dv), n = nh / a.H,
+                  h = nh % a.H;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grp * a.CPG;
+    const int64_t c_end = c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks;
+    if (c_end <= c_begin) return;
+    const bool lead = d == 0;
+    const int64_t gidx = (nh * G + grp) * L + l, step = a.H * L;
+    const float dw = a.g_dw[gidx * Dv + d], du = lead ? a.g_du[gidx] : 0.f;
+    float fprod = 1.f;
+    int64_t cur = ((sq.b * a.NS + sq.base + c_end - 1) * a.H + h) * L + l;
+    for (int64_t c = c_end - 1; c >= c_begin; --c, cur -= step) {
+        a.dw_ch[cur * Wd + d] += fprod * dw;
+        if (lead) a.du_ch[cur] += fprod * du;
+        fprod *= a.f_ch[cur];
+    }
 }
 
 // Aaren: dq_rows[n, h, :] = the dq partials of the chunks of sequence n summed in chunk order.
@@ -1947,6 +2028,7 @@ struct BwdPlan {
     ScanPlan fwd;       // the forward's plan in "chunked" mode
     ck::Geom g;         // BV = Dvp
     int64_t smem_bytes, cells, fwd_floats, ws_floats;
+    int64_t cot_groups, cot_group_chunks;  // the cotangent scan's groups (scan_groups: 1 = one level)
 };
 
 inline cudaError_t plan_backward(bool aaren, const ScanSizes& sz, BwdPlan* p) {
@@ -1969,6 +2051,11 @@ inline cudaError_t plan_backward(bool aaren, const ScanSizes& sz, BwdPlan* p) {
     p->fwd_floats = r4(p->fwd.workspace_bytes / int64_t(sizeof(float)));
     p->ws_floats = p->fwd_floats + 2 * r4(p->cells * sz.L) + p->cells * sz.L * r4(sz.Dv) +
                    (aaren ? r4(p->cells * sz.D) : 0);
+    scan_groups(sz.N * sz.H * sz.L * sz.Dv, p->fwd.NS, sms, &p->cot_groups, &p->cot_group_chunks);
+    if (p->cot_groups > 1) {
+        const int64_t rows = sz.N * sz.H * p->cot_groups * sz.L;
+        p->ws_floats += 2 * r4(rows) + rows * sz.Dv;
+    }
     return cudaSuccess;
 }
 
@@ -2027,6 +2114,15 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
     a.du_ch = p; p += r4(plan.cells * sz.L);
     a.dw_ch = p; p += plan.cells * sz.L * a.Wd;
     a.dq_part = kAaren ? p : nullptr;
+    if (kAaren) p += r4(plan.cells * sz.D);
+    a.G = static_cast<int>(plan.cot_groups);
+    a.CPG = plan.cot_group_chunks;
+    if (a.G > 1) {
+        const int64_t rows = sz.N * sz.H * a.G * sz.L;
+        a.g_f = p; p += r4(rows);
+        a.g_du = p; p += r4(rows);
+        a.g_dw = p;
+    }
     a.dq = dq; a.dk = dk; a.dv = dv;
     const size_t smem = static_cast<size_t>(plan.smem_bytes);
     auto k_cot = chunk_bwd_kernel<kAaren, Elem, kCot>;
@@ -2041,9 +2137,22 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
         FLASHTS_LAUNCH(k_cot, static_cast<unsigned>(plan.cells), ck::kThreads, smem, stream, a);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
-    if (chains > 0) {
+    if (chains > 0 && a.G <= 1) {
         auto kern = cot_scan_kernel<Elem>;
         FLASHTS_LAUNCH(kern, static_cast<unsigned>(cdiv64(chains, st)), st, 0, stream, a, duT, dwT, du0, dw0);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    } else if (chains > 0) {  // two-level: groups, their maps in reverse order, the groups' leaving cotangents applied
+        const int64_t grouped = chains * a.G;
+        const int gt = scan_threads(grouped, sms);
+        auto k1 = cot_scan_kernel<Elem>;
+        auto k2 = cot_group_scan_kernel<Elem>;
+        auto k3 = cot_group_apply_kernel<Elem>;
+        FLASHTS_LAUNCH(k1, static_cast<unsigned>(cdiv64(grouped, gt)), gt, 0, stream, a, nullptr, nullptr, nullptr,
+                       nullptr);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+        FLASHTS_LAUNCH(k2, static_cast<unsigned>(cdiv64(chains, st)), st, 0, stream, a, duT, dwT, du0, dw0);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+        FLASHTS_LAUNCH(k3, static_cast<unsigned>(cdiv64(grouped, gt)), gt, 0, stream, a);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
     if (plan.cells > 0) {

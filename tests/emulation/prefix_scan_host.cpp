@@ -149,3 +149,15 @@ EMU_API int emu_latte_bidir_bwd_chunked(const int64_t* sz, const int32_t* cu) {
     ScanPlan plan{};
     return plan_bidir_backward(s, ScanOptions{0, 0, ScanMode::Auto}, &plan) == cudaSuccess ? 1 : 0;
 }
+
+// The causal backward's two-level scans at these sizes: out[4] = the forward state scan's groups and chunks per
+// group, the cotangent scan's groups and chunks per group (1 group: one level).
+EMU_API int emu_scan_bwd_groups(int aaren, const int64_t* sz, const int32_t* cu, int64_t* out) {
+    ScanSizes s = sizes(sz, cu);
+    if (aaren) s.L = 1; else s.D = s.L;
+    BwdPlan plan{};
+    const cudaError_t err = plan_backward(aaren != 0, s, &plan);
+    const int64_t vals[4] = {plan.fwd.scan_groups, plan.fwd.scan_group_chunks, plan.cot_groups, plan.cot_group_chunks};
+    for (int i = 0; i < 4; ++i) out[i] = vals[i];
+    return err;
+}
