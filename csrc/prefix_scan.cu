@@ -665,11 +665,10 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(FwdArgs<Elem> a
     }
     ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P);
     ck::chunk_output<kGemmFor<Elem>>(s, g);
-    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
-    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
-        const int64_t t = idx / cols, d = idx - t * cols;
-        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
-    }
+    const int cols = static_cast<int>(a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV);
+    const float* Y = s.Y;
+    ck::store_rows(a.o + ((cb.b * a.T + sl.t0) * a.H + cb.h) * a.Dv + e0, a.H * a.Dv, sl.len, cols,
+                   [=](int t, int d) { return Y[t * ldV + d]; });
 }
 
 // One pass (causal; ScanMode::OnePass): one block per (sequence, head, Dv tile) walks the chunks of its sequence
@@ -699,10 +698,9 @@ __global__ void __launch_bounds__(ck::kThreads) onepass_kernel(FwdArgs<Elem> a) 
         const int len = static_cast<int>(sq.eos - t0 < ck::kChunk ? sq.eos - t0 : ck::kChunk);
         ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
         ck::chunk_output<kImpl>(s, g);
-        for (int64_t idx = threadIdx.x; idx < len * cols; idx += blockDim.x) {
-            const int64_t t = idx / cols, d = idx - t * cols;
-            a.o[((sq.b * a.T + t0 + t) * a.H + h) * Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
-        }
+        const float* Y = s.Y;
+        ck::store_rows(a.o + ((sq.b * a.T + t0) * a.H + h) * Dv + e0, a.H * Dv, len, static_cast<int>(cols),
+                       [=](int t, int d) { return Y[t * ldV + d]; });
         ck::chunk_summary<kImpl>(s, g, s.W);
         ck::combine_summary(s, g);
     }
@@ -752,11 +750,10 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(FwdArgs<Elem> a
     mmau::block_gemm<kGemmFor<Elem>, mmau::kRow, mmau::kRow>(s.Y, ldV, s.P, g.ldL(), s.S, ldV, ck::kChunk, g.BV,
                                                              g.Lp, false);
     __syncthreads();
-    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
-    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
-        const int64_t t = idx / cols, d = idx - t * cols;
-        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
-    }
+    const int cols = static_cast<int>(a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV);
+    const float* Y = s.Y;
+    ck::store_rows(a.o + ((cb.b * a.T + sl.t0) * a.H + cb.h) * a.Dv + e0, a.H * a.Dv, sl.len, cols,
+                   [=](int t, int d) { return Y[t * ldV + d]; });
 }
 
 // ---------------------------------------------------------------- Latte bidirectional backward, chunk-parallel
@@ -1848,17 +1845,12 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
     }
     __syncthreads();
     Elem* dv_out = a.dv + ((b * a.T + t0) * a.H + h) * Dv;
-    for (int64_t i = tid_; i < len * Dv; i += nth) {
-        const int64_t t = i / Dv, d = i - t * Dv;
-        dv_out[t * a.H * Dv + d] = from_float<Elem>(sm.OUT[t * ldV + d]);
-    }
+    const float *OUT = sm.OUT, *X = sm.X;
+    ck::store_rows(dv_out, a.H * Dv, len, static_cast<int>(Dv), [=](int t, int d) { return OUT[t * ldV + d]; });
     if (!kAaren) {  // dk = da; dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_{·,0} first
         Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * L;
         Elem* dq_out = a.dq + ((b * a.T + t0) * a.H + h) * L;
-        for (int64_t i = tid_; i < len * L; i += nth) {
-            const int64_t t = i / L, l = i - t * L;
-            dk_out[t * a.H * L + l] = from_float<Elem>(sm.X[t * ldL + l]);
-        }
+        ck::store_rows(dk_out, a.H * L, len, static_cast<int>(L), [=](int t, int l) { return X[t * ldL + l]; });
         for (int t = warp; t < len; t += nwarps) {
             const float* zr = sm.Z + t * ldL;
             const float* pr = sm.PM + t * ldL;
@@ -1870,10 +1862,10 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
         }
     } else {  // dk_t = scale·da_t q; the chunk's dq partial scale·Σ_t da_t k_t (t in order; k from the K tile)
         Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * a.D;
-        for (int64_t i = tid_; i < len * a.D; i += nth) {
-            const int64_t t = i / a.D, j = i - t * a.D;
-            dk_out[t * a.H * a.D + j] = from_float<Elem>(a.scale * sm.X[t * ldL] * sm.Q[j]);
-        }
+        const float* Qv = sm.Q;
+        const float sc = a.scale;
+        ck::store_rows(dk_out, a.H * a.D, len, static_cast<int>(a.D),
+                       [=](int t, int j) { return sc * X[t * ldL] * Qv[j]; });
         for (int64_t j = tid_; j < a.D; j += nth) {
             float acc = 0.f;
             for (int t = 0; t < len; ++t) acc += sm.X[t * ldL] * sm.K[t * g.ldK() + j];
