@@ -838,10 +838,13 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(FwdArgs<Elem> a)
         float pz = 0.f;
         for (int l = lane; l < L; l += 32) pz += s.P[t * ldL + l] * (s.F[t * ldL + l] - z0);
         pz = warp_sum(pz);
-        for (int l = lane; l < L; l += 32)
-            a.dq[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
-                from_float<Elem>(s.P[t * ldL + l] * ((s.F[t * ldL + l] - z0) - pz));
+        for (int l = lane; l < L; l += 32)  // dq into F in place (every lane read z0 before the sum)
+            s.F[t * ldL + l] = s.P[t * ldL + l] * ((s.F[t * ldL + l] - z0) - pz);
     }
+    __syncthreads();
+    const float* Fq = s.F;
+    ck::store_rows(a.dq + ((cb.b * a.T + sl.t0) * a.H + cb.h) * L, a.H * L, sl.len, static_cast<int>(L),
+                   [=](int t, int l) { return Fq[t * ldL + l]; });
 }
 
 template <typename Elem>
@@ -880,18 +883,15 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_dkv_kernel(FwdArgs<Elem> a
             s.r[l] += acc;
         }
         __syncthreads();
-        const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
-        for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
-            const int64_t t = idx / cols, d = idx - t * cols;
-            a.dv[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
-        }
+        const int cols = static_cast<int>(a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV);
+        const float* Y = s.Y;
+        ck::store_rows(a.dv + ((cb.b * a.T + sl.t0) * a.H + cb.h) * a.Dv + e0, a.H * a.Dv, sl.len, cols,
+                       [=](int t, int d) { return Y[t * ldV + d]; });
         __syncthreads();
     }
-    for (int64_t idx = threadIdx.x; idx < sl.len * L; idx += blockDim.x) {
-        const int64_t t = idx / L, l = idx - t * L;
-        a.dk[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
-            from_float<Elem>(s.E[t * ldL + l] * (s.F[t * ldL + l] - s.r[l]));
-    }
+    const float *E = s.E, *F = s.F, *r = s.r;
+    ck::store_rows(a.dk + ((cb.b * a.T + sl.t0) * a.H + cb.h) * L, a.H * L, sl.len, static_cast<int>(L),
+                   [=](int t, int l) { return E[t * ldL + l] * (F[t * ldL + l] - r[l]); });
 }
 
 // Backward, sweep 1: the forward recurrence again, storing per (position, latent) M, c = p/den and
@@ -1851,15 +1851,18 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
         Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * L;
         Elem* dq_out = a.dq + ((b * a.T + t0) * a.H + h) * L;
         ck::store_rows(dk_out, a.H * L, len, static_cast<int>(L), [=](int t, int l) { return X[t * ldL + l]; });
-        for (int t = warp; t < len; t += nwarps) {
-            const float* zr = sm.Z + t * ldL;
+        for (int t = warp; t < len; t += nwarps) {  // dq into Z in place (row t: every lane read z0 before the sum)
+            float* zr = sm.Z + t * ldL;
             const float* pr = sm.PM + t * ldL;
             const float z0 = zr[0];
             float s = 0.f;
             for (int l = lane; l < L; l += 32) s += pr[l] * (zr[l] - z0);
             s = warp_sum(s);
-            for (int l = lane; l < L; l += 32) dq_out[t * a.H * L + l] = from_float<Elem>(pr[l] * ((zr[l] - z0) - s));
+            for (int l = lane; l < L; l += 32) zr[l] = pr[l] * ((zr[l] - z0) - s);
         }
+        __syncthreads();
+        const float* Zq = sm.Z;
+        ck::store_rows(dq_out, a.H * L, len, static_cast<int>(L), [=](int t, int l) { return Zq[t * ldL + l]; });
     } else {  // dk_t = scale·da_t q; the chunk's dq partial scale·Σ_t da_t k_t (t in order; k from the K tile)
         Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * a.D;
         const float* Qv = sm.Q;
