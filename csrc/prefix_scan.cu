@@ -383,6 +383,7 @@ struct FwdArgs {
     ck::Geom g;
     int nBV;
     int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
+    int64_t stage_off;  // onepass_kernel: byte offset of its cp.async staging buffers (0: plain loads)
     int plain_sum;  // state_scan_kernel: a plain sum of ws_w along the chunks (no maxima; bidirectional backward)
     float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
     // two-level state scan (G > 1): G groups of CPG chunks per sequence; workspace arrays as in ws_layout
@@ -671,6 +672,28 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(FwdArgs<Elem> a
                    [=](int t, int d) { return Y[t * ldV + d]; });
 }
 
+// onepass_kernel's staging: elements of one chunk's raw rows (k [C][kw], v [C][BV], Latte q [C][kw]; kw = Dkp
+// (Aaren) or Lp (Latte), multiples of 16 elements so that every row starts 16-byte aligned).
+__host__ __device__ inline int64_t onepass_stage_elems(bool aaren, const ck::Geom& g) {
+    const int64_t kw = aaren ? g.Dkp : g.Lp;
+    return int64_t(ck::kChunk) * (kw + g.BV + (aaren ? 0 : kw));
+}
+
+// Block-wide: cp.async of rows [t0, t0 + len) × columns [x0, x0 + X) of src (src.vec: 16-byte aligned rows, X a
+// multiple of 16/sizeof(T)) into dst [kChunk][width] (16-byte aligned); the rest of dst zero-filled.
+template <typename T>
+__device__ __forceinline__ void stage_rows(T* dst, int width, const ck::View<T>& src, int64_t b, int64_t t0,
+                                           int64_t h, int64_t x0, int len, int64_t X) {
+    constexpr int kVE = 16 / static_cast<int>(sizeof(T));
+    const int groups = width / kVE;
+    for (int idx = threadIdx.x; idx < ck::kChunk * groups; idx += blockDim.x) {
+        const int r = idx / groups, c0 = (idx - r * groups) * kVE;
+        const bool pred = r < len && c0 < X;
+        const T* from = pred ? src.p + b * src.sb + (t0 + r) * src.st + h * src.sh + x0 + c0 : src.p;
+        cp_async_16(dst + r * width + c0, from, pred);
+    }
+}
+
 // One pass (causal; ScanMode::OnePass): one block per (sequence, head, Dv tile) walks the chunks of its sequence
 // with the state (m, α, S [Lp][BV]) in shared memory — per chunk the same chunk_output as chunk_out_kernel, then
 // the chunk summary (Eᵀv into W) combined into the state. No workspace; writes y and the final state.
@@ -694,9 +717,38 @@ __global__ void __launch_bounds__(ck::kThreads) onepass_kernel(FwdArgs<Elem> a) 
         const int l = idx / g.BV, d = idx - (idx / g.BV) * g.BV;
         s.S[l * ldV + d] = (a.m0 && l < L && d < cols) ? a.w0[(row * L + l) * Dv + e0 + d] : 0.f;
     }
-    for (int64_t t0 = sq.bos; t0 < sq.eos; t0 += ck::kChunk) {
+    // cp.async double buffering (a.stage_off > 0: every k/v(/q) row 16-byte aligned): the raw rows of chunk c + 1
+    // are copied into one staging buffer while chunk c is computed from the other (onepass_stage_elems).
+    Elem* const stage = a.stage_off > 0 ? reinterpret_cast<Elem*>(smem_raw + a.stage_off) : nullptr;
+    const int kw = kAaren ? g.Dkp : g.Lp;  // staged k (and Latte q) row width, elements
+    const int64_t per_buf = onepass_stage_elems(kAaren, g);
+    auto issue = [&](int64_t tc, int buf) {  // chunk at step tc of the sequence into staging buffer buf
+        const int lenc = static_cast<int>(sq.eos - tc < ck::kChunk ? sq.eos - tc : ck::kChunk);
+        Elem* base = stage + buf * per_buf;
+        stage_rows(base, kw, a.k, sq.b, tc, h, 0, lenc, kAaren ? a.D : L);
+        stage_rows(base + ck::kChunk * kw, g.BV, a.v, sq.b, tc, h, e0, lenc, Dv - e0);
+        if (!kAaren) stage_rows(base + ck::kChunk * (kw + g.BV), kw, a.q, sq.b, tc, h, 0, lenc, L);
+    };
+    if (stage != nullptr && sq.bos < sq.eos) {
+        issue(sq.bos, 0);
+        cp_async_commit();
+    }
+    int buf = 0;
+    for (int64_t t0 = sq.bos; t0 < sq.eos; t0 += ck::kChunk, buf ^= 1) {
         const int len = static_cast<int>(sq.eos - t0 < ck::kChunk ? sq.eos - t0 : ck::kChunk);
-        ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
+        if (stage != nullptr) {
+            if (t0 + ck::kChunk < sq.eos) issue(t0 + ck::kChunk, buf ^ 1);
+            cp_async_commit();  // (an empty group after the last chunk)
+            cp_async_wait<1>();  // chunk t0's copies (this thread's) are done
+            __syncthreads();     // ... and every thread's
+            const Elem* base = stage + buf * per_buf;
+            // staged views: rows at stride kw / BV, batch and head strides 0 (t0 = 0 below); v shifted by e0
+            const ck::View<Elem> ks{base, 0, kw, 0, 1, 1}, vs{base + ck::kChunk * kw - e0, 0, g.BV, 0, 1, 1},
+                qs = kAaren ? a.q : ck::View<Elem>{base + ck::kChunk * (kw + g.BV), 0, kw, 0, 1, 1};
+            ck::load_chunk<kAaren>(s, g, qs, ks, vs, sq.b, h, 0, len, a.D, Dv, e0, a.scale, s.P);
+        } else {
+            ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
+        }
         ck::chunk_output<kImpl>(s, g);
         const float* Y = s.Y;
         ck::store_rows(a.o + ((sq.b * a.T + t0) * a.H + h) * Dv + e0, a.H * Dv, len, static_cast<int>(cols),
@@ -1439,12 +1491,21 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
 // The causal one pass (onepass_kernel): N·H·⌈Dv/BV⌉ blocks.
 template <bool kAaren, typename Elem>
 cudaError_t launch_onepass(const Args<Elem>& a0, const ScanPlan& plan, cudaStream_t stream) {
-    const FwdArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
+    FwdArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
     const int64_t blocks = a.N * a.H * a.nBV;
     if (blocks == 0) return cudaSuccess;
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto kernel = onepass_kernel<kAaren, Elem>;
-    const int64_t bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    int64_t bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    // cp.async staging when every staged row is 16-byte aligned and the two buffers fit the shared memory
+    int sms = 0, max_smem = 0;
+    if (device_facts(ScanOptions{0, 0, ScanMode::Auto}, &sms, &max_smem) != cudaSuccess) return cudaErrorUnknown;
+    const int64_t off = (bytes + 127) / 128 * 128,
+                  staged = off + 2 * onepass_stage_elems(kAaren, a.g) * int64_t(sizeof(Elem));
+    if (a.k.vec && a.v.vec && (kAaren || a.q.vec) && staged <= max_smem) {
+        a.stage_off = off;
+        bytes = staged;
+    }
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (err != cudaSuccess) return err;

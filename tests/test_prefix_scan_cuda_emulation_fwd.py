@@ -277,6 +277,10 @@ ONE_PASS_CASES = [  # (aaren, B, T, H, X, Dv, dtype, state, cu, sms, extreme)
     (False, 2, 37, 1, 20, 33, F32, True, None, 0, False),            # 3 Dv tiles of 16
     (False, 1, 40, 2, 5, 7, BF16, True, None, 1, True),              # ±1e4 logits: the exact fallback
     (True, 2, 1, 2, 5, 7, F32, False, None, 1, False),               # T = 1
+    # contiguous 16-byte rows: cp.async double buffering of the raw k/v(/q) rows (onepass_kernel staging)
+    (True, 2, 50, 2, 16, 48, F32, True, None, 0, False),             # 4 chunks, 3 Dv tiles of 16 (e0 > 0)
+    (False, 1, 70, 2, 24, 16, BF16, True, [0, 17, 17, 70], 0, False),  # packed, an empty sequence
+    (False, 1, 40, 1, 8, 8, BF16, True, None, 1, True),              # ±1e4 logits: the exact fallback
 ]
 
 
