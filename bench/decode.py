@@ -1,6 +1,7 @@
 """``python -m bench.decode``: latency of one streaming step (T = 1 with a carried state) per op and backend.
 
-The ops that stream — linear attention (causal), Aaren and Latte (causal) — are called the way a decoder calls
+The ops that stream — linear attention (causal), Aaren, Latte (causal) and Latte Macchiato (window (63, 0), a
+full window cache) — are called the way a decoder calls
 them token by token::
 
     o, state = op(q_t, k_t, v_t, initial_state=state, output_final_state=True, backend=...)
@@ -46,11 +47,15 @@ from flashts import _backend
 
 from .runner import load_average, metadata, slug
 
-OPS = ("linear_attention", "aaren_attention", "latte_attention")
+OPS = ("linear_attention", "aaren_attention", "latte_attention", "latte_macchiato_attention")
+# the ops with hand-written CPU peers (issue 19's interleaved comparison); Macchiato gets the backend rows only
+CPU_PEER_OPS = ("linear_attention", "aaren_attention", "latte_attention")
+WINDOW = 63  # Macchiato's local window (left), a full cache of 63 tokens
 
 
 def _inputs(op: str, B: int, H: int, D: int, Dv: int, L: int, dtype, device, gen):
-    """q, k, v of one step and a valid float32 state (positive normalisers, finite maxima)."""
+    """The positional inputs of one step (q, k, v; Macchiato also mix, latent_k) and a valid float32 state
+    (positive normalisers, finite maxima; Macchiato: a full window cache)."""
     def rnd(*shape, dt=dtype):
         return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dt)
     if op == "linear_attention":
@@ -64,6 +69,15 @@ def _inputs(op: str, B: int, H: int, D: int, Dv: int, L: int, dtype, device, gen
         u = rnd(B, H, dt=torch.float32).abs() + 1.0
         w = rnd(B, H, Dv, dt=torch.float32)
         return (q, k, v), (m, u, w), {}
+    if op == "latte_macchiato_attention":
+        q, k, v = rnd(B, 1, H, D), rnd(B, 1, H, D), rnd(B, 1, H, Dv)
+        mix, lk = rnd(B, 1, H, L + 1), rnd(B, 1, H, L)
+        k_win, v_win = rnd(B, WINDOW, H, D), rnd(B, WINDOW, H, Dv)
+        n_win = torch.full((B,), WINDOW, dtype=torch.int32, device=device)
+        m = rnd(B, H, L, dt=torch.float32)
+        a = rnd(B, H, L, dt=torch.float32).abs() + 1.0
+        S = rnd(B, H, L, Dv, dt=torch.float32)
+        return (q, k, v, mix, lk), (k_win, v_win, n_win, m, a, S), dict(window=(WINDOW, 0))
     q, k, v = rnd(B, 1, H, L), rnd(B, 1, H, L), rnd(B, 1, H, Dv)
     m = rnd(B, H, L, dt=torch.float32)
     a = rnd(B, H, L, dt=torch.float32).abs() + 1.0
@@ -79,6 +93,11 @@ def step_bytes(op: str, B: int, H: int, D: int, Dv: int, L: int, itemsize: int) 
     elif op == "aaren_attention":
         state = B * H * (2 + Dv) * 4
         io = B * H * (2 * D + 2 * Dv) * itemsize
+    elif op == "latte_macchiato_attention":
+        # Latte's float32 state; q, k, v, mix (L+1), latent_k (L) read, o written; the right-aligned window cache
+        # (input dtype) read and written whole (every slot moves one place left)
+        state = B * H * L * (2 + Dv) * 4
+        io = B * H * (2 * D + 2 * Dv + 2 * L + 1) * itemsize + 2 * B * H * WINDOW * (D + Dv) * itemsize
     else:
         state = B * H * L * (2 + Dv) * 4
         io = B * H * (2 * L + 2 * Dv) * itemsize
@@ -307,13 +326,15 @@ def run(args) -> dict:
     rows = []
     ops = [o for o in OPS if o in args.ops] if args.ops else list(OPS)
     for op in ops:
-        (q, k, v), state, kw = _inputs(op, args.B, args.H, args.D, args.D, args.L, dtype, device, gen)
+        xs, state, kw = _inputs(op, args.B, args.H, args.D, args.D, args.L, dtype, device, gen)
+        q, k, v = xs[:3]
         fn_op = getattr(flashts, op)
-        # the float64 torch-backend step is the oracle
-        ref_o, ref_state = fn_op(*(x.cpu().double() for x in (q, k, v)), **kw, backend="torch",
-                                 initial_state=tuple(s.cpu().double() for s in state), output_final_state=True)
+        # the float64 torch-backend step is the oracle (integer state entries, Macchiato's n_win, stay integers)
+        ref_o, ref_state = fn_op(*(x.cpu().double() for x in xs), **kw, backend="torch",
+                                 initial_state=tuple(s.cpu().double() if s.is_floating_point() else s.cpu()
+                                                     for s in state), output_final_state=True)
         nbytes = step_bytes(op, args.B, args.H, args.D, args.D, args.L, q.element_size())
-        if device.type == "cpu" and not args.backends and dtype == torch.float32:
+        if device.type == "cpu" and not args.backends and dtype == torch.float32 and op in CPU_PEER_OPS:
             # issue 19's comparison: every CPU variant, timed interleaved
             for row in cpu_compare(op, q, k, v, state, kw, ref_o, ref_state, args):
                 row.update(bytes=nbytes, floor_us=nbytes / (args.hbm_gbps * 1e3))
@@ -323,9 +344,11 @@ def run(args) -> dict:
             continue
         backends = args.backends or [b for b in ("torch", "triton", "cuda")
                                      if b in _backend.implemented(op) and _backend.available(b, device)]
+        if op not in CPU_PEER_OPS:
+            backends = [b for b in backends if b not in CPU_PEERS]
         for be in backends:
             row = dict(op=op, backend=be, B=args.B, H=args.H, D=args.D, Dv=args.D,
-                       L=args.L if op == "latte_attention" else None, dtype=args.dtype, bytes=nbytes,
+                       L=args.L if op in ("latte_attention", "latte_macchiato_attention") else None, dtype=args.dtype, bytes=nbytes,
                        floor_us=nbytes / (args.hbm_gbps * 1e3), eager_us=None, graph_us=None, rel_err=None,
                        error=None)
             try:
@@ -339,7 +362,7 @@ def run(args) -> dict:
                     o, new_state = peer(q, k, v, tuple(x.clone() for x in state))
                 else:
                     def step():
-                        return fn_op(q, k, v, **kw, initial_state=state, output_final_state=True, backend=be)
+                        return fn_op(*xs, **kw, initial_state=state, output_final_state=True, backend=be)
                     o, new_state = step()
                 err = max([_rel(o, ref_o)] + [_rel(a, b) for a, b in zip(new_state, ref_state)])
                 row["rel_err"] = err

@@ -203,7 +203,7 @@ struct Geom {
     __host__ __device__ int ldL() const { return Lp + kPad; }
     __host__ __device__ int ldV() const { return BV + kPad; }
     __host__ __device__ int ldK() const { return Dkp + kPad; }
-    static constexpr int ldC() { return kChunk + kPad; }
+    __host__ __device__ static constexpr int ldC() { return kChunk + kPad; }
 };
 
 __host__ __device__ inline Geom make_geom(bool aaren, int64_t L, int64_t D, int BV) {

@@ -205,6 +205,9 @@ def test_decode_step_bytes():
     # linear: state S [D, Dv] + z [D] in float32, read and written; q, k (D) and v, o (Dv) in bf16
     assert step_bytes("linear_attention", 2, 3, 4, 5, 7, 2) == 2 * 2 * 3 * (20 + 4) * 4 + 2 * 3 * (8 + 10) * 2
     assert step_bytes("latte_attention", 1, 1, 4, 5, 7, 4) == 2 * 7 * 7 * 4 + (14 + 10) * 4
+    # Macchiato: Latte's state + q, k, v, o, mix (L+1), latent_k (L) + the 63-row window cache read and written
+    assert step_bytes("latte_macchiato_attention", 1, 1, 4, 5, 7, 2) == (
+        2 * 7 * 7 * 4 + (8 + 10 + 15) * 2 + 2 * 63 * 9 * 2)
 
 
 def _backend_available(b):
