@@ -128,10 +128,15 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t row_stride, int rows,
         const int groups = cols / kVE;
         for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
             const int r = idx / groups, c0 = (idx - r * groups) * kVE;
-            alignas(16) T e[kVE];
+            uint4 pk;
+            T* e = reinterpret_cast<T*>(&pk);
 #pragma unroll
             for (int j = 0; j < kVE; ++j) e[j] = from_float<T>(value(r, c0 + j));
-            *reinterpret_cast<uint4*>(dst + r * row_stride + c0) = *reinterpret_cast<const uint4*>(e);
+#if defined(__CUDA_ARCH__)
+            __stwb(reinterpret_cast<uint4*>(dst + r * row_stride + c0), pk);  // (a plain copy may be split in 4)
+#else
+            *reinterpret_cast<uint4*>(dst + r * row_stride + c0) = pk;
+#endif
         }
         return;
     }
