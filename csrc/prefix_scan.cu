@@ -356,13 +356,21 @@ template <typename Elem>
 constexpr int kGemmFor = std::is_same<Elem, float>::value ? mmau::kGemmFma : mmau::kGemmMma;
 
 // Offsets (floats) of the workspace arrays; every array starts at a multiple of 4 floats (16 bytes).
+// Two-level state scan (group_rows = N·H·L·G > 0, G > 1 groups): lm, lu [cells·L] (the state entering each chunk
+// relative to its group's start: pass 1 writes them, pass 3 reads them) and gm, gu [group_rows], gw [group_rows][Wd]
+// (each group's total; gw then holds the state entering the group), gem, geu [group_rows] (m, α entering the group).
 struct WsLayout {
-    int64_t cm, cs, m, u, w, floats;
+    int64_t cm, cs, m, u, w, lm, lu, gm, gu, gem, geu, gw, floats;
 };
 
-__host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, int64_t L, int64_t Wd) {
-    const int64_t cells = B * NS * H * L, vec = (cells + 3) / 4 * 4;
-    return WsLayout{0, vec, 2 * vec, 3 * vec, 4 * vec, 4 * vec + cells * Wd};
+__host__ __device__ inline WsLayout ws_layout(int64_t B, int64_t NS, int64_t H, int64_t L, int64_t Wd,
+                                              int64_t group_rows = 0) {
+    const int64_t cells = B * NS * H * L, vec = (cells + 3) / 4 * 4, end = 4 * vec + cells * Wd;
+    if (group_rows <= 0) return WsLayout{0, vec, 2 * vec, 3 * vec, 4 * vec, 0, 0, 0, 0, 0, 0, 0, end};
+    const int64_t gvec = (group_rows + 3) / 4 * 4, g0 = end + 2 * vec;
+    return WsLayout{0,       vec,          2 * vec,      3 * vec,      4 * vec,      end, end + vec,
+                    g0,      g0 + gvec,    g0 + 2 * gvec, g0 + 3 * gvec, g0 + 4 * gvec,
+                    g0 + 4 * gvec + group_rows * Wd};
 }
 
 template <typename Elem>
@@ -375,8 +383,13 @@ struct FwdArgs {
     ck::Geom g;
     int nBV;
     int bidir;  // Latte bidirectional: state_scan_kernel writes the whole-sequence totals (see there)
+    int64_t stage_off;  // onepass_kernel: byte offset of its cp.async staging buffers (0: plain loads)
     int plain_sum;  // state_scan_kernel: a plain sum of ws_w along the chunks (no maxima; bidirectional backward)
     float *ws_cm, *ws_cs, *ws_m, *ws_u, *ws_w;
+    // two-level state scan (G > 1): G groups of CPG chunks per sequence; workspace arrays as in ws_layout
+    int G;
+    int64_t CPG;
+    float *ws_lm, *ws_lu, *ws_gm, *ws_gu, *ws_gem, *ws_geu, *ws_gw;
     const float *m0, *u0, *w0;
     float *mT, *uT, *wT;
     // bidirectional backward: dout, gradients, the per-chunk Gm = Pᵀ dy workspace [cells][L][Wd]
@@ -435,29 +448,64 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_sum_kernel(FwdArgs<Elem> a
 // kScanAhead loads are in flight: the scan is a chain of NS dependent steps per thread and would otherwise pay
 // one memory round trip per chunk. Causal: the state entering chunk c replaces its summary; a.bidir: only the
 // whole-sequence total is written, to the sequence's first slot (the bidirectional forward's means).
+// Two-level (a.G > 1 groups of a.CPG chunks per sequence; the combine is associative): this kernel is pass 1,
+// thread → (row, group, l, d0), each group scanned from the empty state: the state entering each chunk relative to
+// its group (m, α into ws_lm / ws_lu, S in place of the summary) and the group's total (ws_gm, ws_gu, ws_gw);
+// group_scan_kernel (pass 2) combines the totals in order (the initial state first) into the state entering each
+// group and writes the final / whole-sequence state; group_apply_kernel (pass 3, causal) combines each group's
+// entering state with its chunks' relative states.
 constexpr int kScanAhead = 8;
+
+// The end of a scan of one (sequence, head, latent, 4 columns) with its total state (m, u, w): the bidirectional
+// whole-sequence state in the sequence's first slot, the final state.
+template <typename Elem>
+__device__ __forceinline__ void scan_finish(const FwdArgs<Elem>& a, int64_t first, int64_t srow, int64_t d0,
+                                            int64_t n_chunks, float m, float u, const float* w) {
+    if (a.bidir && n_chunks > 0) {
+        if (d0 == 0 && !a.plain_sum) {
+            a.ws_m[first] = m;
+            a.ws_u[first] = u;
+        }
+        *reinterpret_cast<float4*>(a.ws_w + first * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
+    }
+    if (a.mT) {
+        if (d0 == 0) {
+            a.mT[srow] = m;
+            a.uT[srow] = u;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (d0 + j < a.Dv) a.wT[srow * a.Dv + d0 + j] = w[j];
+    }
+}
 
 template <typename Elem>
 __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> a) {
-    const int64_t per_row = a.L * (a.Wd / 4);
+    const int64_t per_group = a.L * (a.Wd / 4), per_row = per_group * a.G;
     const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t row = gid / per_row;  // n·H + h
     if (row >= a.N * a.H) return;
-    const int64_t i = gid - row * per_row, l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t grp = (gid - row * per_row) / per_group, i = gid - row * per_row - grp * per_group;
+    const int64_t l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
     const int64_t n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const bool grouped = a.G > 1;
     const ck::Seq sq = ck::sequence(a.cu, n, a.T);
     const int64_t srow = row * L + l;  // state rows [N, H, L]
-    float m = a.m0 ? a.m0[srow] : -CUDART_INF_F, u = a.m0 ? a.u0[srow] : 0.f, w[4];
+    const bool init = a.m0 && !grouped;  // groups start from the empty state (the initial state enters in pass 2)
+    float m = init ? a.m0[srow] : -CUDART_INF_F, u = init ? a.u0[srow] : 0.f, w[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
-    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    for (int j = 0; j < 4; ++j) w[j] = (init && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grouped ? grp * a.CPG : 0;
+    const int64_t c_end = grouped ? (c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks) : seq_chunks;
+    const int64_t n_chunks = c_end > c_begin ? c_end - c_begin : 0;
     const int64_t step = a.H * L;  // next slot, same head and latent
-    const int64_t first = ((sq.b * a.NS + sq.base) * a.H + h) * L + l;
+    const int64_t first = ((sq.b * a.NS + sq.base + c_begin) * a.H + h) * L + l;
     const bool entering = !a.bidir;
     // running pointers: the chunk being combined (cur) and the one being fetched (ahead), same head and latent
     const float *cm_ahead = a.ws_cm + first, *cs_ahead = a.ws_cs + first;
     const float* w_ahead = a.ws_w + first * a.Wd + d0;
-    float *m_cur = a.ws_m + first, *u_cur = a.ws_u + first, *w_cur = a.ws_w + first * a.Wd + d0;
+    float *m_cur = (grouped ? a.ws_lm : a.ws_m) + first, *u_cur = (grouped ? a.ws_lu : a.ws_u) + first;
+    float* w_cur = a.ws_w + first * a.Wd + d0;
     const int64_t wstep = step * a.Wd;
     float ring_m[kScanAhead], ring_u[kScanAhead];
     float4 ring_w[kScanAhead];
@@ -505,21 +553,87 @@ __global__ void __launch_bounds__(ck::kThreads) state_scan_kernel(FwdArgs<Elem> 
             }
         }
     }
-    if (!entering && n_chunks > 0) {  // bidirectional: the whole-sequence state in the first slot
-        if (d0 == 0 && !a.plain_sum) {
-            a.ws_m[first] = m;
-            a.ws_u[first] = u;
-        }
-        *reinterpret_cast<float4*>(a.ws_w + first * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
-    }
-    if (a.mT) {
+    if (grouped) {  // pass 1: the group's total
+        const int64_t gidx = (row * a.G + grp) * L + l;
         if (d0 == 0) {
-            a.mT[srow] = m;
-            a.uT[srow] = u;
+            a.ws_gm[gidx] = m;
+            a.ws_gu[gidx] = u;
         }
+        *reinterpret_cast<float4*>(a.ws_gw + gidx * a.Wd + d0) = make_float4(w[0], w[1], w[2], w[3]);
+    } else {
+        scan_finish(a, first, srow, d0, n_chunks, m, u, w);
+    }
+}
+
+// Two-level scan, pass 2: thread → (row, l, d0); the group totals of the sequence combined in order from the
+// initial state: the state entering each group (m, α into ws_gem / ws_geu, S over the total in ws_gw), then the
+// final / whole-sequence state (scan_finish). G is small (≤ SMs·128 / chains): a short chain per thread.
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) group_scan_kernel(FwdArgs<Elem> a) {
+    const int64_t per_row = a.L * (a.Wd / 4);
+    const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = gid / per_row;
+    if (row >= a.N * a.H) return;
+    const int64_t i = gid - row * per_row, l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t n = row / a.H, h = row - n * a.H, L = a.L, Dv = a.Dv;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t srow = row * L + l;
+    float m = a.m0 ? a.m0[srow] : -CUDART_INF_F, u = a.m0 ? a.u0[srow] : 0.f, w[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-            if (d0 + j < Dv) a.wT[srow * Dv + d0 + j] = w[j];
+    for (int j = 0; j < 4; ++j) w[j] = (a.m0 && d0 + j < Dv) ? a.w0[srow * Dv + d0 + j] : 0.f;
+    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), groups = cdiv64(n_chunks, a.CPG);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+        const int64_t gidx = (row * a.G + grp) * L + l;
+        const float gm = a.ws_gm[gidx], gu = a.ws_gu[gidx];
+        float* gw = a.ws_gw + gidx * a.Wd + d0;
+        const float4 t = *reinterpret_cast<const float4*>(gw);
+        const float xs[4] = {t.x, t.y, t.z, t.w};
+        if (d0 == 0) {
+            a.ws_gem[gidx] = m;
+            a.ws_geu[gidx] = u;
+        }
+        *reinterpret_cast<float4*>(gw) = make_float4(w[0], w[1], w[2], w[3]);
+        if (a.plain_sum) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w[j] += xs[j];
+        } else {
+            ck::combine<4>(m, u, w, gm, gu, xs);
+        }
+    }
+    scan_finish(a, ((sq.b * a.NS + sq.base) * a.H + h) * L + l, srow, d0, n_chunks, m, u, w);
+}
+
+// Two-level scan, pass 3 (causal): thread → (row, group, l, d0) as in pass 1; the state entering each chunk of the
+// group = (the state entering the group) ⊕ (the chunk's state relative to the group), into ws_m, ws_u, ws_w.
+template <typename Elem>
+__global__ void __launch_bounds__(ck::kThreads) group_apply_kernel(FwdArgs<Elem> a) {
+    const int64_t per_group = a.L * (a.Wd / 4), per_row = per_group * a.G;
+    const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t row = gid / per_row;
+    if (row >= a.N * a.H) return;
+    const int64_t grp = (gid - row * per_row) / per_group, i = gid - row * per_row - grp * per_group;
+    const int64_t l = i / (a.Wd / 4), d0 = (i - l * (a.Wd / 4)) * 4;
+    const int64_t n = row / a.H, h = row - n * a.H, L = a.L;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grp * a.CPG;
+    const int64_t c_end = c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks;
+    if (c_end <= c_begin) return;
+    const int64_t gidx = (row * a.G + grp) * L + l;
+    const float em = a.ws_gem[gidx], eu = a.ws_geu[gidx];
+    const float4 ew = *reinterpret_cast<const float4*>(a.ws_gw + gidx * a.Wd + d0);
+    const int64_t step = a.H * L;
+    int64_t cell = ((sq.b * a.NS + sq.base + c_begin) * a.H + h) * L + l;
+    for (int64_t c = c_begin; c < c_end; ++c, cell += step) {
+        float m = em, u = eu, w[4] = {ew.x, ew.y, ew.z, ew.w};
+        float* wp = a.ws_w + cell * a.Wd + d0;
+        const float4 lw = *reinterpret_cast<const float4*>(wp);
+        const float xs[4] = {lw.x, lw.y, lw.z, lw.w};
+        ck::combine<4>(m, u, w, a.ws_lm[cell], a.ws_lu[cell], xs);
+        if (d0 == 0) {
+            a.ws_m[cell] = m;
+            a.ws_u[cell] = u;
+        }
+        *reinterpret_cast<float4*>(wp) = make_float4(w[0], w[1], w[2], w[3]);
     }
 }
 
@@ -552,10 +666,31 @@ __global__ void __launch_bounds__(ck::kThreads) chunk_out_kernel(FwdArgs<Elem> a
     }
     ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, cb.b, cb.h, sl.t0, sl.len, a.D, a.Dv, e0, a.scale, s.P);
     ck::chunk_output<kGemmFor<Elem>>(s, g);
-    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
-    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
-        const int64_t t = idx / cols, d = idx - t * cols;
-        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+    const int cols = static_cast<int>(a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV);
+    const float* Y = s.Y;
+    ck::store_rows(a.o + ((cb.b * a.T + sl.t0) * a.H + cb.h) * a.Dv + e0, a.H * a.Dv, sl.len, cols,
+                   [=](int t, int d) { return Y[t * ldV + d]; });
+}
+
+// onepass_kernel's staging: elements of one chunk's raw rows (k [C][kw], v [C][BV], Latte q [C][kw]; kw = Dkp
+// (Aaren) or Lp (Latte), multiples of 16 elements so that every row starts 16-byte aligned).
+__host__ __device__ inline int64_t onepass_stage_elems(bool aaren, const ck::Geom& g) {
+    const int64_t kw = aaren ? g.Dkp : g.Lp;
+    return int64_t(ck::kChunk) * (kw + g.BV + (aaren ? 0 : kw));
+}
+
+// Block-wide: cp.async of rows [t0, t0 + len) × columns [x0, x0 + X) of src (src.vec: 16-byte aligned rows, X a
+// multiple of 16/sizeof(T)) into dst [kChunk][width] (16-byte aligned); the rest of dst zero-filled.
+template <typename T>
+__device__ __forceinline__ void stage_rows(T* dst, int width, const ck::View<T>& src, int64_t b, int64_t t0,
+                                           int64_t h, int64_t x0, int len, int64_t X) {
+    constexpr int kVE = 16 / static_cast<int>(sizeof(T));
+    const int groups = width / kVE;
+    for (int idx = threadIdx.x; idx < ck::kChunk * groups; idx += blockDim.x) {
+        const int r = idx / groups, c0 = (idx - r * groups) * kVE;
+        const bool pred = r < len && c0 < X;
+        const T* from = pred ? src.p + b * src.sb + (t0 + r) * src.st + h * src.sh + x0 + c0 : src.p;
+        cp_async_16(dst + r * width + c0, from, pred);
     }
 }
 
@@ -582,14 +717,42 @@ __global__ void __launch_bounds__(ck::kThreads) onepass_kernel(FwdArgs<Elem> a) 
         const int l = idx / g.BV, d = idx - (idx / g.BV) * g.BV;
         s.S[l * ldV + d] = (a.m0 && l < L && d < cols) ? a.w0[(row * L + l) * Dv + e0 + d] : 0.f;
     }
-    for (int64_t t0 = sq.bos; t0 < sq.eos; t0 += ck::kChunk) {
+    // cp.async double buffering (a.stage_off > 0: every k/v(/q) row 16-byte aligned): the raw rows of chunk c + 1
+    // are copied into one staging buffer while chunk c is computed from the other (onepass_stage_elems).
+    Elem* const stage = a.stage_off > 0 ? reinterpret_cast<Elem*>(smem_raw + a.stage_off) : nullptr;
+    const int kw = kAaren ? g.Dkp : g.Lp;  // staged k (and Latte q) row width, elements
+    const int64_t per_buf = onepass_stage_elems(kAaren, g);
+    auto issue = [&](int64_t tc, int buf) {  // chunk at step tc of the sequence into staging buffer buf
+        const int lenc = static_cast<int>(sq.eos - tc < ck::kChunk ? sq.eos - tc : ck::kChunk);
+        Elem* base = stage + buf * per_buf;
+        stage_rows(base, kw, a.k, sq.b, tc, h, 0, lenc, kAaren ? a.D : L);
+        stage_rows(base + ck::kChunk * kw, g.BV, a.v, sq.b, tc, h, e0, lenc, Dv - e0);
+        if (!kAaren) stage_rows(base + ck::kChunk * (kw + g.BV), kw, a.q, sq.b, tc, h, 0, lenc, L);
+    };
+    if (stage != nullptr && sq.bos < sq.eos) {
+        issue(sq.bos, 0);
+        cp_async_commit();
+    }
+    int buf = 0;
+    for (int64_t t0 = sq.bos; t0 < sq.eos; t0 += ck::kChunk, buf ^= 1) {
         const int len = static_cast<int>(sq.eos - t0 < ck::kChunk ? sq.eos - t0 : ck::kChunk);
-        ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
-        ck::chunk_output<kImpl>(s, g);
-        for (int64_t idx = threadIdx.x; idx < len * cols; idx += blockDim.x) {
-            const int64_t t = idx / cols, d = idx - t * cols;
-            a.o[((sq.b * a.T + t0 + t) * a.H + h) * Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
+        if (stage != nullptr) {
+            if (t0 + ck::kChunk < sq.eos) issue(t0 + ck::kChunk, buf ^ 1);
+            cp_async_commit();  // (an empty group after the last chunk)
+            cp_async_wait<1>();  // chunk t0's copies (this thread's) are done
+            __syncthreads();     // ... and every thread's
+            const Elem* base = stage + buf * per_buf;
+            // staged views: rows at stride kw / BV, batch and head strides 0 (t0 = 0 below); v shifted by e0
+            const ck::View<Elem> ks{base, 0, kw, 0, 1, 1}, vs{base + ck::kChunk * kw - e0, 0, g.BV, 0, 1, 1},
+                qs = kAaren ? a.q : ck::View<Elem>{base + ck::kChunk * (kw + g.BV), 0, kw, 0, 1, 1};
+            ck::load_chunk<kAaren>(s, g, qs, ks, vs, sq.b, h, 0, len, a.D, Dv, e0, a.scale, s.P);
+        } else {
+            ck::load_chunk<kAaren>(s, g, a.q, a.k, a.v, sq.b, h, t0, len, a.D, Dv, e0, a.scale, s.P);
         }
+        ck::chunk_output<kImpl>(s, g);
+        const float* Y = s.Y;
+        ck::store_rows(a.o + ((sq.b * a.T + t0) * a.H + h) * Dv + e0, a.H * Dv, len, static_cast<int>(cols),
+                       [=](int t, int d) { return Y[t * ldV + d]; });
         ck::chunk_summary<kImpl>(s, g, s.W);
         ck::combine_summary(s, g);
     }
@@ -639,11 +802,10 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_out_kernel(FwdArgs<Elem> a
     mmau::block_gemm<kGemmFor<Elem>, mmau::kRow, mmau::kRow>(s.Y, ldV, s.P, g.ldL(), s.S, ldV, ck::kChunk, g.BV,
                                                              g.Lp, false);
     __syncthreads();
-    const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
-    for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
-        const int64_t t = idx / cols, d = idx - t * cols;
-        a.o[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
-    }
+    const int cols = static_cast<int>(a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV);
+    const float* Y = s.Y;
+    ck::store_rows(a.o + ((cb.b * a.T + sl.t0) * a.H + cb.h) * a.Dv + e0, a.H * a.Dv, sl.len, cols,
+                   [=](int t, int d) { return Y[t * ldV + d]; });
 }
 
 // ---------------------------------------------------------------- Latte bidirectional backward, chunk-parallel
@@ -728,10 +890,13 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_dq_kernel(FwdArgs<Elem> a)
         float pz = 0.f;
         for (int l = lane; l < L; l += 32) pz += s.P[t * ldL + l] * (s.F[t * ldL + l] - z0);
         pz = warp_sum(pz);
-        for (int l = lane; l < L; l += 32)
-            a.dq[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
-                from_float<Elem>(s.P[t * ldL + l] * ((s.F[t * ldL + l] - z0) - pz));
+        for (int l = lane; l < L; l += 32)  // dq into F in place (every lane read z0 before the sum)
+            s.F[t * ldL + l] = s.P[t * ldL + l] * ((s.F[t * ldL + l] - z0) - pz);
     }
+    __syncthreads();
+    const float* Fq = s.F;
+    ck::store_rows(a.dq + ((cb.b * a.T + sl.t0) * a.H + cb.h) * L, a.H * L, sl.len, static_cast<int>(L),
+                   [=](int t, int l) { return Fq[t * ldL + l]; });
 }
 
 template <typename Elem>
@@ -770,18 +935,15 @@ __global__ void __launch_bounds__(ck::kThreads) bidir_dkv_kernel(FwdArgs<Elem> a
             s.r[l] += acc;
         }
         __syncthreads();
-        const int64_t cols = a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV;
-        for (int64_t idx = threadIdx.x; idx < sl.len * cols; idx += blockDim.x) {
-            const int64_t t = idx / cols, d = idx - t * cols;
-            a.dv[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * a.Dv + e0 + d] = from_float<Elem>(s.Y[t * ldV + d]);
-        }
+        const int cols = static_cast<int>(a.Dv - e0 < g.BV ? a.Dv - e0 : g.BV);
+        const float* Y = s.Y;
+        ck::store_rows(a.dv + ((cb.b * a.T + sl.t0) * a.H + cb.h) * a.Dv + e0, a.H * a.Dv, sl.len, cols,
+                       [=](int t, int d) { return Y[t * ldV + d]; });
         __syncthreads();
     }
-    for (int64_t idx = threadIdx.x; idx < sl.len * L; idx += blockDim.x) {
-        const int64_t t = idx / L, l = idx - t * L;
-        a.dk[((cb.b * a.T + sl.t0 + t) * a.H + cb.h) * L + l] =
-            from_float<Elem>(s.E[t * ldL + l] * (s.F[t * ldL + l] - s.r[l]));
-    }
+    const float *E = s.E, *F = s.F, *r = s.r;
+    ck::store_rows(a.dk + ((cb.b * a.T + sl.t0) * a.H + cb.h) * L, a.H * L, sl.len, static_cast<int>(L),
+                   [=](int t, int l) { return E[t * ldL + l] * (F[t * ldL + l] - r[l]); });
 }
 
 // Backward, sweep 1: the forward recurrence again, storing per (position, latent) M, c = p/den and
@@ -1163,6 +1325,21 @@ cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
 }
 
 constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
+constexpr int64_t kMinGroupChunks = kScanAhead;  // two-level scans: the fewest chunks per group
+
+// The groups of a two-level scan of `chains` independent chains over NS chunk slots: G = 1 (one level, cpg = NS)
+// when ⌈chains / 128⌉ blocks fill the SMs; else G = ⌈SMs·128 / chains⌉ groups (at most NS / kMinGroupChunks) of
+// cpg = ⌈NS / G⌉ chunks, G then recomputed as ⌈NS / cpg⌉ (no empty trailing group).
+inline void scan_groups(int64_t chains, int64_t NS, int sms, int64_t* G, int64_t* cpg) {
+    *G = 1;
+    *cpg = NS;
+    if (chains <= 0 || cdiv64(chains, ck::kThreads) >= sms) return;
+    const int64_t most = NS / kMinGroupChunks, want = cdiv64(int64_t(sms) * ck::kThreads, chains);
+    const int64_t g = want < most ? want : most;
+    if (g <= 1) return;
+    *cpg = cdiv64(NS, g);
+    *G = cdiv64(NS, *cpg);
+}
 
 // Shared memory of the chunk kernels (chunked mode: the larger of the summary and output kernels) and of
 // onepass_kernel, at Dv tile bv.
@@ -1208,9 +1385,17 @@ cudaError_t plan_forward(bool aaren, const ScanSizes& sz, bool causal, const Sca
     plan->NS = mode == ScanMode::Chunked ? NS : 0;
     plan->seq_blocks = seq_blocks(bv);
     plan->chunk_blocks = mode == ScanMode::Chunked ? chunk_blocks(bv) : 0;
-    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(sz.N * sz.H * sz.L * (Wd / 4), ck::kThreads) : 0;
+    // the state scan: one level when its chains fill the SMs, else G groups (two-level; see state_scan_kernel)
+    const int64_t chains = sz.N * sz.H * sz.L * (Wd / 4);
+    int64_t G = 1, cpg = NS;
+    if (mode == ScanMode::Chunked) scan_groups(chains, NS, sms, &G, &cpg);
+    plan->scan_groups = mode == ScanMode::Chunked ? static_cast<int>(G) : 0;
+    plan->scan_group_chunks = mode == ScanMode::Chunked ? cpg : 0;
+    plan->scan_blocks = mode == ScanMode::Chunked ? cdiv64(chains * G, ck::kThreads) : 0;
     plan->workspace_bytes =
-        mode == ScanMode::Chunked ? ws_layout(sz.B, NS, sz.H, sz.L, Wd).floats * int64_t(sizeof(float)) : 0;
+        mode == ScanMode::Chunked
+            ? ws_layout(sz.B, NS, sz.H, sz.L, Wd, G > 1 ? sz.N * sz.H * sz.L * G : 0).floats * int64_t(sizeof(float))
+            : 0;
     return cudaSuccess;
 }
 
@@ -1235,7 +1420,38 @@ FwdArgs<Elem> chunk_args(const Args<Elem>& a0, bool causal, const ScanPlan& plan
     a.m0 = a0.m0; a.u0 = a0.a0; a.w0 = a0.S0;
     a.mT = a0.mT; a.uT = a0.aT; a.wT = a0.ST;
     a.bidir = causal ? 0 : 1;
+    a.G = plan.scan_groups > 1 ? plan.scan_groups : 1;
+    a.CPG = plan.scan_group_chunks;
     return a;
+}
+
+// The workspace arrays of the plan (ws_layout) in a's pointers.
+template <typename Elem>
+void bind_workspace(FwdArgs<Elem>& a, float* ws) {
+    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd, a.G > 1 ? a.N * a.H * a.L * a.G : 0);
+    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    if (a.G > 1) {
+        a.ws_lm = ws + ly.lm; a.ws_lu = ws + ly.lu; a.ws_gm = ws + ly.gm; a.ws_gu = ws + ly.gu;
+        a.ws_gem = ws + ly.gem; a.ws_geu = ws + ly.geu; a.ws_gw = ws + ly.gw;
+    }
+}
+
+// The state scan of the plan: state_scan_kernel, and when two-level (a.G > 1) group_scan_kernel and (causal)
+// group_apply_kernel.
+template <typename Elem>
+cudaError_t launch_state_scan(const FwdArgs<Elem>& a, const ScanPlan& plan, cudaStream_t stream) {
+    if (plan.scan_blocks <= 0) return cudaSuccess;
+    auto scan_kernel = state_scan_kernel<Elem>;
+    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+    cudaError_t err = FLASHTS_LAUNCH_CHECK();
+    if (err != cudaSuccess || a.G <= 1) return err;
+    auto group_kernel = group_scan_kernel<Elem>;
+    const int64_t chains = a.N * a.H * a.L * (a.Wd / 4);
+    FLASHTS_LAUNCH(group_kernel, static_cast<unsigned>(cdiv64(chains, ck::kThreads)), ck::kThreads, 0, stream, a);
+    if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess || a.bidir) return err;
+    auto apply_kernel = group_apply_kernel<Elem>;
+    FLASHTS_LAUNCH(apply_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
+    return FLASHTS_LAUNCH_CHECK();
 }
 
 // The chunk-parallel forward: three launches on `stream` (see the section comment above chunk_sum_kernel).
@@ -1246,14 +1462,11 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
         reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
         return cudaErrorInvalidValue;
     FwdArgs<Elem> a = chunk_args<kAaren>(a0, causal, plan);
-    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
-    float* ws = static_cast<float*>(workspace);
-    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
+    bind_workspace(a, static_cast<float*>(workspace));
     const int64_t blocks = a.B * a.NS * a.H * a.nBV;
     if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
     auto out_kernel = causal ? chunk_out_kernel<kAaren, Elem> : bidir_out_kernel<Elem>;
-    auto scan_kernel = state_scan_kernel<Elem>;
     const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes_out = ck::carve(a.g, true, nullptr).bytes;
     cudaError_t err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(bytes_sum));
@@ -1266,10 +1479,7 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
                        stream, a);
         if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
-    if (plan.scan_blocks > 0) {
-        FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
-        if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    }
+    if ((err = launch_state_scan(a, plan, stream)) != cudaSuccess) return err;
     if (blocks > 0) {
         FLASHTS_LAUNCH(out_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_out),
                        stream, a);
@@ -1281,12 +1491,21 @@ cudaError_t launch_chunked(const Args<Elem>& a0, bool causal, const ScanPlan& pl
 // The causal one pass (onepass_kernel): N·H·⌈Dv/BV⌉ blocks.
 template <bool kAaren, typename Elem>
 cudaError_t launch_onepass(const Args<Elem>& a0, const ScanPlan& plan, cudaStream_t stream) {
-    const FwdArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
+    FwdArgs<Elem> a = chunk_args<kAaren>(a0, true, plan);
     const int64_t blocks = a.N * a.H * a.nBV;
     if (blocks == 0) return cudaSuccess;
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto kernel = onepass_kernel<kAaren, Elem>;
-    const int64_t bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    int64_t bytes = ck::carve(a.g, true, nullptr, true).bytes;
+    // cp.async staging when every staged row is 16-byte aligned and the two buffers fit the shared memory
+    int sms = 0, max_smem = 0;
+    if (device_facts(ScanOptions{0, 0, ScanMode::Auto}, &sms, &max_smem) != cudaSuccess) return cudaErrorUnknown;
+    const int64_t off = (bytes + 127) / 128 * 128,
+                  staged = off + 2 * onepass_stage_elems(kAaren, a.g) * int64_t(sizeof(Elem));
+    if (a.k.vec && a.v.vec && (kAaren || a.q.vec) && staged <= max_smem) {
+        a.stage_off = off;
+        bytes = staged;
+    }
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (err != cudaSuccess) return err;
@@ -1312,10 +1531,9 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
         reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
         return cudaErrorInvalidValue;
     FwdArgs<Elem> a = chunk_args<false>(a0, false, plan);
-    const WsLayout ly = ws_layout(a.B, a.NS, a.H, a.L, a.Wd);
     float* ws = static_cast<float*>(workspace);
-    a.ws_cm = ws + ly.cm; a.ws_cs = ws + ly.cs; a.ws_m = ws + ly.m; a.ws_u = ws + ly.u; a.ws_w = ws + ly.w;
-    a.ws_g = ws + ly.floats;
+    bind_workspace(a, ws);
+    a.ws_g = ws + ws_layout(a.B, a.NS, a.H, a.L, a.Wd, a.G > 1 ? a.N * a.H * a.L * a.G : 0).floats;
     const ScanTensor dout{a0.dout, a0.sd_b, a0.sd_t, a0.sd_h, a0.sd_x};
     a.dout = ck::make_view<Elem>(dout, a0.Dv);
     a.dq = a0.dq; a.dk = a0.dk; a.dv = a0.dv;
@@ -1323,7 +1541,6 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
     const int64_t blocks = a.B * a.NS * a.H * a.nBV, rows = a.B * a.NS * a.H;
     if (blocks > 0x7fffffffLL || plan.scan_blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
     auto sum_kernel = chunk_sum_kernel<false, Elem>;
-    auto scan_kernel = state_scan_kernel<Elem>;
     auto dq_kernel = bidir_dq_kernel<Elem>;
     auto dkv_kernel = bidir_dkv_kernel<Elem>;
     const int64_t bytes_sum = ck::carve(a.g, false, nullptr).bytes, bytes = ck::carve(a.g, true, nullptr, true).bytes;
@@ -1341,12 +1558,10 @@ cudaError_t launch_bidir_backward(const Args<Elem>& a0, const ScanPlan& plan, vo
     gsum.ws_w = a.ws_g;
     FLASHTS_LAUNCH(sum_kernel, static_cast<unsigned>(blocks), ck::kThreads, static_cast<size_t>(bytes_sum), stream, a);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, a);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_state_scan(a, plan, stream)) != cudaSuccess) return err;
     FLASHTS_LAUNCH(dq_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream, per_chunk);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(plan.scan_blocks), ck::kThreads, 0, stream, gsum);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_state_scan(gsum, plan, stream)) != cudaSuccess) return err;
     FLASHTS_LAUNCH(dkv_kernel, static_cast<unsigned>(rows), ck::kThreads, static_cast<size_t>(bytes), stream,
                    per_chunk);
     return cudaGetLastError();
@@ -1463,6 +1678,9 @@ struct BwdArgs {
     const float *m_ch, *u_ch, *w_ch;  // entering states (forward workspace: [cells·L], w row stride Wd)
     float *f_ch, *du_ch, *dw_ch;      // cotangent maps, then the cotangents leaving ([cells·L], dw row stride Wd)
     float* dq_part;                   // Aaren: [cells, D]
+    int G;                            // two-level cotangent scan: G groups of CPG chunks (1: one level)
+    int64_t CPG;
+    float *g_f, *g_du, *g_dw;         // the group maps ([N·H·G·L], g_dw [N·H·G·L][Dv])
     Elem *dq, *dk, *dv;               // Latte dq; Aaren's dq goes through dq_part
 };
 
@@ -1688,32 +1906,30 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
     }
     __syncthreads();
     Elem* dv_out = a.dv + ((b * a.T + t0) * a.H + h) * Dv;
-    for (int64_t i = tid_; i < len * Dv; i += nth) {
-        const int64_t t = i / Dv, d = i - t * Dv;
-        dv_out[t * a.H * Dv + d] = from_float<Elem>(sm.OUT[t * ldV + d]);
-    }
+    const float *OUT = sm.OUT, *X = sm.X;
+    ck::store_rows(dv_out, a.H * Dv, len, static_cast<int>(Dv), [=](int t, int d) { return OUT[t * ldV + d]; });
     if (!kAaren) {  // dk = da; dq = p ⊙ (dp − Σ_l p dp), dp shifted by dp_{·,0} first
         Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * L;
         Elem* dq_out = a.dq + ((b * a.T + t0) * a.H + h) * L;
-        for (int64_t i = tid_; i < len * L; i += nth) {
-            const int64_t t = i / L, l = i - t * L;
-            dk_out[t * a.H * L + l] = from_float<Elem>(sm.X[t * ldL + l]);
-        }
-        for (int t = warp; t < len; t += nwarps) {
-            const float* zr = sm.Z + t * ldL;
+        ck::store_rows(dk_out, a.H * L, len, static_cast<int>(L), [=](int t, int l) { return X[t * ldL + l]; });
+        for (int t = warp; t < len; t += nwarps) {  // dq into Z in place (row t: every lane read z0 before the sum)
+            float* zr = sm.Z + t * ldL;
             const float* pr = sm.PM + t * ldL;
             const float z0 = zr[0];
             float s = 0.f;
             for (int l = lane; l < L; l += 32) s += pr[l] * (zr[l] - z0);
             s = warp_sum(s);
-            for (int l = lane; l < L; l += 32) dq_out[t * a.H * L + l] = from_float<Elem>(pr[l] * ((zr[l] - z0) - s));
+            for (int l = lane; l < L; l += 32) zr[l] = pr[l] * ((zr[l] - z0) - s);
         }
+        __syncthreads();
+        const float* Zq = sm.Z;
+        ck::store_rows(dq_out, a.H * L, len, static_cast<int>(L), [=](int t, int l) { return Zq[t * ldL + l]; });
     } else {  // dk_t = scale·da_t q; the chunk's dq partial scale·Σ_t da_t k_t (t in order; k from the K tile)
         Elem* dk_out = a.dk + ((b * a.T + t0) * a.H + h) * a.D;
-        for (int64_t i = tid_; i < len * a.D; i += nth) {
-            const int64_t t = i / a.D, j = i - t * a.D;
-            dk_out[t * a.H * a.D + j] = from_float<Elem>(a.scale * sm.X[t * ldL] * sm.Q[j]);
-        }
+        const float* Qv = sm.Q;
+        const float sc = a.scale;
+        ck::store_rows(dk_out, a.H * a.D, len, static_cast<int>(a.D),
+                       [=](int t, int j) { return sc * X[t * ldL] * Qv[j]; });
         for (int64_t j = tid_; j < a.D; j += nth) {
             float acc = 0.f;
             for (int t = 0; t < len; ++t) acc += sm.X[t * ldL] * sm.K[t * g.ldK() + j];
@@ -1728,18 +1944,29 @@ __global__ void __launch_bounds__(ck::kThreads, 1) chunk_bwd_kernel(BwdArgs<Elem
 // (a register ring with static indices, like state_scan_kernel): the chain of NS dependent steps per thread
 // would otherwise pay one memory round trip per chunk. (A chunk's row is read before it is overwritten: the
 // ring runs ahead towards earlier chunks, the stores trail behind.)
+// Two-level (a.G > 1 groups of a.CPG chunks; the maps x ↦ f x + G compose associatively): this kernel is pass 1,
+// thread → (n, h, group, l, d), each group scanned from a zero cotangent leaving it: the cotangent leaving each
+// chunk relative to the group (over (G, g)) and the group's map (Π f, the offsets) into g_f / g_du / g_dw;
+// cot_group_scan_kernel (pass 2) applies the group maps in reverse order from (dS_T, dα_T) (the cotangent leaving
+// each group, over the offsets; dS0, dα0); cot_group_apply_kernel (pass 3) adds (Π of the later f) · (the group's
+// leaving cotangent) to each chunk's relative one.
 template <typename Elem>
 __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* dwT, float* du0, float* dw0) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd;
-    if (i >= a.N * a.H * L * Dv) return;
-    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H, h = nh % a.H;
+    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd, G = a.G;
+    if (i >= a.N * a.H * G * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, grp = (i / (L * Dv)) % G, nh = i / (G * L * Dv), n = nh / a.H,
+                  h = nh % a.H;
+    const bool grouped = G > 1;
     const ck::Seq sq = ck::sequence(a.cu, n, a.T);
-    const int64_t n_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk);
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grouped ? grp * a.CPG : 0;
+    const int64_t c_end = grouped ? (c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks) : seq_chunks;
+    const int64_t n_chunks = c_end > c_begin ? c_end - c_begin : 0;
     const int64_t step = a.H * L;  // the previous chunk slot, same head and latent
     const bool lead = d == 0;
-    float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
-    int64_t ahead = ((sq.b * a.NS + sq.base + n_chunks - 1) * a.H + h) * L + l, cur = ahead;
+    const int64_t chain = nh * L * Dv + l * Dv + d;  // [N, H, L, Dv]
+    float dw = (dwT && !grouped) ? dwT[chain] : 0.f, du = (duT && !grouped) ? duT[nh * L + l] : 0.f, fprod = 1.f;
+    int64_t ahead = ((sq.b * a.NS + sq.base + c_begin + n_chunks - 1) * a.H + h) * L + l, cur = ahead;
     float ring_f[kScanAhead], ring_G[kScanAhead], ring_g[kScanAhead];
 #pragma unroll
     for (int j = 0; j < kScanAhead; ++j) {
@@ -1754,7 +1981,7 @@ __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* 
 #pragma unroll
         for (int j = 0; j < kScanAhead; ++j) {
             if (c0 + j < n_chunks) {
-                const float f = ring_f[j], G = ring_G[j], gu = ring_g[j];
+                const float f = ring_f[j], Gc = ring_G[j], gu = ring_g[j];
                 if (c0 + j + kScanAhead < n_chunks) {  // refill this ring slot (an earlier chunk)
                     ring_f[j] = a.f_ch[ahead];
                     ring_G[j] = a.dw_ch[ahead * Wd + d];
@@ -1763,14 +1990,76 @@ __global__ void cot_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* 
                 }
                 a.dw_ch[cur * Wd + d] = dw;  // the cotangent leaving chunk `cur`
                 if (lead) a.du_ch[cur] = du;
-                dw = f * dw + G;
+                dw = f * dw + Gc;
                 du = f * du + gu;
+                fprod *= f;
                 cur -= step;
             }
         }
     }
+    if (grouped) {  // pass 1: the group's map x ↦ fprod · x + (du, dw)
+        const int64_t gidx = (nh * G + grp) * L + l;
+        a.g_dw[gidx * Dv + d] = dw;
+        if (lead) {
+            a.g_f[gidx] = fprod;
+            a.g_du[gidx] = du;
+        }
+        return;
+    }
+    if (dw0) dw0[chain] = dw;
+    if (du0 && lead) du0[nh * L + l] = du;
+}
+
+// Two-level cotangent scan, pass 2: thread → (n, h, l, d); the group maps applied in reverse group order from
+// (dS_T, dα_T): the cotangent leaving each group over its offsets (g_dw; g_du by the d = 0 thread), then (dS0, dα0).
+template <typename Elem>
+__global__ void cot_group_scan_kernel(BwdArgs<Elem> a, const float* duT, const float* dwT, float* du0, float* dw0) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t L = a.L, Dv = a.Dv, G = a.G;
+    if (i >= a.N * a.H * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, nh = i / (L * Dv), n = nh / a.H;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t groups = cdiv64(cdiv64(sq.eos - sq.bos, ck::kChunk), a.CPG);
+    const bool lead = d == 0;
+    float dw = dwT ? dwT[i] : 0.f, du = duT ? duT[nh * L + l] : 0.f;
+    for (int64_t grp = groups - 1; grp >= 0; --grp) {
+        const int64_t gidx = (nh * G + grp) * L + l;
+        const float f = a.g_f[gidx], off = a.g_dw[gidx * Dv + d];
+        a.g_dw[gidx * Dv + d] = dw;  // the cotangent leaving group grp
+        if (lead) {
+            const float offu = a.g_du[gidx];
+            a.g_du[gidx] = du;
+            du = f * du + offu;
+        }
+        dw = f * dw + off;
+    }
     if (dw0) dw0[i] = dw;
     if (du0 && lead) du0[nh * L + l] = du;
+}
+
+// Two-level cotangent scan, pass 3: thread → (n, h, group, l, d) as in pass 1; the cotangent leaving chunk c of the
+// group = its relative one + (Π of f over the later chunks of the group) · (the cotangent leaving the group).
+template <typename Elem>
+__global__ void cot_group_apply_kernel(BwdArgs<Elem> a) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t L = a.L, Dv = a.Dv, Wd = a.Wd, G = a.G;
+    if (i >= a.N * a.H * G * L * Dv) return;
+    const int64_t d = i % Dv, l = (i / Dv) % L, grp = (i / (L * Dv)) % G, nh = i / (G * L * Dv), n = nh / a.H,
+                  h = nh % a.H;
+    const ck::Seq sq = ck::sequence(a.cu, n, a.T);
+    const int64_t seq_chunks = cdiv64(sq.eos - sq.bos, ck::kChunk), c_begin = grp * a.CPG;
+    const int64_t c_end = c_begin + a.CPG < seq_chunks ? c_begin + a.CPG : seq_chunks;
+    if (c_end <= c_begin) return;
+    const bool lead = d == 0;
+    const int64_t gidx = (nh * G + grp) * L + l, step = a.H * L;
+    const float dw = a.g_dw[gidx * Dv + d], du = lead ? a.g_du[gidx] : 0.f;
+    float fprod = 1.f;
+    int64_t cur = ((sq.b * a.NS + sq.base + c_end - 1) * a.H + h) * L + l;
+    for (int64_t c = c_end - 1; c >= c_begin; --c, cur -= step) {
+        a.dw_ch[cur * Wd + d] += fprod * dw;
+        if (lead) a.du_ch[cur] += fprod * du;
+        fprod *= a.f_ch[cur];
+    }
 }
 
 // Aaren: dq_rows[n, h, :] = the dq partials of the chunks of sequence n summed in chunk order.
@@ -1795,6 +2084,7 @@ struct BwdPlan {
     ScanPlan fwd;       // the forward's plan in "chunked" mode
     ck::Geom g;         // BV = Dvp
     int64_t smem_bytes, cells, fwd_floats, ws_floats;
+    int64_t cot_groups, cot_group_chunks;  // the cotangent scan's groups (scan_groups: 1 = one level)
 };
 
 inline cudaError_t plan_backward(bool aaren, const ScanSizes& sz, BwdPlan* p) {
@@ -1817,6 +2107,11 @@ inline cudaError_t plan_backward(bool aaren, const ScanSizes& sz, BwdPlan* p) {
     p->fwd_floats = r4(p->fwd.workspace_bytes / int64_t(sizeof(float)));
     p->ws_floats = p->fwd_floats + 2 * r4(p->cells * sz.L) + p->cells * sz.L * r4(sz.Dv) +
                    (aaren ? r4(p->cells * sz.D) : 0);
+    scan_groups(sz.N * sz.H * sz.L * sz.Dv, p->fwd.NS, sms, &p->cot_groups, &p->cot_group_chunks);
+    if (p->cot_groups > 1) {
+        const int64_t rows = sz.N * sz.H * p->cot_groups * sz.L;
+        p->ws_floats += 2 * r4(rows) + rows * sz.Dv;
+    }
     return cudaSuccess;
 }
 
@@ -1845,13 +2140,11 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
     Args<Elem> a0 = make_args<Elem>(q, k, v, dout, sz, scale);
     a0.m0 = m0; a0.a0 = u0; a0.S0 = w0;  // (no final state: mT/aT/ST stay nullptr)
     FwdArgs<Elem> fa = chunk_args<kAaren>(a0, true, fp);
-    const WsLayout ly = ws_layout(fa.B, fa.NS, fa.H, fa.L, fa.Wd);
-    fa.ws_cm = ws + ly.cm; fa.ws_cs = ws + ly.cs; fa.ws_m = ws + ly.m; fa.ws_u = ws + ly.u; fa.ws_w = ws + ly.w;
+    bind_workspace(fa, ws);
     const int64_t sum_blocks = fa.B * fa.NS * fa.H * fa.nBV;
     if (sum_blocks > 0x7fffffffLL || plan.cells > 0x7fffffffLL) return cudaErrorInvalidValue;
     {
         auto sum_kernel = chunk_sum_kernel<kAaren, Elem>;
-        auto scan_kernel = state_scan_kernel<Elem>;
         const int64_t bytes_sum = ck::carve(fa.g, false, nullptr).bytes;
         err = cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes_sum));
         if (err != cudaSuccess) return err;
@@ -1860,10 +2153,7 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
                            stream, fa);
             if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
         }
-        if (fp.scan_blocks > 0) {
-            FLASHTS_LAUNCH(scan_kernel, static_cast<unsigned>(fp.scan_blocks), ck::kThreads, 0, stream, fa);
-            if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
-        }
+        if ((err = launch_state_scan(fa, fp, stream)) != cudaSuccess) return err;
     }
     // 2.-4. the cotangent maps, their reverse scan, the gradients
     BwdArgs<Elem> a{};
@@ -1880,6 +2170,15 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
     a.du_ch = p; p += r4(plan.cells * sz.L);
     a.dw_ch = p; p += plan.cells * sz.L * a.Wd;
     a.dq_part = kAaren ? p : nullptr;
+    if (kAaren) p += r4(plan.cells * sz.D);
+    a.G = static_cast<int>(plan.cot_groups);
+    a.CPG = plan.cot_group_chunks;
+    if (a.G > 1) {
+        const int64_t rows = sz.N * sz.H * a.G * sz.L;
+        a.g_f = p; p += r4(rows);
+        a.g_du = p; p += r4(rows);
+        a.g_dw = p;
+    }
     a.dq = dq; a.dk = dk; a.dv = dv;
     const size_t smem = static_cast<size_t>(plan.smem_bytes);
     auto k_cot = chunk_bwd_kernel<kAaren, Elem, kCot>;
@@ -1894,9 +2193,22 @@ cudaError_t launch_chunked_backward(const BwdPlan& plan, ScanTensor dout, ScanTe
         FLASHTS_LAUNCH(k_cot, static_cast<unsigned>(plan.cells), ck::kThreads, smem, stream, a);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
-    if (chains > 0) {
+    if (chains > 0 && a.G <= 1) {
         auto kern = cot_scan_kernel<Elem>;
         FLASHTS_LAUNCH(kern, static_cast<unsigned>(cdiv64(chains, st)), st, 0, stream, a, duT, dwT, du0, dw0);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+    } else if (chains > 0) {  // two-level: groups, their maps in reverse order, the groups' leaving cotangents applied
+        const int64_t grouped = chains * a.G;
+        const int gt = scan_threads(grouped, sms);
+        auto k1 = cot_scan_kernel<Elem>;
+        auto k2 = cot_group_scan_kernel<Elem>;
+        auto k3 = cot_group_apply_kernel<Elem>;
+        FLASHTS_LAUNCH(k1, static_cast<unsigned>(cdiv64(grouped, gt)), gt, 0, stream, a, nullptr, nullptr, nullptr,
+                       nullptr);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+        FLASHTS_LAUNCH(k2, static_cast<unsigned>(cdiv64(chains, st)), st, 0, stream, a, duT, dwT, du0, dw0);
+        if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
+        FLASHTS_LAUNCH(k3, static_cast<unsigned>(cdiv64(grouped, gt)), gt, 0, stream, a);
         if ((err = FLASHTS_LAUNCH_CHECK()) != cudaSuccess) return err;
     }
     if (plan.cells > 0) {

@@ -60,6 +60,10 @@ struct ScanPlan {
     int64_t NS;  // chunk slots per batch row
     int64_t seq_blocks, chunk_blocks, scan_blocks;
     int64_t workspace_bytes;
+    // The state scan's chunk groups (two-level scan when N·H·L·⌈Dv/4⌉ chains give fewer than SMs blocks of 128
+    // threads): each sequence's chunks are cut into groups of scan_group_chunks; 1 = the one-level scan.
+    int scan_groups;
+    int64_t scan_group_chunks;
 };
 
 // The forward's plan (aaren = true: Aaren, sz.L ignored; false: Latte, sz.D ignored). cudaErrorInvalidValue

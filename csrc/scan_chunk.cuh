@@ -115,6 +115,37 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, int rows, int cols
     }
 }
 
+// Block-wide: dst[r · row_stride + c] = value(r, c) for r < rows, c < cols (an output tile of a contiguous
+// [B, T, H, X] tensor: row_stride = H·X elements). 16-byte stores (STG.E.128, 16/sizeof(T) elements per thread and
+// step) when dst and the row stride are 16-byte aligned and cols is a multiple of 16/sizeof(T); else element by
+// element. value(r, c) -> float (read from shared memory; called once per element).
+template <typename T, typename F>
+__device__ __forceinline__ void store_rows(T* dst, int64_t row_stride, int rows, int cols, F value) {
+    constexpr int kVE = 16 / static_cast<int>(sizeof(T));
+    const bool vec = cols % kVE == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 &&
+                     (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+    if (vec) {
+        const int groups = cols / kVE;
+        for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
+            const int r = idx / groups, c0 = (idx - r * groups) * kVE;
+            uint4 pk;
+            T* e = reinterpret_cast<T*>(&pk);
+#pragma unroll
+            for (int j = 0; j < kVE; ++j) e[j] = from_float<T>(value(r, c0 + j));
+#if defined(__CUDA_ARCH__)
+            __stwb(reinterpret_cast<uint4*>(dst + r * row_stride + c0), pk);  // (a plain copy may be split in 4)
+#else
+            *reinterpret_cast<uint4*>(dst + r * row_stride + c0) = pk;
+#endif
+        }
+        return;
+    }
+    for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
+        const int r = idx / cols, c = idx - r * cols;
+        dst[r * row_stride + c] = from_float<T>(value(r, c));
+    }
+}
+
 // ------------------------------------------------------------------------------------------- sequences, slots
 
 __host__ __device__ __forceinline__ int64_t num_slots(int64_t T, int64_t N, bool packed) {

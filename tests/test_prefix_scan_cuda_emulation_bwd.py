@@ -130,6 +130,9 @@ CASES = [  # (kind, B, T, H, L (Aaren: D), Dv, dtype, state, cot, big logits, sc
     ("latte", 1, 40, 2, 9, 16, torch.float32, True, True, True, 1),
     ("latte", 1, 150, 1, 3, 5, torch.float32, True, True, False, 0),  # > 8 chunks: the scans' read-ahead ring wraps
     ("aaren", 1, 150, 1, 4, 6, torch.bfloat16, True, True, False, 0),
+    # two-level state and cotangent scans (emulated 132 SMs, few chains): 4 groups of 9, 9, 9, 6 chunks (shuffled)
+    ("aaren", 1, 520, 1, 4, 6, torch.float32, True, True, False, 2),
+    ("latte", 1, 400, 2, 3, 5, torch.bfloat16, True, True, False, 0),  # 3 groups of 9, 9, 7 chunks
 ]
 
 
@@ -151,11 +154,13 @@ def test_scan_bwd_chunked(libs, schedule, kind, B, T, H, L, Dv, dtype, state, co
         assert float(x64[1].abs().max()) > 1e3
 
 
-@pytest.mark.parametrize("kind,dtype,shared_q", [("aaren", torch.float32, True), ("latte", torch.bfloat16, False)])
-def test_scan_bwd_packed_matches_loop(libs, kind, dtype, shared_q):
-    """cu_seqlens packed (an empty sequence, chunks that straddle sequences) = the same kernels per sequence."""
+@pytest.mark.parametrize("kind,dtype,shared_q,cu", [("aaren", torch.float32, True, [0, 21, 21, 38, 70]),
+                                                    ("latte", torch.bfloat16, False, [0, 21, 21, 38, 70]),
+                                                    ("aaren", torch.float32, False, [0, 200, 200, 390, 520])])
+def test_scan_bwd_packed_matches_loop(libs, kind, dtype, shared_q, cu):
+    """cu_seqlens packed (an empty sequence, chunks that straddle sequences) = the same kernels per sequence.
+    The last case: two-level state and cotangent scans (4 groups of 9 chunk slots; each sequence alone: 2 groups)."""
     lib = libs["prefix_scan"]
-    cu = [0, 21, 21, 38, 70]
     T, H, L, Dv = cu[-1], 2, 6, 10
     N = len(cu) - 1
     cu_t = torch.tensor(cu, dtype=torch.int32)
@@ -185,6 +190,21 @@ def test_scan_bwd_packed_matches_loop(libs, kind, dtype, shared_q):
         else:
             assert _rel(one[1], got[1][:, s:e]) < _tol(dtype) and _rel(one[2], got[2][:, s:e]) < _tol(dtype)
         assert _rel(one[3], got[3][n:n + 1]) < _tol(dtype) and _rel(one[4], got[4][n:n + 1]) < _tol(dtype)
+
+
+def test_scan_bwd_two_level_plan(libs):
+    """The two-level cases above really are two-level (emulated 132 SMs): (forward state scan groups, chunks per
+    group, cotangent scan groups, chunks per group); and the goal shape Aaren B8 H8 T8192 D = Dv = 64."""
+    lib = libs["prefix_scan"]
+    out = torch.zeros(4, dtype=torch.int64)
+    for aaren, sz, cu, want in [(1, [1, 520, 1, 1, 4, 6, 1], None, [4, 9, 4, 9]),
+                                (0, [1, 400, 2, 3, 3, 5, 1], None, [3, 9, 3, 9]),
+                                (1, [1, 520, 2, 1, 6, 10, 4], [0, 200, 200, 390, 520], [4, 9, 4, 9]),
+                                (1, [8, 8192, 8, 1, 64, 64, 8], None, [17, 31, 5, 103]),
+                                (0, [8, 8192, 8, 64, 64, 64, 8], None, [1, 512, 1, 512])]:
+        cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+        assert lib.emu_scan_bwd_groups(aaren, _ptr(torch.tensor(sz, dtype=torch.int64)), _ptr(cu_t), _ptr(out)) == 0
+        assert out.tolist() == want, (sz, out.tolist())
 
 
 def test_scan_bwd_fallback_for_wide_states(libs):

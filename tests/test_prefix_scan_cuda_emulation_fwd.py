@@ -105,11 +105,11 @@ def _rescale(m, m_ref):
 
 
 def _plan(lib, aaren, sz, cu=None, causal=True, mode=AUTO, sms=0):
-    mem, out = Mem(), torch.zeros(8, dtype=torch.int64)
+    mem, out = Mem(), torch.zeros(10, dtype=torch.int64)
     rc = lib.emu_scan_fwd_plan(int(aaren), mem.i64(sz), _p(cu), int(causal), mode, sms, _p(out))
     assert rc == 0, rc
-    return dict(zip(["mode", "C", "BV", "NS", "seq_blocks", "chunk_blocks", "scan_blocks", "workspace_bytes"],
-                    out.tolist()))
+    return dict(zip(["mode", "C", "BV", "NS", "seq_blocks", "chunk_blocks", "scan_blocks", "workspace_bytes",
+                     "scan_groups", "scan_group_chunks"], out.tolist()))
 
 
 def _forward(lib, aaren, dtype, q, k, v, state, cu, mode, sms, scale=1.0, causal=True):
@@ -168,6 +168,8 @@ AAREN = [  # (B, T, H, D, Dv, dtype, state, shared_q, cu, order, sms)
     (1, 40, 1, 16, 40, F32, False, False, None, 0, 1),      # 1 SM: BV 48 (one tile), contiguous float4 loads
     (1, 300, 1, 3, 4, F32, True, False, None, 0, 0),        # 19 chunks: the state scan's prefetch ring wraps
     (1, 33, 1, 64, 130, BF16, True, False, None, 0, 1),     # goal head dim; 1 SM: 3 Dv tiles of 64
+    (1, 520, 2, 8, 12, BF16, True, False, None, 2, 0),      # two-level state scan: 4 groups (9, 9, 9, 6 chunks)
+    (1, 700, 1, 5, 7, F32, True, False, [0, 250, 251, 251, 700], 0, 0),  # two-level, packed: 5 groups of 10
 ]
 
 
@@ -197,6 +199,8 @@ LATTE = [  # (B, T, H, L, Dv, dtype, state, cu, order, sms)
     (1, 33, 1, 5, 37, BF16, True, None, 0, 1),              # 1 SM: one Dv tile of 48
     (1, 300, 1, 3, 4, F32, True, [0, 140, 141, 300], 0, 0),  # 9 and 10 chunks per sequence (> the ring)
     (1, 20, 1, 40, 66, F32, True, None, 0, 1),              # Lp = 48; 1 SM: Dv tiles of 64 and 2
+    (1, 600, 1, 4, 6, F32, True, [0, 250, 251, 600], 3, 0),  # two-level state scan, packed: 5 groups of 8
+    (2, 400, 1, 5, 9, BF16, False, None, 0, 0),             # two-level: 3 groups (9, 9, 7 chunks)
 ]
 
 
@@ -249,6 +253,7 @@ BIDIR = [  # (B, T, H, L, Dv, dtype, cu, order)
     (2, 17, 2, 5, 7, F32, None, 1),
     (1, 100, 1, 20, 33, BF16, None, 0),                     # 3 Dv tiles, scalar loads
     (1, 63, 2, 24, 8, BF16, [0, 1, 30, 30, 63], 2),         # packed (16-byte loads), shuffled
+    (1, 600, 1, 5, 7, F32, [0, 250, 251, 600], 0),          # two-level state scan (whole-sequence totals)
 ]
 
 
@@ -272,6 +277,10 @@ ONE_PASS_CASES = [  # (aaren, B, T, H, X, Dv, dtype, state, cu, sms, extreme)
     (False, 2, 37, 1, 20, 33, F32, True, None, 0, False),            # 3 Dv tiles of 16
     (False, 1, 40, 2, 5, 7, BF16, True, None, 1, True),              # ±1e4 logits: the exact fallback
     (True, 2, 1, 2, 5, 7, F32, False, None, 1, False),               # T = 1
+    # contiguous 16-byte rows: cp.async double buffering of the raw k/v(/q) rows (onepass_kernel staging)
+    (True, 2, 50, 2, 16, 48, F32, True, None, 0, False),             # 4 chunks, 3 Dv tiles of 16 (e0 > 0)
+    (False, 1, 70, 2, 24, 16, BF16, True, [0, 17, 17, 70], 0, False),  # packed, an empty sequence
+    (False, 1, 40, 1, 8, 8, BF16, True, None, 1, True),              # ±1e4 logits: the exact fallback
 ]
 
 
@@ -327,13 +336,27 @@ def test_plan_goal_shapes(lib):
     assert latte["scan_blocks"] == 8 * 8 * 64 * 16 // 128
     assert latte["workspace_bytes"] == 4 * (4 * 8 * 512 * 8 * 64 + 8 * 512 * 8 * 64 * 64)
     aaren = _plan(lib, True, [8, 8192, 8, 1, 64, 64, 8], sms=132)
-    assert (aaren["mode"], aaren["BV"], aaren["chunk_blocks"], aaren["scan_blocks"]) == (CHUNKED, 64, 32768, 8)
+    assert (aaren["mode"], aaren["BV"], aaren["chunk_blocks"]) == (CHUNKED, 64, 32768)
+    # Aaren's state scan: 1024 chains (8 blocks) cannot fill 132 SMs: two-level, 17 groups of 31 chunks → 136 blocks
+    assert (aaren["scan_groups"], aaren["scan_group_chunks"], aaren["scan_blocks"]) == (17, 31, 136)
+    assert (latte["scan_groups"], latte["scan_group_chunks"]) == (1, 512)  # Latte's 65536 chains fill the GPU
     small = _plan(lib, True, [512, 96, 8, 1, 16, 16, 512], sms=132)
     assert (small["mode"], small["BV"], small["seq_blocks"], small["workspace_bytes"]) == (ONE_PASS, 16, 4096, 0)
     wide = _plan(lib, False, [64, 96, 4, 16, 16, 128, 64], sms=132)  # N·H = 256: split Dv to 2 tiles of 64
     assert (wide["mode"], wide["BV"], wide["seq_blocks"]) == (ONE_PASS, 64, 512)
     tiny = _plan(lib, False, [1, 40, 2, 5, 5, 33, 1], sms=132)  # 3 slots × 2 heads: Dv split to 16
     assert (tiny["mode"], tiny["BV"], tiny["chunk_blocks"]) == (CHUNKED, 16, 3 * 2 * 3)
+    # the two-level cases of the tests above really are two-level (groups of ≥ 8 chunks, no empty trailing group)
+    for aaren, sz, cu, causal, groups in [(True, [1, 520, 2, 1, 8, 12, 1], None, True, (4, 9)),
+                                          (True, [1, 700, 1, 1, 5, 7, 4], [0, 250, 251, 251, 700], True, (5, 10)),
+                                          (False, [1, 600, 1, 4, 4, 6, 3], [0, 250, 251, 600], True, (5, 8)),
+                                          (False, [2, 400, 1, 5, 5, 9, 2], None, True, (3, 9)),
+                                          (False, [1, 600, 1, 5, 5, 7, 3], [0, 250, 251, 600], False, (5, 8)),
+                                          (False, [1, 520, 1, 3, 3, 8, 2], [0, 200, 520], False, (4, 9))]:
+        cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+        p = _plan(lib, aaren, sz, cu_t, causal=causal, mode=CHUNKED, sms=0)
+        assert (p["scan_groups"], p["scan_group_chunks"]) == groups, (sz, p)
+    assert _plan(lib, True, [1, 520, 2, 1, 8, 12, 1], mode=CHUNKED, sms=1)["scan_groups"] == 1  # 1 SM: one level
     bidir = _plan(lib, False, [8, 8192, 8, 64, 64, 64, 8], causal=False, sms=132)
     assert (bidir["mode"], bidir["chunk_blocks"]) == (CHUNKED, 32768)
 
@@ -343,6 +366,7 @@ BIDIR_BWD = [  # (B, T, H, L, Dv, dtype, cu, sms)
     (1, 63, 2, 20, 33, BF16, None, 0),                      # Dv tiles of 16 looped inside the blocks
     (1, 63, 1, 24, 8, BF16, [0, 1, 30, 30, 63], 1),          # packed (16-byte loads), an empty sequence
     (2, 2, 1, 3, 70, F32, None, 1),                         # T = 2 (at T = 1 dq is exactly 0); tiles of 64 and 6
+    (1, 520, 1, 3, 8, F32, [0, 200, 520], 0),               # two-level scans (whole-sequence state and Σ Gm)
 ]
 
 

@@ -66,14 +66,14 @@ EMU_API int emu_latte_fwd(int dtype, const void* q, const int64_t* sq, const voi
                      S0, o, mT, aT, ST, options(0, 0), ws.p, ws.bytes, nullptr);
 }
 
-// out[8]: mode, C, BV, NS, seq_blocks, chunk_blocks, scan_blocks, workspace_bytes
+// out[10]: mode, C, BV, NS, seq_blocks, chunk_blocks, scan_blocks, workspace_bytes, scan_groups, scan_group_chunks
 EMU_API int emu_scan_fwd_plan(int aaren, const int64_t* sz, const int32_t* cu, int causal, int mode, int sms,
                               int64_t* out) {
     ScanPlan p{};
     const cudaError_t err = scan_fwd_plan(aaren != 0, sizes(sz, cu), causal != 0, options(mode, sms), &p);
-    const int64_t vals[8] = {static_cast<int64_t>(p.mode), p.C, p.BV, p.NS, p.seq_blocks, p.chunk_blocks,
-                             p.scan_blocks, p.workspace_bytes};
-    for (int i = 0; i < 8; ++i) out[i] = vals[i];
+    const int64_t vals[10] = {static_cast<int64_t>(p.mode), p.C, p.BV, p.NS, p.seq_blocks, p.chunk_blocks,
+                              p.scan_blocks, p.workspace_bytes, p.scan_groups, p.scan_group_chunks};
+    for (int i = 0; i < 10; ++i) out[i] = vals[i];
     return err;
 }
 
@@ -148,4 +148,16 @@ EMU_API int emu_latte_bidir_bwd_chunked(const int64_t* sz, const int32_t* cu) {
     s.D = s.L;
     ScanPlan plan{};
     return plan_bidir_backward(s, ScanOptions{0, 0, ScanMode::Auto}, &plan) == cudaSuccess ? 1 : 0;
+}
+
+// The causal backward's two-level scans at these sizes: out[4] = the forward state scan's groups and chunks per
+// group, the cotangent scan's groups and chunks per group (1 group: one level).
+EMU_API int emu_scan_bwd_groups(int aaren, const int64_t* sz, const int32_t* cu, int64_t* out) {
+    ScanSizes s = sizes(sz, cu);
+    if (aaren) s.L = 1; else s.D = s.L;
+    BwdPlan plan{};
+    const cudaError_t err = plan_backward(aaren != 0, s, &plan);
+    const int64_t vals[4] = {plan.fwd.scan_groups, plan.fwd.scan_group_chunks, plan.cot_groups, plan.cot_group_chunks};
+    for (int i = 0; i < 4; ++i) out[i] = vals[i];
+    return err;
 }
