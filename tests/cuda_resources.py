@@ -254,7 +254,7 @@ for _t in _16:  # δ = rowsum(dO·O) with 16-byte loads
     for _pl in (8, 16):
         EXPECTED[f"swa::fa_delta_kernel<{_t},{_pl}>"] = (False, True)
 # kernels that must keep their cp.async (LDGSTS) tile loads
-EXPECTED_CP_ASYNC = {k for k in EXPECTED if k.startswith("swa::fa2_")}
+EXPECTED_CP_ASYNC = {k for k in EXPECTED if k.startswith("swa::fa2_")}  # (+ the scan one pass, added below)
 # prefix scan (Aaren / Latte), chunk-parallel (csrc/scan_chunk.cuh; <kAaren, T[, phase]>): chunk products on
 # mma.sync TF32 for 16-bit inputs (exact FMA for float32, as Triton's "ieee"), 16-byte row loads where aligned.
 for _a in ("false", "true"):
@@ -264,9 +264,17 @@ for _a in ("false", "true"):
         EXPECTED.update(_expand("scan::chunk_bwd_kernel<%s,{T},%d>" % (_a, _ph), hmma_types=_16, ldg_types=_ALL))
 for _k in ("bidir_out_kernel", "bidir_dq_kernel", "bidir_dkv_kernel"):
     EXPECTED.update(_expand("scan::%s<{T}>" % _k, hmma_types=_16, ldg_types=_ALL))
-EXPECTED.update(_expand("scan::state_scan_kernel<{T}>", ldg_types=_ALL))
-for _k in ("cot_scan_kernel", "dq_sum_kernel"):
+# the scans of chunk states / cotangents; the group_* kernels are the two-level scan's passes 2 and 3 (used when
+# the per-(sequence, head, latent, column) chains cannot fill the SMs, e.g. Aaren at its goal shape)
+for _k in ("state_scan_kernel", "group_scan_kernel", "group_apply_kernel"):
+    EXPECTED.update(_expand("scan::%s<{T}>" % _k, ldg_types=_ALL))
+for _k in ("cot_scan_kernel", "cot_group_scan_kernel", "cot_group_apply_kernel", "dq_sum_kernel"):
     EXPECTED.update(_expand("scan::%s<{T}>" % _k))
+# the scan one pass double-buffers its k/v(/q) rows with cp.async
+EXPECTED_CP_ASYNC |= {k for k in EXPECTED if k.startswith("scan::onepass_kernel")}
+# ... and so do linear attention's sequential kernels (one-pass forward / backward sweeps)
+EXPECTED_CP_ASYNC |= {k for k in EXPECTED if k.split("<")[0] in ("linear::fwd_kernel", "linear::bwd_dq_kernel",
+                                                                    "linear::bwd_dkv_kernel")}
 # the old sequential-in-time FMA scans: fallbacks only (state too wide for the chunk tiles; bidirectional one pass).
 for _kind in ("Aaren", "Latte"):
     for _k in ("forward_kernel", "recompute_kernel", "reverse_kernel"):
@@ -359,8 +367,14 @@ def goal_grids() -> dict[str, str]:
     g["scan::chunk_sum_kernel"] = f"B·⌈T/16⌉·H·⌈Dv/BV⌉ = {8 * NSC * 8} (Latte and Aaren)"
     g["scan::chunk_out_kernel"] = g["scan::chunk_sum_kernel"]
     g["scan::chunk_bwd_kernel"] = f"B·⌈T/16⌉·H = {8 * NSC * 8} (Latte and Aaren; 128 threads)"
-    g["scan::state_scan_kernel"] = f"⌈N·H·L·⌈Dv/4⌉/128⌉: Latte {-(-8 * 8 * 64 * 16 // 128)}, Aaren {-(-8 * 8 * 16 // 128)}"
-    g["scan::cot_scan_kernel"] = "one thread per (sequence, head, l, d): Latte 1024 × 256 threads, Aaren 128 × 32"
+    g["scan::state_scan_kernel"] = (f"⌈N·H·L·⌈Dv/4⌉/128⌉·G: Latte {-(-8 * 8 * 64 * 16 // 128)} (G = 1), "
+                                    "Aaren 136 (two-level: G = 17 groups of 31 chunks)")
+    g["scan::group_scan_kernel"] = "Aaren: 8 × 128 threads (17 group steps); not launched for Latte"
+    g["scan::group_apply_kernel"] = "Aaren: 136 × 128 threads; not launched for Latte"
+    g["scan::cot_scan_kernel"] = ("one thread per (sequence, head, l, d) per group: Latte 1024 × 256 threads (G = 1), "
+                                  "Aaren 160 × 128 (G = 5 groups of 103 chunks)")
+    g["scan::cot_group_scan_kernel"] = "Aaren: 128 × 32 threads (5 group steps); not launched for Latte"
+    g["scan::cot_group_apply_kernel"] = "Aaren: 160 × 128 threads; not launched for Latte"
     g["scan::dq_sum_kernel"] = "Aaren: 128 × 32 threads"
     g["scan::onepass_kernel"] = "N·H·⌈Dv/BV⌉ (picked when ≥ 2·SMs, e.g. B512 H8 T96 D16: 4096; not at the goal shapes)"
     for k in ("bidir_out_kernel", "bidir_dq_kernel", "bidir_dkv_kernel"):
