@@ -346,6 +346,8 @@ def run(args) -> dict:
                                      if b in _backend.implemented(op) and _backend.available(b, device)]
         if op not in CPU_PEER_OPS:
             backends = [b for b in backends if b not in CPU_PEERS]
+            if device.type == "cpu" and not args.backends:
+                backends = ["torch"]   # the default CPU run: no Triton interpreter rows (slow, not a CPU path)
         for be in backends:
             row = dict(op=op, backend=be, B=args.B, H=args.H, D=args.D, Dv=args.D,
                        L=args.L if op in ("latte_attention", "latte_macchiato_attention") else None, dtype=args.dtype, bytes=nbytes,
