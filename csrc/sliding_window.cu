@@ -33,7 +33,7 @@
 // int64; every global access is bounds-checked.
 //
 // Two kernel families. The kernels above are the generic ones (any head dim ≤ 256, float32 exactly). For
-// float16/bfloat16 with D, Dv ≤ 128 on sm_80+ the launchers run the FlashAttention-2 kernels instead
+// float16/bfloat16 (any head dim ≤ 256) on sm_80+ the launchers run the FlashAttention-2 kernels instead
 // (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel, section "FA2 kernels" below: mma.sync m16n8k16 with scores
 // and accumulators in registers, ldmatrix fragments, cp.async double-buffered K/V (Q/dO) tiles, 64- or 128-row blocks);
 // sliding_window_fa2_head_dim() says which family a call takes, FLASHTS_SWA_GENERIC=1 forces the generic one.
@@ -380,9 +380,9 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
 
 // ============================================================================================== FA2 kernels
 //
-// FlashAttention-2 kernels for float16 / bfloat16 inputs with both head dims padded to DP ∈ {64, 128}
+// FlashAttention-2 kernels for float16 / bfloat16 inputs with both head dims padded to DP ∈ {64, 128, 256}
 // (fa2_fwd_kernel, fa2_dq_kernel, fa2_dkdv_kernel; the launchers use them whenever that holds, the generic
-// kernels above otherwise: float32 inputs and head dims above 128). 128 threads = 4 warps; a warp owns 16·MT rows
+// kernels above otherwise: float32 inputs, devices before sm_80). 128 threads = 4 warps; a warp owns 16·MT rows
 // of its block (MT m-tiles; MT = 1 except in the D = 64 forward).
 //
 // Tile products: mma.sync.m16n8k16 (row.col, float32 accumulation) through mma16816() below. Each warp keeps the
@@ -398,18 +398,20 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_kernel(Params<Tin> p) {
 // gives the B fragments of two adjacent 8-column tiles. The C fragments of two adjacent 8-column tiles are the A
 // fragment of the next product (scores → probabilities → P·V without a trip through shared memory).
 //
-// Forward (one block per (64·MT query rows, head, sequence), MT = fa_fwd_mt: 2 at DP = 64, 1 at 128; 64-key
+// Forward (one block per (64·MT query rows, head, sequence), MT = fa_fwd_mt: 2 at DP = 64, 1 at 128 / 256; 64-key
 // blocks from lo to hi as in fwd_kernel, K/V double-buffered with 16-byte cp.async): per warp and 16-row m-tile
 // S = Q Kᵀ (16×64), online softmax in base 2 per row (running max m, lane-partial running sum l, rescale factor
 // 2^(m_old − m_new); a row with no allowed key yet shifts by 0), acc += P V (16×DP). Blocks the window edges or
 // the sequence end cut through are masked (−inf before the exp2); interior blocks skip the mask. Output
 // o = acc / l, lse = (m + log2 l)·ln 2.
-// dq (per 64 query rows): S = Q Kᵀ, P = 2^(S·scale·log2e − lse·log2e), dP = dO Vᵀ, dS = P (dP − δ),
-// dq += dS K; dq·scale at the end.
+// dq (per 64 query rows; key tiles of BN = 64, 32 at DP = 256): S = Q Kᵀ, P = 2^(S·scale·log2e − lse·log2e),
+// dP = dO Vᵀ, dS = P (dP − δ), dq += dS K; dq·scale at the end.
 // dk/dv (per 64 keys and KV head; loops over the G query heads of the group and the query tiles of BQ rows that
 // see the block, Q/dO/lse/δ double-buffered): scores held transposed, Sᵀ = K Qᵀ, Pᵀ, dPᵀ = V dOᵀ,
-// dSᵀ = Pᵀ (dPᵀ − δ), dv += Pᵀ dO, dk += dSᵀ Q; dk·scale at the end. BQ = 64 (DP = 64) or 32 (DP = 128, to stay
-// within the registers: dk and dv accumulators are 2·DP/2 floats per lane).
+// dSᵀ = Pᵀ (dPᵀ − δ), dv += Pᵀ dO, dk += dSᵀ Q; dk·scale at the end. BQ = 64 (DP = 64) or 32 (DP = 128 / 256,
+// to stay within the registers: dk and dv accumulators are 2·DP/2 floats per lane). At DP = 256 two blocks share
+// a key tile, each with half of the dk/dv columns (fa_dkdv_splits: 128 accumulator floats per lane instead of
+// 256); both compute the full Sᵀ and dPᵀ.
 //
 // cp.async needs 16-byte aligned rows: every input with unit last stride, other strides multiples of 8 elements,
 // 16-byte aligned base and D, Dv multiples of 8 (Params::vec, checked by the launcher); otherwise the tiles are
@@ -509,8 +511,8 @@ __device__ __forceinline__ bool in_window(int64_t i, int64_t j, int64_t left, in
     return (left < 0 || j >= i - left) && (right < 0 || j <= i + right);
 }
 
-// δ_i = do_i·o_i − dlse_i with 16-byte loads (16-bit inputs whose rows allow them, Dv ≤ 128): P lanes per row
-// (P = 8 for Dv ≤ 64, 16 for Dv ≤ 128), lane c of a row reads the 8-element chunks c, c + P, ... of do and o; the
+// δ_i = do_i·o_i − dlse_i with 16-byte loads (16-bit inputs whose rows allow them, Dv ≤ 256): P lanes per row
+// (P = 8 for Dv ≤ 64, 16 for Dv ≤ 128, 32 for Dv ≤ 256), lane c of a row reads the 8-element chunks c, c + P, ... of do and o; the
 // P partial sums are combined by shuffles. A warp covers 32 / P rows per step, in a warp-uniform loop (every
 // lane reaches every shuffle).
 template <typename Tin, int P>
@@ -558,12 +560,27 @@ __host__ __device__ constexpr int fa_dkdv_bq() {
     return DP == 64 ? 64 : 32;
 }
 
+// Keys per K/V tile in the dq kernel: 64, or 32 at DP = 256 (dq alone is 128 floats per lane there; the S and dP
+// fragments of a 32-key tile take 32 more instead of 64).
+template <int DP>
+__host__ __device__ constexpr int fa_dq_bn() {
+    return DP == 256 ? 32 : 64;
+}
+
+// Column splits of the dk/dv kernel: 2 at DP = 256 — the dk and dv accumulators of all 256 columns would be 256
+// floats per lane, so each block of a key tile keeps one half of the columns (128 floats per lane) and the two
+// blocks of a tile both recompute Sᵀ and dPᵀ (1.5× the tensor-core work of one block, twice the blocks).
+template <int DP>
+__host__ __device__ constexpr int fa_dkdv_splits() {
+    return DP == 256 ? 2 : 1;
+}
+
 // Dynamic shared memory of each FA2 kernel (bytes); mt: m-tiles per warp of the forward.
 template <typename Tin, int DP>
 int64_t fa_smem_bytes(int kind, int mt = fa_fwd_mt<DP>()) {
     const int64_t tile = int64_t(kFaRows) * (DP + 8) * int64_t(sizeof(Tin));
     if (kind == kFwd) return (mt + 4) * tile;  // Q (64·mt rows), K×2, V×2
-    if (kind == kDq) return 6 * tile;   // Q, dO, K×2, V×2
+    if (kind == kDq) return 2 * tile + 4 * int64_t(fa_dq_bn<DP>()) * (DP + 8) * int64_t(sizeof(Tin));  // Q, dO, K×2, V×2
     const int64_t qt = int64_t(fa_dkdv_bq<DP>()) * (DP + 8) * int64_t(sizeof(Tin));
     return 2 * tile + 4 * qt + 4 * fa_dkdv_bq<DP>() * int64_t(sizeof(float));  // K, V, (Q, dO)×2, (lse, δ)×2
 }
@@ -747,7 +764,7 @@ __global__ void __launch_bounds__(kThreads) fa2_fwd_kernel(Params<Tin> p) {
 
 template <typename Tin, int DP>
 __global__ void __launch_bounds__(kThreads) fa2_dq_kernel(Params<Tin> p) {
-    constexpr int LD = DP + 8, BN = 64, NT = BN / 8, KS = DP / 16, OT = DP / 8;
+    constexpr int LD = DP + 8, BN = fa_dq_bn<DP>(), NT = BN / 8, KS = DP / 16, OT = DP / 8;
     FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
     Tin* sQ = reinterpret_cast<Tin*>(fa_smem);
     Tin* sdO = sQ + kFaRows * LD;
@@ -870,7 +887,8 @@ __global__ void __launch_bounds__(kThreads) fa2_dq_kernel(Params<Tin> p) {
 
 template <typename Tin, int DP>
 __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
-    constexpr int LD = DP + 8, BQ = fa_dkdv_bq<DP>(), NT = BQ / 8, KS = DP / 16, OT = DP / 8;
+    constexpr int LD = DP + 8, BQ = fa_dkdv_bq<DP>(), NT = BQ / 8, KS = DP / 16;
+    constexpr int SPLITS = fa_dkdv_splits<DP>(), OT = DP / 8 / SPLITS;  // OT: 8-column output tiles of this block
     FLASHTS_DYNAMIC_SMEM(unsigned char, fa_smem);
     Tin* sK = reinterpret_cast<Tin*>(fa_smem);
     Tin* sV = sK + kFaRows * LD;
@@ -879,8 +897,10 @@ __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
     float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * LD);  // lse·log2e, two buffers
     float* sD = sL + 2 * BQ;                                  // δ, two buffers
 
-    const int64_t blk = blockIdx.x, kb = blk % p.n_blocks, hk = (blk / p.n_blocks) % p.Hk;
+    // block = (column split, key tile, KV head, sequence), the split fastest
+    const int64_t blk = blockIdx.x / SPLITS, kb = blk % p.n_blocks, hk = (blk / p.n_blocks) % p.Hk;
     const int64_t n = blk / p.n_blocks / p.Hk, G = p.H / p.Hk;
+    const int col0 = static_cast<int>(blockIdx.x % SPLITS) * (DP / SPLITS);  // first output column of this block
     const Seq sq = seq_of(p, n);
     const int64_t j0 = sq.start + kb * kFaRows;
     if (j0 >= sq.end) return;
@@ -981,10 +1001,10 @@ __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
 #pragma unroll
             for (int o = 0; o < OT; o += 2) {
                 uint32_t b[4];
-                frag_b_n2(b, dO, LD, o * 8, kk * 16, lane);
+                frag_b_n2(b, dO, LD, col0 + o * 8, kk * 16, lane);
                 mma16816<Tin>(dv[o], ap, b);  // dv += Pᵀ dO
                 mma16816<Tin>(dv[o + 1], ap, b + 2);
-                frag_b_n2(b, Q, LD, o * 8, kk * 16, lane);
+                frag_b_n2(b, Q, LD, col0 + o * 8, kk * 16, lane);
                 mma16816<Tin>(dk[o], as, b);  // dk += dSᵀ Q
                 mma16816<Tin>(dk[o + 1], as, b + 2);
             }
@@ -999,7 +1019,7 @@ __global__ void __launch_bounds__(kThreads) fa2_dkdv_kernel(Params<Tin> p) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int r = r0 + (e >> 1) * 8;
-            const int64_t col = o * 8 + 2 * t + (e & 1);
+            const int64_t col = col0 + o * 8 + 2 * t + (e & 1);
             if (r < nk) {
                 const int64_t row = (sq.b * p.T + j0 + r) * p.Hk + hk;
                 if (col < D) p.dk[row * D + col] = from_float<Tin>(p.scale * dk[o][e]);
@@ -1088,32 +1108,35 @@ bool rows_16b(const SwaInput& x) {
            reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
 }
 
-// Padded head dim of the FA2 kernels (64 or 128), or 0 when they do not apply: float32 inputs, a head dim above
-// 128, a device older than sm_80, not enough shared memory, or FLASHTS_SWA_GENERIC=1 in the environment (the
-// generic kernels above; for comparisons).
+// Padded head dim of the FA2 kernels (64, 128 or 256), or 0 when they do not apply: float32 inputs, a device
+// older than sm_80, not enough shared memory, or FLASHTS_SWA_GENERIC=1 in the environment (the generic kernels
+// above; for comparisons).
 template <typename Tin>
 int fa_head_dim(const SwaSizes& sz, int kind) {
     if (std::is_same<Tin, float>::value) return 0;
     const char* env = std::getenv("FLASHTS_SWA_GENERIC");
     if (env != nullptr && env[0] == '1') return 0;
     const int64_t d = sz.D > sz.Dv ? sz.D : sz.Dv;
-    const int DP = d <= 64 ? 64 : (d <= 128 ? 128 : 0);
+    const int DP = d <= 64 ? 64 : (d <= 128 ? 128 : (d <= 256 ? 256 : 0));
     if (DP == 0) return 0;
     int dev = 0, major = 0, max_smem = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) return 0;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 8) return 0;
     if (cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
-    const int64_t need = DP == 64 ? fa_smem_bytes<Tin, 64>(kind) : fa_smem_bytes<Tin, 128>(kind);
+    const int64_t need = DP == 64    ? fa_smem_bytes<Tin, 64>(kind)
+                         : DP == 128 ? fa_smem_bytes<Tin, 128>(kind)
+                                     : fa_smem_bytes<Tin, 256>(kind);
     return need <= max_smem ? DP : 0;
 }
 
-// n_seq · heads · ⌈max_len / rows⌉ blocks of 128 threads (rows: 64, or 64·MT for the forward).
+// n_seq · heads · ⌈max_len / rows⌉ blocks of 128 threads (rows: 64, or 64·MT for the forward), times the column
+// splits of the dk/dv kernel (2 at DP = 256).
 template <typename Tin, int DP>
 cudaError_t fa_launch(int kind, void (*kernel)(Params<Tin>), Params<Tin> p, int64_t heads, int64_t max_len,
                       cudaStream_t stream, int mt = 1) {
     const int64_t bytes = fa_smem_bytes<Tin, DP>(kind, mt);
     p.n_blocks = cdiv64(max_len, kFaRows * mt);
-    const int64_t grid = p.N * heads * p.n_blocks;
+    const int64_t grid = p.N * heads * p.n_blocks * (kind == kDkDv ? fa_dkdv_splits<DP>() : 1);
     if (grid == 0) return cudaSuccess;
     if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
@@ -1144,6 +1167,9 @@ cudaError_t fwd_typed(SwaInput q, SwaInput k, SwaInput v, SwaSizes sz, int64_t l
         if (DP == 128)
             return fa_launch<Tin, 128>(kFwd, fa2_fwd_kernel<Tin, 128, fa_fwd_mt<128>()>, p, p.H, grid_len(sz),
                                        stream, fa_fwd_mt<128>());
+        if (DP == 256)
+            return fa_launch<Tin, 256>(kFwd, fa2_fwd_kernel<Tin, 256, fa_fwd_mt<256>()>, p, p.H, grid_len(sz),
+                                       stream, fa_fwd_mt<256>());
     }
     return launch<Tin>(kFwd, fwd_kernel<Tin>, p, p.H, grid_len(sz), stream);
 }
@@ -1167,15 +1193,18 @@ cudaError_t bwd_typed(SwaInput dout, SwaInput q, SwaInput k, SwaInput v, SwaInpu
     const int64_t rows = sz.B * sz.T * sz.H;
     bool delta_done = false;
     if constexpr (!std::is_same<Tin, float>::value) {
-        if (rows > 0 && rows_16b(dout) && rows_16b(o) && sz.Dv % 8 == 0 && sz.Dv <= 128) {
-            const int64_t rows_per_block = (kThreads / 32) * (sz.Dv <= 64 ? 4 : 2);
+        if (rows > 0 && rows_16b(dout) && rows_16b(o) && sz.Dv % 8 == 0 && sz.Dv <= 256) {
+            const int64_t rows_per_block = (kThreads / 32) * (sz.Dv <= 64 ? 4 : (sz.Dv <= 128 ? 2 : 1));
             const int64_t blocks = cdiv64(rows, rows_per_block);
             const dim3 grid(static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16));
             if (sz.Dv <= 64) {
                 auto kernel = fa_delta_kernel<Tin, 8>;
                 FLASHTS_LAUNCH(kernel, grid, dim3(kThreads), 0, stream, p);
-            } else {
+            } else if (sz.Dv <= 128) {
                 auto kernel = fa_delta_kernel<Tin, 16>;
+                FLASHTS_LAUNCH(kernel, grid, dim3(kThreads), 0, stream, p);
+            } else {
+                auto kernel = fa_delta_kernel<Tin, 32>;
                 FLASHTS_LAUNCH(kernel, grid, dim3(kThreads), 0, stream, p);
             }
             cudaError_t err = cudaGetLastError();
@@ -1194,13 +1223,15 @@ cudaError_t bwd_typed(SwaInput dout, SwaInput q, SwaInput k, SwaInput v, SwaInpu
     if constexpr (!std::is_same<Tin, float>::value) {
         p.vec = rows_16b(q) && rows_16b(k) && rows_16b(v) && rows_16b(dout) && sz.D % 8 == 0 && sz.Dv % 8 == 0;
         const int DP = fa_head_dim<Tin>(sz, kDq) != 0 ? fa_head_dim<Tin>(sz, kDkDv) : 0;
-        if (DP == 64 || DP == 128) {
-            cudaError_t err = DP == 64 ? fa_launch<Tin, 64>(kDq, fa2_dq_kernel<Tin, 64>, p, p.H, grid_len(sz), stream)
-                                       : fa_launch<Tin, 128>(kDq, fa2_dq_kernel<Tin, 128>, p, p.H, grid_len(sz), stream);
+        auto fa_bwd = [&](auto dp_tag) -> cudaError_t {
+            constexpr int kDP = decltype(dp_tag)::value;
+            cudaError_t err = fa_launch<Tin, kDP>(kDq, fa2_dq_kernel<Tin, kDP>, p, p.H, grid_len(sz), stream);
             if (err != cudaSuccess) return err;
-            return DP == 64 ? fa_launch<Tin, 64>(kDkDv, fa2_dkdv_kernel<Tin, 64>, p, p.Hk, grid_len(sz), stream)
-                            : fa_launch<Tin, 128>(kDkDv, fa2_dkdv_kernel<Tin, 128>, p, p.Hk, grid_len(sz), stream);
-        }
+            return fa_launch<Tin, kDP>(kDkDv, fa2_dkdv_kernel<Tin, kDP>, p, p.Hk, grid_len(sz), stream);
+        };
+        if (DP == 64) return fa_bwd(std::integral_constant<int, 64>{});
+        if (DP == 128) return fa_bwd(std::integral_constant<int, 128>{});
+        if (DP == 256) return fa_bwd(std::integral_constant<int, 256>{});
     }
     cudaError_t err = launch<Tin>(kDq, dq_kernel<Tin>, p, p.H, grid_len(sz), stream);
     if (err != cudaSuccess) return err;

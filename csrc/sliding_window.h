@@ -49,9 +49,9 @@ cudaError_t sliding_window_bwd(DType dtype, SwaInput dout, SwaInput q, SwaInput 
                                const float* lse, const float* dlse, SwaSizes sz, int64_t left, int64_t right,
                                float scale, float* delta, void* dq, void* dk, void* dv, cudaStream_t stream);
 
-// Which kernels a call with these sizes runs on the current device: the padded head dim (64 or 128) of the
-// FlashAttention-2 kernels (mma.sync tensor cores, cp.async; float16/bfloat16, D and Dv ≤ 128, sm_80+), or 0 for
-// the generic kernels (float32, larger head dims, older devices, or FLASHTS_SWA_GENERIC=1 in the environment).
+// Which kernels a call with these sizes runs on the current device: the padded head dim (64, 128 or 256) of the
+// FlashAttention-2 kernels (mma.sync tensor cores, cp.async; float16/bfloat16, sm_80+), or 0 for
+// the generic kernels (float32, older devices, or FLASHTS_SWA_GENERIC=1 in the environment).
 // backward: 1 for the backward pass (its kernels need more shared memory), 0 for the forward.
 int sliding_window_fa2_head_dim(DType dtype, SwaSizes sz, int backward);
 

@@ -242,16 +242,17 @@ EXPECTED.update(_expand("linear::state_scan_kernel<{T}>", ldg_types=_ALL))
 for _k in ("fwd_kernel", "dq_kernel", "dkdv_kernel"):
     EXPECTED.update(_expand("swa::%s<{T}>" % _k, hmma_types=_16))
 EXPECTED.update(_expand("swa::delta_kernel<{T}>"))
-# sliding window FA2 kernels (16-bit inputs, head dims padded to 64 / 128): mma.sync m16n8k16 + cp.async tiles.
+# sliding window FA2 kernels (16-bit inputs, head dims padded to 64 / 128 / 256): mma.sync m16n8k16 + cp.async tiles.
 for _t in _16:
     EXPECTED[f"swa::fa2_fwd_kernel<{_t},64,2>"] = (True, False)  # <T, padded head dim, m-tiles per warp>
     EXPECTED[f"swa::fa2_fwd_kernel<{_t},64,1>"] = (True, False)  # FLASHTS_SWA_FWD_ROWS=64
     EXPECTED[f"swa::fa2_fwd_kernel<{_t},128,1>"] = (True, False)
+    EXPECTED[f"swa::fa2_fwd_kernel<{_t},256,1>"] = (True, False)
     for _k in ("fa2_dq_kernel", "fa2_dkdv_kernel"):
-        for _dp in (64, 128):
+        for _dp in (64, 128, 256):
             EXPECTED[f"swa::{_k}<{_t},{_dp}>"] = (True, False)
 for _t in _16:  # δ = rowsum(dO·O) with 16-byte loads
-    for _pl in (8, 16):
+    for _pl in (8, 16, 32):
         EXPECTED[f"swa::fa_delta_kernel<{_t},{_pl}>"] = (False, True)
 # kernels that must keep their cp.async (LDGSTS) tile loads
 EXPECTED_CP_ASYNC = {k for k in EXPECTED if k.startswith("swa::fa2_")}  # (+ the scan one pass, added below)
@@ -355,10 +356,13 @@ def goal_grids() -> dict[str, str]:
             parts.append(f"D={D}: BT={bt}, {4 * 16 * -(-T // bt)}")
         g[f"swa::{k}_kernel"] = "B·H·⌈T/BT⌉: " + "; ".join(parts)
     g["swa::delta_kernel"] = f"⌈B·T·H/4⌉ = {-(-4 * T * 16 // 4)}"
-    g["swa::fa_delta_kernel"] = f"⌈B·T·H/(4·32/P)⌉: Dv=64: {-(-4 * T * 16 // 16)}, Dv=128: {-(-4 * T * 16 // 8)}"
+    g["swa::fa_delta_kernel"] = (f"⌈B·T·H/(4·32/P)⌉: Dv=64: {-(-4 * T * 16 // 16)}, Dv=128: {-(-4 * T * 16 // 8)}, "
+                                 f"Dv=256: {-(-4 * T * 16 // 4)}")
     for k in ("fwd", "dq", "dkdv"):  # FA2 kernels: 64-row blocks (B·Hk·⌈T/64⌉ for dk/dv; Hk = H at the goal shapes)
-        g[f"swa::fa2_{k}_kernel"] = f"B·H·⌈T/64⌉ = {4 * 16 * -(-T // 64)} (D=64 and 128)"
-    g["swa::fa2_fwd_kernel"] = f"B·H·⌈T/(64·MT)⌉: D=64 (MT=2): {4 * 16 * -(-T // 128)}, D=128: {4 * 16 * -(-T // 64)}"
+        g[f"swa::fa2_{k}_kernel"] = f"B·H·⌈T/64⌉ = {4 * 16 * -(-T // 64)} (D=64, 128, 256)"
+    g["swa::fa2_dkdv_kernel"] = (f"2^[D=256]·B·Hk·⌈T/64⌉: D=64/128: {4 * 16 * -(-T // 64)}, "
+                                 f"D=256 (two column halves): {2 * 4 * 16 * -(-T // 64)}")
+    g["swa::fa2_fwd_kernel"] = f"B·H·⌈T/(64·MT)⌉: D=64 (MT=2): {4 * 16 * -(-T // 128)}, D=128/256: {4 * 16 * -(-T // 64)}"
     for k in ("forward_kernel", "recompute_kernel", "reverse_kernel", "bidir_bwd_kernel"):
         g[f"scan::{k}"] = "B·H = 64 (fallback only: very wide L·Dv states)"
     # prefix scan, goal shapes Latte L64 / Aaren D64, B8 H8 T8192 Dv64, chunk C = 16 (ports of scan_fwd_plan and

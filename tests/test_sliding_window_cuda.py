@@ -100,9 +100,9 @@ def test_head_dims(dtype, D, Dv):
 
 @cuda_ext
 @pytest.mark.parametrize("family", ["fa2", "fa2-64-row-forward", "generic"])
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", [64, 128, 256])
 def test_both_kernel_families(family, D, monkeypatch):
-    """16-bit inputs with D <= 128 take the FlashAttention-2 kernels; FLASHTS_SWA_GENERIC=1 forces the generic ones,
+    """16-bit inputs (D <= 256) take the FlashAttention-2 kernels; FLASHTS_SWA_GENERIC=1 forces the generic ones,
     FLASHTS_SWA_FWD_ROWS=64 the 64-row forward blocks at D = 64. All against the reference (outputs, lse, every
     gradient)."""
     if family == "generic":

@@ -6,8 +6,8 @@ warp shuffles, ``__syncthreads``; mma.sync / ldmatrix / cp.async through the wra
 model the PTX ISA fragment layouts) and called through its plain C++ launchers (``sliding_window_fwd`` /
 ``sliding_window_bwd``), on tiny shapes. Outputs, lse and dq/dk/dv are compared with ``flashts.reference`` in
 float64 on the same (rounded) 16-bit inputs; every output buffer starts NaN-poisoned. Covers odd T spanning
-several 64-row blocks, windows (l, 0), (l, r), (−1, −1), (l, −1), head dims 64, 128 and padded ones (36/20:
-plain loads; 40/24: cp.async with zero-padded columns), strided inputs, GQA, cu_seqlens (against the reference's
+several 64-row blocks, windows (l, 0), (l, r), (−1, −1), (l, −1), head dims 64, 128, 256 and padded ones (36/20,
+130/250: plain loads; 40/24, 200/136: cp.async with zero-padded columns), strided inputs, GQA, cu_seqlens (against the reference's
 per-sequence loop AND, bit for bit, against separate kernel calls per sequence), the lse cotangent, and that the
 launcher picks the FA2 kernels (``sliding_window_fa2_head_dim``) and that a shuffled thread schedule changes no
 bit. The harness also fails a launch on divergent barriers, deadlocks and misaligned cp.async, and completes a
@@ -93,6 +93,9 @@ CASES = [
     (1, 70, 1, 1, 128, 128, (5, -1), torch.float16, False),    # D = 128, right unbounded
     (1, 77, 1, 1, 36, 20, (3, 9), torch.bfloat16, False),      # padded head dims, plain loads (D % 8 != 0)
     (1, 69, 2, 1, 40, 24, (-1, 0), torch.float16, True),       # padded head dims via cp.async, strided inputs
+    (1, 75, 2, 1, 256, 256, (20, 5), torch.bfloat16, False),   # D = 256: 32-key dq tiles, dk/dv in two column halves
+    (1, 70, 1, 1, 200, 136, (-1, 0), torch.float16, True),     # padded to 256 (cp.async), D != Dv, strided
+    (1, 41, 1, 1, 130, 250, (7, 7), torch.bfloat16, False),    # padded to 256 with plain loads (D % 8 != 0)
 ]
 
 @pytest.mark.parametrize("B,T,H,Hk,D,Dv,window,dtype,strided", CASES,
@@ -101,7 +104,7 @@ def test_fa2_kernels_vs_reference(lib, B, T, H, Hk, D, Dv, window, dtype, stride
     gen = torch.Generator().manual_seed(T * 131 + D)
     q, k, v, do = _inputs(B, T, H, Hk, D, Dv, dtype, strided, gen)
     dims = _i64(B, T, H, Hk, D, Dv, B, T)
-    DP = 64 if max(D, Dv) <= 64 else 128
+    DP = 64 if max(D, Dv) <= 64 else (128 if max(D, Dv) <= 128 else 256)
     assert lib.emu_swa_family(DT[dtype], dims, 0) == DP and lib.emu_swa_family(DT[dtype], dims, 1) == DP
     scale = D ** -0.5 * 1.7
     dlse = torch.randn(B, H, T, generator=gen)

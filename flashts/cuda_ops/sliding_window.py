@@ -4,12 +4,13 @@
 Math. s_ij = scale·q_i·k_j over the allowed keys i − left ≤ j ≤ i + right of i's sequence (−1 = unbounded):
 lse_i = log Σ_j exp(s_ij), o_i = Σ_j exp(s_ij − lse_i) v_j.
 
-Two kernel families (csrc/sliding_window.cu). float16/bfloat16 inputs with D, Dv ≤ 128 on sm_80+ run the
-FlashAttention-2 kernels: 64-row query (or key) blocks of 4 warps (128 query rows in the D ≤ 64 forward), tile products on tensor cores with
-``mma.sync.m16n8k16`` (float32 accumulation), scores / probabilities / accumulators in registers, ldmatrix
-fragments, K/V (backward: Q/dO) tiles double-buffered with 16-byte ``cp.async``, head dims padded to 64 or 128
-with zeros. Everything else (float32, head dims up to 256) runs the generic kernels described next;
-``FLASHTS_SWA_GENERIC=1`` forces them (for comparisons).
+Two kernel families (csrc/sliding_window.cu). float16/bfloat16 inputs (D, Dv ≤ 256) on sm_80+ run the
+FlashAttention-2 kernels: 64-row query (or key) blocks of 4 warps (128 query rows in the D ≤ 64 forward), tile
+products on tensor cores with ``mma.sync.m16n8k16`` (float32 accumulation), scores / probabilities / accumulators
+in registers, ldmatrix fragments, K/V (backward: Q/dO) tiles double-buffered with 16-byte ``cp.async``, head dims
+padded to 64, 128 or 256 with zeros (at 256: 32-key tiles in dq, dk/dv in two column halves per key tile).
+Everything else (float32 inputs — exact FMA products, as the Triton kernels' "ieee" float32 path — and devices
+before sm_80) runs the generic kernels described next; ``FLASHTS_SWA_GENERIC=1`` forces them (for comparisons).
 
 Generic kernels (see the header of csrc/sliding_window.cu): query and key blocks of BT ∈ {64, 32, 16} rows (the
 largest that fits in shared memory). Forward: one thread block per (query block, head, sequence) visits only
