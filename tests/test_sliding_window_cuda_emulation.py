@@ -185,11 +185,12 @@ def test_fa2_forward_with_64_row_blocks(lib, monkeypatch):
         assert _rel(got[0], ro) < TOL[torch.bfloat16] and _rel(got[1], rl) < 1e-5
 
 
-def test_fa2_results_do_not_depend_on_thread_order(lib):
+@pytest.mark.parametrize("D", [64, 256])
+def test_fa2_results_do_not_depend_on_thread_order(lib, D):
     """The same call under another fiber schedule (threads of a block in a seeded shuffled order between barriers)
     gives bit-identical results: no thread reads what another wrote without a barrier in between."""
     gen = torch.Generator().manual_seed(3)
-    q, k, v, do = _inputs(1, 45, 2, 1, 64, 64, torch.bfloat16, False, gen)
+    q, k, v, do = _inputs(1, 45, 2, 1, D, D, torch.bfloat16, False, gen)
     first = _run(lib, q, k, v, do, (6, 3), 0.2)
     lib.flashts_emu_set_schedule(5)
     try:
