@@ -6,6 +6,10 @@
   forgets to write fails the comparison.
 * Markers: ``gpu`` (needs a CUDA device) and ``cuda_ext`` (needs the compiled ``flashts._C``) skip
   cleanly, with the reason, where those are missing: "no GPU" on a machine without one.
+* ``FLASHTS_EMULATE_CUDA_EXT=1`` (opt-in, not on CI: hours on 2 cores): the ``cuda_ext`` tests run WITHOUT a GPU,
+  on CPU tensors, against the emulated ``flashts._C`` of ``tests/emulation/ext_build.py`` (the real binding files
+  and kernels, the kernels run by the CUDA emulation harness). Tests that need torch.cuda itself (CUDA graphs,
+  streams, memory statistics) fail there. CI runs the compact subset ``tests/test_cuda_ext_emulation.py``.
 * Skips are summarised as one line per reason ("SKIPPED 74 tests: no GPU"), not one line per test: the
   ``-r`` report in pyproject.toml leaves ``s`` out and :func:`pytest_terminal_summary` prints the groups.
 """
@@ -20,11 +24,21 @@ if not _HAS_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ["FLASHTS_POISON"] = "1"
 os.environ.pop("FLASHTS_BACKEND", None)
+_EMULATED_EXT = os.environ.get("FLASHTS_EMULATE_CUDA_EXT") == "1" and not _HAS_GPU
 
 import pytest  # noqa: E402
 
 
+_EMULATED_EXT_CTX: list = []
+
+
 def pytest_configure(config):
+    if _EMULATED_EXT:  # every process (xdist workers too) installs the emulated extension for the whole session
+        import sys
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "emulation"))
+        import ext_build
+        _EMULATED_EXT_CTX.append(ext_build.installed(ext_build.load()))  # kept: collecting it would uninstall
+        _EMULATED_EXT_CTX[-1].__enter__()
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
     config.addinivalue_line("markers", "cuda_ext: needs the compiled CUDA extension flashts._C")
     config.addinivalue_line("markers", "slow: long-running (memory acceptance, big T)")
@@ -54,7 +68,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not _HAS_GPU:
             item.add_marker(skip_gpu)
-        if "cuda_ext" in item.keywords and not (_HAS_GPU and _backend.cuda_ext_available()):
+        if "cuda_ext" in item.keywords and not (_HAS_GPU and _backend.cuda_ext_available()) and not _EMULATED_EXT:
             item.add_marker(skip_ext)
 
 

@@ -14,10 +14,10 @@ import torch
 
 import flashts
 from flashts import reference as ref
-from helpers import rel_err
+from helpers import device_for, rel_err
 
 cuda_ext = pytest.mark.cuda_ext
-DEV = torch.device("cuda")
+DEV = device_for("cuda")  # the GPU; the CPU under FLASHTS_EMULATE_CUDA_EXT=1 (tests/conftest.py)
 F32, BF16, F64 = torch.float32, torch.bfloat16, torch.float64
 TOL = {F32: 1e-4, BF16: 2e-2}
 

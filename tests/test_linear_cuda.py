@@ -24,11 +24,11 @@ import torch
 import flashts
 from flashts import _backend
 from flashts import reference as ref
-from helpers import check_against_reference, rel_err
+from helpers import check_against_reference, device_for, rel_err
 
 OP = "linear_attention"
 BACKEND = "cuda"
-DEV = torch.device("cuda")
+DEV = device_for("cuda")  # the GPU; the CPU under FLASHTS_EMULATE_CUDA_EXT=1 (tests/conftest.py)
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 # self-consistency of one backend (same math, different split of the work)
 SELF_TOL = {F32: 2e-5, F16: 3e-3, BF16: 2e-2}

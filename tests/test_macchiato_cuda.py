@@ -172,7 +172,7 @@ def test_cuda_against_reference(dtype, T, left, fill):
 
 @cuda_ext
 def test_cuda_decode_step_equals_composed(monkeypatch):
-    dev = torch.device("cuda")
+    dev = device_for("cuda")
     args = [x.to(dev, BF16) for x in make_inputs(4, 1, 2, 32, 16, 6, seed=11)]
     st = [x.to(dev, F32) if x.is_floating_point() else x.to(dev) for x in make_state(4, 12, 2, 32, 16, 6, 12)]
     st[0], st[1] = st[0].to(BF16).float(), st[1].to(BF16).float()  # the composed path rounds the cache to bf16
@@ -189,7 +189,7 @@ def test_cuda_decode_step_equals_composed(monkeypatch):
 
 @cuda_ext
 def test_cuda_stream_equals_one_pass():
-    dev = torch.device("cuda")
+    dev = device_for("cuda")
     q, k, v, mix, lk = (x.to(dev, F32) for x in make_inputs(2, 40, 2, 16, 16, 4, seed=13))
     y, st_full = flashts.latte_macchiato_attention(q, k, v, mix, lk, window=(7, 0), output_final_state=True,
                                                    backend="cuda")

@@ -22,11 +22,11 @@ import torch
 
 import flashts
 from flashts import _backend, reference
-from helpers import TOL, check_against_reference, rel_err
+from helpers import TOL, check_against_reference, device_for, rel_err
 
 OP = "sliding_window_attention"
 BACKEND = "cuda"
-DEV = torch.device("cuda")
+DEV = device_for("cuda")  # the GPU; the CPU under FLASHTS_EMULATE_CUDA_EXT=1 (tests/conftest.py)
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 TS = [1, 2, 17, 63, 100, 257]
 W = 8
