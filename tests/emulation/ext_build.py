@@ -41,7 +41,7 @@ FLAGS = ["-O0", "-g0", "-w"]  # ext_kernels.cpp raises its own level to -O1 (#pr
 def _key() -> str:
     import torch
     h = hashlib.sha256(torch.__version__.encode() + " ".join(FLAGS).encode())
-    deps = BIND_SOURCES + [os.path.join(EMU, "ext_kernels.cpp"), os.path.join(EMU, "cuda_host.h"), __file__]
+    deps = BIND_SOURCES + [os.path.join(EMU, "ext_kernels.cpp"), os.path.join(EMU, "cuda_host.h")]
     deps += sorted(glob.glob(os.path.join(CSRC, "*.h")) + glob.glob(os.path.join(CSRC, "*.cuh"))
                    + glob.glob(os.path.join(CSRC, "*.cu")) + glob.glob(os.path.join(SHIM, "**", "*.h"), recursive=True))
     for p in deps:
@@ -51,8 +51,13 @@ def _key() -> str:
     return h.hexdigest()[:16]
 
 
+_LOADED: list = []
+
+
 def load(verbose: bool = False):
     """The emulated extension module (built on first use, then cached). RuntimeError when it cannot be built."""
+    if _LOADED:  # once per process (its TORCH_LIBRARY registrations run when the library is first loaded)
+        return _LOADED[0]
     inc = emu_build.cuda_include()
     if emu_build.compiler() is None or inc is None:
         raise RuntimeError("no host C++ compiler or no CUDA headers (cuda_runtime_api.h)")
@@ -61,30 +66,30 @@ def load(verbose: bool = False):
     os.makedirs(build_dir, exist_ok=True)
     with open(os.path.join(os.path.dirname(build_dir), ".ext-lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return cpp_extension.load(
+        module = cpp_extension.load(
             name="_C", sources=BIND_SOURCES + [os.path.join(EMU, "ext_kernels.cpp")],
             extra_include_paths=[SHIM, CSRC, EMU, inc], extra_cflags=FLAGS, build_directory=build_dir,
             verbose=verbose)
+    _LOADED.append(module)
+    return module
 
 
 @contextlib.contextmanager
 def installed(module):
     """Within the block: ``import flashts._C`` gives ``module``, and ``backend="cuda"`` takes CPU tensors."""
+    import torch
+
     import flashts
     from flashts import _backend
     saved_mod = sys.modules.get("flashts._C")
-    saved_resolve, saved_avail, saved_ext = _backend.resolve, _backend.available, _backend.cuda_ext_available
+    saved_resolve, saved_ext = _backend.resolve, _backend.cuda_ext_available
 
     def resolve(op, backend, device, dtype=None):
         if isinstance(backend, str) and backend.lower() == "cuda" and device.type == "cpu":
-            if backend.lower() not in _backend._IMPLS.get(op, {}):
-                return saved_resolve(op, backend, torch_device("cuda"), dtype)  # the usual "not implemented" error
+            if "cuda" not in _backend._IMPLS.get(op, {}):
+                return saved_resolve(op, backend, torch.device("cuda"), dtype)  # the usual "not implemented" error
             return "cuda"
         return saved_resolve(op, backend, device, dtype)
-
-    def torch_device(name):
-        import torch
-        return torch.device(name)
 
     sys.modules["flashts._C"] = module
     flashts._C = module
@@ -93,7 +98,7 @@ def installed(module):
     try:
         yield module
     finally:
-        _backend.resolve, _backend.available, _backend.cuda_ext_available = saved_resolve, saved_avail, saved_ext
+        _backend.resolve, _backend.cuda_ext_available = saved_resolve, saved_ext
         if saved_mod is None:
             sys.modules.pop("flashts._C", None)
             if hasattr(flashts, "_C"):
