@@ -26,7 +26,7 @@ from flashts.ops import _fast_step
 from flashts.torch_ops import prefix_scan as torch_latte
 from flashts.torch_ops import sliding_window as torch_sw
 from flashts.torch_ops import step as torch_step
-from helpers import check_against_reference, rel_err
+from helpers import check_against_reference, device_for, rel_err
 
 OP = "latte_macchiato_attention"
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
