@@ -133,6 +133,7 @@ def test_macchiato_steps(dtype, left, D, Dv, L):
 
 
 @cuda_ext
+@pytest.mark.gpu  # CUDA graphs: also skipped under the emulated extension (FLASHTS_EMULATE_CUDA_EXT=1)
 def test_cuda_graph_replay_equals_eager():
     dec = _dec()
     B, H, D, W = 4, 8, 64, 5
