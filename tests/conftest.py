@@ -8,8 +8,8 @@
   cleanly, with the reason, where those are missing: "no GPU" on a machine without one.
 * ``FLASHTS_EMULATE_CUDA_EXT=1`` (opt-in, not on CI: hours on 2 cores): the ``cuda_ext`` tests run WITHOUT a GPU,
   on CPU tensors, against the emulated ``flashts._C`` of ``tests/emulation/ext_build.py`` (the real binding files
-  and kernels, the kernels run by the CUDA emulation harness). Tests that need torch.cuda itself (CUDA graphs,
-  streams, memory statistics) fail there. CI runs the compact subset ``tests/test_cuda_ext_emulation.py``.
+  and kernels, the kernels run by the CUDA emulation harness). Tests that need torch.cuda itself (CUDA graphs)
+  are also marked ``gpu`` and skip. CI runs the compact subset ``tests/test_cuda_ext_emulation.py``.
 * Skips are summarised as one line per reason ("SKIPPED 74 tests: no GPU"), not one line per test: the
   ``-r`` report in pyproject.toml leaves ``s`` out and :func:`pytest_terminal_summary` prints the groups.
 """

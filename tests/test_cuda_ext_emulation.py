@@ -13,7 +13,7 @@ launch modes with states and cu_seqlens, Aaren / Latte (causal and bidirectional
 Latte Macchiato's composition, and the T = 1 decode steps. A spy on the extension module asserts that the calls
 really reached the extension (no silent fallback to another backend).
 
-The whole set of GPU tests (``cuda_ext``) runs the same way with ``FLASHTS_EMULATE_CUDA_EXT=1`` (opt-in, slow).
+The whole set of GPU tests (``cuda_ext``) runs the same way with ``FLASHTS_EMULATE_CUDA_EXT=1`` (opt-in, slower).
 """
 from __future__ import annotations
 
