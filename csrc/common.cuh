@@ -469,6 +469,24 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
+// ================================================================== launcher helpers (host)
+
+// The device facts a launch plan needs: the options' SM count and per-block shared-memory limit
+// (cudaDevAttrMaxSharedMemoryPerBlockOptin), or the current device's where the options have 0.
+// Options: any struct with int sm_count, max_smem (LinOptions, ScanOptions).
+template <typename Options>
+cudaError_t device_facts(const Options& opt, int* sms, int* max_smem) {
+    *sms = opt.sm_count;
+    *max_smem = opt.max_smem;
+    if (*sms > 0 && *max_smem > 0) return cudaSuccess;
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    if (*max_smem <= 0) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err == cudaSuccess && *sms <= 0) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+    return err;
+}
+
 // ================================================================== block-level products on shared memory
 
 namespace mmau {

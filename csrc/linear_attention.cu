@@ -1030,19 +1030,6 @@ cudaError_t check_sizes(const LinSizes& sz) {
     return cudaSuccess;
 }
 
-// The device facts of the plan: opt's, or the current device's where opt has 0.
-cudaError_t device_facts(const LinOptions& opt, int* sms, int* max_smem) {
-    *sms = opt.sm_count;
-    *max_smem = opt.max_smem;
-    if (*sms > 0 && *max_smem > 0) return cudaSuccess;
-    int dev = 0;
-    cudaError_t err = cudaGetDevice(&dev);
-    if (err != cudaSuccess) return err;
-    if (*max_smem <= 0) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (err == cudaSuccess && *sms <= 0) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
-    return err;
-}
-
 // The launch configuration of a sequential kernel (fwd_kernel, or bwd_dq_kernel / bwd_dkv_kernel in one pass):
 // the largest chunk C whose float32 tiles fit max_smem, and whether the cp.async staging tiles of the next chunk
 // are added (pipe; LinOptions::pipeline: 1 off, 2 on where they fit, 0 auto). Auto stages when some input allows

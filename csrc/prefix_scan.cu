@@ -1311,19 +1311,6 @@ cudaError_t launch_forward(Args<T> a, bool causal, cudaStream_t stream) {
     return FLASHTS_LAUNCH_CHECK();
 }
 
-// The device facts of the plan: opt's, or the current device's where opt has 0.
-cudaError_t device_facts(const ScanOptions& opt, int* sms, int* max_smem) {
-    *sms = opt.sm_count;
-    *max_smem = opt.max_smem;
-    if (*sms > 0 && *max_smem > 0) return cudaSuccess;
-    int dev = 0;
-    cudaError_t err = cudaGetDevice(&dev);
-    if (err != cudaSuccess) return err;
-    if (*max_smem <= 0) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (err == cudaSuccess && *sms <= 0) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
-    return err;
-}
-
 constexpr int kMaxBV = 64;  // the chunk kernels' widest Dv tile
 constexpr int64_t kMinGroupChunks = kScanAhead;  // two-level scans: the fewest chunks per group
 
