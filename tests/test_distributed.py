@@ -8,6 +8,7 @@ the whole batch (DDP/FSDP average the gradients of equal halves = the gradient o
 import os
 import socket
 import tempfile
+import time
 
 import pytest
 import torch
@@ -88,6 +89,7 @@ def worker(rank, kind, init_file, out_dir):
             state = wrapped.module.state_dict()
         if rank == 0:
             torch.save({"losses": losses, "state": state}, os.path.join(out_dir, "result.pt"))
+        dist.barrier()  # both ranks reach the teardown together
     finally:
         dist.destroy_process_group()
 
@@ -99,7 +101,22 @@ def test_matches_single_process(kind, tmp_path):
     xs, ys = data()
     want_losses = train(single, xs, ys, 0, BATCH)
     init_file = os.path.join(tempfile.mkdtemp(dir=tmp_path), "init")
-    mp.start_processes(worker, args=(kind, init_file, str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    ctx = mp.start_processes(worker, args=(kind, init_file, str(tmp_path)), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    # gloo's teardown (destroy_process_group) can hang in one rank after the other has exited (seen once on CI,
+    # after result.pt was written): wait for the result, then give the teardown a grace period and end the
+    # stragglers. A worker that fails raises here as before; no result within the deadline fails the test.
+    deadline, grace_end = time.monotonic() + 600, None
+    while not ctx.join(timeout=1):
+        now = time.monotonic()
+        if (tmp_path / "result.pt").exists() and grace_end is None:
+            grace_end = now + 30
+        if (grace_end is not None and now > grace_end) or now > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            assert grace_end is not None, "the distributed workers produced no result within 600 s"
+            break
     got = torch.load(tmp_path / "result.pt")
     torch.testing.assert_close(got["losses"], want_losses, rtol=1e-5, atol=1e-6)
     want_state = single.state_dict()
